@@ -1,0 +1,107 @@
+"""Train `cifar10-net`, the CIFAR-10 classifier whose features vistok's FID uses where Inception weights are absent.
+
+    torchrun --nproc_per_node=N train/train_fid_net.py --config train/configs/fid_net.yaml [key=value ...]
+    python train/train_fid_net.py --config train/configs/fid_net.yaml      # one plain process (CPU or one GPU)
+
+Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
+(config.json + model.safetensors) with the test accuracy in config.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
+from vistok.engine import checkpoint, dist
+from vistok.engine.logging import MetricsLog
+from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.config import to_dict
+from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/fid_net"))
+    model: FidNetConfig = field(default_factory=FidNetConfig)
+    data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(hflip=True, crop_pad=4))
+    eval_data: str = "cifar10-test"
+    eval_limit: int = 0
+    label_smoothing: float = 0.1
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, dataset, env: dist.DistEnv, batch: int = 500) -> float:
+    """Top-1 accuracy over `dataset`, split across ranks and summed."""
+    model.eval()
+    correct = torch.zeros(2, device=env.device)
+    for start in range(env.rank * batch, len(dataset), env.world_size * batch):
+        images, labels = zip(*(dataset[i] for i in range(start, min(start + batch, len(dataset)))))
+        logits = model(torch.stack(images).to(env.device))
+        correct += torch.tensor([(logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item(), len(labels)], device=env.device)
+    model.train()
+    total = dist.all_reduce_mean(correct) * env.world_size
+    return (total[0] / total[1]).item()
+
+
+def main() -> None:
+    cfg = parse_cli(Config, description=__doc__)
+    tc = cfg.train
+    env = dist.setup(tc.device)
+    dist.seed_everything(tc.seed)  # same initial weights on every rank
+
+    model = FidNet(cfg.model).to(env.device)
+    ema = EMA(model, tc.ema_decay)
+    ddp_model = dist.wrap_model(model, env, tc.parallel)
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
+    step = ckpt.resume()
+    if step == 0:
+        dist.seed_everything(tc.seed, env.rank)
+
+    train_set = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
+    loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
+                          start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
+    tc.micro_batch(env.world_size)  # validates the batch split before any work
+    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+
+    batches = iter(loader)
+    try:  # close the progress bar first, so an error message starts a line of its own
+        while step < tc.total_steps:
+            images, labels = next(batches)
+            images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
+            total_loss = torch.zeros((), device=env.device)
+            for sync, (x, y) in micro_steps(ddp_model, (images, labels), tc.grad_accum):
+                with sync, autocast(tc.precision, env.device):
+                    loss = F.cross_entropy(ddp_model(x), y, label_smoothing=cfg.label_smoothing) / tc.grad_accum
+                loss.backward()
+                total_loss += loss.detach()
+            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
+            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
+            ema.update(model)
+            step += 1
+            log.advance()
+            if step % tc.log_every == 0 or step == tc.total_steps:
+                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            if step % tc.ckpt_every == 0 or step == tc.total_steps:
+                ckpt.save(step)
+    finally:
+        log.close()
+
+    ema_model = FidNet(cfg.model).to(env.device)
+    ema_model.load_state_dict(ema.full_state(model))
+    eval_set = subset(build_image_dataset(cfg.eval_data, cfg.data.root or None, cfg.model.resolution), cfg.eval_limit)
+    acc = accuracy(ema_model, eval_set, env)
+    if env.is_main:
+        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+                                step=step, eval_data=cfg.eval_data, eval_images=len(eval_set), eval_accuracy=acc)
+        print(f"{cfg.eval_data} accuracy {acc:.4f} ({len(eval_set)} images); exported EMA weights to {out}")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)

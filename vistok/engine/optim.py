@@ -1,0 +1,105 @@
+"""Optimizer, learning-rate schedules and EMA.
+
+- AdamW with two parameter groups: weight decay on the weights of linear and convolution layers only; none on norms,
+  biases, embedding tables, positional tables and learned tokens.
+- Schedules are functions of the step and the run's total steps (diffusers' warmup+cosine / constant), so no run
+  length is hard-coded.
+- EMA keyed by parameter name (not by position, unlike diffusers' EMAModel), so the EMA state maps straight onto the
+  model's state dict for export, survives `torch.compile`/DDP wrapping, and shards with FSDP2 (its entries are then
+  DTensors and are gathered only when saved).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from torch import nn
+
+from vistok.errors import VistokError
+
+DECAYED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group and a no-decay group (norms, biases, embeddings)."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if id(p) in decayed else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool = False
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine decay to 0 at `total_steps` or a constant rate."""
+    if warmup_steps > total_steps:
+        raise VistokError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps}); lower train.warmup_steps")
+    if schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    raise VistokError(f"unknown schedule {schedule!r}; use cosine or constant")
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state, keyed by name.
+
+    decay_t = min(decay, (1 + t) / (10 + t)) when `warmup` is on, so early averages are not dominated by the random
+    initialisation. Buffers (e.g. norm statistics) are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise VistokError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        params = dict(model.named_parameters())
+        state = model.state_dict()
+        keys_p = [k for k in self.shadow if k in params]
+        if keys_p:
+            torch._foreach_lerp_([self.shadow[k] for k in keys_p], [params[k].detach().float() for k in keys_p], 1 - d)
+        for k in self.shadow:
+            if k not in params:
+                self.shadow[k].copy_(state[k])
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.shadow) ^ set(state["shadow"])
+        if missing:
+            raise VistokError(f"EMA state does not match the model: keys {sorted(missing)[:5]} differ")
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+        self.num_updates = int(state["num_updates"])
+
+    def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The EMA weights as a plain model state dict (DTensor shards gathered), in the model's own dtypes."""
+        out = {}
+        for k, v in model.state_dict().items():
+            src = self.shadow.get(k, v)
+            if hasattr(src, "full_tensor"):
+                src = src.full_tensor()
+            out[k] = src.detach().to(v.dtype).cpu().clone()
+        return out

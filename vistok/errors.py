@@ -1,0 +1,18 @@
+"""vistok's user-facing error type.
+
+Errors a user can cause (a bad path, an unknown config key, a corrupt file, a missing optional dependency) raise
+`VistokError` with one line that names the problem and the fix; the CLI and the training scripts print that line and
+exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VistokError(Exception):
+    """A mistake the user can fix; `str(err)` is a one-line message that says how."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise `VistokError(message)` unless `condition` holds (fail loudly and early)."""
+    if not condition:
+        raise VistokError(message)

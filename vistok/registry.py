@@ -1,0 +1,116 @@
+"""Model families and named presets: build by name, count parameters on the meta device, load exported models.
+
+A family is a (config dataclass, module class) pair; a preset is a named config of a family. Exported models
+(`config.json` + `model.safetensors`) name their family, so a folder alone rebuilds its model. Models shipped in
+`assets/` can be named instead of a path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vistok.config import from_dict
+from vistok.engine.checkpoint import load_state_strict, read_export
+from vistok.errors import VistokError
+
+# modules that define families and presets; each has a `FAMILY = (name, ConfigClass, ModelClass)` and `PRESETS`
+FAMILY_MODULES = ("vistok.metrics.fid_net",)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    model_cls: type
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    config: Any
+
+
+def _load() -> tuple[dict[str, Family], dict[str, Preset]]:
+    families, presets = {}, {}
+    for mod_name in FAMILY_MODULES:
+        mod = importlib.import_module(mod_name)
+        name, config_cls, model_cls = mod.FAMILY
+        families[name] = Family(name, config_cls, model_cls)
+        for preset, cfg in mod.PRESETS.items():
+            presets[preset] = Preset(preset, name, cfg)
+    return families, presets
+
+
+def families() -> dict[str, Family]:
+    return _load()[0]
+
+
+def presets() -> dict[str, Preset]:
+    return _load()[1]
+
+
+def get_preset(name: str) -> Preset:
+    table = presets()
+    if name not in table:
+        raise VistokError(f"unknown preset {name!r}; `vistok models` lists them: {', '.join(table)}")
+    return table[name]
+
+
+def build(family: str, config: Any) -> nn.Module:
+    fams = families()
+    if family not in fams:
+        raise VistokError(f"unknown model family {family!r}; known: {', '.join(fams)}")
+    fam = fams[family]
+    if isinstance(config, dict):
+        config = from_dict(fam.config_cls, config)
+    return fam.model_cls(config)
+
+
+def param_count(preset: str | Preset) -> int:
+    """Parameters of a preset, counted on the meta device (no memory is allocated)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    with torch.device("meta"):
+        model = build(p.family, p.config)
+    return sum(t.numel() for t in model.parameters())
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("VISTOK_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+
+
+def shipped_models() -> dict[str, Path]:
+    """Exported models in assets/: name -> folder."""
+    root = assets_dir()
+    if not root.is_dir():
+        return {}
+    return {p.parent.name: p.parent for p in sorted(root.glob("*/config.json")) if (p.parent / "model.safetensors").is_file()}
+
+
+def resolve_ckpt(ckpt: str | Path) -> Path:
+    """An exported folder, or the name of a model shipped in assets/."""
+    path = Path(ckpt).expanduser()
+    if path.is_dir():
+        return path
+    shipped = shipped_models()
+    if str(ckpt) in shipped:
+        return shipped[str(ckpt)]
+    raise VistokError(
+        f"checkpoint {ckpt!r} is neither an exported folder nor a shipped model ({', '.join(shipped) or 'none shipped'})"
+    )
+
+
+def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode with the exported EMA weights, the export's config.json) from a folder or shipped name."""
+    folder = resolve_ckpt(ckpt)
+    meta, state = read_export(folder)
+    model = build(meta["family"], meta["config"])
+    load_state_strict(model, state, str(folder))
+    return model.to(device).eval(), meta
