@@ -54,8 +54,8 @@ def main() -> None:
     dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     model = FidNet(cfg.model).to(env.device)
-    ema = EMA(model, tc.ema_decay)
     ddp_model = dist.wrap_model(model, env, tc.parallel)
+    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
     scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
     ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)

@@ -116,7 +116,11 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that names what is missing or unexpected instead of silently dropping weights."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False: name the first one, on one line
+        detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
+        raise VistokError(f"{source} does not match the model: {detail}; was it exported from a different preset?") from None
     if result.missing_keys or result.unexpected_keys:
         raise VistokError(
             f"{source} does not match the model: missing {result.missing_keys[:4]}, "

@@ -163,7 +163,7 @@ class Checkpointer:
             save_config(self.config, self.run_dir / "config.yaml")
         if state is None:
             return 0
-        if state["config"] != to_dict(self.config):
+        if state["config"] != to_dict(self.config) and self.env.is_main:
             changed = sorted(_diff_keys(state["config"], to_dict(self.config)))
             print(f"note: resuming {self.run_dir} with changed config keys: {', '.join(changed)}", file=sys.stderr)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],

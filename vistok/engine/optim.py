@@ -91,7 +91,12 @@ class EMA:
         if missing:
             raise VistokError(f"EMA state does not match the model: keys {sorted(missing)[:5]} differ")
         for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
+            dst = self.shadow[k]
+            if hasattr(dst, "device_mesh"):  # FSDP2: keep only this rank's shard of the full tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                v = distribute_tensor(v.to(dst.device), dst.device_mesh, dst.placements)
+            dst.copy_(v)
         self.num_updates = int(state["num_updates"])
 
     def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,86 @@
+"""Shared fixtures: the shared data root, a persistent decode cache, and a small generated image folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO.parent / "shared" / "data"
+CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "vistok-test"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder (CIFAR-10 JPEG tarball), exported as VISTOK_DATA for this process and subprocesses."""
+    if not (DATA_ROOT / "cifar10-jpeg.tar.gz").is_file():
+        pytest.skip(f"shared data not found: expected {DATA_ROOT}/cifar10-jpeg.tar.gz (the repo's sibling shared/data)")
+    os.environ["VISTOK_DATA"] = str(DATA_ROOT)
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vistok_env() -> None:
+    """A persistent decode cache, so repeated test runs decode CIFAR-10 once; no assets or downloads leak in."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    os.environ["VISTOK_CACHE"] = str(CACHE)
+    os.environ.pop("VISTOK_DOWNLOAD", None)
+    if DATA_ROOT.is_dir():
+        os.environ["VISTOK_DATA"] = str(DATA_ROOT)
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs"), per_class: int = 16, seed: int = 0) -> Path:
+    """`per_class` random 32x32 RGB PNGs in each class sub-folder of `root`, the same bytes for the same seed."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """tmp_path/images/{cats,dogs}/000..015.png: 2 classes x 16 random 32x32 PNGs (fixed seed)."""
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def shared_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same folder, written once per session (for read-only use by several tests)."""
+    return write_image_folder(tmp_path_factory.mktemp("shared") / "images")
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def fid_net_script():
+    """train/train_fid_net.py imported as a module (its Config dataclass), without running main."""
+    import importlib.util
+
+    name = "vistok_test_train_fid_net"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "train" / "train_fid_net.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors run fastest on one thread, and far faster than on two on a busy two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,476 @@
+"""Engine: parameter groups, schedules, EMA, checkpoints (atomic, RNG, weights_only, export), the loop's pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from vistok import registry
+from vistok.config import to_dict
+from vistok.engine import checkpoint
+from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
+from vistok.engine.logging import MetricsLog, read_metrics
+from vistok.engine.loop import Checkpointer, TrainConfig, check_finite, micro_steps, optimizer_step, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from vistok.errors import VistokError
+from vistok.metrics.fid_net import FidNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+class Toy(nn.Module):
+    """One of everything that param_groups must sort."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.pos = nn.Parameter(torch.zeros(1, 4, 8))
+        self.token = nn.Parameter(torch.zeros(8))
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.conv_nb = nn.Conv1d(8, 8, 1, bias=False)
+        self.norm = nn.LayerNorm(8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.fc = nn.Linear(8, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.norm(x)))
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.bn = nn.BatchNorm1d(8)  # float buffers (running stats) and an integer one (num_batches_tracked)
+        self.fc2 = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+# ---------------------------------------------------------------- optimizer and schedules
+
+
+def test_param_groups_decay_only_linear_and_conv_weights():
+    model = Toy()
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(decay["params"]) == ids([model.conv.weight, model.conv_nb.weight, model.fc.weight])
+    expected_no_decay = [model.embed.weight, model.pos, model.token, model.conv.bias, model.norm.weight, model.norm.bias,
+                         model.gn.weight, model.gn.bias, model.bn.weight, model.bn.bias, model.fc.bias]
+    assert ids(no_decay["params"]) == ids(expected_no_decay)
+    assert not ids(decay["params"] + no_decay["params"]) & ids(model.frozen.parameters())  # frozen: in neither
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0] and opt.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+def lrs(schedule: str, warmup: int, total: int, steps: list[int]) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = build_scheduler(opt, schedule, warmup, total)
+    out = {}
+    for s in range(max(steps) + 1):
+        out[s] = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    return [out[s] for s in steps]
+
+
+def test_warmup_cosine_schedule():
+    got = lrs("cosine", 10, 110, [0, 5, 10, 35, 60, 85, 110])
+    expected = [0.0, 1.0, 2.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.25)), 1.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.75)), 0.0]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert lrs("cosine", 0, 4, [0, 2, 4]) == pytest.approx([2.0, 1.0, 0.0], abs=1e-12)
+
+
+def test_warmup_constant_schedule():
+    assert lrs("constant", 4, 100, [0, 1, 2, 4, 50, 100]) == pytest.approx([0.0, 0.5, 1.0, 2.0, 2.0, 2.0])
+    assert lrs("constant", 0, 10, [0, 9]) == pytest.approx([2.0, 2.0])
+
+
+def test_schedule_errors():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(VistokError, match="warmup_steps .11. exceeds total_steps .10."):
+        build_scheduler(opt, "cosine", 11, 10)
+    with pytest.raises(VistokError, match="unknown schedule"):
+        build_scheduler(opt, "linear", 0, 10)
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def test_ema_math_buffers_and_warmup():
+    torch.manual_seed(0)
+    model = Small()
+    ema = EMA(model, decay=0.9)
+    assert "bn.num_batches_tracked" not in ema.shadow  # integer buffers are not averaged
+    start = {k: v.clone() for k, v in ema.shadow.items()}
+    expected = dict(start)
+    for t in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model.bn.running_mean.fill_(float(t + 1))
+        d = min(0.9, (1 + t) / (10 + t))
+        assert ema.current_decay() == pytest.approx(d)
+        ema.update(model)
+        for k, p in model.named_parameters():
+            expected[k] = d * expected[k] + (1 - d) * p.detach()
+            torch.testing.assert_close(ema.shadow[k], expected[k])
+        assert torch.equal(ema.shadow["bn.running_mean"], model.bn.running_mean)  # copied, not averaged
+    assert ema.num_updates == 4
+    no_warmup = EMA(model, decay=0.75, warmup=False)
+    before = no_warmup.shadow["fc1.weight"].clone()
+    with torch.no_grad():
+        model.fc1.weight.add_(1.0)
+    no_warmup.update(model)
+    torch.testing.assert_close(no_warmup.shadow["fc1.weight"], 0.75 * before + 0.25 * model.fc1.weight.detach())
+    with pytest.raises(VistokError, match="decay"):
+        EMA(model, decay=1.0)
+
+
+def test_ema_state_dict_round_trip_and_full_state():
+    torch.manual_seed(1)
+    model = Small()
+    ema = EMA(model, decay=0.99)
+    for _ in range(3):
+        with torch.no_grad():
+            model.fc1.weight.mul_(1.5)
+        ema.update(model)
+    other = EMA(Small(), decay=0.99)
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 3 and other.current_decay() == ema.current_decay()
+    for k in ema.shadow:
+        assert torch.equal(other.shadow[k], ema.shadow[k])
+    bad = {**ema.state_dict(), "shadow": {k: v for k, v in ema.shadow.items() if k != "fc2.bias"}}
+    with pytest.raises(VistokError, match="fc2.bias"):
+        EMA(Small()).load_state_dict(bad)
+    full = ema.full_state(model.to(torch.float64))
+    assert set(full) == set(model.state_dict())  # every key, integer buffers included (from the model)
+    assert full["fc1.weight"].dtype == torch.float64 and full["bn.num_batches_tracked"].dtype == torch.int64
+    assert torch.equal(full["fc1.weight"], ema.shadow["fc1.weight"].double())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    old = {"step": 1, "w": torch.arange(4.0)}
+    path = checkpoint.save_training_state(tmp_path, old)
+    assert path == tmp_path / "last.pt"
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes of a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save_training_state(tmp_path, {"step": 2, "w": torch.zeros(4)})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+    loaded = checkpoint.load_training_state(tmp_path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], old["w"])
+
+    def interrupted(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._atomic_write(tmp_path / "last.pt", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert checkpoint.load_training_state(tmp_path)["step"] == 1
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        checkpoint.save_training_state(tmp_path, {"step": 0})
+        checkpoint.export(tmp_path / "export", "fid_net", {}, {"w": torch.zeros(1)})
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(umask)
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    for p in (tmp_path / "last.pt", tmp_path / "export" / "config.json", tmp_path / "export" / "model.safetensors"):
+        assert stat.S_IMODE(p.stat().st_mode) == plain == 0o644, p
+
+
+def draws() -> tuple:
+    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist())
+
+
+def test_rng_state_round_trip(tmp_path):
+    seed_everything(123)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    np.random.randn(1)  # and in NumPy's (has_gauss=1)
+    state = checkpoint.rng_state()
+    first = draws()
+    checkpoint.set_rng_state(state)
+    assert draws() == first
+    checkpoint.save_training_state(tmp_path, {"rng": [state]})  # through a weights_only save/load
+    draws()
+    checkpoint.set_rng_state(torch.load(tmp_path / "last.pt", weights_only=True)["rng"][0])
+    assert draws() == first
+    seed_everything(123, rank=1)
+    assert draws() != first
+
+
+def test_seed_everything_differs_per_rank():
+    seed_everything(5, rank=0)
+    a = torch.rand(2)
+    seed_everything(5, rank=0)
+    assert torch.equal(torch.rand(2), a)
+    seed_everything(5, rank=1)
+    assert not torch.equal(torch.rand(2), a)
+
+
+def test_training_state_loads_with_weights_only(tmp_path):
+    model = Small()
+    opt = build_optimizer(model, 1e-2, 0.1)
+    sched = build_scheduler(opt, "cosine", 2, 10)
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    state = {"step": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "ema": EMA(model).state_dict(), "rng": [checkpoint.rng_state()], "config": {"train": {"betas": [0.9, 0.95]}}}
+    checkpoint.save_training_state(tmp_path, state)
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on any pickled object
+    assert loaded["step"] == 3 and loaded["config"] == state["config"]
+    assert checkpoint.load_training_state(tmp_path)["optimizer"]["state"].keys() == opt.state_dict()["state"].keys()
+    assert checkpoint.load_training_state(tmp_path / "nothing_here") is None
+
+
+def test_damaged_training_state(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(VistokError, match="cannot load checkpoint .*last.pt.*move it away"):
+        checkpoint.load_training_state(tmp_path)
+
+
+def test_export_round_trip_and_registry_load(tmp_path):
+    preset = registry.get_preset("cifar10-net-test")
+    torch.manual_seed(0)
+    model = FidNet(preset.config)
+    out = checkpoint.export(tmp_path / "export", "fid_net", to_dict(preset.config), model.state_dict(), step=7, note="x")
+    meta, state = checkpoint.read_export(out)
+    assert meta["family"] == "fid_net" and meta["step"] == 7 and meta["config"]["widths"] == [8, 16, 16, 32]
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    loaded, meta2 = registry.load_model(out)
+    assert meta2 == meta and not loaded.training
+    assert loaded.config == preset.config  # rebuilt from config.json alone, tuples and all
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    with pytest.raises(VistokError, match="not an exported vistok model"):
+        checkpoint.read_export(tmp_path)
+    with pytest.raises(VistokError, match="neither an exported folder nor a shipped model"):
+        registry.load_model(tmp_path / "missing")
+    # an export of another preset does not load silently
+    meta["config"] = to_dict(registry.get_preset("cifar10-net").config)
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(VistokError, match="does not match the model: size mismatch for") as err:
+        registry.load_model(out)
+    assert "\n" not in str(err.value)
+
+
+def test_load_state_strict():
+    model = Small()
+    state = model.state_dict()
+    checkpoint.load_state_strict(Small(), state, "ok")
+    missing = {k: v for k, v in state.items() if k != "fc2.weight"}
+    with pytest.raises(VistokError, match=r"src.*missing \['fc2.weight'\]"):
+        checkpoint.load_state_strict(Small(), missing, "src")
+    with pytest.raises(VistokError, match=r"unexpected \['extra.weight'\]"):
+        checkpoint.load_state_strict(Small(), {**state, "extra.weight": torch.zeros(1)}, "src")
+    with pytest.raises(VistokError, match=r"src does not match the model: size mismatch for fc2.weight"):
+        checkpoint.load_state_strict(Small(), {**state, "fc2.weight": torch.zeros(3, 8)}, "src")
+
+
+def test_param_count_on_meta_device():
+    n = registry.param_count("cifar10-net-test")
+    assert n == sum(p.numel() for p in FidNet(registry.get_preset("cifar10-net-test").config).parameters())
+    with pytest.raises(VistokError, match="unknown preset"):
+        registry.get_preset("no-such-model")
+
+
+# ---------------------------------------------------------------- loop pieces
+
+
+def test_check_finite():
+    check_finite(torch.tensor(1.5), 3)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(VistokError, match="at step 7.*train.lr") as err:
+            check_finite(torch.tensor(bad), 7)
+        assert "\n" not in str(err.value)
+
+
+def test_optimizer_step_clips_before_stepping():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = build_scheduler(opt, "constant", 0, 10)
+    grads = [torch.randn_like(p) * 10 for p in model.parameters()]
+    total = torch.sqrt(sum((g**2).sum() for g in grads))
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    before = [p.detach().clone() for p in model.parameters()]
+    norm = optimizer_step(model, opt, sched, grad_clip=1.0)
+    assert norm.item() == pytest.approx(total.item(), rel=1e-6)  # the norm before clipping is reported
+    deltas = [b - p.detach() for b, p in zip(before, model.parameters())]
+    # the step used the clipped gradients: lr * grad / |grad| * clip
+    for d, g in zip(deltas, grads):
+        torch.testing.assert_close(d, 0.5 * g / total, rtol=1e-5, atol=1e-7)
+    assert torch.sqrt(sum((d**2).sum() for d in deltas)).item() == pytest.approx(0.5, rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+    assert sched.last_epoch == 1
+    # no clipping: the raw gradient
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    before = [p.detach().clone() for p in model.parameters()]
+    norm = optimizer_step(model, opt, sched, grad_clip=0.0)
+    assert norm.item() == pytest.approx(total.item(), rel=1e-6)
+    for b, p, g in zip(before, model.parameters(), grads):
+        torch.testing.assert_close(b - p.detach(), 0.5 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_steps():
+    model = nn.Linear(2, 2)
+    x, y = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+    chunks = list(micro_steps(model, (x, y), 3))
+    assert len(chunks) == 3
+    assert torch.equal(torch.cat([c[1][0] for c in chunks]), x) and torch.equal(torch.cat([c[1][1] for c in chunks]), y)
+    with pytest.raises(VistokError, match="grad_accum=4"):
+        list(micro_steps(model, (x[:2], y[:2]), 4))
+
+
+def test_train_config_checks():
+    assert TrainConfig(batch_size=16, grad_accum=2).micro_batch(2) == 4
+    with pytest.raises(VistokError, match="must divide"):
+        TrainConfig(batch_size=10, grad_accum=1).micro_batch(4)
+    with pytest.raises(VistokError, match="positive"):
+        TrainConfig(total_steps=0)
+    with pytest.raises(VistokError, match="positive"):
+        TrainConfig(ckpt_every=0)
+
+
+def test_run_main_turns_errors_into_one_line(capsys):
+    def fails() -> None:
+        raise VistokError("bad thing; do this instead")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(fails)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "error: bad thing; do this instead\n"
+    run_main(lambda: None)  # no error, no exit
+
+
+def test_dist_setup_single_process(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    env = setup("cpu")
+    assert env == CPU and env.is_main and not env.distributed
+    model = nn.Linear(2, 2)
+    assert wrap_model(model, env) is model and unwrap(model) is model
+    with pytest.raises(VistokError, match="device must be"):
+        setup("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(VistokError, match="no CUDA device"):
+            setup("cuda")
+
+
+def test_metrics_log_truncates_to_resume_step(tmp_path):
+    log = MetricsLog(tmp_path, enabled=True, start_step=0, total_steps=10)
+    for s in range(1, 9):
+        log.log(s, loss=torch.tensor(float(s)), lr=0.1)
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 9))
+    assert read_metrics(tmp_path)[2] == {"step": 3, "loss": 3.0, "lr": 0.1}
+    log = MetricsLog(tmp_path, enabled=True, start_step=5, total_steps=10)
+    log.log(6, loss=60.0)
+    log.close()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["loss"] == 60.0
+    MetricsLog(tmp_path / "other", enabled=False, start_step=0, total_steps=1).log(1, loss=1.0)
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()
+
+
+def make_run(seed: int, wrap=None):
+    torch.manual_seed(seed)
+    model = Small()
+    ema = EMA(model, 0.9)
+    trained = wrap(model) if wrap else model
+    opt = build_optimizer(model, 1e-2, 0.1)
+    sched = build_scheduler(opt, "cosine", 2, 20)
+    return model, trained, ema, opt, sched
+
+
+def train_steps(model, trained, ema, opt, sched, n: int) -> None:
+    for _ in range(n):
+        trained(torch.randn(8, 4)).pow(2).mean().backward()
+        optimizer_step(trained, opt, sched, 1.0)
+        ema.update(model)
+
+
+def check_checkpointer_round_trip(tmp_path: Path, wrap=None) -> None:
+    cfg = TrainConfig(run_dir=str(tmp_path), total_steps=20)
+    model, trained, ema, opt, sched = make_run(0, wrap)
+    ckpt = Checkpointer(tmp_path, CPU, trained, opt, sched, ema, cfg)
+    assert ckpt.resume() == 0 and (tmp_path / "config.yaml").is_file()
+    train_steps(model, trained, ema, opt, sched, 3)
+    ckpt.save(3)
+    after_save = torch.rand(3)  # the RNG stream right after the checkpoint
+    saved = checkpoint.load_training_state(tmp_path)
+    assert set(saved["ema"]["shadow"]) == set(ema.shadow)  # plain model keys: no DDP prefix, no integer buffers
+    assert set(saved["model"]) == set(model.state_dict())
+
+    model2, trained2, ema2, opt2, sched2 = make_run(1, wrap)  # different initial weights
+    step = Checkpointer(tmp_path, CPU, trained2, opt2, sched2, ema2, cfg).resume()
+    assert step == 3
+    assert torch.equal(torch.rand(3), after_save)
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v), k
+    for k, v in ema.shadow.items():
+        assert torch.equal(ema2.shadow[k], v), k
+    assert ema2.num_updates == 3 and sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
+    # both continue identically
+    torch.manual_seed(9)
+    train_steps(model, trained, ema, opt, sched, 2)
+    torch.manual_seed(9)
+    train_steps(model2, trained2, ema2, opt2, sched2, 2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v), k
+    for k, v in ema.shadow.items():
+        assert torch.equal(ema2.shadow[k], v), k
+
+
+def test_checkpointer_save_resume(tmp_path):
+    check_checkpointer_round_trip(tmp_path)
+
+
+def test_checkpointer_save_resume_under_ddp(tmp_path):
+    """A DDP-wrapped model (one gloo process) saves EMA weights under the model's own keys and resumes."""
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        check_checkpointer_round_trip(tmp_path / "run", wrap=lambda m: nn.parallel.DistributedDataParallel(m))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_checkpointer_notes_changed_config(tmp_path, capsys):
+    model, trained, ema, opt, sched = make_run(0)
+    Checkpointer(tmp_path, CPU, trained, opt, sched, ema, TrainConfig(run_dir=str(tmp_path), total_steps=20)).save(1)
+    changed = TrainConfig(run_dir=str(tmp_path), total_steps=20, lr=5e-4)
+    assert Checkpointer(tmp_path, CPU, trained, opt, sched, ema, changed).resume() == 1
+    assert "changed config keys: lr" in capsys.readouterr().err
