@@ -1,0 +1,104 @@
+"""Rectified flow: noise-level sampling, the straight interpolation path, its velocity, ODE/SDE steps and CFG.
+
+Conventions (Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation",
+arXiv 2502.20388, Eq. 2-3; SiT/REPA for the SDE): **t = 0 is data, t = 1 is noise**.
+
+    x_t = (1 - t) x + t eps,        v = dx_t/dt = eps - x,        t ~ logit-normal(mean, std)
+
+Sampling integrates from t = 1 down to t = 0. The Euler-Maruyama sampler integrates the reverse SDE whose marginals
+match the flow's: with the score s(x_t) = -(x_t + (1 - t) v) / t and diffusion g^2 = 2t, the drift is
+d = v - t s = (2 - t) v + x_t and a step is x += d dt + sqrt(2t |dt|) xi (dt < 0). Its grid is t = linspace(1, t_last, N)
+followed by 0: N - 1 stochastic steps and one last deterministic step to 0, so N network evaluations either way.
+
+Classifier-free guidance combines the conditional and unconditional velocities, v_u + w (v_c - v_u). Because the SDE
+drift is affine in v with the same x_t for both branches, guiding v is the same as guiding the drift. The scale w can be
+constant or linear in the autoregressive step, w_s = 1 + (w - 1) s / (S - 1): the first entity is unguided and the last
+one gets the full scale (xAR's schedule).
+
+Everything here is a plain function of tensors; networks and generation loops live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from vistok.errors import require
+
+CfgSchedule = Literal["linear", "constant"]
+
+
+def logit_normal(
+    shape: tuple[int, ...], mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """t = sigmoid(n), n ~ N(mean, std^2): noise levels in (0, 1), denser in the middle (SD3's logit-normal)."""
+    n = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device)
+    t = torch.sigmoid(n * std + mean)
+    return t if device is None else t.to(device)
+
+
+def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """x_t = (1 - t) x + t noise; `t` broadcasts against `x` (e.g. (B, L, 1) against (B, L, C))."""
+    return (1 - t) * x + t * noise
+
+
+def velocity_target(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """d x_t / dt = noise - x, the regression target of the flow network (paper Eq. 3)."""
+    return noise - x
+
+
+def time_grid(steps: int, sde: bool = True, t_last: float = 0.04) -> list[float]:
+    """steps + 1 noise levels from 1 to 0 (Python floats: no device syncs in the sampling loop).
+
+    ODE: uniform in t. SDE: linspace(1, t_last, steps) then 0, so the last step (t_last -> 0) is deterministic and
+    the 1/t in the score is never evaluated at t = 0.
+    """
+    require(steps >= 1, f"the number of sampling steps must be at least 1, got {steps}")
+    if not sde:
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    require(0.0 < t_last < 1.0, f"t_last must lie in (0, 1), got {t_last}")
+    if steps == 1:
+        return [1.0, 0.0]
+    return torch.linspace(1.0, t_last, steps, dtype=torch.float64).tolist() + [0.0]
+
+
+def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE dx = v dt (t_next < t)."""
+    return x + (t_next - t) * v
+
+
+def sde_drift(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+    """Drift of the reverse SDE, v - t * score with score = -(x + (1 - t) v) / t; simplifies to (2 - t) v + x."""
+    return (2.0 - t) * v + x
+
+
+def euler_maruyama_step(
+    x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """One Euler-Maruyama step x + d dt + sqrt(2t |dt|) noise; `noise=None` takes the deterministic step."""
+    dt = t_next - t
+    x = x + sde_drift(x, v, t) * dt
+    if noise is not None:
+        x = x + math.sqrt(2.0 * t * abs(dt)) * noise
+    return x
+
+
+def cfg_scale(scale: float, step: int, num_steps: int, schedule: CfgSchedule = "linear") -> float:
+    """Guidance scale at autoregressive step `step` of `num_steps`.
+
+    linear: 1 + (scale - 1) * step / (num_steps - 1), so step 0 is unguided (with one step only, the full scale).
+    constant: `scale` at every step.
+    """
+    require(schedule in ("linear", "constant"), f"unknown CFG schedule {schedule!r}; use linear or constant")
+    require(0 <= step < num_steps, f"step {step} is outside 0..{num_steps - 1}")
+    if schedule == "constant" or num_steps == 1:
+        return float(scale)
+    return 1.0 + (scale - 1.0) * step / (num_steps - 1)
+
+
+def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: v_uncond + scale * (v_cond - v_uncond); scale 1 is the conditional velocity."""
+    return v_uncond + scale * (v_cond - v_uncond)
