@@ -1,0 +1,346 @@
+"""vistok.em: tokens and the three TokenUnify objectives, the SegMamba backbone, volume IO and crops, affinities,
+sliding-window inference, watershed + agglomeration, and VOI / ARAND against scikit-image."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import adapted_rand_error, variation_of_information
+
+from vistok.em import tokens
+from vistok.em.backbone import PRESETS as SEG_PRESETS
+from vistok.em.backbone import SegMamba, SegMambaConfig
+from vistok.em.metrics import arand, evaluate, voi
+from vistok.em.objectives import MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
+from vistok.em.segmentation import (affinities, agglomerate, class_balance_weights, fragments, gaussian_importance,
+                                    segment, sliding_window_inference, weighted_mse)
+from vistok.em.synthetic import synthetic_em_volume
+from vistok.em.volumes import EMCrops, augment_inplane, parse_volume_arg, read_volume, write_volume
+from vistok.errors import VistokError
+
+GALA = Path(__file__).resolve().parents[2] / "shared" / "data" / "em" / "gala_fib_medulla.h5"
+pytestmark = pytest.mark.filterwarnings("ignore:vistok Mamba")  # the expected one-time "which scan path" note
+MICRO = SegMambaConfig(feat_size=(4, 8, 8, 16), hidden_size=16, depths=(1, 1, 1, 1), kernel_size=(1, 3, 3), nslices=4)
+MICRO_TU = TokenUnifyConfig(backbone=MICRO, input_size=(16, 32, 32), patch_size=(4, 8, 8), head_channels=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models are bound by per-op overhead; a second intra-op thread only contends with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tokens and objectives
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _token_index_volume(grid: tuple[int, ...], patch: tuple[int, ...]) -> torch.Tensor:
+    """(1, 1, *S) whose voxels hold the raster index of their token."""
+    idx = torch.arange(math.prod(grid)).reshape(grid)
+    for axis, p in enumerate(patch):
+        idx = idx.repeat_interleave(p, dim=axis)
+    return idx[None, None].float()
+
+
+@pytest.mark.parametrize("grid,patch", [((2, 3, 2), (4, 16, 16)), ((2, 3, 4), (1, 2, 3)), ((3, 2), (4, 5))])
+def test_patchify_is_raster_order_and_inverts(grid: tuple, patch: tuple) -> None:
+    vol = _token_index_volume(grid, patch)
+    toks = tokens.patchify(vol, patch)  # (1, K, prod(patch))
+    assert toks.shape == (1, math.prod(grid), math.prod(patch))
+    assert torch.equal(toks[0], torch.arange(math.prod(grid)).float()[:, None].expand_as(toks[0]))
+    noise = torch.randn(2, 3, *(g * p for g, p in zip(grid, patch)))
+    assert torch.equal(tokens.unpatchify(tokens.patchify(noise, patch), grid, patch), noise)
+    with pytest.raises(VistokError, match="must divide by the patch size"):
+        tokens.patchify(torch.zeros(1, 1, *(g * p + 1 for g, p in zip(grid, patch))), patch)
+
+
+@pytest.mark.parametrize("ratio", [(0.4, 0.4), (0.0, 0.0), (1.0, 1.0), (0.2, 0.8)])
+def test_random_mask_hides_exactly_round_ratio_k(ratio: tuple) -> None:
+    k, b = 50, 64
+    g = torch.Generator().manual_seed(0)
+    mask = tokens.random_token_mask(b, k, ratio, g)
+    counts = mask.sum(1)
+    if ratio[0] == ratio[1]:
+        assert (counts == round(ratio[0] * k)).all()
+    else:  # per-sample ratio r ~ U(lo, hi): exactly round(r K) for the same draws of r
+        r = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(b, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(counts, torch.round(r * k).long())
+        assert counts.min() >= 10 and counts.max() <= 40 and len(set(counts.tolist())) > 5
+    again = tokens.random_token_mask(b, k, ratio, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+    with pytest.raises(VistokError):
+        tokens.random_token_mask(2, k, (0.6, 0.4))
+
+
+def test_prefix_lengths_and_mask_exact() -> None:
+    lengths = tokens.prefix_lengths(4000, 5, torch.Generator().manual_seed(0))
+    assert set(lengths.tolist()) == {1, 2, 3, 4}  # U{1 .. K-1}
+    mask = tokens.prefix_mask(torch.tensor([1, 3, 4]), 5)
+    assert mask.tolist() == [[False, True, True, True, True], [False, False, False, True, True],
+                             [False, False, False, False, True]]
+    with pytest.raises(VistokError, match="at least 2 tokens"):
+        tokens.prefix_lengths(2, 1)
+
+
+@pytest.mark.parametrize("fill", ["zero", "noise"])
+def test_hide_tokens_touches_exactly_the_hidden_tokens(fill: str) -> None:
+    grid, patch = (2, 2, 3), (2, 3, 2)
+    vol = _token_index_volume(grid, patch) + 100.0  # every voxel > 99, so hidden ones are recognisable
+    mask = torch.tensor([[False, True, False, False, True, True, False, False, False, False, False, True]])
+    out = tokens.hide_tokens(vol, mask, patch, fill, torch.Generator().manual_seed(0))
+    hidden_voxels = torch.isin(vol - 100.0, torch.tensor([1.0, 4.0, 5.0, 11.0]))
+    assert torch.equal(out[~hidden_voxels], vol[~hidden_voxels])
+    if fill == "zero":
+        assert (out[hidden_voxels] == 0).all()
+    else:
+        assert (out[hidden_voxels].abs() < 10).all() and out[hidden_voxels].std() > 0.5
+
+
+def test_next_token_target_is_token_k() -> None:
+    grid, patch = (2, 2, 2), (2, 2, 2)
+    vol = torch.cat([_token_index_volume(grid, patch), 10 + _token_index_volume(grid, patch)])  # (2, 1, 4, 4, 4)
+    target = tokens.next_token_target(vol, torch.tensor([3, 6]), patch)
+    assert torch.equal(target, torch.tensor([[3.0] * 8, [16.0] * 8]))
+
+
+def test_objectives_feed_the_backbone_exactly_masked_inputs(monkeypatch) -> None:
+    model = TokenUnify(TokenUnifyConfig(**{**MICRO_TU.__dict__, "fill": "zero", "mask_ratio": (0.25, 0.25)}))
+    seen, forward = [], model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x: (seen.append(x.detach().clone()), forward(x))[1])
+    volume = 0.25 + 0.5 * torch.rand(3, 1, 16, 32, 32)  # no zero voxels
+    model(volume, TaskWeights(1.0, 1.0, 1.0), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # replay the draws: random mask, then prefix lengths
+    k = MICRO_TU.num_tokens  # 4 x 4 x 4 = 64
+    random_mask = tokens.random_token_mask(3, k, (0.25, 0.25), g)
+    prefix = tokens.prefix_lengths(3, k, g)
+    clean = tokens.patchify(volume, MICRO_TU.patch_size)  # (B, K, P)
+    for x, hidden in zip(seen, [random_mask, tokens.prefix_mask(prefix, k)]):
+        toks = tokens.patchify(x, MICRO_TU.patch_size)
+        assert (toks[hidden] == 0).all() and torch.equal(toks[~hidden], clean[~hidden])
+    assert (random_mask.sum(1) == 16).all()
+    assert [int(row.nonzero()[0]) for row in tokens.prefix_mask(prefix, k)] == prefix.tolist()
+
+
+def test_mix_schedules() -> None:
+    two = MixSchedule("two_stage", (1.0, 1.0, 0.5), switch=0.25)
+    assert two.at(0, 100) == TaskWeights(1.0, 0.0, 0.0) and two.at(24, 100) == TaskWeights(1.0, 0.0, 0.0)
+    assert two.at(25, 100) == TaskWeights(0.0, 1.0, 0.5) and two.at(99, 100) == TaskWeights(0.0, 1.0, 0.5)
+    alt = MixSchedule("alternate", period=10)
+    assert [alt.at(s, 100).random for s in (0, 9, 10, 19, 20)] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert MixSchedule("constant", (0.0, 1.0, 0.0)).at(5, 10) == TaskWeights(0.0, 1.0, 0.0)
+    with pytest.raises(VistokError):
+        MixSchedule(weights=(0.0, 0.0, 0.0))
+
+
+def test_overfitting_one_batch_cuts_the_pretraining_loss() -> None:
+    torch.manual_seed(0)
+    model = TokenUnify(MICRO_TU)
+    raw, _ = synthetic_em_volume((16, 32, 32), num_cells=8, seed=1)
+    batch = torch.from_numpy(raw).float()[None, None] / 255  # (1, 1, 16, 32, 32)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(12):
+        out = model(batch, TaskWeights(1.0, 1.0, 1.0), torch.Generator().manual_seed(0))  # same masks every step
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+@pytest.mark.parametrize("weights", [TaskWeights(1, 0, 0), TaskWeights(0, 1, 0), TaskWeights(0, 0, 1)])
+def test_every_parameter_gets_a_gradient_in_every_phase(weights: TaskWeights) -> None:
+    """DDP without find_unused_parameters needs every parameter in the graph of every step."""
+    model = TokenUnify(MICRO_TU)
+    model(torch.rand(1, 1, 16, 32, 32), weights, torch.Generator().manual_seed(0)).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(VistokError, match="built for"):
+        model(torch.rand(1, 1, 16, 32, 64))
+
+
+def test_pretrained_backbone_moves_strictly_to_the_segmentation_model() -> None:
+    pre = TokenUnify(MICRO_TU)
+    seg = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "out_chans": 3}))
+    assert load_pretrained_backbone(seg, pre.state_dict()) == ["head.bias", "head.weight"]
+    for k, v in seg.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, pre.state_dict()["backbone." + k]), k
+    other = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "feat_size": (4, 8, 8, 8), "out_chans": 3}))
+    with pytest.raises(VistokError, match="does not match"):
+        load_pretrained_backbone(other, pre.state_dict())
+
+
+def test_backbone_shapes_presets_and_input_checks() -> None:
+    model = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "out_chans": 3}))
+    assert model(torch.rand(2, 1, 16, 32, 32)).shape == (2, 3, 16, 32, 32)
+    with pytest.raises(VistokError, match="divisible by 16"):
+        model(torch.rand(1, 1, 16, 32, 40))
+    with pytest.raises(VistokError, match="nslices"):
+        SegMambaConfig(nslices=5).check_input((16, 64, 64))  # stage 4 has 1 x 4 x 4 voxels
+    with torch.device("meta"):
+        counts = {name: sum(p.numel() for p in SegMamba(cfg).parameters()) for name, cfg in SEG_PRESETS.items()}
+    assert abs(counts["segmamba-base"] / 1e6 - 28.30) < 0.01  # the paper's EMmamba: 28.30M
+    assert counts["segmamba-tiny"] < 1_000_000
+    assert counts["segmamba-base"] < counts["segmamba-small"] < counts["segmamba-mid"] < counts["segmamba-large"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# volumes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["v.h5:raw/main", "v.h5", "v.hdf5:x", "v.npz:img", "v.npz", "v.npy", "v.tif"])
+def test_volume_io_round_trip(tmp_path: Path, name: str) -> None:
+    vol = np.random.default_rng(0).integers(0, 255, (4, 5, 6), dtype=np.uint8)
+    ref = write_volume(str(tmp_path / name), vol)
+    back = read_volume(str(tmp_path / name))
+    assert back.dtype == vol.dtype and np.array_equal(back, vol)
+    assert np.array_equal(read_volume(ref), vol)
+
+
+def test_volume_argument_errors(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["train/raw"] = np.zeros((2, 2, 2))
+        f["test/raw"] = np.zeros((2, 2, 2))
+        f["flat"] = np.zeros((2, 2))
+    assert parse_volume_arg("a/b.h5:train/raw").dataset == "train/raw"
+    cases = {
+        "vol.xyz": "unknown volume format", "vol.h5:": "ends with ':'", "vol.tif:raw": "holds one volume",
+        str(tmp_path / "missing.h5"): "does not exist", str(tmp_path / "two.h5"): "holds 3 datasets",
+        str(tmp_path / "two.h5:nope"): "has no dataset 'nope'", str(tmp_path / "two.h5:flat"): "3D",
+    }
+    for arg, message in cases.items():
+        with pytest.raises(VistokError, match=message) as err:
+            read_volume(arg)
+        assert "\n" not in str(err.value)
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(VistokError, match="not a readable HDF5"):
+        read_volume(str(tmp_path / "bad.h5"))
+    try:
+        import zarr  # noqa: F401
+    except ImportError:
+        (tmp_path / "v.zarr").mkdir()
+        with pytest.raises(VistokError, match="pip install zarr"):
+            read_volume(str(tmp_path / "v.zarr"))
+
+
+@pytest.mark.skipif(not GALA.is_file(), reason="shared EM volume not found")
+def test_reads_the_real_em_volume() -> None:
+    raw = read_volume(f"{GALA}:train/raw")
+    ids = read_volume(f"{GALA}:test/neuron_ids")
+    assert raw.shape == ids.shape == (50, 100, 200) and raw.dtype == np.uint8
+    assert len(np.unique(ids)) - 1 == 132
+
+
+def test_crops_normalise_pad_augment_and_keep_labels_aligned() -> None:
+    labels = np.random.default_rng(0).integers(1, 50, (6, 10, 12)).astype(np.int32)
+    raw = (labels * 3 + 7).astype(np.uint8)  # raw is an affine function of labels: alignment is checkable
+    data = EMCrops([raw], (8, 16, 16), length=10, labels=[labels], seed=3)  # larger than the volume: reflect pad
+    x, y = data[(4, 1)]
+    assert x.shape == (1, 8, 16, 16) and y.shape == (8, 16, 16) and x.dtype == torch.float32
+    lo, hi = raw.min(), raw.max()
+    assert torch.allclose(x[0], (y.float() * 3 + 7 - lo) / (hi - lo))
+    assert torch.equal(data[(4, 1)][0], x) and not torch.equal(data[(4, 2)][0], x)
+    plain = EMCrops([raw], (4, 8, 8), length=5)
+    assert plain[0].shape == (1, 4, 8, 8) and 0.0 <= plain[0].min() and plain[0].max() <= 1.0
+    for seed in range(8):  # non-square planes only flip or turn by 180 degrees
+        assert augment_inplane([np.zeros((2, 3, 5))], np.random.default_rng(seed))[0].shape == (2, 3, 5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# segmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_affinities_on_a_hand_made_volume() -> None:
+    labels = torch.tensor([[[1, 1, 2],
+                            [1, 0, 2]],
+                           [[1, 3, 2],
+                            [0, 0, 2]]])  # (z=2, y=2, x=3)
+    aff = affinities(labels)
+    assert aff.shape == (3, 2, 2, 3)
+    assert aff[0].tolist() == [[[0, 0, 0], [0, 0, 0]], [[1, 0, 1], [0, 0, 1]]]  # z: same label as z-1
+    assert aff[1].tolist() == [[[0, 0, 0], [1, 0, 1]], [[0, 0, 0], [0, 0, 1]]]  # y: same label as y-1
+    assert aff[2].tolist() == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]]  # x: same label as x-1
+    assert torch.equal(affinities(labels[None])[0], aff)  # leading batch axes
+
+
+def test_class_balance_weights_and_weighted_mse() -> None:
+    target = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 1, 1, 1, 4)  # positive fraction 0.75: zeros are the minority
+    w = class_balance_weights(target)
+    assert torch.allclose(w.flatten(), torch.tensor([1.0, 1.0, 1.0, 3.0]))
+    pred = torch.tensor([0.5, 1.0, 1.0, 0.5]).view(1, 1, 1, 1, 4)
+    assert torch.isclose(weighted_mse(pred, target), torch.tensor((0.25 + 3 * 0.25) / 4))
+    rare = torch.zeros(1, 1, 1, 1, 100)
+    rare[..., 0] = 1  # fraction 0.01 clips to 0.05: positives get 19
+    assert torch.isclose(class_balance_weights(rare)[..., 0], torch.tensor(19.0)).all()
+
+
+@pytest.mark.parametrize("size,roi", [((20, 37, 29), (8, 16, 16)), ((6, 10, 12), (8, 16, 16)), ((16, 16), (16, 16))])
+def test_sliding_window_reassembles_a_pointwise_model(size: tuple, roi: tuple) -> None:
+    vol = torch.rand(2, 1, *size)
+    out = sliding_window_inference(lambda x: torch.cat([x, 2 * x], 1), vol, roi, overlap=0.25, batch_size=3)
+    assert out.shape == (2, 2, *size)
+    torch.testing.assert_close(out, torch.cat([vol, 2 * vol], 1))
+    w = gaussian_importance((8, 16))
+    assert w.max() == 1.0 and w[3:5, 7:9].min() > 0.9 and w[0, 0] < 0.2
+
+
+def test_watershed_and_agglomeration_recover_neurons() -> None:
+    _, labels = synthetic_em_volume((12, 48, 48), num_cells=12, seed=2)
+    aff = affinities(torch.from_numpy(labels)).numpy()
+    frags = fragments(aff)
+    assert len(np.unique(frags)) > 12  # per-slice fragments over-segment in 3D
+    seg = agglomerate(frags, aff, threshold=0.5)
+    scores = evaluate(seg, labels)
+    assert scores.voi < 0.3 and scores.arand < 0.05, scores
+    assert evaluate(frags, labels).voi_split > 1.0
+    assert np.array_equal(segment(aff), seg)
+
+
+def test_agglomeration_merges_by_boundary_affinity() -> None:
+    frags = np.zeros((1, 1, 6), np.int64)
+    frags[..., :2], frags[..., 2:4], frags[..., 4:] = 1, 2, 3
+    aff = np.zeros((3, 1, 1, 6), np.float32)
+    aff[2, 0, 0, 2], aff[2, 0, 0, 4] = 0.9, 0.2  # 1|2 strongly connected, 2|3 weakly
+    seg = agglomerate(frags, aff, threshold=0.5)
+    assert seg[0, 0].tolist() == [1, 1, 1, 1, 2, 2]
+    assert len(np.unique(agglomerate(frags, aff, threshold=0.1))) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_voi_and_arand_agree_with_scikit_image(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 6, (6, 20, 20))  # label 0 (ignored) in the ground truth
+    seg = np.where(rng.random(gt.shape) < 0.7, gt + 10, rng.integers(0, 4, gt.shape))  # label 0 in seg too
+    split, merge = voi(seg, gt)
+    sk_split, sk_merge = variation_of_information(gt, seg, ignore_labels=(0,))
+    assert np.isclose(split, sk_split, atol=1e-12) and np.isclose(merge, sk_merge, atol=1e-12)
+    assert np.isclose(arand(seg, gt), adapted_rand_error(gt, seg)[0], atol=1e-12)
+    assert split > 0.1 and merge > 0.1
+
+
+def test_metrics_are_zero_for_a_perfect_segmentation() -> None:
+    gt = np.random.default_rng(0).integers(0, 5, (4, 8, 8))
+    relabelled = np.where(gt > 0, 100 - gt, 7)  # different ids, and the ignored voxels labelled arbitrarily
+    assert evaluate(relabelled, gt) == (0.0, 0.0, 0.0, 0.0)
+    merged = np.where(gt > 0, 1, 0)
+    scores = evaluate(merged, gt)
+    assert scores.voi_split == 0.0 and scores.voi_merge > 1.0 and scores.arand > 0.5
+    with pytest.raises(VistokError, match="differ in shape"):
+        evaluate(gt[:2], gt)
