@@ -1,4 +1,4 @@
-"""The `vistok` command: `models`, `fid`, `fid-stats` and `demo`.
+"""The `vistok` command: `models`, `sample`, `fid`, `fid-stats` and `demo`.
 
 A user's mistake (bad path, bad flag, missing weights) prints one line and exits non-zero, never a traceback.
 """
@@ -34,6 +34,35 @@ def cmd_models(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['name']:<28}{r['family']:<14}{r['params']:>14,}")
     print(f"\nshipped models in {registry.assets_dir()}: {', '.join(shipped) or 'none'}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import time
+
+    from vistok.generators import generate as gen
+
+    device = gen.resolve_device(args.device)
+    model, tokenizer, meta = gen.load_generator(args.ckpt, device)
+    sampling = gen.sample_config(meta, steps=args.steps, cfg=args.cfg, cfg_schedule=args.cfg_schedule, method=args.method)
+    labels = gen.parse_labels(args.labels, args.num, meta["classes"])
+    start = time.perf_counter()
+    images = gen.generate(model, tokenizer, labels, sampling, args.seed, args.batch_size, args.precision,
+                          log_every=0 if args.quiet else 30.0)
+    written = gen.save_samples(args.out, images, labels.numpy())
+    seconds = time.perf_counter() - start
+    print(f"{len(images)} images in {seconds:.1f} s ({sampling.steps} steps, cfg {sampling.cfg} {sampling.cfg_schedule}, "
+          f"{sampling.method}, seed {args.seed}, {device.type}{', bf16' if args.precision == 'bf16' else ''}) -> "
+          + ", ".join(str(p) for p in written) + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_fid(args: argparse.Namespace) -> None:
@@ -80,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model presets with parameter counts, and shipped models")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sample", help="class-conditional samples from a generator: PNGs, a grid and an .npz for FID")
+    p.add_argument("--ckpt", required=True, help="exported folder (config.json + model.safetensors) or shipped model name")
+    p.add_argument("--num", type=_positive, default=100, help="number of images (default 100)")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
+    p.add_argument("--steps", type=_positive, help="flow steps per entity (default: the export's)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images, whatever the batch size (default 0)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward batch (default 64)")
+    p.add_argument("--labels", help="comma list of class indices or names, cycled (default: round-robin over classes)")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance over AR steps (default: the export's)")
+    p.add_argument("--method", choices=("sde", "ode"), help="Euler-Maruyama SDE or Euler ODE (default: the export's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("fid", help="FID (and KID) of generated images against real images or statistics")
     p.add_argument("--fake", required=True, help="image folder or .npz of uint8 images")

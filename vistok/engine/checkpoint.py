@@ -109,7 +109,7 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if not cfg_file.is_file() or not weights_file.is_file():
         raise VistokError(
             f"{path} is not an exported vistok model (needs config.json and model.safetensors); "
-            "pass a folder written by a training run's export or a model name from `vistok models --shipped`"
+            "pass a folder written by a training run's export or the name of a shipped model (`vistok models` lists them)"
         )
     return json.loads(cfg_file.read_text()), load_file(weights_file)
 

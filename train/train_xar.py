@@ -1,0 +1,133 @@
+"""Train a class-conditional xAR generator (Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual
+Generation", arXiv 2502.20388) on images through a tokenizer.
+
+    torchrun --nproc_per_node=N train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml [key=value ...]
+    python train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
+
+images -> tokenizer.encode -> (B, C, h, w) tokens -> xAR's flow-matching loss with Noisy Context Learning. Running the
+same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export with the model
+config, the tokenizer config, the class names and the sampling settings, so `vistok sample --ckpt RUN/export` needs
+nothing else; a preview grid (one row per class) is written next to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from vistok.config import to_dict
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
+from vistok.engine import checkpoint, dist
+from vistok.engine.logging import MetricsLog
+from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.errors import require
+from vistok.generators.generate import SampleConfig, generate, grid
+from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
+from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer  # the VAE adapter: its own
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/xar", lr=1e-3, weight_decay=0.02, betas=(0.9, 0.96), warmup_steps=500, ema_decay=0.999))
+    model: XARConfig = field(default_factory=lambda: PRESETS["xar-tiny-s"])
+    tokenizer: PixelConfig = field(default_factory=lambda: PixelConfig(patch=4, scale=2.0))
+    data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(hflip=True))
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=50, cfg=2.0))  # stored in the export
+    preview_per_class: int = 10  # images per class in RUN/export/preview.png (0: none)
+
+
+def check_pairing(cfg: Config, tokenizer: PixelTokenizer, num_classes: int) -> None:
+    """The generator must accept the tokenizer's tokens of the configured images, and have a label for every class."""
+    m, res = cfg.model, cfg.data.resolution
+    grid_hw, channels = tokenizer.grid(res, res), tokenizer.token_channels
+    require(tuple(m.grid) == grid_hw and m.in_channels == channels,
+            f"the tokenizer turns {res}px images into {channels}-channel {grid_hw[0]}x{grid_hw[1]} token grids, but the "
+            f"model expects {m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
+            f"model.grid=[{grid_hw[0]},{grid_hw[1]}]")
+    require(num_classes <= m.num_classes,
+            f"the data has {num_classes} classes but model.num_classes={m.num_classes}; set model.num_classes={num_classes}")
+
+
+@torch.no_grad()
+def encode(tokenizer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images in [-1, 1] -> (B, C, h, w) tokens, once per batch, outside the autograd graph.
+
+    Latent caching plugs in here: for a VAE tokenizer, encode the dataset once (posterior moments, with and without
+    the flip, as MAR's main_cache.py) and draw `mean + std * eps` per step instead of running the encoder. The pixel
+    tokenizer is a reshape, so there is nothing to cache."""
+    return tokenizer.encode(images)
+
+
+def main() -> None:
+    cfg = parse_cli(Config, description=__doc__)
+    tc = cfg.train
+    env = dist.setup(tc.device)
+    dist.seed_everything(tc.seed)  # same initial weights on every rank
+
+    tokenizer = PixelTokenizer(cfg.tokenizer).to(env.device).eval()  # frozen: neither trained nor checkpointed
+    dataset = build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution)
+    classes = list(getattr(dataset, "classes", ())) or ["images"]  # a flat image folder is one class
+    check_pairing(cfg, tokenizer, len(classes))
+
+    model = XAR(cfg.model).to(env.device)
+    ddp_model = dist.wrap_model(model, env, tc.parallel)
+    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
+    step = ckpt.resume()
+    if step == 0:
+        dist.seed_everything(tc.seed, env.rank)  # ranks draw different noise levels and noise
+
+    loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank,
+                          env.world_size, tc.seed, start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
+                          crop_pad=cfg.data.crop_pad)
+    tc.micro_batch(env.world_size)  # validates the batch split before any work
+    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+
+    batches = iter(loader)
+    try:  # close the progress bar first, so an error message starts a line of its own
+        while step < tc.total_steps:
+            images, labels = next(batches)
+            tokens = encode(tokenizer, images.to(env.device, non_blocking=True))  # (B, C, h, w)
+            labels = labels.to(env.device, non_blocking=True)
+            total_loss = torch.zeros((), device=env.device)
+            for sync, (x, y) in micro_steps(ddp_model, (tokens, labels), tc.grad_accum):
+                with sync, autocast(tc.precision, env.device):
+                    loss = ddp_model(x, y) / tc.grad_accum  # flow-matching loss over all entities, each with its own t
+                loss.backward()
+                total_loss += loss.detach()
+            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
+            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
+            ema.update(model)
+            step += 1
+            log.advance()
+            if step % tc.log_every == 0 or step == tc.total_steps:
+                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            if step % tc.ckpt_every == 0 or step == tc.total_steps:
+                ckpt.save(step)
+    finally:
+        log.close()
+
+    ema_model = XAR(cfg.model).to(env.device)
+    ema_model.load_state_dict(ema.full_state(model))
+    if env.is_main:
+        out = checkpoint.export(
+            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+            tokenizer={"family": TOKENIZER_FAMILY[0], "config": to_dict(cfg.tokenizer)}, classes=classes,
+            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=step, data=cfg.data.name)
+        print(f"exported EMA weights (step {step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
+        if cfg.preview_per_class:
+            labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
+            images = generate(ema_model, tokenizer, labels, cfg.sample, seed=tc.seed)  # (N, H, W, 3) uint8
+            Image.fromarray(grid(images, labels.numpy())).save(out / "preview.png")
+            print(f"wrote {out / 'preview.png'} ({cfg.sample.steps} steps, cfg {cfg.sample.cfg}, one row per class)")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)
