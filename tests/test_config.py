@@ -63,6 +63,20 @@ def test_nested_dotted_keys_keep_sibling_yaml_values(tmp_path):
     assert isinstance(cfg.opt, Opt)
 
 
+@dataclass(frozen=True)
+class Outer:
+    run: Run = field(default_factory=lambda: Run(opt=Opt(lr=0.5, note="preset"), name="preset"))
+
+
+def test_overrides_layer_on_a_nested_default_factory_value(tmp_path):
+    """A group's default (a preset from default_factory) keeps its other values when one key of it is set."""
+    cfg = load_config(Outer, None, ["run.opt.steps=3"])
+    assert (cfg.run.name, cfg.run.opt.lr, cfg.run.opt.note, cfg.run.opt.steps) == ("preset", 0.5, "preset", 3)
+    cfg = load_config(Outer, write_yaml(tmp_path, "run:\n  name: yaml\n"), ["run.opt.lr=0.25"])
+    assert (cfg.run.name, cfg.run.opt.lr, cfg.run.opt.note) == ("yaml", 0.25, "preset")
+    assert load_config(Outer) == Outer()
+
+
 def test_valid_keys_are_dotted():
     assert valid_keys(Run) == [
         "opt.lr", "opt.steps", "opt.flag", "opt.mode", "opt.betas", "opt.note", "name", "limit", "widths"

@@ -110,6 +110,28 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def _nested_defaults(cls: type) -> dict[str, dict[str, Any]]:
+    """The default values of `cls`'s nested-config fields as plain dicts: a field declared with
+    `default_factory=lambda: Sub(x=1)` keeps x=1 when the YAML or an override sets only some other key of it."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            out[f.name] = {g.name: getattr(default, g.name) for g in dataclasses.fields(default)}
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, recursing where both hold a group of keys (a dict or a nested config)."""
+    out = dict(base)
+    for k, v in update.items():
+        old = out.get(k)
+        if isinstance(v, dict) and dataclasses.is_dataclass(old) and not isinstance(old, type):
+            old = {g.name: getattr(old, g.name) for g in dataclasses.fields(old)}
+        out[k] = _merge(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
+    return out
+
+
 def _build(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     types_ = _field_types(cls)
     unknown = [k for k in values if k not in types_]
@@ -117,7 +139,9 @@ def _build(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
         raise VistokError(
             f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: " + ", ".join(valid_keys(cls, prefix))
         )
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in values.items()}
+    defaults = _nested_defaults(cls)
+    merged = {k: _merge(defaults[k], v) if k in defaults and isinstance(v, dict) else v for k, v in values.items()}
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in merged.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
