@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     _fid_flags(p)
     p.set_defaults(func=cmd_fid_stats)
 
+    from vistok.em.cli import add_commands as add_em_commands
+
+    add_em_commands(sub)
+
     p = sub.add_parser("demo", help="the main job: show what the shipped models do (see README)")
     p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     p.add_argument("--num", type=int, default=1000, help="images to score")

@@ -1,0 +1,254 @@
+"""TokenUnify pretraining, EM segmentation fine-tuning, `em-segment` and `em-eval`, on a synthetic volume with micro
+models: the scripts run in-process (their `main` under a patched argv) to skip a fresh interpreter per run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from vistok.config import load_config, to_dict
+from vistok.em import cli as em_cli
+from vistok.em.backbone import SegMamba
+from vistok.em.metrics import evaluate
+from vistok.em.synthetic import synthetic_em_volume
+from vistok.em.volumes import read_volume, write_volume
+from vistok.engine import checkpoint
+from vistok.engine.logging import read_metrics
+from vistok.errors import VistokError
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:vistok Mamba")]
+
+MICRO = ["feat_size=[4,8,8,16]", "hidden_size=16"]  # on top of the tiny presets: ~30k parameters
+COMMON = ["train.batch_size=2", "train.warmup_steps=0", "train.log_every=1", "train.num_workers=0", "train.device=cpu",
+          "train.ckpt_every=100"]
+PRETRAIN = COMMON + [f"model.backbone.{o}" for o in MICRO] + [
+    "model.input_size=[16,32,32]", "model.patch_size=[4,8,8]", "model.head_channels=4", "data.samples_per_epoch=8",
+    "eval_crops=1"]
+FINETUNE = COMMON + [f"model.{o}" for o in MICRO] + ["data.crop=[16,32,32]", "data.samples_per_epoch=8"]
+
+
+def load_script(name: str):
+    """train/NAME.py imported as a module (its Config dataclass and main), without running it."""
+    key = f"vistok_test_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "train" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses resolve string annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def run_script(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(sys, "argv", [f"{name}.py", *args])
+        load_script(name).main()
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A synthetic train volume (HDF5 raw + ids) and a test volume (npz raw + ids), as FILE:DATASET arguments."""
+    root = tmp_path_factory.mktemp("em")
+    raw, ids = synthetic_em_volume((16, 40, 48), num_cells=10, seed=0)
+    with h5py.File(root / "train.h5", "w") as f:
+        f["raw"], f["ids"] = raw, ids
+    test_raw, test_ids = synthetic_em_volume((16, 36, 40), num_cells=8, seed=1)
+    np.savez(root / "test.npz", raw=test_raw, ids=test_ids)
+    return {"raw": f"{root}/train.h5:raw", "ids": f"{root}/train.h5:ids", "test_raw": f"{root}/test.npz:raw",
+            "test_ids": f"{root}/test.npz:ids", "root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def runs(volumes, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One TokenUnify pretraining (3 steps, two-stage) and a fine-tuning from its export (2 steps, scored)."""
+    root = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    try:
+        torch.set_num_threads(1)
+        run_script("pretrain_tokenunify", mp, f"train.run_dir={root / 'pre'}", "train.total_steps=3",
+                   f"data.volumes=[{volumes['raw']}]", "schedule.switch=0.5", *PRETRAIN)
+        run_script("finetune_em_seg", mp, f"train.run_dir={root / 'seg'}", "train.total_steps=2",
+                   f"data.raw=[{volumes['raw']}]", f"data.labels=[{volumes['ids']}]", f"eval.raw={volumes['test_raw']}",
+                   f"eval.labels={volumes['test_ids']}", f"init_from={root / 'pre' / 'export'}", *FINETUNE)
+    finally:
+        mp.undo()
+    return {"pre": root / "pre", "seg": root / "seg"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training scripts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_pretraining_runs_the_two_stage_schedule_and_exports(runs) -> None:
+    rows = read_metrics(runs["pre"])
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [(r["w_random"], r["w_next_all"], r["w_next"]) for r in rows] == [(1, 0, 0), (1, 0, 0), (0, 1, 1)]
+    assert rows[0]["random"] > 0 and rows[0]["next_all"] == 0 and rows[2]["random"] == 0 and rows[2]["next"] > 0
+    meta, state = checkpoint.read_export(runs["pre"] / "export")
+    assert meta["family"] == "tokenunify" and meta["step"] == 3 and meta["schedule"]["kind"] == "two_stage"
+    assert set(meta["eval"]) == {"crops", "random_mse", "next_all_mse", "next_mse"}
+    assert any(k.startswith("next_head.") for k in state) and checkpoint.load_training_state(runs["pre"])["step"] == 3
+
+
+def test_finetuning_loads_the_pretrained_backbone_and_scores_the_test_volume(runs) -> None:
+    pre = checkpoint.read_export(runs["pre"] / "export")[1]
+    script = load_script("finetune_em_seg")
+    cfg = load_config(script.Config, None, [o for o in FINETUNE if o.startswith("model.")])
+    model = SegMamba(cfg.model)
+    assert script.load_init(model, str(runs["pre"] / "export")) == ["head.bias", "head.weight"]
+    for k, v in model.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, pre["backbone." + k]), k
+    scores = json.loads((runs["seg"] / "eval.json").read_text())
+    assert scores["init_from"] == str(runs["pre"] / "export") and scores["step"] == 2
+    assert all(np.isfinite(scores[k]) and scores[k] >= 0 for k in ("voi_split", "voi_merge", "voi", "arand"))
+    assert np.isclose(scores["voi"], scores["voi_split"] + scores["voi_merge"])
+    meta, _ = checkpoint.read_export(runs["seg"] / "export")
+    assert meta["family"] == "segmamba" and meta["config"]["out_chans"] == 3
+    assert meta["eval"]["voi"] == scores["voi"] and meta["inference"]["roi"] == [16, 32, 32]
+
+
+@pytest.mark.parametrize("weights,expect", [("[1,0,0]", (1, 0, 0)), ("[0,1,0]", (0, 1, 0))])
+def test_single_objective_schedules(tmp_path, monkeypatch, volumes, weights: str, expect: tuple) -> None:
+    run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path}", "train.total_steps=2",
+               f"data.volumes=[{volumes['raw']}]", "schedule.kind=constant", f"schedule.weights={weights}",
+               "eval_crops=0", *PRETRAIN[:-1])
+    rows = read_metrics(tmp_path)
+    assert [(r["w_random"], r["w_next_all"], r["w_next"]) for r in rows] == [expect, expect]
+    assert all((r["random"] > 0) == bool(expect[0]) and (r["next_all"] > 0) == bool(expect[1]) for r in rows)
+    assert checkpoint.read_export(tmp_path / "export")[0]["eval"] == {"crops": 0}
+
+
+def test_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, volumes) -> None:
+    """Masks and noise are drawn per (seed, step, rank): stopping after step 1 and resuming changes nothing."""
+    common = [f"data.volumes=[{volumes['raw']}]", "train.total_steps=2", "eval_crops=0", "schedule.kind=constant",
+              "train.schedule=constant",  # the stopped run is shorter: a cosine would differ
+              *PRETRAIN[:-1]]
+    run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path / 'a'}", *common)
+    run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path / 'b'}", "train.ckpt_every=1",
+               *common[:1], "train.total_steps=1", *common[2:])
+    run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path / 'b'}", *common)
+    a, b = (checkpoint.load_training_state(tmp_path / r) for r in "ab")
+    assert a["step"] == b["step"] == 2 and [r["step"] for r in read_metrics(tmp_path / "b")] == [1, 2]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_mismatched_or_wrong_exports_are_clear_errors(tmp_path, monkeypatch, runs, volumes) -> None:
+    data = [f"data.raw=[{volumes['raw']}]", f"data.labels=[{volumes['ids']}]", "train.total_steps=1", *FINETUNE]
+    cases = {  # init_from, extra override -> message
+        (str(runs["pre"] / "export"), "model.hidden_size=32"): "pretrained with model.hidden_size=16 but this run has "
+                                                                "model.hidden_size=32",
+        (str(runs["pre"] / "export"), "model.nslices=2"): "model.nslices=4 but this run has model.nslices=2",  # same shapes
+        (str(runs["pre"] / "export"), "model.mamba_residual=true"): "mamba_residual=False but this run has",
+        (str(tmp_path), "train.seed=0"): "not an exported vistok model",
+    }
+    for (init, extra), message in cases.items():
+        with pytest.raises(VistokError, match=message) as err:
+            run_script("finetune_em_seg", monkeypatch, f"train.run_dir={tmp_path / 'x'}", f"init_from={init}", *data,
+                       extra)
+        assert "\n" not in str(err.value)
+    other = tmp_path / "other"  # right family, one weight of another shape: named, not dropped
+    state = checkpoint.read_export(runs["pre"] / "export")[1]
+    meta = json.loads((runs["pre"] / "export" / "config.json").read_text())
+    key = next(k for k in state if k.startswith("backbone.encoder.") and k.endswith("weight"))
+    checkpoint.export(other, meta["family"], meta["config"], {**state, key: torch.zeros(1)})
+    with pytest.raises(VistokError, match="shape mismatches"):
+        run_script("finetune_em_seg", monkeypatch, f"train.run_dir={tmp_path / 'y'}", f"init_from={other}", *data)
+    with pytest.raises(VistokError, match="data.raw has 1 volume"):
+        run_script("finetune_em_seg", monkeypatch, f"data.raw=[{volumes['raw']}]", *FINETUNE)
+    with pytest.raises(VistokError, match="divisible by 16"):
+        run_script("finetune_em_seg", monkeypatch, "inference.roi=[16,32,40]", *data)
+
+
+@pytest.mark.parametrize("pair", [("tokenunify_pretrain_tiny", "em_seg_tiny"), ("tokenunify_pretrain_base", "em_seg_base")])
+def test_shipped_configs_parse_and_their_backbones_pair(pair: tuple[str, str]) -> None:
+    pre = load_config(load_script("pretrain_tokenunify").Config, REPO / "train" / "configs" / f"{pair[0]}.yaml")
+    seg = load_config(load_script("finetune_em_seg").Config, REPO / "train" / "configs" / f"{pair[1]}.yaml")
+    assert {**to_dict(pre.model.backbone), "out_chans": 3} == to_dict(seg.model)  # init_from works between them
+    assert tuple(pre.model.input_size) == tuple(seg.data.crop)
+    seg.model.check_input(tuple(seg.data.crop))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# em-segment and em-eval
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def em(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = em_cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_em_segment_writes_a_labelled_volume_and_reproduces_the_finetuning_score(tmp_path, capsys, runs, volumes):
+    code, out, err = em(["em-segment", "--ckpt", str(runs["seg"] / "export"), "--input", volumes["test_raw"],
+                         "--out", f"{tmp_path}/seg.h5:pred/seg"], capsys)
+    assert code == 0, err
+    seg = read_volume(f"{tmp_path}/seg.h5:pred/seg")
+    assert seg.shape == (16, 36, 40) and seg.dtype == np.uint32 and seg.min() >= 1
+    assert f"{len(np.unique(seg))} segments" in out and "roi (16, 32, 32)" in out
+    code, out, _ = em(["em-eval", "--seg", f"{tmp_path}/seg.h5:pred/seg", "--gt", volumes["test_ids"], "--json"], capsys)
+    scores, reference = json.loads(out), json.loads((runs["seg"] / "eval.json").read_text())
+    assert code == 0 and all(scores[k] == reference[k] for k in ("voi_split", "voi_merge", "voi", "arand"))
+    code, _, err = em(["em-segment", "--ckpt", str(runs["seg"] / "export"), "--input", volumes["test_raw"],
+                       "--out", f"{tmp_path}/seg.npz", "--roi", "16,32,32", "--threshold", "1.0"], capsys)
+    assert code == 0, err
+    frags = read_volume(f"{tmp_path}/seg.npz")  # threshold 1: nothing merges, only watershed fragments
+    assert len(np.unique(frags)) >= len(np.unique(seg))
+
+
+def test_em_eval_scores(tmp_path, capsys, volumes) -> None:
+    gt = read_volume(volumes["test_ids"])
+    write_volume(f"{tmp_path}/same.h5", np.where(gt > 0, gt + 5, 0))  # relabelled: still perfect
+    code, out, _ = em(["em-eval", "--seg", f"{tmp_path}/same.h5", "--gt", volumes["test_ids"]], capsys)
+    assert code == 0 and out.strip() == "VOI split 0.0000  VOI merge 0.0000  VOI 0.0000  ARAND 0.0000"
+    seg = np.where(np.arange(gt.shape[2]) < 20, gt, gt + 100)  # every neuron split in two along x
+    write_volume(f"{tmp_path}/split.npz:seg", seg)
+    code, out, _ = em(["em-eval", "--seg", f"{tmp_path}/split.npz:seg", "--gt", volumes["test_ids"], "--json"], capsys)
+    scores, expected = json.loads(out), evaluate(seg, gt)
+    assert code == 0 and scores["voi_split"] > 0.3 and scores["voi_merge"] == pytest.approx(0.0, abs=1e-12)
+    for k, v in expected._asdict().items():
+        assert scores[k] == pytest.approx(v, rel=1e-12, abs=1e-12)
+
+
+def test_em_commands_turn_mistakes_into_one_line_errors(tmp_path, capsys, runs, volumes) -> None:
+    seg_ckpt, pre_ckpt, raw = str(runs["seg"] / "export"), str(runs["pre"] / "export"), volumes["test_raw"]
+    np.save(tmp_path / "float.npy", np.zeros((16, 36, 40), np.float32))
+    np.save(tmp_path / "small.npy", np.zeros((4, 4, 4), np.int32))
+    cases = {
+        ("em-segment", "--ckpt", pre_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5"): "pretraining export",
+        ("em-segment", "--ckpt", str(tmp_path / "nope"), "--input", raw, "--out", f"{tmp_path}/o.h5"): "neither",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", f"{tmp_path}/missing.h5", "--out", f"{tmp_path}/o.h5"):
+            "does not exist",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/no/o.h5"): "does not exist",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", raw.split(":")[0] + ":seg"): "overwrite the input",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/o.xyz"): "unknown volume format",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5", "--roi", "16,32"): "three",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5", "--roi", "16,32,40"):
+            "divisible by 16",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5", "--overlap", "1"): "overlap",
+        ("em-eval", "--seg", f"{tmp_path}/float.npy", "--gt", volumes["test_ids"]): "must be integers",
+        ("em-eval", "--seg", f"{tmp_path}/small.npy", "--gt", volumes["test_ids"]): "differ in shape",
+        ("em-eval", "--seg", volumes["test_ids"], "--gt", f"{tmp_path}/missing.npz"): "does not exist",
+    }
+    for argv, message in cases.items():
+        code, out, err = em(list(argv), capsys)
+        assert code == 1 and out == "" and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"vistok {argv[0]}: error: ") and message in err, (argv, err)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_module_entry_point_exits_1_with_one_line(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vistok.em.cli", "em-eval", "--seg", f"{tmp_path}/a.h5", "--gt",
+                           f"{tmp_path}/b.h5"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr, proc.stderr

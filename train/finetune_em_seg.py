@@ -1,0 +1,186 @@
+"""Fine-tune SegMamba for neuron segmentation on EM volumes: 3 nearest-neighbour affinities, weighted MSE, then a
+test score (sliding-window inference, watershed + agglomeration, VOI / ARAND). TokenUnify's downstream task (Chen et
+al., arXiv 2405.16847), from a TokenUnify pretraining export or from scratch.
+
+    torchrun --nproc_per_node=N train/finetune_em_seg.py --config train/configs/em_seg_base.yaml init_from=RUN/export
+    python train/finetune_em_seg.py --config train/configs/em_seg_tiny.yaml [init_from=EXPORT_DIR] [key=value ...]
+
+`init_from` names a pretraining export (family `tokenunify`, or a `segmamba` export to continue from). Its backbone is
+loaded strictly: the backbone config must equal `model` except `out_chans`, every weight but the output head must
+match in name and shape, and nothing is dropped silently. Without it the model starts from scratch.
+Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
+(family `segmamba`, with the inference settings, so `vistok em-segment --ckpt RUN/export` needs nothing else), the
+test volume `eval.raw` is segmented and scored against `eval.labels`, and the scores go into RUN/export/config.json
+and RUN/eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vistok.config import from_dict, to_dict
+from vistok.data.loader import StepBatchSampler
+from vistok.em.backbone import FAMILY, PRESETS, SegMamba, SegMambaConfig
+from vistok.em.inference import InferenceConfig, segment_volume
+from vistok.em.metrics import evaluate
+from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
+from vistok.em.objectives import load_pretrained_backbone
+from vistok.em.segmentation import affinities, weighted_mse, widen_border
+from vistok.em.volumes import EMCrops, load_volumes, read_volume
+from vistok.engine import checkpoint, dist
+from vistok.engine.logging import MetricsLog
+from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.errors import VistokError, require
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    raw: tuple[str, ...] = ()  # FILE[:DATASET] each, e.g. ../shared/data/em/gala_fib_medulla.h5:train/raw
+    labels: tuple[str, ...] = ()  # the matching neuron ids (0 = boundary / unlabelled), same shapes
+    crop: tuple[int, int, int] = (16, 64, 64)
+    samples_per_epoch: int = 1000
+    augment: bool = True  # in-plane flips and 90-degree rotations
+    widen_border: bool = True  # zero labels at in-plane boundaries (the official seg_widen_border)
+
+    def __post_init__(self) -> None:
+        require(len(self.raw) == len(self.labels), f"data.raw has {len(self.raw)} volume(s) but data.labels "
+                f"{len(self.labels)}; give one label volume each")
+        require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    raw: str = ""  # test volume FILE[:DATASET]; empty: export without a test score
+    labels: str = ""  # its neuron ids
+
+    def __post_init__(self) -> None:
+        require(bool(self.raw) == bool(self.labels), "set both eval.raw and eval.labels, or neither")
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/em_seg", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), batch_size=2, ema_decay=0.99))
+    model: SegMambaConfig = field(default_factory=lambda: PRESETS["segmamba-tiny"])
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # roi () = data.crop
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    init_from: str = ""  # a pretraining export folder; empty: from scratch
+
+
+def load_init(model: SegMamba, init_from: str) -> list[str]:
+    """Load a pretrained backbone strictly into `model`; returns the keys left at their init (the output head)."""
+    meta, state = checkpoint.read_export(init_from)
+    family = meta.get("family")
+    if family == PRETRAIN_FAMILY[0]:
+        backbone, prefix = meta["config"]["backbone"], "backbone."
+    elif family == FAMILY[0]:
+        backbone, prefix = meta["config"], ""
+    else:
+        raise VistokError(f"init_from={init_from} holds a {family!r} model; pass a TokenUnify pretraining export "
+                          f"(train/pretrain_tokenunify.py writes RUN/export)")
+    theirs, ours = to_dict(from_dict(SegMambaConfig, backbone)), to_dict(model.config)
+    differ = [k for k in ours if k != "out_chans" and theirs[k] != ours[k]]
+    if differ:  # some keys (nslices, mamba_residual) change the computation without changing any weight's shape
+        was, now = (", ".join(f"model.{k}={cfg[k]}" for k in differ) for cfg in (theirs, ours))
+        raise VistokError(f"init_from={init_from} was pretrained with {was} but this run has {now}; "
+                          "set the same backbone keys")
+    return load_pretrained_backbone(model, state, prefix)
+
+
+def main() -> None:
+    cfg = parse_cli(Config, description=__doc__)
+    tc = cfg.train
+    env = dist.setup(tc.device)
+    dist.seed_everything(tc.seed)  # same initial weights on every rank
+    micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
+    require(cfg.model.out_chans == 3, f"model.out_chans={cfg.model.out_chans}; the targets are 3 affinities (z, y, x)")
+    infer = replace(cfg.inference, roi=tuple(cfg.inference.roi) or tuple(cfg.data.crop))
+    cfg.model.check_input(tuple(cfg.data.crop))
+    cfg.model.check_input(infer.roi)  # a bad window fails now, not after training
+    raw, labels = load_volumes(cfg.data.raw), load_volumes(cfg.data.labels)
+    test = (read_volume(cfg.eval.raw), read_volume(cfg.eval.labels)) if cfg.eval.raw else None
+
+    model = SegMamba(cfg.model).to(env.device)
+    if cfg.init_from:  # before the EMA, which starts from these weights
+        fresh = load_init(model, cfg.init_from)
+        if env.is_main:
+            print(f"init_from {cfg.init_from}: pretrained backbone loaded; new: {', '.join(fresh) or 'nothing'}")
+    ddp_model = dist.wrap_model(model, env, tc.parallel)
+    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
+    step = ckpt.resume()
+    if step == 0:
+        dist.seed_everything(tc.seed, env.rank)
+
+    if cfg.data.widen_border:
+        labels = [widen_border(lab) for lab in labels]
+    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
+    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment)
+    sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
+                               tc.seed, start_step=step)
+    loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
+                        pin_memory=env.device.type == "cuda")
+    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+    if env.is_main and step == 0:
+        print(f"SegMamba: {sum(p.numel() for p in model.parameters()):,} parameters, {micro} crops of "
+              f"{tuple(cfg.data.crop)} per forward, {'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")
+
+    batches = iter(loader)
+    try:  # close the progress bar first, so an error message starts a line of its own
+        while step < tc.total_steps:
+            volume, ids = next(batches)  # (B, 1, D, H, W) in [0, 1], (B, D, H, W) neuron ids
+            volume, ids = volume.to(env.device, non_blocking=True), ids.to(env.device, non_blocking=True)
+            target = affinities(ids)  # (B, 3, D, H, W) in {0, 1}
+            total_loss = torch.zeros((), device=env.device)
+            for sync, (x, t) in micro_steps(ddp_model, (volume, target), tc.grad_accum):
+                with sync, autocast(tc.precision, env.device):
+                    loss = weighted_mse(torch.sigmoid(ddp_model(x).float()), t) / tc.grad_accum
+                loss.backward()
+                total_loss += loss.detach()
+            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
+            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
+            ema.update(model)
+            step += 1
+            log.advance()
+            if step % tc.log_every == 0 or step == tc.total_steps:
+                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            if step % tc.ckpt_every == 0 or step == tc.total_steps:
+                ckpt.save(step)
+    finally:
+        log.close()
+
+    ema_model = SegMamba(cfg.model).to(env.device)
+    ema_model.load_state_dict(ema.full_state(model))
+    if env.is_main:
+        scores = {}
+        if test is not None:
+            start = time.perf_counter()
+            _, seg = segment_volume(ema_model.eval(), test[0], infer)
+            scores = {"raw": cfg.eval.raw, "labels": cfg.eval.labels, **evaluate(seg, test[1])._asdict(),
+                      "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
+            Path(tc.run_dir, "eval.json").write_text(json.dumps(
+                {"step": step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
+        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+                                step=step, init_from=cfg.init_from or None, inference=to_dict(infer),
+                                data=list(cfg.data.raw), eval=scores or None)
+        print(f"exported EMA weights (step {step}) to {out}")
+        if scores:
+            print(f"{cfg.eval.raw}: VOI split {scores['voi_split']:.4f}  VOI merge {scores['voi_merge']:.4f}  "
+                  f"VOI {scores['voi']:.4f}  ARAND {scores['arand']:.4f}  ({scores['segments']} segments) "
+                  f"-> {Path(tc.run_dir, 'eval.json')}")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,151 @@
+"""Pretrain TokenUnify (Chen et al., "TokenUnify: Scalable Autoregressive Visual Pre-training with Mixture Token
+Prediction", arXiv 2405.16847) on EM volumes: random-token, next-token and next-all-token prediction on SegMamba.
+
+    torchrun --nproc_per_node=N train/pretrain_tokenunify.py --config train/configs/tokenunify_pretrain_base.yaml
+    python train/pretrain_tokenunify.py --config train/configs/tokenunify_pretrain_tiny.yaml [key=value ...]
+
+Crops of `model.input_size` are drawn from `data.volumes` (FILE[:DATASET] each, whole-volume min-max normalised).
+The task mix is `schedule`, a function of the step kept out of the model:
+    paper (two-stage):  schedule.kind=two_stage schedule.weights=[1,1,1] schedule.switch=0.5
+    random-token only:  schedule.kind=constant  schedule.weights=[1,0,0]
+    next-all only:      schedule.kind=constant  schedule.weights=[0,1,0]
+    all three per step: schedule.kind=constant  schedule.weights=[1,1,1]   (two forward passes per step)
+Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
+(config.json + model.safetensors, family `tokenunify`) with each task's MSE on fixed crops; fine-tune from it with
+`python train/finetune_em_seg.py ... init_from=RUN/export`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from vistok.config import to_dict
+from vistok.em.objectives import FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig
+from vistok.em.volumes import EMCrops, load_volumes
+from vistok.engine import checkpoint, dist
+from vistok.engine.logging import MetricsLog
+from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.data.loader import StepBatchSampler
+from vistok.errors import require
+
+
+@dataclass(frozen=True)
+class VolumeDataConfig:
+    volumes: tuple[str, ...] = ()  # FILE[:DATASET] each, e.g. ../shared/data/em/gala_fib_medulla.h5:train/raw
+    samples_per_epoch: int = 1000  # crops per epoch (each (seed, epoch, index) draws its own crop and augmentation)
+    augment: bool = True  # in-plane flips and 90-degree rotations
+
+    def __post_init__(self) -> None:
+        require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/tokenunify", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), batch_size=2, ema_decay=0.99))
+    model: TokenUnifyConfig = field(default_factory=lambda: PRESETS["tokenunify-tiny"])  # crops are model.input_size
+    data: VolumeDataConfig = field(default_factory=VolumeDataConfig)
+    schedule: MixSchedule = field(default_factory=MixSchedule)
+    eval_crops: int = 8  # fixed crops of data.volumes scored per task at the end (0: none)
+
+    def __post_init__(self) -> None:
+        require(self.eval_crops >= 0, "eval_crops must be >= 0")
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """Masks, prefix lengths and fill noise of one step: a function of (seed, step, rank), so a resumed run draws
+    exactly what an uninterrupted one would."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+@torch.no_grad()
+def task_errors(model: TokenUnify, crops: EMCrops, seed: int, device: torch.device) -> dict[str, float]:
+    """Each task's MSE on the same fixed crops and masks (random, next-all, next token), one crop at a time."""
+    model.eval()
+    totals = torch.zeros(3)
+    gen = torch.Generator(device).manual_seed(seed)
+    for i in range(len(crops)):
+        out = model(crops[i][None].to(device), TaskWeights(1.0, 1.0, 1.0), gen)
+        totals += torch.stack([out.random, out.next_all, out.next]).cpu()
+    model.train()
+    return dict(zip(("random_mse", "next_all_mse", "next_mse"), (totals / len(crops)).tolist()))
+
+
+def main() -> None:
+    cfg = parse_cli(Config, description=__doc__)
+    tc = cfg.train
+    env = dist.setup(tc.device)
+    dist.seed_everything(tc.seed)  # same initial weights on every rank
+    micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
+    volumes = load_volumes(cfg.data.volumes)  # fail on a bad path before building anything
+
+    model = TokenUnify(cfg.model).to(env.device)
+    ddp_model = dist.wrap_model(model, env, tc.parallel)
+    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
+    step = ckpt.resume()
+    if step == 0:
+        dist.seed_everything(tc.seed, env.rank)  # masks come from step_generator; anything else differs per rank
+
+    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
+    crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment)
+    sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
+                               tc.seed, start_step=step)
+    loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
+                        pin_memory=env.device.type == "cuda")
+    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+    if env.is_main and step == 0:
+        print(f"TokenUnify: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.num_tokens} tokens "
+              f"per {tuple(cfg.model.input_size)} crop, {micro} crops per forward, schedule {cfg.schedule.kind} "
+              f"{tuple(cfg.schedule.weights)}")
+
+    batches = iter(loader)
+    try:  # close the progress bar first, so an error message starts a line of its own
+        while step < tc.total_steps:
+            volume = next(batches).to(env.device, non_blocking=True)  # (B, 1, D, H, W) in [0, 1]
+            weights = cfg.schedule.at(step, tc.total_steps)  # this step's task mix
+            gen = step_generator(tc.seed, step, env.rank, env.device)
+            totals = torch.zeros(4, device=env.device)  # loss, random, next-all, next
+            for sync, (x,) in micro_steps(ddp_model, (volume,), tc.grad_accum):
+                with sync, autocast(tc.precision, env.device):
+                    out = ddp_model(x, weights, gen)
+                (out.loss / tc.grad_accum).backward()
+                totals += torch.stack([out.loss.detach(), out.random, out.next_all, out.next]).float() / tc.grad_accum
+            check_finite(totals[0], step + 1)  # numbered like metrics.jsonl: the step being taken
+            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
+            ema.update(model)
+            step += 1
+            log.advance()
+            if step % tc.log_every == 0 or step == tc.total_steps:
+                loss, l_random, l_all, l_next = dist.all_reduce_mean(totals).tolist()
+                log.log(step, loss=loss, random=l_random, next_all=l_all, next=l_next, w_random=weights.random,
+                        w_next_all=weights.next_all, w_next=weights.next, grad_norm=grad_norm,
+                        lr=scheduler.get_last_lr()[0])
+            if step % tc.ckpt_every == 0 or step == tc.total_steps:
+                ckpt.save(step)
+    finally:
+        log.close()
+
+    ema_model = TokenUnify(cfg.model).to(env.device)
+    ema_model.load_state_dict(ema.full_state(model))
+    if env.is_main:
+        scores = {}
+        if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
+            fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False)
+            scores = task_errors(ema_model, fixed, tc.seed, env.device)
+        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+                                step=step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
+                                eval={"crops": cfg.eval_crops, **scores})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        print(f"exported EMA weights (step {step}) to {out}{'; ' + shown if shown else ''}")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)

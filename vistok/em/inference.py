@@ -1,0 +1,90 @@
+"""Whole-volume neuron segmentation with a fine-tuned SegMamba: load an export, predict affinities window by window,
+cut them into neuron ids. Shared by `train/finetune_em_seg.py` (its final test score) and `vistok em-segment`.
+
+Chen et al., "TokenUnify", arXiv 2405.16847 (inference: MONAI sliding windows, overlap 0.25, Gaussian blending, then
+watershed + agglomeration "Waterz"); the pieces live in `vistok.em.segmentation`.
+
+    raw (z, y, x) -> min-max to [0, 1] -> sigmoid(SegMamba) over overlapping roi windows -> affinities (3, z, y, x)
+                  -> per-slice watershed fragments -> median-affinity agglomeration -> neuron ids (z, y, x)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from vistok.em.backbone import FAMILY, SegMamba, SegMambaConfig
+from vistok.em.segmentation import segment, sliding_window_inference
+from vistok.em.volumes import normalize_minmax
+from vistok.errors import VistokError, require
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a volume is segmented; stored in a fine-tuning export so `em-segment --ckpt` needs nothing else.
+
+    An empty `roi` means the training crop (the fine-tuning script fills it in before exporting)."""
+
+    roi: tuple[int, ...] = ()
+    overlap: float = 0.25
+    batch_size: int = 4  # windows per forward pass
+    threshold: float = 0.5  # agglomeration: merge while the boundary affinity exceeds it
+    fragment_threshold: float = 0.5  # watershed seeds: distance transform of (boundary < this)
+    per_slice: bool = True  # 2D watershed per z slice (anisotropic EM), else one 3D watershed
+    score: Literal["median", "mean"] = "median"
+
+    def __post_init__(self) -> None:
+        require(len(self.roi) in (0, 3) and all(r > 0 for r in self.roi),
+                f"inference roi {tuple(self.roi)} must be 3 positive sizes (z, y, x), or empty for the training crop")
+        require(0.0 <= self.overlap < 1.0, f"inference overlap {self.overlap} must be in [0, 1)")
+        require(self.batch_size >= 1, f"inference batch_size {self.batch_size} must be positive")
+        require(0.0 <= self.threshold <= 1.0 and 0.0 <= self.fragment_threshold <= 1.0,
+                "inference threshold and fragment_threshold must be in [0, 1]")
+        require(self.score in ("median", "mean"), f"inference score must be 'median' or 'mean', got {self.score!r}")
+
+
+def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[SegMamba, dict[str, Any]]:
+    """(SegMamba in eval mode with the exported EMA weights, the export's config.json) of a fine-tuning export."""
+    from vistok import registry
+    from vistok.config import from_dict
+    from vistok.engine.checkpoint import load_state_strict, read_export
+
+    folder = registry.resolve_ckpt(ckpt)
+    meta, state = read_export(folder)
+    family = meta.get("family")
+    if family == "tokenunify":
+        raise VistokError(f"{folder} is a TokenUnify pretraining export, not a segmentation model; fine-tune it first: "
+                          f"python train/finetune_em_seg.py --config train/configs/em_seg_tiny.yaml init_from={folder}")
+    if family != FAMILY[0]:
+        raise VistokError(f"{folder} holds a {family!r} model; em-segment needs a '{FAMILY[0]}' export "
+                          "written by train/finetune_em_seg.py")
+    config = from_dict(SegMambaConfig, meta["config"])
+    if config.out_chans != 3:
+        raise VistokError(f"{folder} predicts {config.out_chans} channel(s); a segmentation model predicts 3 "
+                          "affinities")
+    model = SegMamba(config)
+    load_state_strict(model, state, str(folder))
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict_affinities(model: SegMamba, raw: np.ndarray, roi: tuple[int, int, int], overlap: float = 0.25,
+                       batch_size: int = 4) -> np.ndarray:
+    """Raw volume (z, y, x), any dtype -> affinities (3, z, y, x) float32 in [0, 1] (whole-volume min-max first)."""
+    model.config.check_input(tuple(roi))  # a bad window fails here, before any work
+    device = next(model.parameters()).device
+    volume = torch.from_numpy(normalize_minmax(raw))[None, None].to(device)  # (1, 1, z, y, x)
+    affs = sliding_window_inference(lambda x: torch.sigmoid(model(x)), volume, tuple(roi), overlap, batch_size)
+    return affs[0].cpu().numpy()  # (3, z, y, x)
+
+
+def segment_volume(model: SegMamba, raw: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Raw volume (z, y, x) -> (affinities (3, z, y, x) float32, neuron ids (z, y, x) int64 from 1)."""
+    if not cfg.roi:
+        raise VistokError("no inference window: set inference.roi (or pass --roi D,H,W)")
+    affs = predict_affinities(model, raw, cfg.roi, cfg.overlap, cfg.batch_size)
+    return affs, segment(affs, cfg.threshold, cfg.fragment_threshold, cfg.per_slice, cfg.score)
