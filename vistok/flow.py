@@ -15,6 +15,9 @@ drift is affine in v with the same x_t for both branches, guiding v is the same 
 constant or linear in the autoregressive step, w_s = 1 + (w - 1) s / (S - 1): the first entity is unguided and the last
 one gets the full scale (xAR's schedule).
 
+Adaptive projected guidance (`apg`, Sadat et al., arXiv 2410.02416; FlexTok's sampler default) damps the guidance
+term with momentum, clips its norm and drops its component parallel to the conditional velocity.
+
 Everything here is a plain function of tensors; networks and generation loops live elsewhere.
 """
 
@@ -102,3 +105,29 @@ def cfg_scale(scale: float, step: int, num_steps: int, schedule: CfgSchedule = "
 def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: v_uncond + scale * (v_cond - v_uncond); scale 1 is the conditional velocity."""
     return v_uncond + scale * (v_cond - v_uncond)
+
+
+def apg(
+    v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, running: torch.Tensor | None = None,
+    momentum: float = -0.5, norm_threshold: float = 2.5, eta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive projected guidance (Sadat et al., "Eliminating Oversaturation and Artifacts of High Guidance Scales
+    in Diffusion Models", arXiv 2410.02416), on per-sample tensors (B, ...); FlexTok's defaults.
+
+    diff = v_cond - v_uncond; running = diff + momentum * running (the previous step's, None at the first step);
+    diff = running clipped to L2 norm `norm_threshold` per sample (0 disables); split diff into its parts parallel and
+    orthogonal to v_cond; returns (v_cond + (scale - 1) (diff_orth + eta diff_par), running). With momentum 0, no
+    clipping and eta 1 this is exactly `guide` (CFG). Computed in float32, returned in v_cond's dtype.
+    """
+    cond, diff = v_cond.float(), (v_cond - v_uncond).float()
+    if running is not None and momentum != 0:
+        diff = diff + momentum * running
+    running = diff
+    dims = tuple(range(1, diff.ndim))
+    if norm_threshold > 0:
+        norm = diff.norm(p=2, dim=dims, keepdim=True)
+        diff = diff * torch.clamp(norm_threshold / norm.clamp_min(1e-12), max=1.0)
+    unit = cond / cond.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
+    parallel = (diff * unit).sum(dim=dims, keepdim=True) * unit
+    update = (diff - parallel) + eta * parallel
+    return (cond + (scale - 1.0) * update).to(v_cond.dtype), running

@@ -6,6 +6,9 @@
   the head dimension is split into N equal parts, part i rotates by position i (row, column, depth...), with
   interleaved pairs (x0, x1) -> (-x1, x0). Positions are floats, so tokens need not sit on an integer grid (xAR's
   coarse scales sit between grid points). Used by xAR (Ren et al., arXiv 2502.20388) in every attention layer.
+- QK-norm (Dehghani et al., "Scaling Vision Transformers to 22 Billion Parameters", arXiv 2302.05442), optional:
+  queries and keys pass a per-head LayerNorm without affine parameters, in float32, before RoPE. FlexTok (Bachmann et
+  al., arXiv 2502.13967) uses it with bias-free projections (`qkv_bias=False, proj_bias=False`).
 - `KVCache` keeps the rotated keys and the values of every layer for tokens that will not change any more (in xAR, the
   finished entities, fed clean), so later forwards run on the new tokens only.
 """
@@ -64,14 +67,17 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Self-attention: qkv projection, optional RoPE and KV cache, SDPA, output projection with dropout."""
+    """Self-attention: qkv projection, optional QK-norm, RoPE and KV cache, SDPA, output projection with dropout."""
 
-    def __init__(self, width: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, width: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+        qk_norm: bool = False, proj_bias: bool = True,
+    ) -> None:
         super().__init__()
         require(width % heads == 0, f"attention width {width} must divide by the number of heads {heads}")
-        self.heads, self.attn_drop = heads, attn_drop
+        self.heads, self.attn_drop, self.qk_norm = heads, attn_drop, qk_norm
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
-        self.proj = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
@@ -81,6 +87,8 @@ class Attention(nn.Module):
         """(B, L, D) -> (B, L, D). `rope` holds (cos, sin) for the L new positions; `mask` is (L, S + L) with a cache
         of S tokens (None: attend to everything); `store` appends these tokens' keys/values to `cache`."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (B, H, L, Dh)
+        if self.qk_norm:  # bounded logits at any width and learning rate; fp32 so bf16 runs normalise exactly
+            q, k = (F.layer_norm(z.float(), z.shape[-1:]).to(z.dtype) for z in (q, k))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

@@ -1,0 +1,132 @@
+"""VAE adapter (diffusers AutoencoderKL, local weights only) and latent caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vistok.data.images import ArrayDataset
+from vistok.errors import VistokError
+from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
+from vistok.tokenizers.vae import ARCHS, VAE, LatentDataset, VAEConfig, _diffusers_config, cache_latents, load_latents
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vae(**overrides) -> VAE:
+    torch.manual_seed(0)
+    return VAE(VAEConfig(**{"arch": "tiny-f4", "random_init": True, **overrides}))
+
+
+def images(n: int = 3) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_paper_architectures_have_the_published_sizes() -> None:
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        flextok = AutoencoderKL(**_diffusers_config("flextok-c16"))
+    assert sum(p.numel() for p in flextok.parameters()) == 83_821_011  # spec: 83.8M (34.3M encoder)
+    assert sum(p.numel() for p in flextok.encoder.parameters()) == 34_274_208
+    assert set(ARCHS) == {"flextok-c16", "kl16", "tiny-f4"}
+
+
+def test_encode_decode_shapes_frozen_and_deterministic_mode() -> None:
+    vae = tiny_vae(sample=False)
+    assert vae.factor == 4 and vae.latent_channels == 16 and vae.scaling_factor == 1.0
+    z = vae.encode(images())
+    assert z.shape == (3, 16, 8, 8) and torch.equal(z, vae.encode(images()))
+    assert vae.decode(z).shape == (3, 3, 32, 32)
+    assert not any(p.requires_grad for p in vae.parameters())
+    vae.train()
+    assert not vae.training and not vae.vae.training
+    sampled = tiny_vae(sample=True)
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert torch.equal(sampled.encode(images(), gen()), sampled.encode(images(), gen()))
+    mean, std = sampled.moments(images())
+    assert (std > 0).all() and not torch.equal(sampled.encode(images(), gen()), mean)
+    with pytest.raises(VistokError, match="divisible by 4"):
+        vae.encode(torch.zeros(1, 3, 30, 30))
+
+
+def test_missing_weights_fail_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(VistokError, match="needs local weights"):
+        VAE(VAEConfig(arch="flextok-c16"))
+    with pytest.raises(VistokError, match="not found"):
+        VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "nope.safetensors")))
+    with pytest.raises(VistokError, match="no config.json"):
+        VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path)))
+    with pytest.raises(VistokError, match="vae.arch"):
+        VAEConfig(arch="sd-vae")
+
+
+def test_diffusers_folder_and_single_file(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    ref = AutoencoderKL(**_diffusers_config("tiny-f4"), scaling_factor=0.5).eval()
+    ref.save_pretrained(tmp_path / "folder")
+    with torch.no_grad():
+        expected = ref.encode(images()).latent_dist.mean * 0.5
+    folder = VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "folder"), sample=False))
+    assert folder.scaling_factor == 0.5  # read from the folder's config.json
+    torch.testing.assert_close(folder.encode(images()), expected)
+
+    save_file(ref.state_dict(), tmp_path / "vae.safetensors")
+    with pytest.raises(VistokError, match="scaling factor"):  # a bare file of an arch without a published factor
+        VAE(VAEConfig(arch="flextok-c16", weights=str(tmp_path / "vae.safetensors")))
+    single = VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "vae.safetensors"), scaling_factor=0.5, sample=False))
+    torch.testing.assert_close(single.encode(images()), expected)
+    torch.save({"state_dict": {k: v[..., :1] for k, v in ref.state_dict().items()}}, tmp_path / "bad.ckpt")
+    with pytest.raises(VistokError):
+        VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "bad.ckpt"), scaling_factor=1.0))
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(VistokError, match="cannot read"):
+        VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "corrupt.pt"), scaling_factor=1.0))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".npy"])
+def test_latent_cache_round_trip(tmp_path: Path, suffix: str) -> None:
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), np.arange(5))
+    pixel = PixelTokenizer(PixelConfig(patch=4))
+    path = cache_latents(pixel, data, tmp_path / f"cache{suffix}", batch_size=2, dtype=torch.float32)
+    cache = load_latents(path)
+    expected = pixel.encode(torch.stack([data[i][0] for i in range(5)]))
+    torch.testing.assert_close(cache.mean, expected)
+    assert cache.std is None
+    if suffix != ".npy":
+        assert cache.labels.tolist() == [0, 1, 2, 3, 4]
+    x, y = LatentDataset(path)[3]
+    assert torch.equal(x, cache.mean[3]) and y == (3 if suffix != ".npy" else 0)
+    assert [p.name for p in tmp_path.iterdir()] == [f"cache{suffix}"]  # no temporary file left behind
+
+
+def test_vae_latent_cache_keeps_the_posterior(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), np.arange(4))
+    vae = tiny_vae()
+    cache = load_latents(cache_latents(vae, data, tmp_path / "lat.safetensors", batch_size=3))  # float16 on disk
+    mean, std = vae.moments(torch.stack([data[i][0] for i in range(4)]))
+    torch.testing.assert_close(cache.mean, mean, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(cache.std, std, rtol=2e-3, atol=2e-3)
+    sampled, fixed = LatentDataset(cache), LatentDataset(cache, sample=False)
+    assert not torch.equal(sampled[0][0], cache.mean[0]) and torch.equal(fixed[0][0], cache.mean[0])
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(VistokError, match="cannot read"):
+        load_latents(tmp_path / "junk.npz")
+    with pytest.raises(VistokError, match="not found"):
+        load_latents(tmp_path / "missing.npz")
+    with pytest.raises(VistokError, match="must end in"):
+        cache_latents(vae, data, tmp_path / "lat.pt")

@@ -1,0 +1,160 @@
+"""FlexTok inference: images -> token ids, and token ids (any prefix length per image) -> images.
+
+Bachmann et al., "FlexTok", arXiv 2502.13967, §3 and the official inference pipeline: decoding integrates the
+rectified flow from t = 1 (noise) to t = 0 with T uniform Euler steps (x <- x + (t_next - t) v), conditioned on the
+first k tokens of each image; the registers k..K-1 get the nested-dropout mask token, so padded ids are never decoded
+as real tokens. Guidance: the unconditional branch nulls every register; both branches run in one batched forward
+(the official pipeline runs them one after the other and deep-copies its inputs each step), combined by classifier-
+free guidance, v_u + w (v_c - v_u), or by adaptive projected guidance (`flow.apg`; FlexTok's README default, with
+momentum -0.5, norm threshold 2.5, eta 0). The scale w may be a function of t.
+
+Every image may have its own prefix length k in the same batch: k only selects which registers are masked, and images
+never attend to each other, so a mixed batch gives each image what it would get alone (up to float rounding).
+Random draws come from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the rest
+of its batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from vistok import flow
+from vistok.errors import VistokError, require
+from vistok.tokenizers.flextok import FlexTok
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Scale = float | Callable[[float], float]
+Guidance = Literal["cfg", "apg"]
+
+
+class Tokenizer(Protocol):
+    """What turns images into FlexTok's input grid and back: `PixelTokenizer`, `VAE` (or nothing: pixel presets)."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class APGConfig:
+    momentum: float = -0.5
+    norm_threshold: float = 2.5  # 0 disables clipping
+    eta: float = 0.0  # weight of the guidance component parallel to the conditional velocity
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
+    if isinstance(generator, Sequence):  # one generator per image: its noise ignores the rest of the batch
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
+    src = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=src).to(device)
+
+
+@torch.no_grad()
+def encode(model: FlexTok, images: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
+    """(B, 3, H, W) images (through `tokenizer`, or already the model's input grid) -> (B, K) int64 token ids."""
+    with _eval_mode(model):
+        x = tokenizer.encode(images) if tokenizer is not None else images
+        return model.quantize(model.encode(x)).indices
+
+
+def prefix_lengths(keep_k: int | Sequence[int] | torch.Tensor | None, batch: int, num_ids: int) -> torch.Tensor:
+    """(B,) int64 prefix lengths from None (all `num_ids` given ids), one int, or one per image; each in 1..num_ids."""
+    if keep_k is None:
+        keep_k = num_ids
+    k = torch.as_tensor(keep_k, dtype=torch.long).flatten().cpu()
+    if k.numel() == 1:
+        k = k.expand(batch).clone()
+    require(k.numel() == batch, f"got {k.numel()} prefix lengths for {batch} images; pass one, or one per image")
+    require(bool(((k >= 1) & (k <= num_ids)).all()), f"prefix lengths must lie in 1..{num_ids} (the ids given), got {k.tolist()}")
+    return k
+
+
+def ids_to_codes(model: FlexTok, ids: torch.Tensor) -> torch.Tensor:
+    """(B, n) ids, n <= K -> (B, K, d) FSQ codes, padded with id 0 (masked by the prefix length, never decoded)."""
+    K, size = model.config.registers, model.fsq.codebook_size
+    if ids.ndim != 2 or not 1 <= ids.shape[1] <= K or ids.is_floating_point():
+        raise VistokError(f"token ids must be a (B, n) integer tensor with 1 <= n <= {K}, got {ids.dtype} {tuple(ids.shape)}")
+    require(bool(((ids >= 0) & (ids < size)).all()), f"token ids must lie in 0..{size - 1}")
+    ids = torch.cat([ids.long(), ids.new_zeros(ids.shape[0], K - ids.shape[1], dtype=torch.long)], dim=1)  # (B, K)
+    return model.fsq.indices_to_codes(ids)
+
+
+def guided_velocity(
+    model: FlexTok, x: torch.Tensor, t: float, registers: torch.Tensor, cfg: Scale | None, guidance: Guidance,
+    apg: APGConfig, running: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One network evaluation at x (B, C, H, W), time t; registers are (B, K, D), or (2B, K, D) [cond; null] when
+    guided. Returns (velocity, APG running average)."""
+    guided = cfg is not None
+    x_in = torch.cat([x, x]) if guided else x  # (B', C, H, W): both branches in one forward
+    t_in = torch.full((x_in.shape[0],), t, device=x.device)
+    v, _ = model.decoder(x_in, t_in, registers, model.dec_pos)
+    if not guided:
+        return v, None
+    v_cond, v_uncond = v.chunk(2)
+    scale = float(cfg(t)) if callable(cfg) else float(cfg)
+    if guidance == "apg":
+        return flow.apg(v_cond, v_uncond, scale, running, apg.momentum, apg.norm_threshold, apg.eta)
+    return flow.guide(v_cond, v_uncond, scale), None
+
+
+@torch.no_grad()
+def decode(
+    model: FlexTok, ids: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, steps: int = 20,
+    cfg: Scale | None = None, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
+    seed: int | None = None, noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
+) -> torch.Tensor:
+    """Token ids (B, n) -> (B, C, H, W) latents, or images when a `tokenizer` is given.
+
+    keep_k: tokens used per image (None: all n; an int; or one per image), each in 1..n. steps: Euler steps T.
+    cfg: guidance scale (a float or a function of t), None for the conditional branch alone (cfg=1 runs both branches
+    and equals None up to rounding). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
+    the initial noise (a list of B generators gives each image its own); noise: the (B, C, H, W) initial noise itself.
+    """
+    require(steps >= 1, f"steps must be at least 1, got {steps}")
+    require(guidance in ("cfg", "apg"), f"unknown guidance {guidance!r}; use cfg or apg")
+    c, batch = model.config, ids.shape[0]
+    device = next(model.parameters()).device
+    codes = ids_to_codes(model, ids.to(device))  # (B, K, d)
+    k = prefix_lengths(keep_k, batch, ids.shape[1]).to(device)  # (B,)
+    if noise is None:
+        if isinstance(generator, Sequence):
+            require(len(generator) == batch, f"got {len(generator)} generators for {batch} images; pass one per image")
+        generator = torch.Generator().manual_seed(seed) if generator is None and seed is not None else generator
+        noise = _randn((batch, c.in_channels, *c.grid), generator, device)
+    require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
+    with _eval_mode(model):
+        registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
+        if cfg is not None:
+            null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
+            registers = torch.cat([registers, null])  # (2B, K, D)
+        x, running = noise.to(device).float(), None
+        grid = flow.time_grid(steps, sde=False)  # 1 -> 0, uniform
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            v, running = guided_velocity(model, x, t, registers, cfg, guidance, apg, running)
+            x = flow.euler_step(x, v.float(), t, t_next)
+    return tokenizer.decode(x) if tokenizer is not None else x
+
+
+@torch.no_grad()
+def reconstruct(
+    model: FlexTok, images: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, **kwargs
+) -> torch.Tensor:
+    """encode, then decode the first keep_k tokens of each image; kwargs go to `decode`."""
+    return decode(model, encode(model, images, kwargs.get("tokenizer")), keep_k, **kwargs)

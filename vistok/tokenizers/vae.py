@@ -1,0 +1,260 @@
+"""Frozen KL autoencoders (diffusers `AutoencoderKL`) as tokenizers, and latent caches for training.
+
+Architectures (Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models", arXiv 2112.10752):
+- `flextok-c16`: the FlexTok VAE-GAN (Bachmann et al., arXiv 2502.13967; released as EPFL-VILAB/flextok_vae_c16):
+  f8, 16 channels, block widths [128, 256, 512, 512], 2 layers per block, GroupNorm 32, SiLU; 83.8M parameters.
+  256 px images become 16 x 32 x 32 latents. Its scaling factor ships in the weights folder's config.json.
+- `kl16`: the LDM KL-16 VAE used by MAR and xAR (Li et al., arXiv 2406.11838; Ren et al., arXiv 2502.20388): f16,
+  16 channels, block widths [128, 128, 256, 256, 512]; 256 px -> 16 x 16 x 16; latents scaled by 0.2325 (MAR).
+- `tiny-f4`: a 1M-parameter f4 / 16-channel network for CPU integration tests (random weights allowed).
+
+Weights are local only (never downloaded): a diffusers folder (`config.json` + `diffusion_pytorch_model.safetensors`)
+or one checkpoint file in diffusers or original LDM key names (converted by diffusers). Latents are
+`scaling_factor * (posterior sample or mode)`; FlexTok samples the posterior. The pixel tokenizer (`pixel.py`) stands
+in for a VAE on CPU presets.
+
+Latent caches encode a dataset once into `.npz`, `.safetensors` or `.npy` and load it back; they keep the posterior
+mean and standard deviation, so training still draws a fresh latent sample each time an image is seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vistok.errors import VistokError, require
+
+_ENC, _DEC = "DownEncoderBlock2D", "UpDecoderBlock2D"
+ARCHS: dict[str, dict[str, Any]] = {
+    "flextok-c16": dict(block_out_channels=(128, 256, 512, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32),
+    "kl16": dict(block_out_channels=(128, 128, 256, 256, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32),
+    "tiny-f4": dict(block_out_channels=(32, 64, 64), latent_channels=16, layers_per_block=1, norm_num_groups=32),
+}
+SCALING = {"kl16": 0.2325}  # known factors; FlexTok's comes with its weights (config.json)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    arch: str = "flextok-c16"
+    weights: str = ""  # a diffusers folder or a .safetensors/.ckpt/.pt/.bin file
+    scaling_factor: float = 0.0  # 0: from the weights folder's config.json, else the arch's known value
+    sample: bool = True  # encode to a posterior sample (FlexTok) or to its mode
+    random_init: bool = False  # allow running without weights (tests, CPU integration only)
+
+    def __post_init__(self) -> None:
+        require(self.arch in ARCHS, f"vae.arch={self.arch!r} is not one of {', '.join(ARCHS)}")
+        require(self.scaling_factor >= 0, f"vae.scaling_factor must be positive (or 0 for the default), got {self.scaling_factor}")
+
+
+def _diffusers_config(arch: str) -> dict[str, Any]:
+    cfg = dict(ARCHS[arch])
+    n = len(cfg["block_out_channels"])
+    return dict(cfg, in_channels=3, out_channels=3, down_block_types=(_ENC,) * n, up_block_types=(_DEC,) * n, act_fn="silu")
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); re-download the file") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+class VAE(nn.Module):
+    """Frozen AutoencoderKL: (B, 3, H, W) images in [-1, 1] <-> (B, C, H/f, W/f) scaled latents. Always eval."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.config, arch = config, _diffusers_config(config.arch)
+        path = Path(config.weights).expanduser() if config.weights else None
+        # explicit value, then the arch's published one (a converted folder may carry diffusers' 0.18215 default),
+        # then the folder's config.json; random test networks use 1
+        self.scaling_factor = config.scaling_factor or SCALING.get(config.arch, 0.0)
+        if path is None:
+            if not config.random_init:
+                raise VistokError(f"the {config.arch} VAE needs local weights: set vae.weights to a diffusers folder or a "
+                                  "checkpoint file (downloaded on a machine with internet), or use a pixel-tokenizer preset")
+            self.vae, self.scaling_factor = AutoencoderKL(**arch), self.scaling_factor or 1.0
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise VistokError(f"{path} has no config.json; point vae.weights at a diffusers AutoencoderKL folder")
+            self.vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+            self.scaling_factor = self.scaling_factor or float(json.loads((path / "config.json").read_text()).get("scaling_factor") or 0)
+        elif path.is_file():
+            if not self.scaling_factor:
+                raise VistokError(f"no scaling factor for the {config.arch} VAE file {path}: set vae.scaling_factor (the "
+                                  "scaling_factor of its config.json) or use the diffusers folder that ships it")
+            self.vae = AutoencoderKL(**arch)
+            self._load_file(path)
+        else:
+            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the {config.arch} weights there or fix vae.weights")
+        require(self.scaling_factor > 0, f"{path}/config.json has no scaling_factor; set vae.scaling_factor")
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+
+    def _load_file(self, path: Path) -> None:
+        state = _read_checkpoint(path)
+        if any(k.startswith(("encoder.down.", "first_stage_model.", "vae.encoder.down.")) for k in state):
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            state = convert_ldm_vae_checkpoint(state, dict(self.vae.config))  # original LDM key names -> diffusers
+        state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # LDM training-only discriminator / LPIPS
+        try:
+            missing, unexpected = self.vae.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise VistokError(f"{path} does not match the {self.config.arch} VAE ({str(err).splitlines()[1].strip()}); "
+                              "check vae.arch") from err
+        if missing or unexpected:
+            raise VistokError(f"{path} does not match the {self.config.arch} VAE (missing {sorted(missing)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]}); check vae.arch")
+
+    def train(self, mode: bool = True) -> VAE:
+        return super().train(False)  # frozen
+
+    @property
+    def factor(self) -> int:
+        """Spatial downsampling factor f."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @torch.no_grad()
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> scaled posterior (mean, std), each (B, C, H/f, W/f)."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % self.factor or images.shape[-2] % self.factor:
+            raise VistokError(f"the VAE expects (B, 3, H, W) images with H, W divisible by {self.factor}, got {tuple(images.shape)}")
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return dist.mean * self.scaling_factor, dist.std * self.scaling_factor
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, H/f, W/f) scaled latents (a posterior sample if config.sample)."""
+        mean, std = self.moments(images)
+        if not self.config.sample:
+            return mean
+        src = generator.device if generator is not None else mean.device
+        return mean + std * torch.randn(mean.shape, generator=generator, device=src).to(mean.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents -> (B, 3, h f, w f) images (not clamped)."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+
+
+PRESETS = {
+    "vae-flextok-c16": VAEConfig(arch="flextok-c16"),
+    "vae-kl16": VAEConfig(arch="kl16"),
+    "vae-tiny-f4": VAEConfig(arch="tiny-f4", random_init=True),
+}
+
+
+# --- latent caches ---
+class LatentCache(NamedTuple):
+    mean: torch.Tensor  # (N, C, h, w) latents, or posterior means
+    std: torch.Tensor | None  # (N, C, h, w) posterior standard deviations (None: deterministic tokenizer)
+    labels: torch.Tensor | None  # (N,) int64
+
+
+CACHE_SUFFIXES = (".npz", ".safetensors", ".npy")
+
+
+@torch.no_grad()
+def cache_latents(
+    tokenizer: nn.Module, dataset: Dataset, path: str | Path, batch_size: int = 64, device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Encode every (image, label) of `dataset` once and write the latents to `path` (.npz or .safetensors: mean,
+    std when the tokenizer has `moments`, labels; .npy: the mean only). Written atomically; returns the path."""
+    path = Path(path).expanduser()
+    require(path.suffix in CACHE_SUFFIXES, f"latent cache {path} must end in one of {', '.join(CACHE_SUFFIXES)}")
+    means, stds, labels = [], [], []
+    for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images = images.to(device)
+        if hasattr(tokenizer, "moments"):
+            mean, std = tokenizer.moments(images)
+            stds.append(std.to("cpu", dtype))
+        else:
+            mean = tokenizer.encode(images)
+        means.append(mean.to("cpu", dtype))
+        labels.append(torch.as_tensor(y, dtype=torch.long))
+    require(len(means) > 0, "the dataset to cache is empty")
+    arrays = {"mean": torch.cat(means), "labels": torch.cat(labels)}
+    if stds:
+        arrays["std"] = torch.cat(stds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # suffix kept: numpy appends .npz/.npy to other names
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in arrays.items()}, str(tmp))
+    elif path.suffix == ".npz":
+        np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()})
+    else:
+        np.save(tmp, arrays["mean"].numpy())
+    os.replace(tmp, path)
+    return path
+
+
+def load_latents(path: str | Path) -> LatentCache:
+    """A cache written by `cache_latents`, as float32 tensors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VistokError(f"latent cache {path} not found; write it first with cache_latents (or fix the path)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            arrays = load_file(str(path))
+        elif path.suffix == ".npz":
+            with np.load(path) as f:
+                arrays = {k: torch.from_numpy(f[k]) for k in f.files}
+        elif path.suffix == ".npy":
+            arrays = {"mean": torch.from_numpy(np.load(path))}
+        else:
+            raise VistokError(f"latent cache {path} must end in one of {', '.join(CACHE_SUFFIXES)}")
+    except VistokError:
+        raise
+    except Exception as err:
+        raise VistokError(f"cannot read latent cache {path} ({err.__class__.__name__}); delete it and cache again") from err
+    if "mean" not in arrays:
+        raise VistokError(f"{path} is not a latent cache (no 'mean' array); delete it and cache again")
+    std, labels = arrays.get("std"), arrays.get("labels")
+    return LatentCache(arrays["mean"].float(), std.float() if std is not None else None, labels.long() if labels is not None else None)
+
+
+class LatentDataset(Dataset):
+    """(latent, label) pairs from a cache; with a std, each access draws a fresh posterior sample (seeded by
+    torch's global RNG, as data augmentation is)."""
+
+    def __init__(self, cache: LatentCache | str | Path, sample: bool = True) -> None:
+        self.cache = load_latents(cache) if isinstance(cache, (str, Path)) else cache
+        self.sample = sample and self.cache.std is not None
+
+    def __len__(self) -> int:
+        return len(self.cache.mean)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.cache.mean[index]
+        if self.sample:
+            x = x + self.cache.std[index] * torch.randn_like(x)
+        return x, int(self.cache.labels[index]) if self.cache.labels is not None else 0
