@@ -20,7 +20,7 @@ CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "visto
 def data_root() -> Path:
     """The shared data folder (CIFAR-10 JPEG tarball), exported as VISTOK_DATA for this process and subprocesses."""
     if not (DATA_ROOT / "cifar10-jpeg.tar.gz").is_file():
-        pytest.skip(f"shared data not found: expected {DATA_ROOT}/cifar10-jpeg.tar.gz (the repo's sibling shared/data)")
+        pytest.fail(f"shared data not found: expected {DATA_ROOT}/cifar10-jpeg.tar.gz (the repo's sibling shared/data)")
     os.environ["VISTOK_DATA"] = str(DATA_ROOT)
     return DATA_ROOT
 

@@ -21,7 +21,13 @@ from vistok.engine.checkpoint import load_state_strict, read_export
 from vistok.errors import VistokError
 
 # modules that define families and presets; each has a `FAMILY = (name, ConfigClass, ModelClass)` and `PRESETS`
-FAMILY_MODULES = ("vistok.metrics.fid_net", "vistok.generators.xar", "vistok.em.backbone", "vistok.em.objectives", "vistok.tokenizers.flextok")
+FAMILY_MODULES = (
+    "vistok.metrics.fid_net",
+    "vistok.tokenizers.flextok",
+    "vistok.generators.xar",
+    "vistok.em.backbone",
+    "vistok.em.objectives",
+)
 
 
 @dataclass(frozen=True)
