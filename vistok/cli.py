@@ -1,4 +1,4 @@
-"""The `vistok` command: `models`, `sample`, `fid`, `fid-stats` and `demo`.
+"""The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `fid`, `fid-stats` and `demo`.
 
 A user's mistake (bad path, bad flag, missing weights) prints one line and exits non-zero, never a traceback.
 """
@@ -55,6 +55,127 @@ def cmd_sample(args: argparse.Namespace) -> None:
           + ", ".join(str(p) for p in written) + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    """FlexTok reconstructions from the first k tokens, for each k: PNGs and an npz per k, a grid, JSON metrics."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from vistok.generators.generate import resolve_device
+    from vistok.tokenizers import flextok_eval as fe
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VistokError(f"--out {out} is a file; pass a folder")
+    device = resolve_device(args.device)
+    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
+    decoding = fe.decode_config(meta, steps=args.steps, cfg=args.cfg, guidance=args.guidance)
+    ks = fe.parse_ks(args.tokens, model.config.registers)
+    images, _ = fe.load_images(args.input, meta["resolution"], args.num, args.data_root)
+    if not args.no_fid:
+        fe.check_fid_extractor(args.extractor_weights)
+    start = time.perf_counter()
+    recons = fe.reconstruct_images(model, tokenizer, images, ks, decoding, args.seed, args.batch_size, args.precision)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    for k, rec in recons.items():
+        folder = out / f"k{k:03d}"
+        folder.mkdir(exist_ok=True)
+        nhwc = rec.permute(0, 2, 3, 1).numpy()
+        np.savez(out / f"k{k:03d}.npz", arr_0=nhwc)
+        for i, image in enumerate(nhwc):
+            Image.fromarray(image).save(folder / f"{i:06d}.png")
+    Image.fromarray(fe.recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
+    metrics = fe.score(images, recons, not args.no_fid, args.fid_real, args.extractor_weights, args.data_root, out)
+    result = {
+        "ckpt": str(args.ckpt), "input": str(args.input), "num": len(images), "tokens": ks, "steps": decoding.steps,
+        "cfg": decoding.cfg, "guidance": decoding.guidance, "seed": args.seed, "registers": model.config.registers,
+        "step": meta.get("step"), "fid_real": None if args.no_fid else args.fid_real, "seconds": round(seconds, 2),
+        "metrics": {str(k): v for k, v in metrics.items()},
+    }
+    if not args.no_fid:
+        result["fid_inputs"] = fe.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
+    text = json.dumps(result, indent=2)
+    (out / "metrics.json").write_text(text + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(f"{'k':>4} {'MSE':>9} {'PSNR':>7} {'SSIM':>6}" + ("" if args.no_fid else f" {'FID':>8}"))
+    for k, m in metrics.items():
+        print(f"{k:>4} {m['mse']:>9.5f} {m['psnr']:>7.2f} {m['ssim']:>6.3f}" + (f" {m['fid']:>8.3f}" if "fid" in m else ""))
+    print(f"{len(images)} images x {len(ks)} k in {seconds:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
+          f"({decoding.guidance}), seed {args.seed}) -> {out}/grid.png, {out}/metrics.json, k*/ and k*.npz")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    """Images -> FlexTok token ids in an .npz: ids (N, K') int32, k (N,) int32, labels when the input has them."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from vistok.generators.generate import resolve_device
+    from vistok.tokenizers import flextok_eval as fe
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise VistokError(f"--out {out} must end in .npz")
+    device = resolve_device(args.device)
+    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
+    ks = fe.parse_ks(args.tokens or str(model.config.registers), model.config.registers)
+    images, labels = fe.load_images(args.input, meta["resolution"], args.num, args.data_root)
+    torch.manual_seed(args.seed)  # a VAE tokenizer samples its posterior
+    ids = fe.encode_images(model, tokenizer, images, args.batch_size)  # (N, K)
+    k = torch.tensor(ks)[torch.arange(len(ids)) % len(ks)]  # cycled over the images
+    ids = torch.where(torch.arange(ids.shape[1]) < k[:, None], ids, 0)[:, :max(ks)]  # only each image's first k[i] kept
+    arrays = {"ids": ids.numpy().astype(np.int32), "k": k.numpy().astype(np.int32)}
+    if labels is not None:
+        arrays["labels"] = labels
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    print(f"{len(ids)} images -> {out}: ids {arrays['ids'].shape} int32 (vocabulary {model.fsq.codebook_size}), "
+          f"k per image in {{{', '.join(map(str, sorted(set(ks))))}}}" + (", labels" if labels is not None else ""))
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    """Token ids (.npz from `vistok encode`) -> images: PNGs, grid.png and samples.npz (or a .png grid alone)."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from vistok.generators.generate import resolve_device, save_samples
+    from vistok.tokenizers import flextok_eval as fe
+
+    path = Path(args.tokens)
+    if not path.is_file():
+        raise VistokError(f"--tokens {path} does not exist; write it with `vistok encode`")
+    try:
+        with np.load(path) as z:
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError) as err:
+        raise VistokError(f"cannot read {path} ({err.__class__.__name__}); pass an .npz from `vistok encode`") from None
+    ids = arrays.get("ids")
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise VistokError(f"{path} needs an integer 'ids' array of shape (N, K); found {sorted(arrays)}")
+    k = arrays.get("k", np.full(len(ids), ids.shape[1]))
+    if k.shape != (len(ids),) or k.dtype.kind not in "iu":
+        raise VistokError(f"{path}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
+    device = resolve_device(args.device)
+    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
+    decoding = fe.decode_config(meta, steps=args.steps, cfg=args.cfg, guidance=args.guidance)
+    start = time.perf_counter()
+    images = fe.decode_ids(model, tokenizer, torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(k.astype(np.int64)),
+                           decoding, args.seed, args.batch_size, args.precision)
+    labels = arrays.get("labels", np.zeros(len(ids), np.int64))
+    written = save_samples(args.out, images.permute(0, 2, 3, 1).numpy(), np.asarray(labels))
+    print(f"{len(images)} images in {time.perf_counter() - start:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
+          f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -102,6 +223,54 @@ def _fid_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
 
 
+def _flextok_commands(sub) -> None:
+    def common(p: argparse.ArgumentParser, decoding: bool) -> None:
+        p.add_argument("--ckpt", required=True, help="exported FlexTok folder or shipped model name")
+        if decoding:
+            p.add_argument("--steps", type=_positive, help="Euler steps T (default: the export's)")
+            p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
+            p.add_argument("--guidance", choices=("cfg", "apg"),
+                           help="CFG or adaptive projected guidance (default: the export's)")
+            p.add_argument("--seed", type=int, default=0,
+                           help="noise seed; image i's noise depends on (seed, i) only (default 0)")
+            p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
+        p.add_argument("--batch-size", type=_positive, default=64, help="images per forward batch (default 64)")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+
+    def inputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--num", type=_positive, help="use N images (evenly spaced in a dataset or folder; default all)")
+        p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
+
+    p = sub.add_parser("reconstruct", help="FlexTok reconstructions and MSE/PSNR/SSIM/FID per number of tokens k")
+    common(p, decoding=True)
+    p.add_argument("--input", required=True, help="image folder, dataset name (cifar10-test, ...) or .npz of images")
+    p.add_argument("--out", required=True, help="folder: k*/ PNGs and k*.npz per k, grid.png, metrics.json")
+    p.add_argument("--tokens", help="comma list of k (default 1, 2, 4, ..., K)")
+    p.add_argument("--json", metavar="FILE", help="also write the JSON metrics to FILE")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (MSE, PSNR and SSIM only)")
+    p.add_argument("--fid-real", default="cifar10-train", help="FID reference: dataset name (shipped statistics), "
+                   "statistics .npz or image folder (default cifar10-train)")
+    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
+    p.add_argument("--grid-rows", type=_positive, default=8, help="images in grid.png (default 8)")
+    inputs(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="images -> FlexTok token ids (.npz: ids int32 (N, K), k per image, labels)")
+    common(p, decoding=False)
+    p.add_argument("--input", required=True, help="image folder, dataset name or .npz of images")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--tokens", help="tokens kept per image: K, or a comma list cycled over the images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a VAE tokenizer's posterior sample (default 0)")
+    inputs(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="FlexTok token ids (.npz from encode) -> images, each from its own k tokens")
+    common(p, decoding=True)
+    p.add_argument("--tokens", required=True, help=".npz with ids (N, K) and optionally k (N,) and labels")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.set_defaults(func=cmd_decode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vistok", description="Visual tokenizers and autoregressive image generation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -125,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sample)
+
+    _flextok_commands(sub)
 
     p = sub.add_parser("fid", help="FID (and KID) of generated images against real images or statistics")
     p.add_argument("--fake", required=True, help="image folder or .npz of uint8 images")

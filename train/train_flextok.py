@@ -1,0 +1,220 @@
+"""Train a FlexTok tokenizer (Bachmann et al., "FlexTok: Resampling Images into 1D Token Sequences of Flexible Length",
+arXiv 2502.13967): encoder with causal registers -> FSQ -> rectified-flow decoder, nested dropout over the registers.
+
+    torchrun --nproc_per_node=N train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml [key=value ...]
+    python train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
+    python train/train_flextok.py --config ... model.nested_dropout=off train.run_dir=...  # the no-ordering ablation
+
+images -> tokenizer (pixels, or a frozen VAE, optionally through a latent cache) -> (B, C, h, w) grid -> FlexTok's
+flow-matching loss with nested dropout and null conditioning, plus REPA against a frozen teacher (`repa.teacher`: off,
+conv, fid-net or dinov2) when `model.repa_dim` > 0. Running the same command again resumes from RUN/last.pt. At the end
+the EMA weights are exported to RUN/export with the model config (the training-only REPA projector left out), the
+tokenizer and the decoding settings, so `vistok reconstruct|encode|decode --ckpt RUN/export` needs nothing else; a
+reconstruction grid (rows: images, columns: input then k = 1, 2, 4, ..., K) is written next to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vistok.config import to_dict
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_uint8
+from vistok.engine import checkpoint, dist
+from vistok.engine.logging import MetricsLog
+from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.errors import require
+from vistok.modules.repa import build_teacher
+from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
+from vistok.tokenizers.flextok_eval import DecodeConfig, k_ladder, recon_grid, reconstruct_images
+from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
+from vistok.tokenizers.vae import VAE, LatentDataset, VAEConfig, cache_latents, load_latents
+
+
+@dataclass(frozen=True)
+class RepaConfig:
+    """The frozen REPA teacher; its feature width must equal model.repa_dim (0 turns REPA off)."""
+
+    teacher: str = ""  # "" (off), conv (random conv features), fid-net (cifar10-net export), dinov2 (local weights)
+    weights: str = ""  # fid-net: an export folder or shipped name (default cifar10-net); dinov2: a weights file
+    arch: str = "vit_large_patch14_dinov2"  # dinov2 only
+    resolution: int = 224  # dinov2 input size (16x16 patch features at 224)
+    conv_dim: int = 64  # conv teacher feature width
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/flextok", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.99), warmup_steps=500, ema_decay=0.999))
+    model: FlexTokConfig = field(default_factory=lambda: PRESETS["flextok-tiny-s"])
+    tokenizer: Literal["pixel", "vae"] = "pixel"
+    pixel: PixelConfig = field(default_factory=lambda: PixelConfig(patch=1, scale=2.0))  # identity grid, unit variance
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    latent_cache: str = ""  # vae only: a .npz/.safetensors of posterior moments of the training set, written if missing
+    data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(hflip=True))
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    sample: DecodeConfig = field(default_factory=DecodeConfig)  # decoding defaults stored in the export
+    preview_images: int = 8  # rows of RUN/export/preview.png (0: none)
+
+
+def build_image_tokenizer(cfg: Config) -> torch.nn.Module:
+    """The frozen images <-> grid tokenizer: neither trained nor checkpointed (the export records its config)."""
+    return PixelTokenizer(cfg.pixel) if cfg.tokenizer == "pixel" else VAE(cfg.vae)
+
+
+def check_config(cfg: Config) -> None:
+    """Choices that contradict each other, caught before anything is built."""
+    require(not (cfg.latent_cache and cfg.tokenizer != "vae"), "latent_cache needs tokenizer=vae (pixels need no cache)")
+    require(not (cfg.latent_cache and cfg.data.hflip),
+            "a latent cache holds unflipped images: set data.hflip=false with latent_cache (or drop the cache)")
+    require(bool(cfg.repa.teacher) == (cfg.model.repa_dim > 0),
+            f"REPA needs both a teacher and a projector: got repa.teacher={cfg.repa.teacher!r} and model.repa_dim="
+            f"{cfg.model.repa_dim}; set both (e.g. repa.teacher=conv model.repa_dim={cfg.repa.conv_dim}) or neither")
+
+
+def check_pairing(cfg: Config, tokenizer: torch.nn.Module, teacher_dim: int) -> None:
+    """The model must take the tokenizer's grid of the configured images, and REPA's widths must agree."""
+    m, res = cfg.model, cfg.data.resolution
+    if isinstance(tokenizer, PixelTokenizer):
+        grid, channels = tokenizer.grid(res, res), tokenizer.token_channels
+    else:
+        require(res % tokenizer.factor == 0, f"data.resolution={res} must divide by the VAE's factor {tokenizer.factor}")
+        grid, channels = (res // tokenizer.factor,) * 2, tokenizer.latent_channels
+    require(tuple(m.grid) == grid and m.in_channels == channels,
+            f"the {cfg.tokenizer} tokenizer turns {res}px images into {channels}-channel {grid[0]}x{grid[1]} grids, but "
+            f"the model expects {m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
+            f"model.grid=[{grid[0]},{grid[1]}]")
+    require(m.repa_dim == teacher_dim, f"model.repa_dim={m.repa_dim} but the REPA teacher {cfg.repa.teacher!r} gives "
+                                       f"{teacher_dim}-d features; set model.repa_dim={teacher_dim}")
+
+
+class CachedLatents(Dataset):
+    """((latent sample, image), label) pairs: a latent cache of `images`, and the images themselves for REPA's
+    teacher; or (latent sample, label) when no images are needed."""
+
+    def __init__(self, path: str, images: Dataset | None) -> None:
+        self.latents, self.images = LatentDataset(path), images
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int):
+        latent, label = self.latents[index]
+        return ((latent, self.images[index][0]) if self.images is not None else latent), label
+
+
+def latent_dataset(cfg: Config, tokenizer: VAE, images: Dataset, env: dist.DistEnv, with_images: bool) -> Dataset:
+    """The training set as cached latents: encoded once by rank 0 (posterior moments), then read by every rank."""
+    path = Path(cfg.latent_cache).expanduser()
+    if env.is_main and not path.is_file():
+        print(f"caching {cfg.vae.arch} latents of {len(images)} images to {path} (once)", flush=True)
+        cache_latents(tokenizer, images, path, device=env.device)
+    dist.barrier()
+    cached = len(load_latents(path).mean)
+    require(cached == len(images), f"latent cache {path} holds {cached} latents but the training set has {len(images)} "
+                                   "images (another data.name or data.limit?); delete it to cache again")
+    return CachedLatents(str(path), images if with_images else None)
+
+
+def export_model(cfg: Config, ema: EMA, model: FlexTok, device: torch.device) -> FlexTok:
+    """The EMA weights in a model without the REPA projector (a training-only head)."""
+    ema_model = FlexTok(dataclasses.replace(cfg.model, repa_dim=0)).to(device)
+    state = {k: v for k, v in ema.full_state(model).items() if not k.startswith("repa_proj.")}
+    ema_model.load_state_dict(state)
+    return ema_model.eval()
+
+
+def main() -> None:
+    cfg = parse_cli(Config, description=__doc__)
+    tc = cfg.train
+    check_config(cfg)
+    env = dist.setup(tc.device)
+    dist.seed_everything(tc.seed)  # same initial weights on every rank
+
+    tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
+    teacher = build_teacher(cfg.repa.teacher, cfg.repa.weights, cfg.repa.conv_dim, **(
+        dict(arch=cfg.repa.arch, resolution=cfg.repa.resolution) if cfg.repa.teacher == "dinov2" else {}
+    )).to(env.device) if cfg.repa.teacher else None
+    check_pairing(cfg, tokenizer, teacher.dim if teacher is not None else 0)
+    images = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
+    cached = bool(cfg.latent_cache)
+    train_set = latent_dataset(cfg, tokenizer, images, env, teacher is not None) if cached else images
+
+    model = FlexTok(cfg.model).to(env.device)
+    ddp_model = dist.wrap_model(model, env, tc.parallel)
+    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
+    step = ckpt.resume()
+    if step == 0:
+        dist.seed_everything(tc.seed, env.rank)  # ranks draw different k, t, noise and null samples
+
+    loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
+                          start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
+    tc.micro_batch(env.world_size)  # validates the batch split before any work
+    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+
+    batches = iter(loader)
+    try:  # close the progress bar first, so an error message starts a line of its own
+        while step < tc.total_steps:
+            inputs, _ = next(batches)
+            if cached:  # (B, C, h, w) latent samples, and (B, 3, H, W) images for the teacher
+                x0, pixels = (inputs if teacher is not None else (inputs, None))
+                x0 = x0.to(env.device, non_blocking=True)
+            else:  # (B, 3, H, W) images in [-1, 1] -> (B, C, h, w) grid, outside the autograd graph
+                pixels = inputs.to(env.device, non_blocking=True)
+                with torch.no_grad():
+                    x0 = tokenizer.encode(pixels)
+            batch = [x0]
+            if teacher is not None:
+                with torch.no_grad(), autocast(tc.precision, env.device):
+                    batch.append(teacher(pixels.to(env.device, non_blocking=True)).float())  # (B, repa_dim, h', w')
+            totals = torch.zeros(3, device=env.device)  # loss, flow, repa
+            for sync, (x, *feats) in micro_steps(ddp_model, batch, tc.grad_accum):
+                with sync, autocast(tc.precision, env.device):
+                    out = ddp_model(x, feats[0] if feats else None)  # k, t, noise and null drawn inside
+                (out.loss / tc.grad_accum).backward()
+                totals += torch.stack([out.loss, out.flow, out.repa]).detach() / tc.grad_accum
+            check_finite(totals[0], step + 1)  # numbered like metrics.jsonl: the step being taken
+            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
+            ema.update(model)
+            step += 1
+            log.advance()
+            if step % tc.log_every == 0 or step == tc.total_steps:
+                loss, flow, repa = dist.all_reduce_mean(totals).tolist()
+                extra = {"repa": repa} if teacher is not None else {}
+                log.log(step, loss=loss, flow=flow, **extra, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            if step % tc.ckpt_every == 0 or step == tc.total_steps:
+                ckpt.save(step)
+    finally:
+        log.close()
+
+    ema_model = export_model(cfg, ema, model, env.device)
+    if env.is_main:
+        tok = {"family": cfg.tokenizer, "config": to_dict(cfg.pixel if cfg.tokenizer == "pixel" else cfg.vae)}
+        out = checkpoint.export(
+            f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
+            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=step, data=cfg.data.name,
+            nested_dropout=cfg.model.nested_dropout, repa_teacher=cfg.repa.teacher)
+        print(f"exported EMA weights (step {step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
+              f"--num 100 --out DIR")
+        if cfg.preview_images:
+            rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets
+            pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))]))  # (N, 3, H, W)
+            ks = k_ladder(cfg.model.registers)
+            recons = reconstruct_images(ema_model, tokenizer, pixels, ks, cfg.sample, seed=tc.seed)
+            Image.fromarray(recon_grid(pixels, recons, rows=len(pixels))).save(out / "preview.png")
+            print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)
