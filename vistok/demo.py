@@ -41,7 +41,8 @@ def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None) -> 
         np.savez(path, images=arr)
         results[name] = fid.calculate(path, "cifar10-train")["fid"]
         print(f"FID({name} CIFAR-10 test images vs cifar10-train statistics, cifar10-net, n={len(arr)}) = {results[name]:.3f}")
-    grid = torch.cat([torch.from_numpy(a[:16]) for a in degraded_sets(images[:16]).values()]).float() / 255
+    shown = images[:: max(1, len(images) // 16)][:16]  # spread over the classes (datasets are stored by class)
+    grid = torch.cat([torch.from_numpy(a) for a in degraded_sets(shown).values()]).float() / 255
     save_image(grid, out / "fid_sets.png", nrow=16)
     (out / "demo.json").write_text(json.dumps({"fid_vs_cifar10_train": results, "num": len(images)}, indent=2))
     print(f"wrote {out / 'fid_sets.png'} and {out / 'demo.json'}")
