@@ -67,10 +67,12 @@ def cifar_cache(data_root):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder, parallel):
+    """2 processes (DDP, or FSDP2 sharding) and 1 process at the same global batch give the same weights."""
     common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
               "train.total_steps=5", "train.ckpt_every=5", "train.log_every=1", "train.lr=1e-3"]
-    ddp = run(train_cmd(tmp_path / "ddp", *common, nproc=2), timeout=240)
+    ddp = run(train_cmd(tmp_path / "ddp", *common, f"train.parallel={parallel}", nproc=2), timeout=240)
     check_ok(ddp)
     single = run(train_cmd(tmp_path / "one", *common))
     check_ok(single)
