@@ -344,3 +344,11 @@ def test_metrics_are_zero_for_a_perfect_segmentation() -> None:
     assert scores.voi_split == 0.0 and scores.voi_merge > 1.0 and scores.arand > 0.5
     with pytest.raises(VistokError, match="differ in shape"):
         evaluate(gt[:2], gt)
+
+
+def test_zarr_round_trip(tmp_path) -> None:
+    pytest.importorskip("zarr")
+    vol = np.random.default_rng(0).integers(0, 255, size=(4, 5, 6), dtype=np.uint8)
+    write_volume(f"{tmp_path / 'v.zarr'}:raw", vol)
+    back = read_volume(f"{tmp_path / 'v.zarr'}:raw")
+    assert back.dtype == np.uint8 and np.array_equal(back, vol)
