@@ -216,3 +216,23 @@ def test_non_finite_loss_aborts_with_a_clear_message(bad_runs):
     assert "loss is nan" in errors[0] or "loss is inf" in errors[0]
     assert "training stopped" in errors[0] and "train.lr" in errors[0]
     assert not (run_dir / "export").exists()
+
+
+# ---------------------------------------------------------------- d. accumulation, bf16, TensorBoard
+
+
+@pytest.mark.slow
+def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_path, shared_image_folder):
+    common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
+              "train.total_steps=3", "train.ckpt_every=3", "train.log_every=1", "train.lr=1e-3"]
+    check_ok(run(train_cmd(tmp_path / "accum1", *common)))
+    check_ok(run(train_cmd(tmp_path / "accum4", *common, "train.grad_accum=4")))
+    a, b = checkpoint.load_training_state(tmp_path / "accum1"), checkpoint.load_training_state(tmp_path / "accum4")
+    assert_states_close(a["model"], b["model"], atol=1e-5)
+    assert [r["loss"] for r in read_metrics(tmp_path / "accum1")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "accum4")], abs=1e-5)
+
+    check_ok(run(train_cmd(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true")))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
+    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")]))
+    assert list((tmp_path / "bf16" / "tb").glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
