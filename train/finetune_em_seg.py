@@ -35,9 +35,7 @@ from vistok.em.objectives import load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse, widen_border
 from vistok.em.volumes import EMCrops, load_volumes, read_volume
 from vistok.engine import checkpoint, dist
-from vistok.engine.logging import MetricsLog
-from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
-from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import VistokError, require
 
 
@@ -114,31 +112,24 @@ def main() -> None:
         fresh = load_init(model, cfg.init_from)
         if env.is_main:
             print(f"init_from {cfg.init_from}: pretrained backbone loaded; new: {', '.join(fresh) or 'nothing'}")
-    ddp_model = dist.wrap_model(model, env, tc.parallel)
-    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
-    step = ckpt.resume()
-    if step == 0:
-        dist.seed_everything(tc.seed, env.rank)
+    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    ddp_model = run.ddp_model
 
     if cfg.data.widen_border:
         labels = [widen_border(lab) for lab in labels]
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
     crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment)
     sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
-                               tc.seed, start_step=step)
+                               tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
                         pin_memory=env.device.type == "cuda")
-    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
-    if env.is_main and step == 0:
+    if env.is_main and run.step == 0:
         print(f"SegMamba: {sum(p.numel() for p in model.parameters()):,} parameters, {micro} crops of "
               f"{tuple(cfg.data.crop)} per forward, {'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")
 
     batches = iter(loader)
-    try:  # close the progress bar first, so an error message starts a line of its own
-        while step < tc.total_steps:
+    with run.logging():
+        while run.step < tc.total_steps:
             volume, ids = next(batches)  # (B, 1, D, H, W) in [0, 1], (B, D, H, W) neuron ids
             volume, ids = volume.to(env.device, non_blocking=True), ids.to(env.device, non_blocking=True)
             target = affinities(ids)  # (B, 3, D, H, W) in {0, 1}
@@ -148,20 +139,10 @@ def main() -> None:
                     loss = weighted_mse(torch.sigmoid(ddp_model(x).float()), t) / tc.grad_accum
                 loss.backward()
                 total_loss += loss.detach()
-            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
-            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
-            ema.update(model)
-            step += 1
-            log.advance()
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
-            if step % tc.ckpt_every == 0 or step == tc.total_steps:
-                ckpt.save(step)
-    finally:
-        log.close()
+            run.finish_step(total_loss)
 
     ema_model = SegMamba(cfg.model).to(env.device)
-    ema_model.load_state_dict(ema.full_state(model))
+    ema_model.load_state_dict(run.ema_state())
     if env.is_main:
         scores = {}
         if test is not None:
@@ -170,11 +151,11 @@ def main() -> None:
             scores = {"raw": cfg.eval.raw, "labels": cfg.eval.labels, **evaluate(seg, test[1])._asdict(),
                       "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
             Path(tc.run_dir, "eval.json").write_text(json.dumps(
-                {"step": step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
+                {"step": run.step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=step, init_from=cfg.init_from or None, inference=to_dict(infer),
+                                step=run.step, init_from=cfg.init_from or None, inference=to_dict(infer),
                                 data=list(cfg.data.raw), eval=scores or None)
-        print(f"exported EMA weights (step {step}) to {out}")
+        print(f"exported EMA weights (step {run.step}) to {out}")
         if scores:
             print(f"{cfg.eval.raw}: VOI split {scores['voi_split']:.4f}  VOI merge {scores['voi_merge']:.4f}  "
                   f"VOI {scores['voi']:.4f}  ARAND {scores['arand']:.4f}  ({scores['segments']} segments) "

@@ -26,9 +26,7 @@ from vistok.config import to_dict
 from vistok.em.objectives import FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig
 from vistok.em.volumes import EMCrops, load_volumes
 from vistok.engine import checkpoint, dist
-from vistok.engine.logging import MetricsLog
-from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
-from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.data.loader import StepBatchSampler
 from vistok.errors import require
 
@@ -84,66 +82,48 @@ def main() -> None:
     volumes = load_volumes(cfg.data.volumes)  # fail on a bad path before building anything
 
     model = TokenUnify(cfg.model).to(env.device)
-    ddp_model = dist.wrap_model(model, env, tc.parallel)
-    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
-    step = ckpt.resume()
-    if step == 0:
-        dist.seed_everything(tc.seed, env.rank)  # masks come from step_generator; anything else differs per rank
+    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    ddp_model = run.ddp_model
 
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
     crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment)
     sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
-                               tc.seed, start_step=step)
+                               tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
                         pin_memory=env.device.type == "cuda")
-    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
-    if env.is_main and step == 0:
+    if env.is_main and run.step == 0:
         print(f"TokenUnify: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.num_tokens} tokens "
               f"per {tuple(cfg.model.input_size)} crop, {micro} crops per forward, schedule {cfg.schedule.kind} "
               f"{tuple(cfg.schedule.weights)}")
 
     batches = iter(loader)
-    try:  # close the progress bar first, so an error message starts a line of its own
-        while step < tc.total_steps:
+    with run.logging():
+        while run.step < tc.total_steps:
             volume = next(batches).to(env.device, non_blocking=True)  # (B, 1, D, H, W) in [0, 1]
-            weights = cfg.schedule.at(step, tc.total_steps)  # this step's task mix
-            gen = step_generator(tc.seed, step, env.rank, env.device)
+            weights = cfg.schedule.at(run.step, tc.total_steps)  # this step's task mix
+            gen = step_generator(tc.seed, run.step, env.rank, env.device)
             totals = torch.zeros(4, device=env.device)  # loss, random, next-all, next
             for sync, (x,) in micro_steps(ddp_model, (volume,), tc.grad_accum):
                 with sync, autocast(tc.precision, env.device):
                     out = ddp_model(x, weights, gen)
                 (out.loss / tc.grad_accum).backward()
                 totals += torch.stack([out.loss.detach(), out.random, out.next_all, out.next]).float() / tc.grad_accum
-            check_finite(totals[0], step + 1)  # numbered like metrics.jsonl: the step being taken
-            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
-            ema.update(model)
-            step += 1
-            log.advance()
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                loss, l_random, l_all, l_next = dist.all_reduce_mean(totals).tolist()
-                log.log(step, loss=loss, random=l_random, next_all=l_all, next=l_next, w_random=weights.random,
-                        w_next_all=weights.next_all, w_next=weights.next, grad_norm=grad_norm,
-                        lr=scheduler.get_last_lr()[0])
-            if step % tc.ckpt_every == 0 or step == tc.total_steps:
-                ckpt.save(step)
-    finally:
-        log.close()
+            run.finish_step(totals[0], lambda: dict(
+                zip(("loss", "random", "next_all", "next"), dist.all_reduce_mean(totals).tolist()),
+                w_random=weights.random, w_next_all=weights.next_all, w_next=weights.next))
 
     ema_model = TokenUnify(cfg.model).to(env.device)
-    ema_model.load_state_dict(ema.full_state(model))
+    ema_model.load_state_dict(run.ema_state())
     if env.is_main:
         scores = {}
         if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
             fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False)
             scores = task_errors(ema_model, fixed, tc.seed, env.device)
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
+                                step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
                                 eval={"crops": cfg.eval_crops, **scores})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        print(f"exported EMA weights (step {step}) to {out}{'; ' + shown if shown else ''}")
+        print(f"exported EMA weights (step {run.step}) to {out}{'; ' + shown if shown else ''}")
     dist.cleanup()
 
 

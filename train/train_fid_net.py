@@ -16,9 +16,7 @@ import torch.nn.functional as F
 
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.engine import checkpoint, dist
-from vistok.engine.logging import MetricsLog
-from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
-from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.config import to_dict
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
 
@@ -54,24 +52,16 @@ def main() -> None:
     dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     model = FidNet(cfg.model).to(env.device)
-    ddp_model = dist.wrap_model(model, env, tc.parallel)
-    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
-    step = ckpt.resume()
-    if step == 0:
-        dist.seed_everything(tc.seed, env.rank)
+    run = Trainer(model, cfg, env)  # wraps, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    ddp_model = run.ddp_model
 
     train_set = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
     loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
-                          start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
-    tc.micro_batch(env.world_size)  # validates the batch split before any work
-    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+                          start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
-    try:  # close the progress bar first, so an error message starts a line of its own
-        while step < tc.total_steps:
+    with run.logging():
+        while run.step < tc.total_steps:
             images, labels = next(batches)
             images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
             total_loss = torch.zeros((), device=env.device)
@@ -80,25 +70,15 @@ def main() -> None:
                     loss = F.cross_entropy(ddp_model(x), y, label_smoothing=cfg.label_smoothing) / tc.grad_accum
                 loss.backward()
                 total_loss += loss.detach()
-            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
-            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
-            ema.update(model)
-            step += 1
-            log.advance()
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
-            if step % tc.ckpt_every == 0 or step == tc.total_steps:
-                ckpt.save(step)
-    finally:
-        log.close()
+            run.finish_step(total_loss)
 
     ema_model = FidNet(cfg.model).to(env.device)
-    ema_model.load_state_dict(ema.full_state(model))
+    ema_model.load_state_dict(run.ema_state())
     eval_set = subset(build_image_dataset(cfg.eval_data, cfg.data.root or None, cfg.model.resolution), cfg.eval_limit)
     acc = accuracy(ema_model, eval_set, env)
     if env.is_main:
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=step, eval_data=cfg.eval_data, eval_images=len(eval_set), eval_accuracy=acc)
+                                step=run.step, eval_data=cfg.eval_data, eval_images=len(eval_set), eval_accuracy=acc)
         print(f"{cfg.eval_data} accuracy {acc:.4f} ({len(eval_set)} images); exported EMA weights to {out}")
     dist.cleanup()
 

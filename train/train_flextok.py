@@ -27,9 +27,7 @@ from torch.utils.data import Dataset
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_uint8
 from vistok.engine import checkpoint, dist
-from vistok.engine.logging import MetricsLog
-from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
-from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
 from vistok.modules.repa import build_teacher
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
@@ -123,10 +121,10 @@ def latent_dataset(cfg: Config, tokenizer: VAE, images: Dataset, env: dist.DistE
     return CachedLatents(str(path), images if with_images else None)
 
 
-def export_model(cfg: Config, ema: EMA, model: FlexTok, device: torch.device) -> FlexTok:
+def export_model(cfg: Config, ema_state: dict[str, torch.Tensor], device: torch.device) -> FlexTok:
     """The EMA weights in a model without the REPA projector (a training-only head)."""
     ema_model = FlexTok(dataclasses.replace(cfg.model, repa_dim=0)).to(device)
-    state = {k: v for k, v in ema.full_state(model).items() if not k.startswith("repa_proj.")}
+    state = {k: v for k, v in ema_state.items() if not k.startswith("repa_proj.")}
     ema_model.load_state_dict(state)
     return ema_model.eval()
 
@@ -148,23 +146,15 @@ def main() -> None:
     train_set = latent_dataset(cfg, tokenizer, images, env, teacher is not None) if cached else images
 
     model = FlexTok(cfg.model).to(env.device)
-    ddp_model = dist.wrap_model(model, env, tc.parallel)
-    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
-    step = ckpt.resume()
-    if step == 0:
-        dist.seed_everything(tc.seed, env.rank)  # ranks draw different k, t, noise and null samples
+    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    ddp_model = run.ddp_model
 
     loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
-                          start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
-    tc.micro_batch(env.world_size)  # validates the batch split before any work
-    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
+                          start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
-    try:  # close the progress bar first, so an error message starts a line of its own
-        while step < tc.total_steps:
+    with run.logging():
+        while run.step < tc.total_steps:
             inputs, _ = next(batches)
             if cached:  # (B, C, h, w) latent samples, and (B, 3, H, W) images for the teacher
                 x0, pixels = (inputs if teacher is not None else (inputs, None))
@@ -183,28 +173,17 @@ def main() -> None:
                     out = ddp_model(x, feats[0] if feats else None)  # k, t, noise and null drawn inside
                 (out.loss / tc.grad_accum).backward()
                 totals += torch.stack([out.loss, out.flow, out.repa]).detach() / tc.grad_accum
-            check_finite(totals[0], step + 1)  # numbered like metrics.jsonl: the step being taken
-            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
-            ema.update(model)
-            step += 1
-            log.advance()
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                loss, flow, repa = dist.all_reduce_mean(totals).tolist()
-                extra = {"repa": repa} if teacher is not None else {}
-                log.log(step, loss=loss, flow=flow, **extra, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
-            if step % tc.ckpt_every == 0 or step == tc.total_steps:
-                ckpt.save(step)
-    finally:
-        log.close()
+            extra = ("repa",) if teacher is not None else ()
+            run.finish_step(totals[0], lambda: dict(zip(("loss", "flow", *extra), dist.all_reduce_mean(totals).tolist())))
 
-    ema_model = export_model(cfg, ema, model, env.device)
+    ema_model = export_model(cfg, run.ema_state(), env.device)
     if env.is_main:
         tok = {"family": cfg.tokenizer, "config": to_dict(cfg.pixel if cfg.tokenizer == "pixel" else cfg.vae)}
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
-            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=step, data=cfg.data.name,
+            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
             nested_dropout=cfg.model.nested_dropout, repa_teacher=cfg.repa.teacher)
-        print(f"exported EMA weights (step {step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
+        print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
               f"--num 100 --out DIR")
         if cfg.preview_images:
             rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets

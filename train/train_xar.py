@@ -20,9 +20,7 @@ from PIL import Image
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.engine import checkpoint, dist
-from vistok.engine.logging import MetricsLog
-from vistok.engine.loop import Checkpointer, TrainConfig, autocast, check_finite, micro_steps, optimizer_step, parse_cli, run_main
-from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
 from vistok.generators.generate import SampleConfig, generate, grid
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
@@ -74,24 +72,16 @@ def main() -> None:
     check_pairing(cfg, tokenizer, len(classes))
 
     model = XAR(cfg.model).to(env.device)
-    ddp_model = dist.wrap_model(model, env, tc.parallel)
-    ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-    ckpt = Checkpointer(tc.run_dir, env, ddp_model, optimizer, scheduler, ema, cfg)
-    step = ckpt.resume()
-    if step == 0:
-        dist.seed_everything(tc.seed, env.rank)  # ranks draw different noise levels and noise
+    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    ddp_model = run.ddp_model
 
     loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank,
-                          env.world_size, tc.seed, start_step=step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
+                          env.world_size, tc.seed, start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
                           crop_pad=cfg.data.crop_pad)
-    tc.micro_batch(env.world_size)  # validates the batch split before any work
-    log = MetricsLog(tc.run_dir, env.is_main, step, tc.total_steps, tc.tensorboard)
 
     batches = iter(loader)
-    try:  # close the progress bar first, so an error message starts a line of its own
-        while step < tc.total_steps:
+    with run.logging():
+        while run.step < tc.total_steps:
             images, labels = next(batches)
             tokens = encode(tokenizer, images.to(env.device, non_blocking=True))  # (B, C, h, w)
             labels = labels.to(env.device, non_blocking=True)
@@ -101,26 +91,16 @@ def main() -> None:
                     loss = ddp_model(x, y) / tc.grad_accum  # flow-matching loss over all entities, each with its own t
                 loss.backward()
                 total_loss += loss.detach()
-            check_finite(total_loss, step + 1)  # numbered like metrics.jsonl: the step being taken
-            grad_norm = optimizer_step(ddp_model, optimizer, scheduler, tc.grad_clip)
-            ema.update(model)
-            step += 1
-            log.advance()
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                log.log(step, loss=dist.all_reduce_mean(total_loss), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
-            if step % tc.ckpt_every == 0 or step == tc.total_steps:
-                ckpt.save(step)
-    finally:
-        log.close()
+            run.finish_step(total_loss)
 
     ema_model = XAR(cfg.model).to(env.device)
-    ema_model.load_state_dict(ema.full_state(model))
+    ema_model.load_state_dict(run.ema_state())
     if env.is_main:
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
             tokenizer={"family": TOKENIZER_FAMILY[0], "config": to_dict(cfg.tokenizer)}, classes=classes,
-            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=step, data=cfg.data.name)
-        print(f"exported EMA weights (step {step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
+            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name)
+        print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
         if cfg.preview_per_class:
             labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
             images = generate(ema_model, tokenizer, labels, cfg.sample, seed=tc.seed)  # (N, H, W, 3) uint8

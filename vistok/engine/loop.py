@@ -1,12 +1,12 @@
 """The pieces every training script shares, each small: the run config, the command line, the optimizer step, the
-non-finite guard, mixed precision and the checkpointer (auto-resume). A script stays a readable top-to-bottom loop.
+non-finite guard, mixed precision, the checkpointer (auto-resume) and `Trainer`, which sets them up together and
+closes each step. A script stays a readable top-to-bottom loop: config, model, Trainer, data, loop, export.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,8 +20,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from vistok.config import load_config, save_config, to_dict, valid_keys
 from vistok.engine import checkpoint
+from vistok.engine import dist as vdist
 from vistok.engine.dist import DistEnv, unwrap
-from vistok.engine.optim import EMA
+from vistok.engine.logging import MetricsLog
+from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.errors import VistokError
 
 C = TypeVar("C")
@@ -184,3 +186,58 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
         elif va != vb:
             keys.add(prefix + k)
     return keys
+
+
+class Trainer:
+    """The state every training loop carries, set up once: the wrapped model, its EMA, the optimizer, the schedule,
+    the checkpointer (resumed: `step` is where the run continues) and, inside `logging()`, the metrics log.
+
+        run = Trainer(model, cfg, env)
+        loader = ...(start_step=run.step)
+        with run.logging():
+            while run.step < cfg.train.total_steps:
+                ...; loss.backward()
+                run.finish_step(loss)
+    """
+
+    def __init__(self, model: nn.Module, cfg: Any, env: DistEnv) -> None:
+        tc = cfg.train
+        self.tc, self.env, self.model = tc, env, model
+        self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
+        self.ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+        self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+        self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg)
+        self.step = self.ckpt.resume()
+        if self.step == 0:
+            vdist.seed_everything(tc.seed, env.rank)  # ranks draw different noise; a resume restores every rank's RNG
+        tc.micro_batch(env.world_size)  # validates the batch split before any work
+        self.log: MetricsLog | None = None
+
+    @contextlib.contextmanager
+    def logging(self) -> Iterator[MetricsLog]:
+        """The metrics log and progress bar, closed first on the way out so an error message starts its own line."""
+        self.log = MetricsLog(self.tc.run_dir, self.env.is_main, self.step, self.tc.total_steps, self.tc.tensorboard)
+        try:
+            yield self.log
+        finally:
+            self.log.close()
+
+    def finish_step(self, loss: torch.Tensor, metrics: Callable[[], dict[str, Any]] | None = None) -> None:
+        """After backward: abort on a non-finite loss, clip + step, update the EMA, log, checkpoint.
+
+        `metrics` is called only on logging steps (it may all-reduce); by default the loss averaged over ranks."""
+        check_finite(loss, self.step + 1)  # numbered like metrics.jsonl: the step being taken
+        grad_norm = optimizer_step(self.ddp_model, self.optimizer, self.scheduler, self.tc.grad_clip)
+        self.ema.update(self.model)
+        self.step += 1
+        self.log.advance()
+        if self.step % self.tc.log_every == 0 or self.step == self.tc.total_steps:
+            values = metrics() if metrics is not None else {"loss": vdist.all_reduce_mean(loss)}
+            self.log.log(self.step, **values, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.total_steps:
+            self.ckpt.save(self.step)
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA weights as a plain state dict of the unwrapped model."""
+        return self.ema.full_state(self.model)
