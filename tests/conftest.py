@@ -77,9 +77,10 @@ def fid_net_script():
     return sys.modules[name]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny tensors run fastest on one thread, and far faster than on two on a busy two-core machine."""
+    """Every test's models are tiny: they run fastest on one thread, and far faster than on two on a busy two-core
+    machine (two OpenMP threads then wait on each other at every op). Subprocesses set OMP_NUM_THREADS themselves."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

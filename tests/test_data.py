@@ -18,7 +18,6 @@ from vistok.data.loader import Augmented, StepBatchSampler
 from vistok.errors import VistokError
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---------------------------------------------------------------- named datasets
 

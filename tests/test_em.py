@@ -29,13 +29,6 @@ MICRO = SegMambaConfig(feat_size=(4, 8, 8, 16), hidden_size=16, depths=(1, 1, 1,
 MICRO_TU = TokenUnifyConfig(backbone=MICRO, input_size=(16, 32, 32), patch_size=(4, 8, 8), head_channels=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are bound by per-op overhead; a second intra-op thread only contends with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from vistok.engine.optim import EMA, build_optimizer, build_scheduler, param_gro
 from vistok.errors import VistokError
 from vistok.metrics.fid_net import FidNet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -16,13 +16,6 @@ from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, r
 from vistok.tokenizers.flextok_sampling import APGConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest and leaves the machine's other core alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 K = 8

@@ -32,13 +32,6 @@ TINY = ["model.registers=8", "model.enc_width=32", "model.dec_width=32", "model.
         "train.num_workers=0", "train.device=cpu", "train.log_every=1", "preview_images=2", "sample.steps=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two and never fights a busy machine for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -11,12 +11,6 @@ from vistok.errors import VistokError
 from vistok.modules.fsq import FSQ, QuantOut
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_all_64000_ids_round_trip() -> None:

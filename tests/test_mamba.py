@@ -35,13 +35,6 @@ def spec_shapes(m: int, n: int, d_conv: int, expand: float, bimamba: str, bias: 
     return shapes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors are bound by per-op overhead; a second intra-op thread only contends with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def shapes_of(module: torch.nn.Module) -> dict[str, tuple]:

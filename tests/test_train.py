@@ -23,7 +23,6 @@ from vistok.engine.loop import optimizer_step
 from vistok.engine.optim import build_optimizer, build_scheduler
 from vistok.metrics.fid_net import PRESETS, FidNet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")

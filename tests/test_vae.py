@@ -14,12 +14,6 @@ from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import ARCHS, VAE, LatentDataset, VAEConfig, _diffusers_config, cache_latents, load_latents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_vae(**overrides) -> VAE:

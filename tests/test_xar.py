@@ -17,13 +17,6 @@ from vistok.modules.attention import rope_tables
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster than two and never fights a busy machine for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides) -> XAR:
