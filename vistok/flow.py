@@ -23,10 +23,13 @@ Everything here is a plain function of tensors; networks and generation loops li
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
+from torch import nn
 
 from vistok.errors import require
 
@@ -131,3 +134,14 @@ def apg(
     parallel = (diff * unit).sum(dim=dims, keepdim=True) * unit
     update = (diff - parallel) + eta * parallel
     return (cond + (scale - 1.0) * update).to(v_cond.dtype), running
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while sampling; the model's training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -17,12 +17,10 @@ other images share its batch (`generate.py` seeds them by (seed, image index) so
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import nn
 
 from vistok import flow
 from vistok.errors import require
@@ -32,15 +30,6 @@ from vistok.modules.attention import KVCache
 Method = Literal["sde", "ode"]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off while sampling; the model's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -82,7 +71,7 @@ def sample_xar(
     cache = None if full_recompute else model.new_cache()
     done: list[torch.Tensor] = []  # finished entities, (B', len_e, C) each, both guidance branches
 
-    with eval_mode(model):
+    with flow.eval_mode(model):
         for s, length in enumerate(part.lengths):
             if cache is not None and s > 0:  # the previous entity joins the context clean, at t = 0, once
                 model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1, cache=cache, store=True)

@@ -16,13 +16,11 @@ of its batch).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
-from torch import nn
 
 from vistok import flow
 from vistok.errors import VistokError, require
@@ -48,14 +46,6 @@ class APGConfig:
     eta: float = 0.0  # weight of the guidance component parallel to the conditional velocity
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
@@ -68,7 +58,7 @@ def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) 
 @torch.no_grad()
 def encode(model: FlexTok, images: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
     """(B, 3, H, W) images (through `tokenizer`, or already the model's input grid) -> (B, K) int64 token ids."""
-    with _eval_mode(model):
+    with flow.eval_mode(model):
         x = tokenizer.encode(images) if tokenizer is not None else images
         return model.quantize(model.encode(x)).indices
 
@@ -139,7 +129,7 @@ def decode(
         generator = torch.Generator().manual_seed(seed) if generator is None and seed is not None else generator
         noise = _randn((batch, c.in_channels, *c.grid), generator, device)
     require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
-    with _eval_mode(model):
+    with flow.eval_mode(model):
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
         if cfg is not None:
             null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
