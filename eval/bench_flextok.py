@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,26 +28,11 @@ from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import PRESETS, FlexTok, FlexTokConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
+from benchtools import timed  # eval/benchtools.py
+
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "flextok_cifar10_tiny.yaml"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def tiny_config() -> FlexTokConfig:

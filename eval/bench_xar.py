@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -26,27 +24,12 @@ from vistok.generators.sampling import sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
+from benchtools import timed  # eval/benchtools.py
+
 TINY_PRESET = "xar-tiny-s"  # the preset of train/configs/xar_cifar10_tiny.yaml
 ENTITIES = {"token": 1, "cell": 4, "image": 1}  # entity kind -> size on the 8x8 grid
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def train_step_time(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", repeats: int = 5) -> float:
