@@ -14,6 +14,13 @@ entity per autoregressive step:
     scale N      area-downsampled copies at sizes ceil(h/2^(N-1-i))  N entities, coarse to fine, each in raster order;
                  for i = 0..N-1, concatenated                      the last one is the grid itself
     image        b c h w -> b (h w) c                              1 entity (plain flow matching)
+    prefix       b c 1 k -> b k c                                  a 1D sequence of K tokens (FlexTok registers, held
+                                                                   as a (B, C, 1, K) grid) in groups ending at
+                                                                   k = 1, 2, 4, ..., K: sizes 1, 1, 2, 4, ..., K/2, so
+                                                                   generation can stop at every prefix FlexTok decodes
+
+Bachmann et al., "FlexTok", arXiv 2502.13967, §3: FlexTok's registers are ordered coarse to fine and any prefix
+decodes; `prefix` groups them on the powers-of-two ladder its nested dropout trains.
 
 Every partition but `scale` is a permutation, so `merge(split(x)) == x` exactly and `split(merge(s)) == s`. `scale`
 holds the grid plus coarser copies of it; `merge` inverts it by taking the finest scale, which is the grid unchanged.
@@ -32,8 +39,15 @@ from einops import rearrange
 
 from vistok.errors import VistokError, require
 
-EntityKind = Literal["token", "cell", "subsample", "scale", "image"]
-KINDS: tuple[str, ...] = ("token", "cell", "subsample", "scale", "image")
+EntityKind = Literal["token", "cell", "subsample", "scale", "image", "prefix"]
+KINDS: tuple[str, ...] = ("token", "cell", "subsample", "scale", "image")  # partitions of a 2D token grid
+SEQUENCE_KINDS: tuple[str, ...] = ("prefix",)  # partitions of a 1D token sequence, held as a (B, C, 1, K) grid
+ALL_KINDS: tuple[str, ...] = KINDS + SEQUENCE_KINDS
+
+
+def prefix_ends(length: int) -> tuple[int, ...]:
+    """1, 2, 4, ..., K: the prefix lengths where a `prefix` partition's groups end (K last even if not a power of 2)."""
+    return tuple(sorted({min(2**i, length) for i in range(length.bit_length() + 1)}))
 
 
 def block_causal_mask(lengths: tuple[int, ...] | list[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -66,7 +80,7 @@ def entity_ids(lengths: tuple[int, ...] | list[int], device: torch.device | str 
 @dataclass(frozen=True)
 class Partition:
     """How a (B, C, h, w) token grid becomes an entity sequence. `size` is the cell side k, the subsample stride d or
-    the number of scales N; token and image partitions ignore it."""
+    the number of scales N; token, image and prefix partitions ignore it. A prefix partition's grid is (1, K)."""
 
     kind: str
     grid: tuple[int, int]
@@ -74,8 +88,10 @@ class Partition:
 
     def __post_init__(self) -> None:
         h, w = self.grid
-        require(self.kind in KINDS, f"unknown entity kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        require(self.kind in ALL_KINDS, f"unknown entity kind {self.kind!r}; use one of {', '.join(ALL_KINDS)}")
         require(h >= 1 and w >= 1, f"the token grid must be at least 1x1, got {h}x{w}")
+        if self.kind == "prefix":
+            require(h == 1, f"a prefix partition takes a 1D sequence held as a (1, K) grid, got {h}x{w}; set grid=[1, K]")
         if self.kind in ("cell", "subsample"):
             name = "cell side k" if self.kind == "cell" else "subsample stride d"
             require(self.size >= 1 and h % self.size == 0 and w % self.size == 0,
@@ -104,6 +120,9 @@ class Partition:
             return ((h // self.size) * (w // self.size),) * self.size**2
         if self.kind == "scale":
             return tuple(sh * sw for sh, sw in self.scales)
+        if self.kind == "prefix":
+            ends = prefix_ends(w)
+            return tuple(b - a for a, b in zip((0, *ends[:-1]), ends))
         return (h * w,)
 
     @property
@@ -131,7 +150,7 @@ class Partition:
         """(B, C, h, w) grid -> (B, L, C) entity sequence."""
         self._check_grid(grid)
         k = self.size
-        if self.kind in ("token", "image"):
+        if self.kind in ("token", "image", "prefix"):
             return rearrange(grid, "b c h w -> b (h w) c")
         if self.kind == "cell":
             return rearrange(grid, "b c (h k1) (w k2) -> b (h w k1 k2) c", k1=k, k2=k)
@@ -145,7 +164,7 @@ class Partition:
         if seq.ndim != 3 or seq.shape[1] != self.num_tokens:
             raise VistokError(f"expected a (B, {self.num_tokens}, C) entity sequence, got {tuple(seq.shape)}")
         (h, w), k = self.grid, self.size
-        if self.kind in ("token", "image"):
+        if self.kind in ("token", "image", "prefix"):
             return rearrange(seq, "b (h w) c -> b c h w", h=h, w=w)
         if self.kind == "cell":
             return rearrange(seq, "b (h w k1 k2) c -> b c (h k1) (w k2)", h=h // k, w=w // k, k1=k, k2=k)
@@ -161,7 +180,7 @@ class Partition:
         """(L, 2) float (row, col) of each sequence position in grid coordinates, for 2D RoPE in entity order.
 
         A coarse scale's token sits at the centre of the grid region it averages, e.g. (0.5, 0.5) for a 2x coarser
-        copy's first token.
+        copy's first token. A prefix partition's token i sits at (0, i).
         """
         h, w = self.grid
         if self.kind != "scale":

@@ -3,7 +3,8 @@
 Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation", arXiv 2502.20388 (ICCV 2025).
 
 A continuous (B, C, h, w) token grid is cut into entities (`entities.py`: token, k x k cell, subsample, scale, whole
-image; default 8x8 cells of a 16x16 grid = 4 entities). One transformer is the flow network of every entity at once:
+image; default 8x8 cells of a 16x16 grid = 4 entities; or prefix groups of a 1D sequence such as FlexTok's register
+codes, a (B, 6, 1, K) grid, for the `xar-flextok-*` presets). One transformer is the flow network of every entity at once:
 all tokens of entity n share one noise level t_n, sit at their own positions, and the output at each position is that
 token's velocity (no per-token head). Attention is block-causal over entities, so entity n is predicted from entities
 < n and from its own noisy tokens.
@@ -37,7 +38,7 @@ from torch import nn
 
 from vistok import flow
 from vistok.errors import VistokError, require
-from vistok.generators.entities import KINDS, EntityKind, Partition, clean_context_mask
+from vistok.generators.entities import ALL_KINDS, EntityKind, Partition, clean_context_mask
 from vistok.modules.attention import Attention, KVCache, rope_tables
 from vistok.modules.embeddings import LabelEmbedding, TimestepEmbedding
 from vistok.modules.mlp import GEGLU, glu_hidden
@@ -65,7 +66,7 @@ class XARConfig:
 
     def __post_init__(self) -> None:
         require(len(self.grid) == 2, f"model.grid must be two numbers (h, w), got {self.grid}")
-        require(self.entity in KINDS, f"model.entity={self.entity!r} is not one of {', '.join(KINDS)}")
+        require(self.entity in ALL_KINDS, f"model.entity={self.entity!r} is not one of {', '.join(ALL_KINDS)}")
         require(self.context in ("noisy", "clean"), f"model.context={self.context!r} must be noisy or clean")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
         require((self.width // self.heads) % 4 == 0, f"head dim {self.width // self.heads} must divide by 4 for 2D RoPE")
@@ -235,6 +236,7 @@ class XAR(nn.Module):
 
 
 TINY = dict(in_channels=48, grid=(8, 8), entity_size=4, num_classes=10)  # 32x32 images through pixel-p4 tokens
+FLEXTOK = dict(in_channels=6, entity="prefix")  # FlexTok FSQ codes as a (B, 6, 1, K) grid
 
 PRESETS = {
     "xar-b": XARConfig(width=768, depth=8, heads=12),  # 172,638,224 parameters
@@ -243,6 +245,12 @@ PRESETS = {
     "xar-tiny": XARConfig(**TINY, width=192, depth=3, heads=6),  # 4,169,520; 4 cells of 4x4 tokens
     "xar-tiny-s": XARConfig(**TINY, width=96, depth=2, heads=4),  # 736,112
     "xar-test": XARConfig(**TINY, width=64, depth=1, heads=4, dropout=0.0, attn_dropout=0.0),  # 189,400
+    # on FlexTok register codes (FSQ [8,8,8,5,5,5]: 6 channels), groups 1, 1, 2, 4, ... ending at k = 1, 2, 4, ..., K
+    "xar-flextok-b": XARConfig(**FLEXTOK, grid=(1, 256)),  # 172,622,854; 9 groups over 256 registers
+    "xar-flextok-tiny": XARConfig(**FLEXTOK, grid=(1, 16), num_classes=10, width=96, depth=2, heads=4,
+                                  dropout=0.0, attn_dropout=0.0),  # 718,790; 5 groups over 16 registers
+    "xar-flextok-test": XARConfig(**FLEXTOK, grid=(1, 8), num_classes=10, width=64, depth=1, heads=4,
+                                  dropout=0.0, attn_dropout=0.0),  # 176,814; 4 groups over 8 registers
 }
 
 FAMILY = ("xar", XARConfig, XAR)
