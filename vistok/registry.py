@@ -25,6 +25,7 @@ FAMILY_MODULES = (
     "vistok.metrics.fid_net",
     "vistok.tokenizers.flextok",
     "vistok.generators.xar",
+    "vistok.generators.ar",
     "vistok.em.backbone",
     "vistok.em.objectives",
 )

@@ -13,6 +13,15 @@ unguided, the last gets the full scale) or constant. Every random draw comes fro
 (`seed` makes one), so the same seed gives the same samples on any device and batch layout of the guidance branches.
 A list of generators, one per image, draws each image's noise from its own: an image then does not depend on which
 other images share its batch (`generate.py` seeds them by (seed, image index) so any batch size gives the same images).
+`sample_entities` may stop after any entity: on FlexTok register codes (prefix groups ending at k = 1, 2, 4, ..., K)
+that is generation of the first k tokens, and the first entities of a longer run are exactly those of a shorter one.
+
+GPT over FlexTok ids (Bachmann et al., "FlexTok", arXiv 2502.13967, §4; GPT-2, Radford et al. 2019), `sample_ar`:
+one token per step from the class token on, with a KV cache (each step feeds the newest token only) or full
+recomputation; logits are divided by the temperature (0: greedy), cut to the top-k and to the top-p nucleus, and
+sampled by inverse CDF from one uniform draw per image (from that image's generator). CFG: the class and the null
+class run in one doubled batch and the logits combine as null + scale (cond - null), constant over the tokens.
+Generation stops at any k <= K.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 
 from vistok import flow
 from vistok.errors import require
+from vistok.generators.ar import AR
 from vistok.generators.xar import XAR
 from vistok.modules.attention import KVCache
 
@@ -55,6 +65,19 @@ def sample_xar(
     steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)). seed / generator: the source of every random draw
     (neither: torch's global RNG); `generator` may be a list of B generators, one per image.
     """
+    seq = sample_entities(model, labels, None, steps, cfg, cfg_schedule, method, seed, generator, t_last, full_recompute)
+    return model.partition.merge(seq)  # (B, C, h, w)
+
+
+@torch.no_grad()
+def sample_entities(
+    model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float | None = None,
+    cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
+    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
+) -> torch.Tensor:
+    """The first `entities` entities (None: all) of class-conditional samples, as a (B, L', C) float sequence in
+    entity order (L' = their tokens). The CFG schedule runs over all the model's entities, so stopping early gives
+    exactly the beginning of a full run. Other arguments as in `sample_xar`."""
     require(method in ("sde", "ode"), f"unknown sampling method {method!r}; use sde or ode")
     require(labels.ndim == 1, f"labels must be a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
     if isinstance(generator, Sequence):
@@ -70,9 +93,11 @@ def sample_xar(
     batch, rows = labels.shape[0], labels_in.shape[0]
     cache = None if full_recompute else model.new_cache()
     done: list[torch.Tensor] = []  # finished entities, (B', len_e, C) each, both guidance branches
+    stop = part.num_entities if entities is None else entities
+    require(1 <= stop <= part.num_entities, f"entities={entities} must lie in 1..{part.num_entities}")
 
     with flow.eval_mode(model):
-        for s, length in enumerate(part.lengths):
+        for s, length in enumerate(part.lengths[:stop]):
             if cache is not None and s > 0:  # the previous entity joins the context clean, at t = 0, once
                 model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1, cache=cache, store=True)
             scale = flow.cfg_scale(cfg, s, part.num_entities, cfg_schedule) if guided else 1.0
@@ -88,7 +113,7 @@ def sample_xar(
                     noise = _randn(x.shape, generator, device) if t_next > 0 else None
                     x = flow.euler_maruyama_step(x, v, t, t_next, noise)
             done.append((torch.cat([x, x]) if guided else x).to(dtype))
-    return part.merge(torch.cat(done, dim=1)[:batch].float())  # (B, C, h, w)
+    return torch.cat(done, dim=1)[:batch].float()  # (B, L', C)
 
 
 def _velocity(
@@ -101,3 +126,87 @@ def _velocity(
     # no cache: the clean prefix (t = 0) and the current entity in one block-causal forward
     t_all = torch.cat([torch.zeros(rows, s, device=x.device), torch.full((rows, 1), t, device=x.device)], dim=1)  # (B', s+1)
     return model.predict(torch.cat([*done, x], dim=1), labels, t_all)[:, -x.shape[1]:]
+
+
+# ------------------------------------------------------------------------------------------------------------ GPT
+def _rand(batch: int, generator: Generators) -> torch.Tensor:
+    """(B,) float64 uniforms on the CPU: one per image from its own generator, or B from one."""
+    if isinstance(generator, Sequence):
+        return torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in generator])
+    src = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(batch, generator=generator, dtype=torch.float64, device=src).cpu()
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(B, V) logits with everything outside the top_k largest (0: no cut) and outside the top-p nucleus (the fewest
+    most likely tokens whose probabilities reach p; the most likely token always stays) set to -inf."""
+    require(top_k >= 0 and 0.0 < top_p <= 1.0, f"top_k must be >= 0 and top_p in (0, 1], got {top_k} and {top_p}")
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)  # mass of better tokens
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw_tokens(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: Generators = None,
+) -> torch.Tensor:
+    """(B, V) logits -> (B,) int64 ids: argmax at temperature 0, else an inverse-CDF draw from the filtered softmax."""
+    require(temperature >= 0, f"the temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.double() / temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)
+    u = _rand(logits.shape[0], generator).to(logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).clamp_max(logits.shape[-1] - 1)[:, 0]
+
+
+def guided_logits(logits: torch.Tensor, cfg: float | None) -> torch.Tensor:
+    """(B', V) logits of [cond; null] rows (or cond alone when cfg is None) -> (B, V): null + cfg (cond - null)."""
+    if cfg is None:
+        return logits
+    return flow.guide(*logits.chunk(2), cfg)
+
+
+@torch.no_grad()
+def sample_ar(
+    model: AR, labels: torch.Tensor, tokens: int | None = None, cfg: float | None = None, temperature: float = 1.0,
+    top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: Generators = None,
+    full_recompute: bool = False,
+) -> torch.Tensor:
+    """Class-conditional token ids: labels (B,) -> (B, tokens) int64 ids (None: all K), the first `tokens` of an
+    image's sequence (stopping early draws exactly the beginning of a longer run).
+
+    cfg: guidance scale on the logits, or None for the conditional branch alone (cfg=1.0 runs both branches and
+    equals None up to rounding). temperature (0: greedy), top_k (0: off), top_p (1: off): see `draw_tokens`.
+    seed / generator: the source of every draw (neither: torch's global RNG); a list gives one generator per image.
+    """
+    k = model.config.tokens if tokens is None else tokens
+    require(1 <= k <= model.config.tokens, f"tokens={tokens} must lie in 1..{model.config.tokens}")
+    require(labels.ndim == 1, f"labels must be a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
+    if isinstance(generator, Sequence):
+        require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    guided = cfg is not None
+    labels_in = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels  # (B',)
+    cache = None if full_recompute else model.new_cache()
+    ids = torch.zeros(labels_in.shape[0], 0, dtype=torch.long, device=device)  # (B', n): both branches share them
+
+    with flow.eval_mode(model):
+        for n in range(k):
+            if cache is None:  # the whole prefix [class, tokens 0..n-1] at every step
+                logits = model.logits(model.embed(labels_in, ids))[:, -1]
+            elif n == 0:  # the class token opens the cache
+                logits = model.logits(model.label_emb(labels_in)[:, None], 0, cache, store=True)[:, -1]
+            else:  # only the newest token, at position n
+                logits = model.logits(model.tok_emb(ids[:, -1:]), n, cache, store=True)[:, -1]
+            nxt = draw_tokens(guided_logits(logits, cfg), temperature, top_k, top_p, generator)  # (B,)
+            ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
+    return ids[:labels.shape[0]]  # (B, k)

@@ -3,7 +3,8 @@
 - Norms are LayerNorms without weight or bias, computed in float32 (FlexTok, Bachmann et al., arXiv 2502.13967):
   with adaLN the modulation supplies scale and shift, and without it an affine norm adds nothing a following
   bias-free linear cannot absorb.
-- Attention (`attention.py`) with QK-norm and no biases; SwiGLU MLP with hidden int(8 D / 3) and no biases.
+- Attention (`attention.py`) with QK-norm and no biases; SwiGLU MLP with hidden int(8 D / 3) and no biases. The plain
+  block takes a KV cache too: FlexTok's AR stage (`generators/ar.py`) is a GPT of these blocks.
 - adaLN-zero (DiT, Peebles & Xie, arXiv 2212.09748): a zero-initialised Linear(SiLU(c)) gives gate, shift and scale
   for the attention and MLP branches, so every block starts as the identity. `segments` splits the sequence into
   contiguous runs that each get their own modulation from the same condition: FlexTok's decoder modulates its noised
@@ -20,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from vistok.errors import require
-from vistok.modules.attention import Attention
+from vistok.modules.attention import Attention, KVCache
 from vistok.modules.mlp import SwiGLU, glu_hidden
 
 
@@ -49,8 +50,12 @@ class Block(nn.Module):
         self.attn = Attention(width, heads, qkv_bias=False, qk_norm=True, proj_bias=False)
         self.mlp = SwiGLU(width, hidden or glu_hidden(width), bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(layer_norm(x), mask=mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+        store: bool = False,
+    ) -> torch.Tensor:
+        """`cache`, `layer`, `store`: as in `Attention` (a decoder-only model's KV cache; slot `layer` is this block's)."""
+        x = x + self.attn(layer_norm(x), mask=mask, cache=cache, layer=layer, store=store)
         return x + self.mlp(layer_norm(x))
 
 
