@@ -36,12 +36,31 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"\nshipped models in {registry.assets_dir()}: {', '.join(shipped) or 'none'}")
 
 
+# flags of generators on FlexTok tokens, and of the GPT alone: named in errors when the export cannot take them
+FLEXTOK_FLAGS = {"tokens": "--tokens", "decode_steps": "--decode-steps"}
+GPT_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
+FLOW_FLAGS = {"steps": "--steps", "cfg_schedule": "--cfg-schedule", "method": "--method"}
+
+
+def _reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
+    given = [flag for key, flag in flags.items() if getattr(args, key) is not None]
+    if given:
+        raise VistokError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply: {why}")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
     from vistok.generators import generate as gen
+    from vistok.generators import paired
 
     device = gen.resolve_device(args.device)
+    if paired.is_paired(args.ckpt):
+        _sample_paired(args, device)
+        return
+    _reject(args, {**FLEXTOK_FLAGS, **GPT_FLAGS},
+            f"{args.ckpt} is an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for "
+            "generators on FlexTok tokens)")
     model, tokenizer, meta = gen.load_generator(args.ckpt, device)
     sampling = gen.sample_config(meta, steps=args.steps, cfg=args.cfg, cfg_schedule=args.cfg_schedule, method=args.method)
     labels = gen.parse_labels(args.labels, args.num, meta["classes"])
@@ -53,6 +72,49 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"{len(images)} images in {seconds:.1f} s ({sampling.steps} steps, cfg {sampling.cfg} {sampling.cfg_schedule}, "
           f"{sampling.method}, seed {args.seed}, {device.type}{', bf16' if args.precision == 'bf16' else ''}) -> "
           + ", ".join(str(p) for p in written) + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
+
+
+def _sample_paired(args: argparse.Namespace, device) -> None:
+    """`vistok sample` for a GPT or xAR on FlexTok tokens: the first --tokens k tokens, decoded by FlexTok."""
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from vistok.generators import generate as gen
+    from vistok.generators import paired
+    from vistok.generators.ar import AR
+
+    model, codes, meta = paired.load_paired(args.ckpt, device)
+    if isinstance(model, AR):
+        _reject(args, FLOW_FLAGS, f"{args.ckpt} is a GPT (one token per step, no flow steps; FlexTok's decoder "
+                                  "steps are --decode-steps)")
+        sampling = paired.sample_config(model, meta, cfg=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                                        top_p=args.top_p)
+    else:
+        _reject(args, GPT_FLAGS, f"{args.ckpt} is an xAR on FlexTok codes (flow matching, not token sampling)")
+        sampling = paired.sample_config(model, meta, steps=args.steps, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
+                                        method=args.method)
+    k = paired.check_k(model, args.tokens)
+    if args.decode_steps is not None:
+        codes.decoding = dataclasses.replace(codes.decoding, steps=args.decode_steps)
+    labels = gen.parse_labels(args.labels, args.num, meta["classes"])
+    start = time.perf_counter()
+    images, ids = paired.generate_paired(model, codes, labels, k, sampling, args.seed, args.batch_size, args.precision,
+                                         log_every=0 if args.quiet else 30.0)
+    written = gen.save_samples(args.out, images, labels.numpy())
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":  # the ids too, in `vistok encode`'s format (`vistok decode` reads them)
+        np.savez(out / "tokens.npz", ids=ids, k=np.full(len(ids), k, np.int32), labels=labels.numpy())
+        written.append(out / "tokens.npz")
+    seconds = time.perf_counter() - start
+    kind = "GPT" if isinstance(model, AR) else "xAR"
+    print(f"{len(images)} images from k={k} of {codes.registers} FlexTok tokens in {seconds:.1f} s ({kind}, "
+          + ", ".join(f"{key} {value}" for key, value in vars(sampling).items())
+          + f"; decoder {codes.decoding.steps} steps; seed {args.seed}, {device.type}"
+          + f"{', bf16' if args.precision == 'bf16' else ''}) -> " + ", ".join(str(p) for p in written)
+          + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -293,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("generators on FlexTok tokens (GPT, xAR)")
+    g.add_argument("--tokens", type=_positive, metavar="K",
+                   help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; default all)")
+    g.add_argument("--decode-steps", type=_positive, help="FlexTok decoder Euler steps (default: the export's)")
+    g.add_argument("--temperature", type=float, help="GPT: softmax temperature, 0 = greedy (default: the export's)")
+    g.add_argument("--top-k", type=int, help="GPT: sample among the K most likely tokens, 0 = off (default: the export's)")
+    g.add_argument("--top-p", type=float, help="GPT: nucleus sampling mass in (0, 1], 1 = off (default: the export's)")
     p.set_defaults(func=cmd_sample)
 
     _flextok_commands(sub)

@@ -74,6 +74,8 @@ def build_tokenizer(spec: dict[str, Any]) -> nn.Module:
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
     """(generator with EMA weights in eval mode, its tokenizer, the export's config.json) from a folder or shipped name."""
     model, meta = registry.load_model(ckpt, device)
+    if meta.get("tokenizer", {}).get("family") == "flextok":
+        raise VistokError(f"{ckpt} generates FlexTok tokens; load it with vistok.generators.paired.load_paired")
     if not isinstance(model, XAR):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not a generator; pass an exported xAR folder")
     if "tokenizer" not in meta:
@@ -104,10 +106,13 @@ def parse_labels(text: str | None, num: int, classes: list[str]) -> torch.Tensor
     return torch.tensor(chosen)[torch.arange(num) % len(chosen)]
 
 
-def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
-    """CPU generators for images start..start+count-1, each seeded from (seed, index) through NumPy's SeedSequence."""
+def image_generators(seed: int, start: int, count: int, stream: int = 0) -> list[torch.Generator]:
+    """CPU generators for images start..start+count-1, each seeded from (seed, index) through NumPy's SeedSequence.
+    stream > 0 gives other, independent generators for the same images (seeded from (seed, index, stream)), e.g. for
+    a second stage whose draws must not depend on how many the first one took."""
     require(seed >= 0, f"the seed must be non-negative, got {seed}")
-    states = (np.random.SeedSequence([seed, i]).generate_state(2, np.uint32) for i in range(start, start + count))
+    extra = [stream] if stream else []
+    states = (np.random.SeedSequence([seed, i, *extra]).generate_state(2, np.uint32) for i in range(start, start + count))
     return [torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1]) >> 1) for s in states]
 
 
