@@ -1,0 +1,76 @@
+"""Cached FlexTok token ids as a training set for the generators on FlexTok tokens.
+
+FlexTok (Bachmann et al., arXiv 2502.13967) trains its AR stage on token ids of the training images, computed once.
+`vistok encode --ckpt FLEXTOK --input cifar10-train --out FILE.npz` writes them: `ids` (N, K) int32, `k` (N,) int32
+(tokens kept per image; training needs all K) and `labels` (N,) for a labelled dataset; an optional `classes` array
+names the classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vistok.errors import VistokError, require
+
+
+@dataclass(frozen=True)
+class TokenDataConfig:
+    tokens: str = "runs/tokens/cifar10-flextok-tiny-train.npz"  # from `vistok encode` (see the module docstring)
+    limit: int = 0  # use only the first N sequences (0: all)
+    classes: tuple[str, ...] = ()  # class names for the export (default: the file's `classes`, else the indices)
+
+
+class TokenDataset(Dataset):
+    """(ids (K,) int64, label) pairs; `classes` names the labels."""
+
+    def __init__(self, ids: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> None:
+        self.ids, self.labels, self.classes = ids, labels, classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids[index], self.labels[index]
+
+
+def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hint: str = "") -> TokenDataset:
+    """The token file of `cfg`, checked against the tokenizer (K registers, ids below vocab_size): full sequences
+    only, labels required. `encode_hint` is the `vistok encode` command that writes the file (named in errors)."""
+    path = Path(cfg.tokens).expanduser()
+    hint = f"; write it with: {encode_hint}" if encode_hint else "; write it with `vistok encode`"
+    if not path.is_file():
+        raise VistokError(f"token file {path} does not exist{hint}")
+    try:
+        with np.load(path) as z:
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError) as err:
+        raise VistokError(f"cannot read {path} ({err.__class__.__name__}){hint}") from None
+    ids, labels = arrays.get("ids"), arrays.get("labels")
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise VistokError(f"{path} needs an integer 'ids' array (N, K); found {sorted(arrays)}{hint}")
+    require(ids.shape[1] == registers, f"{path} holds {ids.shape[1]} tokens per image but the tokenizer has {registers} "
+                                       f"registers; encode with the same FlexTok export{hint}")
+    k = arrays.get("k", np.full(len(ids), registers))
+    require(bool((k == registers).all()), f"{path} keeps fewer than {registers} tokens for some images (k); encode "
+                                          f"without --tokens so every image has all of them{hint}")
+    require(ids.size == 0 or (0 <= ids.min() and ids.max() < vocab_size),
+            f"{path} holds ids outside 0..{vocab_size - 1}; encode with the same FlexTok export{hint}")
+    if labels is None or labels.shape != (len(ids),):
+        raise VistokError(f"{path} has no 'labels' (one per image); encode a labelled dataset (cifar10-train or a folder "
+                          f"of class sub-folders){hint}")
+    if cfg.limit:
+        ids, labels = ids[:cfg.limit], labels[:cfg.limit]
+    classes = tuple(cfg.classes) or tuple(str(c) for c in arrays.get("classes", ()))
+    num = int(labels.max()) + 1 if len(labels) else 0
+    if not classes:
+        classes = tuple(str(i) for i in range(num))
+    require(len(classes) >= num, f"{len(classes)} class names for labels up to {num - 1}; fix data.classes")
+    return TokenDataset(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels.astype(np.int64)), classes)
+
+
+__all__ = ["TokenDataConfig", "TokenDataset", "load_tokens"]
