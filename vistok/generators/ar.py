@@ -13,6 +13,12 @@ position p is the logit vector of token p. Blocks are FlexTok's own (`modules/bl
 LayerNorm, bias-free attention with QK-norm, SwiGLU; a final norm and a zero-initialised Linear give the logits, so
 the initial loss is log(vocabulary). Sampling (KV cache, temperature, top-k, top-p, CFG) lives in `sampling.py`.
 
+Token embeddings: `embedding="table"` is the usual pair of V x D tables (input embedding, logit head). For small
+models the two tables dwarf the network (2 x 64,000 x 128 = 16.4M parameters beside 0.4M of blocks), so
+`embedding="code"` computes both from the FSQ code vector of each id instead (FlexTok's ids are a bijection onto the
+6-d grid of `levels`): input = MLP_in(code(id)), logits = norm(h) @ MLP_out(codes of all V ids)^T. The output is
+still a full categorical over the V ids; only its parameterisation is smaller (the tiny preset uses it).
+
 Parameter counts as built here (vocabulary 64,000; blocks alone are 12 D^2 per block, matching the reproduction's
 49M / 85M / 201M / 393M / 679M / 1.33B; the embedding and logit tables add 2 x 64,000 x D):
   gpt-d10   (640, 10 blocks)    131,863,680    blocks   49.1M
@@ -26,6 +32,7 @@ Parameter counts as built here (vocabulary 64,000; blocks alone are 12 D^2 per b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +42,7 @@ from vistok.errors import VistokError, require
 from vistok.modules.attention import KVCache
 from vistok.modules.blocks import Block, layer_norm
 from vistok.modules.embeddings import LabelEmbedding
+from vistok.modules.fsq import FSQ
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,17 @@ class ARConfig:
     depth: int = 12
     heads: int = 12
     label_drop: float = 0.1  # probability of training a sample with the null class (CFG)
+    embedding: Literal["table", "code"] = "table"  # code: embeddings and logit rows from the FSQ code of each id
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # the FSQ levels behind the ids (used by embedding="code")
 
     def __post_init__(self) -> None:
+        require(self.embedding in ("table", "code"), f"model.embedding={self.embedding!r} must be table or code")
+        if self.embedding == "code":
+            levels = 1
+            for level in self.levels:
+                levels *= level
+            require(levels == self.vocab_size, f"model.embedding=code needs model.levels whose product is "
+                    f"model.vocab_size={self.vocab_size}; {list(self.levels)} give {levels}")
         require(self.vocab_size >= 2 and self.tokens >= 1, "model.vocab_size must be >= 2 and model.tokens >= 1")
         require(self.depth >= 1 and self.num_classes >= 1, "model.depth and model.num_classes must be positive")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
@@ -67,20 +84,45 @@ class AR(nn.Module):
         super().__init__()
         self.config, c = config, config
         self.label_emb = LabelEmbedding(c.num_classes, c.width)
-        self.tok_emb = nn.Embedding(c.vocab_size, c.width)
+        if c.embedding == "table":
+            self.tok_emb = nn.Embedding(c.vocab_size, c.width)
+            self.head = nn.Linear(c.width, c.vocab_size, bias=False)
+        else:
+            d = len(c.levels)
+            self.tok_emb = nn.Sequential(nn.Linear(d, c.width), nn.GELU(), nn.Linear(c.width, c.width))
+            self.head = nn.Sequential(nn.Linear(d, c.width), nn.GELU(), nn.Linear(c.width, c.width))
         self.pos = nn.Parameter(torch.zeros(c.tokens, c.width))  # position 0: the class token
         self.blocks = nn.ModuleList(Block(c.width, c.heads) for _ in range(c.depth))
-        self.head = nn.Linear(c.width, c.vocab_size, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """xavier-uniform Linears, N(0, 0.02) embeddings and positions, a zero logit head (uniform first guess)."""
+        """xavier-uniform Linears with zero biases, N(0, 0.02) embeddings and positions, a zero logit head (uniform
+        first guess). Also the derived (V, d) table of FSQ codes for embedding="code"."""
+        c = self.config
+        if c.embedding == "code":
+            ids = torch.arange(c.vocab_size, device=self.pos.device)
+            self.register_buffer("codes", FSQ(c.levels).to(self.pos.device).indices_to_codes(ids), persistent=False)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-        for p in (self.label_emb.table.weight, self.tok_emb.weight, self.pos):
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for p in (self.label_emb.table.weight, self.pos, *([self.tok_emb.weight] if c.embedding == "table" else [])):
             nn.init.normal_(p, std=0.02)
-        nn.init.zeros_(self.head.weight)
+        last = self.head if c.embedding == "table" else self.head[-1]
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, n) -> (B, n, D)."""
+        if self.config.embedding == "table":
+            return self.tok_emb(ids)
+        return self.tok_emb(self.codes[ids])
+
+    def logit_weights(self) -> torch.Tensor:
+        """(V, D): one row per id, the logit of id v being <norm(h), row v>."""
+        return self.head.weight if self.config.embedding == "table" else self.head(self.codes)
 
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.blocks)
@@ -95,7 +137,7 @@ class AR(nn.Module):
 
     def embed(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """labels (B,), ids (B, n) -> (B, n + 1, D) inputs [class, tokens] for positions 0..n (no positions added)."""
-        return torch.cat([self.label_emb(labels)[:, None], self.tok_emb(ids)], dim=1)
+        return torch.cat([self.label_emb(labels)[:, None], self.token_embedding(ids)], dim=1)
 
     def logits(
         self, h: torch.Tensor, start: int = 0, cache: KVCache | None = None, store: bool = False,
@@ -111,7 +153,7 @@ class AR(nn.Module):
         mask = causal_mask(length, cached, h.device) if length > 1 else None  # one new token sees everything
         for i, blk in enumerate(self.blocks):
             h = blk(h, mask, cache, i, store)
-        return self.head(layer_norm(h)).float()  # (B, L, V)
+        return F.linear(layer_norm(h), self.logit_weights().to(h.dtype)).float()  # (B, L, V)
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy (mean over the B x K ids) of ids (B, K) given labels (B,)."""
@@ -134,7 +176,7 @@ PRESETS = {
     "gpt-d20": ARConfig(**PAPER, width=1280, depth=20, heads=20),  # 558,639,360
     "gpt-d24": ARConfig(**PAPER, width=1536, depth=24, heads=24),  # 878,016,000
     "gpt-d30": ARConfig(**PAPER, width=1920, depth=30, heads=30),  # 1,575,277,440 (1.33B in blocks, the paper's AR)
-    "gpt-tiny": ARConfig(**TINY, width=128, depth=2, heads=2),  # 16,780,416 (16.4M of it the two 64,000-row tables)
+    "gpt-tiny": ARConfig(**TINY, width=128, depth=2, heads=2, embedding="code"),  # 431,232 (with tables: 16,780,416)
     "gpt-test": ARConfig(**{**TINY, "tokens": 8}, width=32, depth=1, heads=1),  # 4,108,864; on flextok-test's 8 tokens
 }
 

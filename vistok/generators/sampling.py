@@ -206,7 +206,7 @@ def sample_ar(
             elif n == 0:  # the class token opens the cache
                 logits = model.logits(model.label_emb(labels_in)[:, None], 0, cache, store=True)[:, -1]
             else:  # only the newest token, at position n
-                logits = model.logits(model.tok_emb(ids[:, -1:]), n, cache, store=True)[:, -1]
+                logits = model.logits(model.token_embedding(ids[:, -1:]), n, cache, store=True)[:, -1]
             nxt = draw_tokens(guided_logits(logits, cfg), temperature, top_k, top_p, generator)  # (B,)
             ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
     return ids[:labels.shape[0]]  # (B, k)
