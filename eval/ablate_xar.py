@@ -4,7 +4,7 @@ Autoregressive Visual Generation", arXiv 2502.20388, Tables 1 and 3 (there on Im
 CIFAR-10 preset on 32x32 pixel tokens, so only the ranking is comparable).
 
     OMP_NUM_THREADS=1 python eval/ablate_xar.py --out runs/xar_ablation            # the README table
-    python eval/ablate_xar.py --out runs/xar_ablation --train-steps 200 --num 100   # a quick look
+    python eval/ablate_xar.py --out runs/xar_ablation --train-steps 100 --num 100   # a quick look
 
 Every variant is `train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml` with the same steps, batch, LR
 schedule and seed, and only `model.entity` / `model.entity_size` / `model.context` changed; a variant whose run folder
@@ -46,12 +46,12 @@ def slug(name: str) -> str:
     return name.split(",")[0].split()[0] + "-" + name.split(", ")[1].split()[0]
 
 
-def train(name: str, run_dir: Path, steps: int, batch: int, extra: list[str]) -> float:
+def train(name: str, run_dir: Path, steps: int, batch: int, warmup: int, extra: list[str]) -> float:
     """Train one variant (or resume it); seconds spent in this call (0 if it was already exported)."""
     if (run_dir / "export" / "model.safetensors").is_file():
         return 0.0
     cmd = [sys.executable, str(ROOT / "train/train_xar.py"), "--config", str(CONFIG), f"train.run_dir={run_dir}",
-           f"train.total_steps={steps}", f"train.batch_size={batch}", "train.ckpt_every=250", "preview_per_class=0",
+           f"train.total_steps={steps}", f"train.batch_size={batch}", f"train.warmup_steps={warmup}", "train.ckpt_every=250", "preview_per_class=0",
            *VARIANTS[name], *extra]
     print(f"[{name}] training: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
@@ -76,8 +76,9 @@ def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/xar_ablation", help="folder of the variants' runs and ablation.json")
-    p.add_argument("--train-steps", type=int, default=1500, help="optimizer steps per variant (the equal budget)")
+    p.add_argument("--train-steps", type=int, default=800, help="optimizer steps per variant (the equal budget)")
     p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=100, help="LR warmup steps of every variant")
     p.add_argument("--num", type=int, default=1000, help="samples per variant for FID")
     p.add_argument("--steps", type=int, default=None, help="flow steps per entity (default: the export's, 50)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the export's, 2.0, linear)")
@@ -95,7 +96,7 @@ def main() -> None:
         if args.only and slug(name) not in args.only.split(","):
             continue
         run_dir = out / slug(name)
-        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.overrides)
+        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup, args.overrides)
         result = score(run_dir, args.num, args.steps, args.cfg, args.seed, args.batch_size)
         if train_s == 0.0 and name in rows:
             train_s = rows[name].get("train_s", 0.0)
