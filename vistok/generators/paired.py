@@ -75,6 +75,9 @@ def check_pairing(config: ARConfig | XARConfig, flextok: FlexTokConfig) -> None:
         require(config.vocab_size == vocab and config.tokens == K,
                 f"the FlexTok tokenizer gives {K} tokens from a vocabulary of {vocab} (FSQ {list(levels)}), but the GPT "
                 f"expects {config.tokens} from {config.vocab_size}; set model.vocab_size={vocab} model.tokens={K}")
+        require(config.embedding == "table" or tuple(config.levels) == levels,
+                f"the GPT computes its embeddings from FSQ codes of levels {list(config.levels)}, but the FlexTok "
+                f"tokenizer quantizes with {list(levels)}; set model.levels={list(levels)}")
     else:
         require(config.entity == "prefix" and config.in_channels == len(levels) and tuple(config.grid) == (1, K),
                 f"the FlexTok tokenizer gives {K} codes of {len(levels)} channels; xAR on them needs model.entity=prefix "
