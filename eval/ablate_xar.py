@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=800, help="optimizer steps per variant (the equal budget)")
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--warmup", type=int, default=100, help="LR warmup steps of every variant")
-    p.add_argument("--num", type=int, default=1000, help="samples per variant for FID")
+    p.add_argument("--num", type=int, default=500, help="samples per variant for FID")
     p.add_argument("--steps", type=int, default=None, help="flow steps per entity (default: the export's, 50)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the export's, 2.0, linear)")
     p.add_argument("--seed", type=int, default=0)
