@@ -209,20 +209,13 @@ def cmd_decode(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from vistok.data.tokens import read_token_file
     from vistok.generators.generate import resolve_device, save_samples
     from vistok.tokenizers import flextok_eval as fe
 
     path = Path(args.tokens)
-    if not path.is_file():
-        raise VistokError(f"--tokens {path} does not exist; write it with `vistok encode`")
-    try:
-        with np.load(path) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError) as err:
-        raise VistokError(f"cannot read {path} ({err.__class__.__name__}); pass an .npz from `vistok encode`") from None
-    ids = arrays.get("ids")
-    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise VistokError(f"{path} needs an integer 'ids' array of shape (N, K); found {sorted(arrays)}")
+    arrays = read_token_file(path)
+    ids = arrays["ids"]
     k = arrays.get("k", np.full(len(ids), ids.shape[1]))
     if k.shape != (len(ids),) or k.dtype.kind not in "iu":
         raise VistokError(f"{path}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")

@@ -38,10 +38,10 @@ class TokenDataset(Dataset):
         return self.ids[index], self.labels[index]
 
 
-def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hint: str = "") -> TokenDataset:
-    """The token file of `cfg`, checked against the tokenizer (K registers, ids below vocab_size): full sequences
-    only, labels required. `encode_hint` is the `vistok encode` command that writes the file (named in errors)."""
-    path = Path(cfg.tokens).expanduser()
+def read_token_file(path: str | Path, encode_hint: str = "") -> dict[str, np.ndarray]:
+    """Every array of a `vistok encode` .npz, with an integer (N, K) `ids` checked; one-line errors name the
+    `vistok encode` command that writes the file (`encode_hint`, or the bare command)."""
+    path = Path(path).expanduser()
     hint = f"; write it with: {encode_hint}" if encode_hint else "; write it with `vistok encode`"
     if not path.is_file():
         raise VistokError(f"token file {path} does not exist{hint}")
@@ -50,9 +50,19 @@ def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hi
             arrays = {name: z[name] for name in z.files}
     except (OSError, ValueError) as err:
         raise VistokError(f"cannot read {path} ({err.__class__.__name__}){hint}") from None
-    ids, labels = arrays.get("ids"), arrays.get("labels")
+    ids = arrays.get("ids")
     if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise VistokError(f"{path} needs an integer 'ids' array (N, K); found {sorted(arrays)}{hint}")
+    return arrays
+
+
+def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hint: str = "") -> TokenDataset:
+    """The token file of `cfg`, checked against the tokenizer (K registers, ids below vocab_size): full sequences
+    only, labels required. `encode_hint` is the `vistok encode` command that writes the file (named in errors)."""
+    path = Path(cfg.tokens).expanduser()
+    hint = f"; write it with: {encode_hint}" if encode_hint else "; write it with `vistok encode`"
+    arrays = read_token_file(path, encode_hint)
+    ids, labels = arrays["ids"], arrays.get("labels")
     require(ids.shape[1] == registers, f"{path} holds {ids.shape[1]} tokens per image but the tokenizer has {registers} "
                                        f"registers; encode with the same FlexTok export{hint}")
     k = arrays.get("k", np.full(len(ids), registers))
