@@ -17,7 +17,7 @@ from torch import nn
 
 from vistok import registry
 from vistok.config import to_dict
-from vistok.engine import checkpoint
+from vistok.engine import atomic, checkpoint
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
 from vistok.engine.loop import Checkpointer, TrainConfig, check_finite, micro_steps, optimizer_step, run_main
@@ -189,7 +189,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        checkpoint._atomic_write(tmp_path / "last.pt", interrupted)
+        atomic.atomic_write(tmp_path / "last.pt", interrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert checkpoint.load_training_state(tmp_path)["step"] == 1
 
@@ -473,3 +473,37 @@ def test_checkpointer_notes_changed_config(tmp_path, capsys):
     changed = TrainConfig(run_dir=str(tmp_path), total_steps=20, lr=5e-4)
     assert Checkpointer(tmp_path, CPU, trained, opt, sched, ema, changed).resume() == 1
     assert "changed config keys: lr" in capsys.readouterr().err
+
+
+def test_atomic_write_turns_a_full_disk_into_one_line_and_cleans_stale_temps(tmp_path):
+    import errno
+
+    target = tmp_path / "out.bin"
+    atomic.atomic_write_bytes(target, b"old")
+    (tmp_path / ".out.bin.abc123.tmp").write_bytes(b"left by a killed writer")
+
+    def full(f):
+        f.write(b"new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(VistokError, match="No space left on device") as err:
+        atomic.atomic_write(target, full)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and target.read_bytes() == b"old"
+
+
+def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
+    out = tmp_path / "export"
+    with atomic.atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        (tmp / "b.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(out) as tmp:
+            (tmp / "a.txt").write_text("2")
+            raise RuntimeError("killed half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (out / "a.txt").read_text() == "1" and (out / "b.txt").read_text() == "1"
+    with atomic.atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"] and (out / "a.txt").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -13,9 +13,7 @@ model from that folder alone (`load_exported`). Model families are looked up in 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +22,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from vistok.engine.atomic import atomic_write
 from vistok.errors import VistokError
 
 LAST = "last.pt"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files; give an ordinary file's permissions
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,7 +57,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_training_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write `state` (plain tensors / containers / numbers / strings) to RUN/last.pt."""
     path = Path(run_dir) / LAST
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 
@@ -97,8 +79,8 @@ def export(out_dir: str | Path, family: str, config: dict[str, Any], weights: di
     out = Path(out_dir)
     blob = {"family": family, "config": config, **meta}
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    _atomic_write(out / "model.safetensors", lambda f: f.write(save(tensors)))
-    _atomic_write(out / "config.json", lambda f: f.write(json.dumps(blob, indent=2).encode()))
+    atomic_write(out / "model.safetensors", lambda f: f.write(save(tensors)))
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(blob, indent=2).encode()))
     return out
 
 
