@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vistok.generators.generate import generate, load_generator, sample_config
+import vistok
 from vistok.metrics import fid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,14 +60,13 @@ def train(name: str, run_dir: Path, steps: int, batch: int, warmup: int, extra: 
 
 
 def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: int, batch: int) -> dict:
-    model, tokenizer, meta = load_generator(run_dir / "export")
-    sampling = sample_config(meta, steps=steps, cfg=cfg)
-    labels = torch.arange(num) % model.config.num_classes
+    gen = vistok.load(run_dir / "export")
+    sampling, labels = gen.settings(steps=steps, cfg=cfg), gen.labels(num=num)
     start = time.perf_counter()
-    images = generate(model, tokenizer, labels, sampling, seed=seed, batch_size=batch)  # (N, H, W, 3) uint8
+    images = gen.sample(labels, seed=seed, steps=steps, cfg=cfg, batch_size=batch)  # (N, H, W, 3) uint8
     seconds = time.perf_counter() - start
     path = run_dir / f"samples-{num}-seed{seed}.npz"
-    np.savez(path, arr_0=images, labels=labels.numpy())
+    np.savez(path, arr_0=images, labels=labels)
     value = fid.calculate(path, "cifar10-train")["fid"]
     return {"fid": value, "sample_s": seconds, "img_per_s": num / seconds, "entities": model.config.partition.num_entities,
             "sampling": dataclasses.asdict(sampling)}

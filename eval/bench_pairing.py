@@ -19,12 +19,13 @@ import dataclasses
 import torch
 
 from vistok.generators.ar import AR, PRESETS as AR_PRESETS
-from vistok.generators.generate import SampleConfig, resolve_device
-from vistok.generators.paired import ARSampleConfig, FlexTokCodes, check_pairing, sample_ids, valid_ks
+from vistok.api import resolve_device
+from vistok.generators.flextok_codes import FlexTokCodes, check_pairing, sample_ids, valid_ks
+from vistok.generators.sampling import ARSampleConfig, SampleConfig
 from vistok.generators.xar import XAR, PRESETS as XAR_PRESETS
 from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok, PRESETS as FLEXTOK_PRESETS
-from vistok.tokenizers.flextok_eval import DecodeConfig, k_ladder
+from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 
 from benchtools import timed  # eval/benchtools.py
 

@@ -19,8 +19,8 @@ import dataclasses
 import torch
 
 from vistok.engine.optim import build_optimizer
-from vistok.generators.generate import SampleConfig, generate
-from vistok.generators.sampling import sample_xar
+from vistok.api import Generator
+from vistok.generators.sampling import SampleConfig, sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
@@ -58,7 +58,8 @@ def cpu_rows(steps: int, cfg_scale: float, train_batch: int, sample_batch: int) 
         train_s = train_step_time(cfg, train_batch, torch.device("cpu"))
         model = XAR(cfg).eval()
         labels = torch.arange(sample_batch) % cfg.num_classes
-        sample_s = timed(lambda: generate(model, tokenizer, labels, sampling, batch_size=sample_batch),  # noqa: B023
+        gen = Generator(model, tokenizer, sampling)
+        sample_s = timed(lambda: gen.sample(labels, batch_size=sample_batch),  # noqa: B023
                          torch.device("cpu"), repeats=1)
         n = cfg.partition.num_entities
         rows.append((f"{TINY_PRESET} {kind} ({n} entit{'y' if n == 1 else 'ies'})", "cpu fp32",

@@ -199,11 +199,13 @@ def test_dinov2_teacher_needs_local_weights(tmp_path) -> None:
 def test_fid_net_teacher_from_an_export(tmp_path) -> None:
     from vistok.engine.checkpoint import export
     from vistok.metrics.fid_net import PRESETS as FID_PRESETS
-    from vistok.metrics.fid_net import FidNet
+    from vistok.metrics.fid_net import FidNet, load_fid_net
 
     cfg = FID_PRESETS["cifar10-net-test"]
     export(tmp_path / "net", "fid_net", dataclasses.asdict(cfg), FidNet(cfg).state_dict())
-    teacher = build_teacher("fid-net", str(tmp_path / "net"))
+    with pytest.raises(VistokError, match="needs its loaded cifar10-net"):
+        build_teacher("fid-net", str(tmp_path / "net"))
+    teacher = build_teacher("fid-net", net=load_fid_net(str(tmp_path / "net")))
     assert teacher(images(2)).shape == (2, cfg.widths[2], 8, 8)  # 16 px inputs are resized to 32: an 8x8 map
     assert not any(p.requires_grad for p in teacher.parameters())
 
@@ -269,15 +271,15 @@ def test_cfg_scale_one_equals_the_conditional_prediction() -> None:
     cond = model.decoder.condition(codes, keep)
     null = model.decoder.condition(codes, keep, torch.ones(3, dtype=torch.bool))
     both = torch.cat([cond, null])
-    v_cond, _ = sampling.guided_velocity(model, x, 0.6, cond, None, "cfg", APGConfig(), None)
-    for guidance in ("cfg", "apg"):
-        v_one, _ = sampling.guided_velocity(model, x, 0.6, both, 1.0, guidance, APGConfig(), None)
+    v_cond, _ = sampling.guided_velocity(model, x, 0.6, cond, 1.0, "cfg", APGConfig(), None)  # no null pass
+    for guidance in ("cfg", "apg"):  # a schedule that is 1 everywhere runs both branches and guides with scale 1
+        v_one, _ = sampling.guided_velocity(model, x, 0.6, both, lambda t: 1.0, guidance, APGConfig(), None)
         torch.testing.assert_close(v_one, v_cond, rtol=1e-5, atol=1e-5)
     v_three, _ = sampling.guided_velocity(model, x, 0.6, both, 3.0, "cfg", APGConfig(), None)
     assert (v_three - v_cond).abs().max() > 1e-3  # the unconditional branch really differs
     noise = torch.randn(3, 3, 16, 16)
     ids = model.fsq.codes_to_indices(codes)
-    torch.testing.assert_close(sampling.decode(model, ids, keep, steps=3, cfg=1.0, noise=noise),
+    torch.testing.assert_close(sampling.decode(model, ids, keep, steps=3, cfg=lambda t: 1.0, noise=noise),
                                sampling.decode(model, ids, keep, steps=3, noise=noise), rtol=1e-5, atol=1e-5)
 
 

@@ -22,7 +22,13 @@ from vistok import cli
 from vistok.config import from_dict
 from vistok.engine.checkpoint import export as write_export
 from vistok.errors import VistokError
-from vistok.tokenizers import flextok_eval as fe
+import vistok
+from vistok.api import load_flextok
+from vistok.cli import _ks as parse_ks
+from vistok.data.sources import load_images
+from vistok.metrics.recon import image_metrics
+from vistok.tokenizers.flextok_sampling import k_ladder
+from vistok.viz import recon_grid
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "train/configs/flextok_cifar10_tiny.yaml"
@@ -72,7 +78,7 @@ def run_dir(tmp_path_factory, data_root) -> Path:
 def random_export(run_dir, tmp_path_factory) -> Path:
     """The trained export with its zero-initialised weights (heads, adaLN) made random: 3 steps leave them near
     zero, and decoded images would barely depend on the tokens."""
-    model, _, meta = fe.load_flextok(run_dir / "export")
+    model, _, meta = load_flextok(run_dir / "export")
     gen = torch.Generator().manual_seed(1)
     state = {k: torch.randn(v.shape, generator=gen) * 0.3 if v.abs().max() < 0.01 else v
              for k, v in model.state_dict().items()}
@@ -89,7 +95,7 @@ def test_training_exports_model_tokenizer_and_preview(run_dir):
     assert meta["sample"] == {"steps": 2, "cfg": 1.0, "guidance": "cfg"}
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) and r["loss"] == r["flow"] for r in rows)
-    model, tokenizer, _ = fe.load_flextok(export)  # the folder alone rebuilds both
+    model, tokenizer, _ = load_flextok(export)  # the folder alone rebuilds both
     assert not model.training and model.repa_proj is None and model.config.grid == (32, 32)
     assert tokenizer.decode(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     assert Image.open(export / "preview.png").size == (5 * 34 + 2, 2 * 34 + 2)  # input + k = 1, 2, 4, 8; 2 rows
@@ -124,9 +130,9 @@ def test_latent_cache_with_a_vae_and_repa(tmp_path, shared_image_folder):
     assert all(-1 <= r["repa"] <= 1 and abs(r["loss"] - r["flow"] - 0.5 * r["repa"]) < 1e-5 for r in rows)
     meta = json.loads((run_dir / "export" / "config.json").read_text())
     assert meta["tokenizer"]["family"] == "vae" and meta["config"]["repa_dim"] == 0 and meta["repa_teacher"] == "conv"
-    model, tokenizer, _ = fe.load_flextok(run_dir / "export")
-    ids = fe.encode_images(model, tokenizer, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
-    assert fe.decode_ids(model, tokenizer, ids, 2, fe.DecodeConfig(steps=1)).shape == (2, 3, 32, 32)
+    tok = vistok.load(run_dir / "export")
+    ids = tok.encode(np.zeros((2, 32, 32, 3), np.uint8))
+    assert tok.decode(ids, 2, steps=1).shape == (2, 32, 32, 3)
 
 
 def test_encode_decode_via_the_cli(random_export, data_root, tmp_path, capsys):
@@ -138,9 +144,8 @@ def test_encode_decode_via_the_cli(random_export, data_root, tmp_path, capsys):
     assert ids.dtype == np.int32 and ids.shape == (6, 8) and ((ids >= 0) & (ids < 64_000)).all()
     assert k.dtype == np.int32 and k.tolist() == [1, 2, 8, 1, 2, 8] and labels.shape == (6,)
     assert (ids[np.arange(8) >= k[:, None]] == 0).all()  # nothing past each image's k is kept
-    model, tokenizer, _ = fe.load_flextok(random_export)
-    images, _ = fe.load_images("cifar10-test", 32, 6)
-    full = fe.encode_images(model, tokenizer, images).numpy()
+    images, _ = load_images("cifar10-test", 32, 6)
+    full = vistok.load(random_export).encode(images)
     assert np.array_equal(ids[k == 8], full[k == 8]) and np.array_equal(ids[:, 0], full[:, 0])
 
     assert cli.main(["decode", "--ckpt", str(random_export), "--tokens", str(tokens), "--out", str(tmp_path / "dec"),
@@ -179,10 +184,12 @@ def test_reconstruct_writes_images_grid_and_metrics_per_k(run_dir, random_export
             assert z["arr_0"].shape == (4, 32, 32, 3)
     assert Image.open(out / "grid.png").size == (4 * 34 + 2, 4 * 34 + 2)  # input + 3 k; 4 rows
     # the library call agrees with the command and is repeatable (same seed, same noise per image)
-    model, tokenizer, _ = fe.load_flextok(run_dir / "export")
-    images, _ = fe.load_images("cifar10-test", 32, 4)
-    again = fe.reconstruct_metrics(model, tokenizer, images, [1, 2, 8], steps=2, cfg=1.0, seed=0, fid=False)
-    assert {str(k): v for k, v in again.items()} == result["metrics"]
+    images, _ = load_images("cifar10-test", 32, 4)
+    again = vistok.load(run_dir / "export").reconstruct(images, [1, 2, 8], steps=2, cfg=1.0, seed=0)
+    assert {str(k): image_metrics(images, v) for k, v in again.items()} == result["metrics"]
+    for k in (1, 2, 8):
+        with np.load(out / f"k{k:03d}.npz") as z:
+            assert np.array_equal(z["arr_0"], again[k])  # bit-identical to the command's images
 
 
 def test_reconstruct_fid_with_an_extractor_export(random_export, tmp_path):
@@ -204,18 +211,18 @@ def test_reconstruct_fid_with_an_extractor_export(random_export, tmp_path):
 
 
 def test_metrics_ladder_and_grid_helpers():
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    same = fe.image_metrics(images, images)
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8).numpy()
+    same = image_metrics(images, images)
     assert same["mse"] == 0 and same["psnr"] == pytest.approx(100) and same["ssim"] == pytest.approx(1)
-    worse = fe.image_metrics(images, (images.int() + 40).clamp(0, 255).to(torch.uint8))
+    worse = image_metrics(images, np.clip(images.astype(int) + 40, 0, 255).astype(np.uint8))
     assert 0 < worse["mse"] < 0.03 and worse["psnr"] < 100 and worse["ssim"] < 1
-    assert fe.k_ladder(16) == [1, 2, 4, 8, 16] and fe.k_ladder(6) == [1, 2, 4, 6] and fe.k_ladder(1) == [1]
-    assert fe.parse_ks(None, 8) == [1, 2, 4, 8] and fe.parse_ks("3,8", 8) == [3, 8]
+    assert k_ladder(16) == [1, 2, 4, 8, 16] and k_ladder(6) == [1, 2, 4, 6] and k_ladder(1) == [1]
+    assert parse_ks(None, 8) == [1, 2, 4, 8] and parse_ks("3,8", 8) == [3, 8]
     for bad in ("0,2", "9", "a"):
         with pytest.raises(VistokError, match="--tokens"):
-            fe.parse_ks(bad, 8)
-    grid = fe.recon_grid(images, {4: images, 1: images}, rows=2)
-    assert grid.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and (grid[2:34, 2:34] == images[0].permute(1, 2, 0).numpy()).all()
+            parse_ks(bad, 8)
+    grid = recon_grid(images, {4: images, 1: images}, rows=2)
+    assert grid.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and (grid[2:34, 2:34] == images[0]).all()
 
 
 def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):

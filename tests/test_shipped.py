@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from vistok.generators import generate as gen
+import vistok
+from vistok.data.sources import load_images
 from vistok.metrics import fid
-from vistok.tokenizers import flextok_eval as fe
+from vistok.metrics.recon import image_metrics
+from vistok.tokenizers.flextok_sampling import k_ladder
 
 # cifar10-xar-tiny: 300 samples (30 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear)
 XAR_NUM, XAR_FID, XAR_TOL = 300, 186.159, 5.0
@@ -24,9 +25,7 @@ FLEXTOK_MSE = {1: 0.074883, 2: 0.061725, 4: 0.050655, 8: 0.040708, 16: 0.034118}
 
 
 def xar_fid(tmp_path, **overrides) -> float:
-    model, tokenizer, meta = gen.load_generator("cifar10-xar-tiny")
-    labels = torch.arange(XAR_NUM) % model.config.num_classes
-    images = gen.generate(model, tokenizer, labels, gen.sample_config(meta, **overrides), seed=0, batch_size=XAR_NUM)
+    images = vistok.load("cifar10-xar-tiny").sample(num=XAR_NUM, seed=0, batch_size=XAR_NUM, **overrides)
     path = tmp_path / "samples.npz"
     np.savez(path, arr_0=images)
     return fid.calculate(path, "cifar10-train")["fid"]
@@ -40,11 +39,10 @@ def test_xar_tiny_fid_matches_the_recorded_value(tmp_path):
 
 
 def flextok_mse(**overrides) -> dict[int, float]:
-    model, tokenizer, meta = fe.load_flextok("cifar10-flextok-tiny")
-    images, _ = fe.load_images("cifar10-test", meta["resolution"], FLEXTOK_NUM)
-    ks = fe.k_ladder(model.config.registers)
-    recons = fe.reconstruct_images(model, tokenizer, images, ks, fe.decode_config(meta, **overrides))
-    return {k: fe.image_metrics(images, r)["mse"] for k, r in recons.items()}
+    tok = vistok.load("cifar10-flextok-tiny")
+    images, _ = load_images("cifar10-test", tok.resolution, FLEXTOK_NUM)
+    recons = tok.reconstruct(images, k_ladder(tok.registers), **overrides)
+    return {k: image_metrics(images, r)["mse"] for k, r in recons.items()}
 
 
 def test_flextok_tiny_reconstruction_error_matches_and_falls_with_k(data_root):

@@ -152,8 +152,9 @@ def test_kv_cache_equals_full_recompute(entity: str, size: int, cfg: float | Non
 def test_cfg_one_equals_conditional_model() -> None:
     model = loud_labels(tiny())
     labels = torch.tensor([2, 8])
-    guided = sample_xar(model, labels, steps=4, cfg=1.0, seed=0)  # doubled batch, null branch, scale 1
-    plain = sample_xar(model, labels, steps=4, cfg=None, seed=0)  # conditional branch alone
+    # a scale a hair above 1 runs the doubled batch with the null branch; 1.0 itself runs the conditional branch alone
+    guided = sample_xar(model, labels, steps=4, cfg=1.0 + 1e-12, seed=0)
+    plain = sample_xar(model, labels, steps=4, cfg=1.0, seed=0)
     torch.testing.assert_close(guided, plain, rtol=0, atol=1e-5)
     assert (sample_xar(model, labels, steps=4, cfg=3.0, seed=0, cfg_schedule="constant") - plain).abs().max() > 1e-3
 

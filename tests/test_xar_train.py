@@ -18,7 +18,9 @@ from PIL import Image
 from vistok import cli
 from vistok.config import from_dict
 from vistok.errors import VistokError
-from vistok.generators.generate import grid, load_generator, parse_labels
+import vistok
+from vistok.api import load_generator
+from vistok.viz import class_grid
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=2", "train.batch_size=8",
@@ -95,9 +97,10 @@ def test_user_mistakes_are_one_line_errors(export, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sample", "--ckpt", str(export), "--out", str(tmp_path / "o"), "--batch-size", "0"])
     assert exit_info.value.code == 2
-    assert parse_labels(None, 5, ["a", "b", "c"]).tolist() == [0, 1, 2, 0, 1]
+    gen = vistok.load(export)
+    assert gen.labels(num=5).tolist() == [0, 1, 0, 1, 0] and gen.labels(["dogs", 0], 3).tolist() == [1, 0, 1]
     labels = np.array([0, 1, 0, 1])
-    assert grid(np.zeros((4, 4, 4, 3), np.uint8), labels).shape == (2 * 6 + 2, 2 * 6 + 2, 3)
+    assert class_grid(np.zeros((4, 4, 4, 3), np.uint8), labels).shape == (2 * 6 + 2, 2 * 6 + 2, 3)
 
 
 def test_script_rejects_a_model_that_does_not_fit_the_tokens():

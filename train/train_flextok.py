@@ -29,11 +29,14 @@ from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subs
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
+from vistok.metrics.fid_net import load_fid_net
 from vistok.modules.repa import build_teacher
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
-from vistok.tokenizers.flextok_eval import DecodeConfig, k_ladder, recon_grid, reconstruct_images
+from vistok.api import Tokenizer
+from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import VAE, LatentDataset, VAEConfig, cache_latents, load_latents
+from vistok.viz import recon_grid
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ def main() -> None:
     dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
-    teacher = build_teacher(cfg.repa.teacher, cfg.repa.weights, cfg.repa.conv_dim, **(
+    fid_net = load_fid_net(cfg.repa.weights or "cifar10-net") if cfg.repa.teacher == "fid-net" else None
+    teacher = build_teacher(cfg.repa.teacher, cfg.repa.weights, cfg.repa.conv_dim, net=fid_net, **(
         dict(arch=cfg.repa.arch, resolution=cfg.repa.resolution) if cfg.repa.teacher == "dinov2" else {}
     )).to(env.device) if cfg.repa.teacher else None
     check_pairing(cfg, tokenizer, teacher.dim if teacher is not None else 0)
@@ -187,9 +191,9 @@ def main() -> None:
               f"--num 100 --out DIR")
         if cfg.preview_images:
             rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets
-            pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))]))  # (N, 3, H, W)
+            pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))])).permute(0, 2, 3, 1).numpy()  # NHWC
             ks = k_ladder(cfg.model.registers)
-            recons = reconstruct_images(ema_model, tokenizer, pixels, ks, cfg.sample, seed=tc.seed)
+            recons = Tokenizer(ema_model, tokenizer, cfg.sample).reconstruct(pixels, ks, seed=tc.seed)
             Image.fromarray(recon_grid(pixels, recons, rows=len(pixels))).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
     dist.cleanup()

@@ -25,9 +25,11 @@ from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
 from vistok.generators.ar import FAMILY, PRESETS, AR, ARConfig
-from vistok.generators.paired import (ARSampleConfig, check_pairing, export_paired, ladder_grid, load_paired,
-                                     read_flextok_config, sample_config)
-from vistok.tokenizers.flextok_eval import k_ladder
+import vistok
+from vistok.api import export_paired, read_flextok_config
+from vistok.generators.flextok_codes import check_pairing
+from vistok.generators.sampling import ARSampleConfig
+from vistok.tokenizers.flextok_sampling import k_ladder
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,8 @@ def main() -> None:
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --tokens "
               f"{flextok.registers} --num 100 --out DIR")
         if cfg.preview_per_class:
-            exported, codes, meta = load_paired(out, env.device)
             labels = torch.arange(cfg.preview_per_class * len(dataset.classes)) % len(dataset.classes)
-            preview = ladder_grid(exported, codes, labels, sample_config(exported, meta), tc.seed)
+            preview = vistok.load(out, env.device).ladder(labels, tc.seed)
             Image.fromarray(preview).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} (rows: k = {', '.join(map(str, k_ladder(flextok.registers)))}; "
                   "columns: classes)")

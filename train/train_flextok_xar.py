@@ -27,9 +27,10 @@ from vistok.data.tokens import TokenDataConfig, load_tokens
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
-from vistok.generators.generate import SampleConfig
-from vistok.generators.paired import (check_pairing, code_scale_of, export_paired, ids_to_grid, ladder_grid, load_paired,
-                                     read_flextok_config, sample_config)
+import vistok
+from vistok.api import export_paired, read_flextok_config
+from vistok.generators.flextok_codes import check_pairing, code_scale_of, ids_to_grid
+from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
 from vistok.modules.fsq import FSQ
 
@@ -99,9 +100,8 @@ def main() -> None:
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --tokens "
               f"{flextok.registers} --num 100 --out DIR (--tokens: one of {ends})")
         if cfg.preview_per_class:
-            exported, codes, meta = load_paired(out, env.device)
             labels = torch.arange(cfg.preview_per_class * len(dataset.classes)) % len(dataset.classes)
-            preview = ladder_grid(exported, codes, labels, sample_config(exported, meta), tc.seed)
+            preview = vistok.load(out, env.device).ladder(labels, tc.seed)
             Image.fromarray(preview).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} (rows: k = {ends}; columns: classes)")
     dist.cleanup()

@@ -22,8 +22,10 @@ from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subs
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
 from vistok.errors import require
-from vistok.generators.generate import SampleConfig, generate, grid
+from vistok.api import Generator
+from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
+from vistok.viz import class_grid
 from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer  # the VAE adapter: its own
 
 
@@ -103,8 +105,8 @@ def main() -> None:
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
         if cfg.preview_per_class:
             labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
-            images = generate(ema_model, tokenizer, labels, cfg.sample, seed=tc.seed)  # (N, H, W, 3) uint8
-            Image.fromarray(grid(images, labels.numpy())).save(out / "preview.png")
+            images = Generator(ema_model, tokenizer, cfg.sample).sample(labels, seed=tc.seed)  # (N, H, W, 3) uint8
+            Image.fromarray(class_grid(images, labels.numpy())).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} ({cfg.sample.steps} steps, cfg {cfg.sample.cfg}, one row per class)")
     dist.cleanup()
 

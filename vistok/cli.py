@@ -1,6 +1,11 @@
-"""The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `fid`, `fid-stats` and `demo`.
+"""The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `fid`, `fid-stats`, `em-segment`,
+`em-eval` and `demo`.
 
-A user's mistake (bad path, bad flag, missing weights) prints one line and exits non-zero, never a traceback.
+Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that parses, calls the Python API
+(`vistok.api`: the same objects `vistok.load` returns, so the same seed gives the same bits from Python and the shell)
+and writes files and a summary line. A user's mistake (bad path, bad flag, missing weights) prints one line and exits
+non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal (`--quiet`: never).
+`python -m vistok` runs the same command, also under `torchrun` (`vistok sample` then shards its images over ranks).
 """
 
 from __future__ import annotations
@@ -8,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from vistok.errors import VistokError
 
@@ -18,6 +25,69 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _ks(text: str | None, registers: int) -> list[int]:
+    """Prefix lengths from "1,2,4" (None or "": the powers-of-two ladder up to K); each in 1..K."""
+    from vistok.tokenizers.flextok_sampling import k_ladder
+
+    if not text:
+        return k_ladder(registers)
+    try:
+        ks = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise VistokError(f"--tokens {text!r} must be a comma list of integers, e.g. 1,2,4,{registers}") from None
+    if not ks or not all(1 <= k <= registers for k in ks):
+        raise VistokError(f"--tokens {text!r}: every k must lie in 1..{registers} (this model's registers)")
+    return ks
+
+
+def _load(args: argparse.Namespace, kind: type):
+    """The --ckpt model through the Python API, checked to be of the kind this command needs."""
+    import vistok.api as api
+
+    obj = api.load(args.ckpt, api.resolve_device(args.device))
+    if not isinstance(obj, kind):
+        raise VistokError(f"{args.ckpt} is a {type(obj).__name__}, but `vistok {args.command}` needs a {kind.__name__}")
+    return obj
+
+
+def _common(p: argparse.ArgumentParser, ckpt_help: str) -> None:
+    p.add_argument("--ckpt", required=True, help=ckpt_help + " (folder, shipped model name or hf://org/repo[@rev])")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward batch (default 64)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="image folder, dataset name (cifar10-test, ...) or .npz of images")
+    p.add_argument("--num", type=_positive, help="use N images (evenly spaced in a dataset or folder; default all)")
+    p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
+
+
+def _decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive, help="Euler steps T (default: the export's)")
+    p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
+    p.add_argument("--guidance", choices=("cfg", "apg"), help="CFG or adaptive projected guidance (default: the export's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; image i's noise depends on (seed, i) only (default 0)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
+
+
+# ---------------------------------------------------------------------------------------------------------- models
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list model presets with parameter counts, and shipped models")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -36,129 +106,140 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"\nshipped models in {registry.assets_dir()}: {', '.join(shipped) or 'none'}")
 
 
-# flags of generators on FlexTok tokens, and of the GPT alone: named in errors when the export cannot take them
-FLEXTOK_FLAGS = {"tokens": "--tokens", "decode_steps": "--decode-steps"}
-GPT_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
-FLOW_FLAGS = {"steps": "--steps", "cfg_schedule": "--cfg-schedule", "method": "--method"}
+# ---------------------------------------------------------------------------------------------------------- sample
+# sampling flags by API keyword: a flag the loaded generator does not take is a one-line error naming the flag
+SAMPLE_FLAGS = {"steps": "--steps", "cfg": "--cfg", "cfg_schedule": "--cfg-schedule", "method": "--method",
+                "tokens": "--tokens", "decode_steps": "--decode-steps", "temperature": "--temperature",
+                "top_k": "--top-k", "top_p": "--top-p"}
 
 
-def _reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
-    given = [flag for key, flag in flags.items() if getattr(args, key) is not None]
-    if given:
-        raise VistokError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply: {why}")
+def add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="class-conditional samples from a generator: PNGs, a grid and an .npz for FID")
+    _common(p, "generator export")
+    p.add_argument("--num", "--samples", dest="num", type=_positive,
+                   help="number of images (default: one per --labels entry, else 100); --samples is the same flag "
+                        "(torchrun claims --num)")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
+    p.add_argument("--steps", type=_positive, help="flow steps per entity (default: the export's)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images, whatever the batch size (default 0)")
+    p.add_argument("--labels", nargs="+", help="class indices or names (spaces or commas), cycled over the images "
+                                               "(default: round-robin over the classes)")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance over AR steps (default: the export's)")
+    p.add_argument("--method", choices=("sde", "ode"), help="Euler-Maruyama SDE or Euler ODE (default: the export's)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
+    g = p.add_argument_group("generators on FlexTok tokens (GPT, xAR)")
+    g.add_argument("--tokens", type=_positive, metavar="K",
+                   help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; default all)")
+    g.add_argument("--decode-steps", type=_positive, help="FlexTok decoder Euler steps (default: the export's)")
+    g.add_argument("--temperature", type=float, help="GPT: softmax temperature, 0 = greedy (default: the export's)")
+    g.add_argument("--top-k", type=int, help="GPT: sample among the K most likely tokens, 0 = off (default: the export's)")
+    g.add_argument("--top-p", type=float, help="GPT: nucleus sampling mass in (0, 1], 1 = off (default: the export's)")
+    p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import time
+    """Images of every rank's share of the per-image seeds, written as they come; rank 0 merges (see api.outputs)."""
+    import vistok.api as api
+    from vistok.api.outputs import SampleWriter, check_out
+    from vistok.engine import dist
 
-    from vistok.generators import generate as gen
-    from vistok.generators import paired
+    check_out(args.out)
+    env = dist.setup(args.device)
+    try:
+        gen = _load(args, api.Generator)
+        given = {key: getattr(args, key) for key in SAMPLE_FLAGS if getattr(args, key) is not None}
+        gen.reject({key: SAMPLE_FLAGS[key] for key in given})
+        labels = gen.labels(_split(args.labels), args.num if args.num or args.labels else 100)
+        lo, hi = len(labels) * env.rank // env.world_size, len(labels) * (env.rank + 1) // env.world_size
+        if env.is_main:
+            SampleWriter(args.out)  # a fresh shard folder, before any rank writes into it
+        dist.barrier()
+        writer, start = SampleWriter(args.out, fresh=False), time.perf_counter()
+        for first, arrays in gen.batches(labels[lo:hi], seed=args.seed, first_index=lo, batch_size=args.batch_size,
+                                         precision=args.precision, progress=not args.quiet and env.is_main, **given):
+            writer.add(lo + first, arrays)
+        dist.barrier()
+        if env.is_main:
+            written = writer.finish(labels)
+            seconds = time.perf_counter() - start
+            used = gen.settings(**{k: v for k, v in given.items() if k not in ("tokens", "decode_steps")})
+            extra = ""
+            if isinstance(gen, api.PairedGenerator):
+                k = given.get("tokens") or gen.valid_ks()[-1]
+                extra = (f" from k={k} of {gen.codes.registers} FlexTok tokens ({gen.kind}; decoder "
+                         f"{gen.decoding(given.get('decode_steps')).steps} steps)")
+            print(f"{len(labels)} images{extra} in {seconds:.1f} s (" + ", ".join(f"{k} {v}" for k, v in vars(used).items())
+                  + f"; seed {args.seed}, {env.device.type}{', bf16' if args.precision == 'bf16' else ''}"
+                  + (f", {env.world_size} processes" if env.world_size > 1 else "") + ") -> "
+                  + ", ".join(str(p) for p in written) + (f" + {len(labels)} PNGs" if len(written) > 1 else ""))
+        dist.barrier()
+    finally:
+        dist.cleanup()
 
-    device = gen.resolve_device(args.device)
-    if paired.is_paired(args.ckpt):
-        _sample_paired(args, device)
-        return
-    _reject(args, {**FLEXTOK_FLAGS, **GPT_FLAGS},
-            f"{args.ckpt} is an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for "
-            "generators on FlexTok tokens)")
-    model, tokenizer, meta = gen.load_generator(args.ckpt, device)
-    sampling = gen.sample_config(meta, steps=args.steps, cfg=args.cfg, cfg_schedule=args.cfg_schedule, method=args.method)
-    labels = gen.parse_labels(args.labels, args.num, meta["classes"])
-    start = time.perf_counter()
-    images = gen.generate(model, tokenizer, labels, sampling, args.seed, args.batch_size, args.precision,
-                          log_every=0 if args.quiet else 30.0)
-    written = gen.save_samples(args.out, images, labels.numpy())
-    seconds = time.perf_counter() - start
-    print(f"{len(images)} images in {seconds:.1f} s ({sampling.steps} steps, cfg {sampling.cfg} {sampling.cfg_schedule}, "
-          f"{sampling.method}, seed {args.seed}, {device.type}{', bf16' if args.precision == 'bf16' else ''}) -> "
-          + ", ".join(str(p) for p in written) + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
+
+def _split(items: Sequence[str] | None) -> list[str] | None:
+    """--labels 3 5 / --labels 3,5 / --labels cat dog -> ["3", "5"] ..."""
+    return None if not items else [s.strip() for item in items for s in item.split(",") if s.strip()]
 
 
-def _sample_paired(args: argparse.Namespace, device) -> None:
-    """`vistok sample` for a GPT or xAR on FlexTok tokens: the first --tokens k tokens, decoded by FlexTok."""
-    import dataclasses
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from vistok.generators import generate as gen
-    from vistok.generators import paired
-    from vistok.generators.ar import AR
-
-    model, codes, meta = paired.load_paired(args.ckpt, device)
-    if isinstance(model, AR):
-        _reject(args, FLOW_FLAGS, f"{args.ckpt} is a GPT (one token per step, no flow steps; FlexTok's decoder "
-                                  "steps are --decode-steps)")
-        sampling = paired.sample_config(model, meta, cfg=args.cfg, temperature=args.temperature, top_k=args.top_k,
-                                        top_p=args.top_p)
-    else:
-        _reject(args, GPT_FLAGS, f"{args.ckpt} is an xAR on FlexTok codes (flow matching, not token sampling)")
-        sampling = paired.sample_config(model, meta, steps=args.steps, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
-                                        method=args.method)
-    k = paired.check_k(model, args.tokens)
-    if args.decode_steps is not None:
-        codes.decoding = dataclasses.replace(codes.decoding, steps=args.decode_steps)
-    labels = gen.parse_labels(args.labels, args.num, meta["classes"])
-    start = time.perf_counter()
-    images, ids = paired.generate_paired(model, codes, labels, k, sampling, args.seed, args.batch_size, args.precision,
-                                         log_every=0 if args.quiet else 30.0)
-    written = gen.save_samples(args.out, images, labels.numpy())
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":  # the ids too, in `vistok encode`'s format (`vistok decode` reads them)
-        np.savez(out / "tokens.npz", ids=ids, k=np.full(len(ids), k, np.int32), labels=labels.numpy())
-        written.append(out / "tokens.npz")
-    seconds = time.perf_counter() - start
-    kind = "GPT" if isinstance(model, AR) else "xAR"
-    print(f"{len(images)} images from k={k} of {codes.registers} FlexTok tokens in {seconds:.1f} s ({kind}, "
-          + ", ".join(f"{key} {value}" for key, value in vars(sampling).items())
-          + f"; decoder {codes.decoding.steps} steps; seed {args.seed}, {device.type}"
-          + f"{', bf16' if args.precision == 'bf16' else ''}) -> " + ", ".join(str(p) for p in written)
-          + (f" + {len(images)} PNGs" if len(written) > 1 else ""))
+# ------------------------------------------------------------------------------------------- FlexTok: reconstruct
+def add_reconstruct(sub) -> None:
+    p = sub.add_parser("reconstruct", help="FlexTok reconstructions and MSE/PSNR/SSIM/FID per number of tokens k")
+    _common(p, "FlexTok export")
+    _decoding(p)
+    _inputs(p)
+    p.add_argument("--out", required=True, help="folder: k*/ PNGs and k*.npz per k, grid.png, metrics.json")
+    p.add_argument("--tokens", help="comma list of k (default 1, 2, 4, ..., K)")
+    p.add_argument("--json", metavar="FILE", help="also write the JSON metrics to FILE")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (MSE, PSNR and SSIM only)")
+    p.add_argument("--fid-real", default="cifar10-train", help="FID reference: dataset name (shipped statistics), "
+                   "statistics .npz or image folder (default cifar10-train)")
+    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
+    p.add_argument("--grid-rows", type=_positive, default=8, help="images in grid.png (default 8)")
+    p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     """FlexTok reconstructions from the first k tokens, for each k: PNGs and an npz per k, a grid, JSON metrics."""
-    import time
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
-    from vistok.generators.generate import resolve_device
-    from vistok.tokenizers import flextok_eval as fe
+    import vistok.api as api
+    from vistok.data.sources import load_images
+    from vistok.metrics import recon
+    from vistok.viz import recon_grid
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise VistokError(f"--out {out} is a file; pass a folder")
-    device = resolve_device(args.device)
-    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
-    decoding = fe.decode_config(meta, steps=args.steps, cfg=args.cfg, guidance=args.guidance)
-    ks = fe.parse_ks(args.tokens, model.config.registers)
-    images, _ = fe.load_images(args.input, meta["resolution"], args.num, args.data_root)
+    tok = _load(args, api.Tokenizer)
+    decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
+    ks = _ks(args.tokens, tok.registers)
+    images, _ = load_images(args.input, tok.resolution, args.num, args.data_root)
     if not args.no_fid:
-        fe.check_fid_extractor(args.extractor_weights)
+        recon.check_fid_extractor(args.extractor_weights)
     start = time.perf_counter()
-    recons = fe.reconstruct_images(model, tokenizer, images, ks, decoding, args.seed, args.batch_size, args.precision)
+    recons = tok.reconstruct(images, ks, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
+                             batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for k, rec in recons.items():
         folder = out / f"k{k:03d}"
         folder.mkdir(exist_ok=True)
-        nhwc = rec.permute(0, 2, 3, 1).numpy()
-        np.savez(out / f"k{k:03d}.npz", arr_0=nhwc)
-        for i, image in enumerate(nhwc):
+        np.savez(out / f"k{k:03d}.npz", arr_0=rec)
+        for i, image in enumerate(rec):
             Image.fromarray(image).save(folder / f"{i:06d}.png")
-    Image.fromarray(fe.recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
-    metrics = fe.score(images, recons, not args.no_fid, args.fid_real, args.extractor_weights, args.data_root, out)
+    Image.fromarray(recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
+    metrics = recon.score(images, recons, not args.no_fid, args.fid_real, args.extractor_weights, args.data_root, out)
     result = {
         "ckpt": str(args.ckpt), "input": str(args.input), "num": len(images), "tokens": ks, "steps": decoding.steps,
-        "cfg": decoding.cfg, "guidance": decoding.guidance, "seed": args.seed, "registers": model.config.registers,
-        "step": meta.get("step"), "fid_real": None if args.no_fid else args.fid_real, "seconds": round(seconds, 2),
+        "cfg": decoding.cfg, "guidance": decoding.guidance, "seed": args.seed, "registers": tok.registers,
+        "fid_real": None if args.no_fid else args.fid_real, "seconds": round(seconds, 2),
         "metrics": {str(k): v for k, v in metrics.items()},
     }
     if not args.no_fid:
-        result["fid_inputs"] = fe.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
+        result["fid_inputs"] = recon.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
     text = json.dumps(result, indent=2)
     (out / "metrics.json").write_text(text + "\n")
     if args.json:
@@ -171,102 +252,74 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
           f"({decoding.guidance}), seed {args.seed}) -> {out}/grid.png, {out}/metrics.json, k*/ and k*.npz")
 
 
+# ------------------------------------------------------------------------------------------------ FlexTok: encode
+def add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="images -> FlexTok token ids (.npz: ids int32 (N, K), k per image, labels)")
+    _common(p, "FlexTok export")
+    _inputs(p)
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--tokens", help="tokens kept per image: K, or a comma list cycled over the images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a VAE tokenizer's posterior sample (default 0)")
+    p.set_defaults(func=cmd_encode)
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     """Images -> FlexTok token ids in an .npz: ids (N, K') int32, k (N,) int32, labels when the input has them."""
-    from pathlib import Path
-
     import numpy as np
-    import torch
 
-    from vistok.generators.generate import resolve_device
-    from vistok.tokenizers import flextok_eval as fe
+    import vistok.api as api
+    from vistok.data.sources import load_images
+    from vistok.data.tokens import write_token_file
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise VistokError(f"--out {out} must end in .npz")
-    device = resolve_device(args.device)
-    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
-    ks = fe.parse_ks(args.tokens or str(model.config.registers), model.config.registers)
-    images, labels = fe.load_images(args.input, meta["resolution"], args.num, args.data_root)
-    torch.manual_seed(args.seed)  # a VAE tokenizer samples its posterior
-    ids = fe.encode_images(model, tokenizer, images, args.batch_size)  # (N, K)
-    k = torch.tensor(ks)[torch.arange(len(ids)) % len(ks)]  # cycled over the images
-    ids = torch.where(torch.arange(ids.shape[1]) < k[:, None], ids, 0)[:, :max(ks)]  # only each image's first k[i] kept
-    arrays = {"ids": ids.numpy().astype(np.int32), "k": k.numpy().astype(np.int32)}
-    if labels is not None:
-        arrays["labels"] = labels
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
-    print(f"{len(ids)} images -> {out}: ids {arrays['ids'].shape} int32 (vocabulary {model.fsq.codebook_size}), "
+    tok = _load(args, api.Tokenizer)
+    ks = _ks(args.tokens or str(tok.registers), tok.registers)
+    images, labels = load_images(args.input, tok.resolution, args.num, args.data_root)
+    ids = tok.encode(images, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)  # (N, K)
+    k = np.asarray(ks)[np.arange(len(ids)) % len(ks)]  # cycled over the images
+    ids = np.where(np.arange(ids.shape[1]) < k[:, None], ids, 0)[:, :max(ks)]  # only each image's first k[i] kept
+    write_token_file(out, ids, k, labels)
+    print(f"{len(ids)} images -> {out}: ids {ids.shape} int32 (vocabulary {tok.vocab_size}), "
           f"k per image in {{{', '.join(map(str, sorted(set(ks))))}}}" + (", labels" if labels is not None else ""))
 
 
+# ------------------------------------------------------------------------------------------------ FlexTok: decode
+def add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="FlexTok token ids (.npz from encode) -> images, each from its own k tokens")
+    _common(p, "FlexTok export")
+    _decoding(p)
+    p.add_argument("--tokens", required=True, help=".npz with ids (N, K) and optionally k (N,) and labels")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.set_defaults(func=cmd_decode)
+
+
 def cmd_decode(args: argparse.Namespace) -> None:
-    """Token ids (.npz from `vistok encode`) -> images: PNGs, grid.png and samples.npz (or a .png grid alone)."""
-    import time
-    from pathlib import Path
-
+    """Token ids (.npz from `vistok encode` or `vistok sample`) -> images: PNGs, grid.png and samples.npz."""
     import numpy as np
-    import torch
 
+    import vistok.api as api
+    from vistok.api.outputs import check_out, save_samples
     from vistok.data.tokens import read_token_file
-    from vistok.generators.generate import resolve_device, save_samples
-    from vistok.tokenizers import flextok_eval as fe
 
-    path = Path(args.tokens)
-    arrays = read_token_file(path)
+    check_out(args.out)
+    arrays = read_token_file(args.tokens)
     ids = arrays["ids"]
     k = arrays.get("k", np.full(len(ids), ids.shape[1]))
     if k.shape != (len(ids),) or k.dtype.kind not in "iu":
-        raise VistokError(f"{path}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
-    device = resolve_device(args.device)
-    model, tokenizer, meta = fe.load_flextok(args.ckpt, device)
-    decoding = fe.decode_config(meta, steps=args.steps, cfg=args.cfg, guidance=args.guidance)
+        raise VistokError(f"{args.tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
+    tok = _load(args, api.Tokenizer)
+    decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
     start = time.perf_counter()
-    images = fe.decode_ids(model, tokenizer, torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(k.astype(np.int64)),
-                           decoding, args.seed, args.batch_size, args.precision)
-    labels = arrays.get("labels", np.zeros(len(ids), np.int64))
-    written = save_samples(args.out, images.permute(0, 2, 3, 1).numpy(), np.asarray(labels))
+    images = tok.decode(ids, k, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
+                        batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
+    written = save_samples(args.out, images, np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64))))
     print(f"{len(images)} images in {time.perf_counter() - start:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
           f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def cmd_fid(args: argparse.Namespace) -> None:
-    from vistok.metrics import fid
-
-    res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
-                        weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
-                        data_root=args.data_root, resolution=args.resolution)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        line = f"FID {res['fid']:.4f}"
-        if "kid" in res:
-            line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
-        print(f"{line}  ({res['num_fake']} images, {res['extractor']}, real: {res.get('real_stats', res['real'])})")
-
-
-def cmd_fid_stats(args: argparse.Namespace) -> None:
-    from vistok.metrics import fid
-
-    images = fid.as_images(args.input, args.num, args.resolution, args.data_root)
-    weights = args.inception_weights or args.extractor_weights
-    stats = fid.compute_statistics(images, args.extractor, weights, args.batch_size)
-    fid.save_statistics(stats, args.out, extractor=args.extractor, source=str(args.input), num=len(images),
-                        fingerprint=fid.extractor_fingerprint(args.extractor, weights))
-    print(f"wrote {args.out}: {args.extractor} statistics of {len(images)} images from {args.input}")
-
-
+# ------------------------------------------------------------------------------------------------------ fid, stats
 def _fid_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="cifar10-net", choices=("cifar10-net", "inception-v3-compat"),
                    help="feature network (default cifar10-net; inception-v3-compat is the standard one)")
@@ -276,89 +329,10 @@ def _fid_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--resolution", type=int, help="resize/crop folder images to this size (default: the first image's)")
     p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _flextok_commands(sub) -> None:
-    def common(p: argparse.ArgumentParser, decoding: bool) -> None:
-        p.add_argument("--ckpt", required=True, help="exported FlexTok folder or shipped model name")
-        if decoding:
-            p.add_argument("--steps", type=_positive, help="Euler steps T (default: the export's)")
-            p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
-            p.add_argument("--guidance", choices=("cfg", "apg"),
-                           help="CFG or adaptive projected guidance (default: the export's)")
-            p.add_argument("--seed", type=int, default=0,
-                           help="noise seed; image i's noise depends on (seed, i) only (default 0)")
-            p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
-        p.add_argument("--batch-size", type=_positive, default=64, help="images per forward batch (default 64)")
-        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
-
-    def inputs(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--num", type=_positive, help="use N images (evenly spaced in a dataset or folder; default all)")
-        p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
-
-    p = sub.add_parser("reconstruct", help="FlexTok reconstructions and MSE/PSNR/SSIM/FID per number of tokens k")
-    common(p, decoding=True)
-    p.add_argument("--input", required=True, help="image folder, dataset name (cifar10-test, ...) or .npz of images")
-    p.add_argument("--out", required=True, help="folder: k*/ PNGs and k*.npz per k, grid.png, metrics.json")
-    p.add_argument("--tokens", help="comma list of k (default 1, 2, 4, ..., K)")
-    p.add_argument("--json", metavar="FILE", help="also write the JSON metrics to FILE")
-    p.add_argument("--no-fid", action="store_true", help="skip FID (MSE, PSNR and SSIM only)")
-    p.add_argument("--fid-real", default="cifar10-train", help="FID reference: dataset name (shipped statistics), "
-                   "statistics .npz or image folder (default cifar10-train)")
-    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
-    p.add_argument("--grid-rows", type=_positive, default=8, help="images in grid.png (default 8)")
-    inputs(p)
-    p.set_defaults(func=cmd_reconstruct)
-
-    p = sub.add_parser("encode", help="images -> FlexTok token ids (.npz: ids int32 (N, K), k per image, labels)")
-    common(p, decoding=False)
-    p.add_argument("--input", required=True, help="image folder, dataset name or .npz of images")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--tokens", help="tokens kept per image: K, or a comma list cycled over the images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a VAE tokenizer's posterior sample (default 0)")
-    inputs(p)
-    p.set_defaults(func=cmd_encode)
-
-    p = sub.add_parser("decode", help="FlexTok token ids (.npz from encode) -> images, each from its own k tokens")
-    common(p, decoding=True)
-    p.add_argument("--tokens", required=True, help=".npz with ids (N, K) and optionally k (N,) and labels")
-    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
-    p.set_defaults(func=cmd_decode)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vistok", description="Visual tokenizers and autoregressive image generation.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("models", help="list model presets with parameter counts, and shipped models")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("sample", help="class-conditional samples from a generator: PNGs, a grid and an .npz for FID")
-    p.add_argument("--ckpt", required=True, help="exported folder (config.json + model.safetensors) or shipped model name")
-    p.add_argument("--num", type=_positive, default=100, help="number of images (default 100)")
-    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
-    p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
-    p.add_argument("--steps", type=_positive, help="flow steps per entity (default: the export's)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same images, whatever the batch size (default 0)")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward batch (default 64)")
-    p.add_argument("--labels", help="comma list of class indices or names, cycled (default: round-robin over classes)")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance over AR steps (default: the export's)")
-    p.add_argument("--method", choices=("sde", "ode"), help="Euler-Maruyama SDE or Euler ODE (default: the export's)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    g = p.add_argument_group("generators on FlexTok tokens (GPT, xAR)")
-    g.add_argument("--tokens", type=_positive, metavar="K",
-                   help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; default all)")
-    g.add_argument("--decode-steps", type=_positive, help="FlexTok decoder Euler steps (default: the export's)")
-    g.add_argument("--temperature", type=float, help="GPT: softmax temperature, 0 = greedy (default: the export's)")
-    g.add_argument("--top-k", type=int, help="GPT: sample among the K most likely tokens, 0 = off (default: the export's)")
-    g.add_argument("--top-p", type=float, help="GPT: nucleus sampling mass in (0, 1], 1 = off (default: the export's)")
-    p.set_defaults(func=cmd_sample)
-
-    _flextok_commands(sub)
-
+def add_fid(sub) -> None:
     p = sub.add_parser("fid", help="FID (and KID) of generated images against real images or statistics")
     p.add_argument("--fake", required=True, help="image folder or .npz of uint8 images")
     p.add_argument("--real", required=True, help="image folder, .npz, dataset name or statistics .npz")
@@ -367,28 +341,74 @@ def build_parser() -> argparse.ArgumentParser:
     _fid_flags(p)
     p.set_defaults(func=cmd_fid)
 
+
+def cmd_fid(args: argparse.Namespace) -> None:
+    from vistok.metrics import fid
+
+    res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
+                        weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
+                        data_root=args.data_root, resolution=args.resolution, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        line = f"FID {res['fid']:.4f}"
+        if "kid" in res:
+            line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
+        print(f"{line}  ({res['num_fake']} images, {res['extractor']}, real: {res.get('real_stats', res['real'])})")
+
+
+def add_fid_stats(sub) -> None:
     p = sub.add_parser("fid-stats", help="write FID reference statistics (mu, sigma) of a set of images")
     p.add_argument("--input", required=True, help="image folder, .npz of uint8 images or dataset name")
     p.add_argument("--out", required=True, help="output .npz")
     _fid_flags(p)
     p.set_defaults(func=cmd_fid_stats)
 
-    from vistok.em.cli import add_commands as add_em_commands
 
-    add_em_commands(sub)
+def cmd_fid_stats(args: argparse.Namespace) -> None:
+    from vistok.metrics import fid
 
+    images = fid.as_images(args.input, args.num, args.resolution, args.data_root)
+    weights = args.inception_weights or args.extractor_weights
+    stats = fid.compute_statistics(images, args.extractor, weights, args.batch_size, progress=not args.quiet)
+    fid.save_statistics(stats, args.out, extractor=args.extractor, source=str(args.input), num=len(images),
+                        fingerprint=fid.extractor_fingerprint(args.extractor, weights))
+    print(f"wrote {args.out}: {args.extractor} statistics of {len(images)} images from {args.input}")
+
+
+# ------------------------------------------------------------------------------------------------------------ demo
+def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: show what the shipped models do (see README)")
     p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     p.add_argument("--num", type=int, default=1000, help="images to score")
     p.add_argument("--data-root", help="data root (default $VISTOK_DATA)")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from vistok.demo import run_demo
 
     run_demo(args.out, args.num, args.data_root)
+
+
+def add_em(sub) -> None:
+    from vistok.em.cli import add_commands
+
+    add_commands(sub)
+
+
+# subcommands in `vistok --help` order; another one is one more add_* function here
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_models, add_sample, add_reconstruct, add_encode, add_decode, add_fid, add_fid_stats, add_em, add_demo,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vistok", description="Visual tokenizers and autoregressive image generation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
-from torchvision.utils import save_image
-
 from PIL import Image
 
+import vistok
 from vistok.data import build_image_dataset, subset
-from vistok.generators import generate as gen
 from vistok.metrics import fid
-from vistok.registry import load_model
-from vistok.tokenizers import flextok_eval as fe
+from vistok.metrics.recon import image_metrics
+from vistok.tokenizers.flextok_sampling import k_ladder
+from vistok.viz import class_grid, recon_grid, tile
 
 FLEXTOK_MODEL, XAR_MODEL = "cifar10-flextok-tiny", "cifar10-xar-tiny"
 
@@ -42,12 +41,11 @@ def degraded_sets(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 def flextok_step(out: Path, images: np.ndarray, rows: int = 8) -> dict[int, float]:
     """Reconstruct `rows` test images (spread over the classes) at every k of the ladder; MSE in [0, 1] per k."""
-    model, tokenizer, meta = fe.load_flextok(FLEXTOK_MODEL)
-    shown = torch.from_numpy(images[:: max(1, len(images) // rows)][:rows])
-    ks = fe.k_ladder(model.config.registers)
-    recons = fe.reconstruct_images(model, tokenizer, shown, ks, fe.decode_config(meta))
-    Image.fromarray(fe.recon_grid(shown, recons, rows=rows)).save(out / "flextok_recon.png")
-    mse = {k: fe.image_metrics(shown, r)["mse"] for k, r in recons.items()}
+    tok = vistok.load(FLEXTOK_MODEL)
+    shown = images[:: max(1, len(images) // rows)][:rows].transpose(0, 2, 3, 1)  # (rows, H, W, 3)
+    recons = tok.reconstruct(shown, k_ladder(tok.registers))
+    Image.fromarray(recon_grid(shown, recons, rows=rows)).save(out / "flextok_recon.png")
+    mse = {k: image_metrics(shown, r)["mse"] for k, r in recons.items()}
     print(f"{FLEXTOK_MODEL}: reconstruction MSE of {len(shown)} test images from their first k tokens: "
           + ", ".join(f"k={k} {v:.4f}" for k, v in mse.items()) + f" -> {out / 'flextok_recon.png'}")
     return mse
@@ -55,19 +53,18 @@ def flextok_step(out: Path, images: np.ndarray, rows: int = 8) -> dict[int, floa
 
 def xar_step(out: Path, num: int) -> dict:
     """Sample `num` images round-robin over the classes (seed 0), write the grid, score FID."""
-    model, tokenizer, meta = gen.load_generator(XAR_MODEL)
-    sampling = gen.sample_config(meta)
-    labels = torch.arange(num) % model.config.num_classes
-    images = gen.generate(model, tokenizer, labels, sampling, seed=0, batch_size=250)  # (N, H, W, 3) uint8
-    per_class = max(1, min(10, num // len(meta["classes"])))
-    shown = np.concatenate([images[labels.numpy() == c][:per_class] for c in range(len(meta["classes"]))])
-    Image.fromarray(gen.grid(shown, np.repeat(np.arange(len(meta["classes"])), per_class))).save(out / "xar_samples.png")
+    gen = vistok.load(XAR_MODEL)
+    labels, sampling = gen.labels(num=num), gen.settings()
+    images = gen.sample(labels, seed=0, batch_size=250)  # (N, H, W, 3) uint8
+    per_class = max(1, min(10, num // len(gen.classes)))
+    shown = np.concatenate([images[labels == c][:per_class] for c in range(len(gen.classes))])
+    Image.fromarray(class_grid(shown, np.repeat(np.arange(len(gen.classes)), per_class))).save(out / "xar_samples.png")
     path = out / "xar_samples.npz"
-    np.savez(path, arr_0=images, labels=labels.numpy())
+    np.savez(path, arr_0=images, labels=labels)
     value = fid.calculate(path, "cifar10-train")["fid"]
     print(f"{XAR_MODEL}: FID({num} samples vs cifar10-train statistics, cifar10-net) = {value:.3f} "
           f"({sampling.steps} {sampling.method} steps per entity, cfg {sampling.cfg} {sampling.cfg_schedule}, seed 0)"
-          f" -> {out / 'xar_samples.png'} (rows: {', '.join(meta['classes'])})")
+          f" -> {out / 'xar_samples.png'} (rows: {', '.join(gen.classes)})")
     return {"fid": value, "num": num, "sampling": {"steps": sampling.steps, "cfg": sampling.cfg,
                                                   "cfg_schedule": sampling.cfg_schedule, "method": sampling.method}}
 
@@ -75,7 +72,9 @@ def xar_step(out: Path, num: int) -> dict:
 def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar_num: int = 300) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _, meta = load_model("cifar10-net")
+    from vistok.api import read_meta
+
+    _, meta = read_meta("cifar10-net")
     print(f"cifar10-net: {meta.get('eval_data')} accuracy {meta.get('eval_accuracy', float('nan')):.4f}")
     test = subset(build_image_dataset("cifar10-test", data_root, 32), num)
     images = np.stack([test.dataset.uint8(i).numpy() for i in test.indices]) if hasattr(test, "indices") else test.images.transpose(0, 3, 1, 2)
@@ -86,8 +85,8 @@ def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar
         results[name] = fid.calculate(path, "cifar10-train")["fid"]
         print(f"FID({name} CIFAR-10 test images vs cifar10-train statistics, cifar10-net, n={len(arr)}) = {results[name]:.3f}")
     shown = images[:: max(1, len(images) // 16)][:16]  # spread over the classes (datasets are stored by class)
-    grid = torch.cat([torch.from_numpy(a) for a in degraded_sets(shown).values()]).float() / 255
-    save_image(grid, out / "fid_sets.png", nrow=16)
+    rows = np.concatenate([a.transpose(0, 2, 3, 1) for a in degraded_sets(shown).values()])  # real, blurred, noise
+    Image.fromarray(tile(rows, cols=len(shown))).save(out / "fid_sets.png")
     report = {"fid_vs_cifar10_train": results, "num": len(images)}
     report["flextok_mse_per_k"] = flextok_step(out, images)
     report["xar"] = xar_step(out, xar_num)

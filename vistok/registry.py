@@ -2,13 +2,12 @@
 
 A family is a (config dataclass, module class) pair; a preset is a named config of a family. Exported models
 (`config.json` + `model.safetensors`) name their family, so a folder alone rebuilds its model. Models shipped in
-`assets/` can be named instead of a path.
+`assets/` (or on the Hugging Face hub, hf://org/repo) can be named instead of a path (`vistok.assets`).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vistok.assets import assets_dir, resolve_ckpt, shipped_models  # re-exported: older callers import them here
 from vistok.config import from_dict
 from vistok.engine.checkpoint import load_state_strict, read_export
 from vistok.errors import VistokError
@@ -89,31 +89,6 @@ def param_count(preset: str | Preset) -> int:
     return sum(t.numel() for t in model.parameters())
 
 
-def assets_dir() -> Path:
-    return Path(os.environ.get("VISTOK_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
-
-
-def shipped_models() -> dict[str, Path]:
-    """Exported models in assets/: name -> folder."""
-    root = assets_dir()
-    if not root.is_dir():
-        return {}
-    return {p.parent.name: p.parent for p in sorted(root.glob("*/config.json")) if (p.parent / "model.safetensors").is_file()}
-
-
-def resolve_ckpt(ckpt: str | Path) -> Path:
-    """An exported folder, or the name of a model shipped in assets/."""
-    path = Path(ckpt).expanduser()
-    if path.is_dir():
-        return path
-    shipped = shipped_models()
-    if str(ckpt) in shipped:
-        return shipped[str(ckpt)]
-    raise VistokError(
-        f"checkpoint {ckpt!r} is neither an exported folder nor a shipped model ({', '.join(shipped) or 'none shipped'})"
-    )
-
-
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode with the exported EMA weights, the export's config.json) from a folder or shipped name."""
     folder = resolve_ckpt(ckpt)
@@ -121,3 +96,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model = build(meta["family"], meta["config"])
     load_state_strict(model, state, str(folder))
     return model.to(device).eval(), meta
+
+
+__all__ = ["Family", "Preset", "assets_dir", "build", "families", "get_preset", "load_model", "param_count", "presets",
+           "resolve_ckpt", "shipped_models"]

@@ -1,7 +1,8 @@
 """Cached FlexTok token ids as a training set for the generators on FlexTok tokens.
 
 FlexTok (Bachmann et al., arXiv 2502.13967) trains its AR stage on token ids of the training images, computed once.
-`vistok encode --ckpt FLEXTOK --input cifar10-train --out FILE.npz` writes them: `ids` (N, K) int32, `k` (N,) int32
+`vistok encode --ckpt FLEXTOK --input cifar10-train --out FILE.npz` writes them (`write_token_file`; `vistok sample`
+writes the ids it generates the same way, and `read_token_file` reads both): `ids` (N, K) int32, `k` (N,) int32
 (tokens kept per image; training needs all K) and `labels` (N,) for a labelled dataset; an optional `classes` array
 names the classes.
 """
@@ -56,6 +57,27 @@ def read_token_file(path: str | Path, encode_hint: str = "") -> dict[str, np.nda
     return arrays
 
 
+def write_token_file(path: str | Path, ids: np.ndarray, k: np.ndarray | None = None, labels: np.ndarray | None = None,
+                     classes: tuple[str, ...] = ()) -> Path:
+    """Write the format `read_token_file` reads: `ids` (N, K) int32, `k` (N,) int32 (tokens kept per image; default
+    all K), and `labels` (N,) int64 / `classes` when given. The file appears whole or not at all."""
+    from vistok.engine.atomic import atomic_write
+
+    ids = np.asarray(ids)
+    require(ids.ndim == 2 and (ids.dtype.kind in "iu" or ids.size == 0), f"token ids must be integers (N, K), got {ids.dtype} {ids.shape}")
+    n = len(ids)
+    k = np.full(n, ids.shape[1], np.int32) if k is None else np.asarray(k)
+    require(k.shape == (n,) and (k.dtype.kind in "iu" or n == 0), f"'k' must hold one integer prefix length per image ({n})")
+    arrays = {"ids": ids.astype(np.int32), "k": k.astype(np.int32)}
+    if labels is not None:
+        labels = np.asarray(labels)
+        require(labels.shape == (n,), f"'labels' must hold one label per image ({n}), got shape {labels.shape}")
+        arrays["labels"] = labels.astype(np.int64)
+    if classes:
+        arrays["classes"] = np.asarray(classes)
+    return atomic_write(Path(path).expanduser(), lambda f: np.savez(f, **arrays))
+
+
 def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hint: str = "") -> TokenDataset:
     """The token file of `cfg`, checked against the tokenizer (K registers, ids below vocab_size): full sequences
     only, labels required. `encode_hint` is the `vistok encode` command that writes the file (named in errors)."""
@@ -83,4 +105,4 @@ def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hi
     return TokenDataset(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels.astype(np.int64)), classes)
 
 
-__all__ = ["TokenDataConfig", "TokenDataset", "load_tokens"]
+__all__ = ["TokenDataConfig", "TokenDataset", "load_tokens", "read_token_file", "write_token_file"]

@@ -49,11 +49,11 @@ class InferenceConfig:
 
 def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[SegMamba, dict[str, Any]]:
     """(SegMamba in eval mode with the exported EMA weights, the export's config.json) of a fine-tuning export."""
-    from vistok import registry
+    from vistok.assets import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
 
-    folder = registry.resolve_ckpt(ckpt)
+    folder = resolve_ckpt(ckpt)
     meta, state = read_export(folder)
     family = meta.get("family")
     if family == "tokenunify":

@@ -12,7 +12,7 @@ cache) and guides the velocity at every flow step, with a scale linear in the au
 unguided, the last gets the full scale) or constant. Every random draw comes from one `torch.Generator` on the CPU
 (`seed` makes one), so the same seed gives the same samples on any device and batch layout of the guidance branches.
 A list of generators, one per image, draws each image's noise from its own: an image then does not depend on which
-other images share its batch (`generate.py` seeds them by (seed, image index) so any batch size gives the same images).
+other images share its batch (`vistok.seeding` seeds them by (seed, image index) so any batch size gives the same images).
 `sample_entities` may stop after any entity: on FlexTok register codes (prefix groups ending at k = 1, 2, 4, ..., K)
 that is generation of the first k tokens, and the first entities of a longer run are exactly those of a shorter one.
 
@@ -27,6 +27,7 @@ Generation stops at any k <= K.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -38,6 +39,37 @@ from vistok.generators.xar import XAR
 from vistok.modules.attention import KVCache
 
 Method = Literal["sde", "ode"]
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """xAR sampling settings (`sample_xar`, `sample_entities`); an export stores its choice, `vistok sample` flags and
+    `Generator.sample` keywords override them."""
+
+    steps: int = 50  # network evaluations per entity
+    cfg: float = 1.0  # guidance scale (1: no guidance)
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    method: Method = "sde"
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, f"sampling steps must be at least 1, got {self.steps}")
+        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
+
+
+@dataclass(frozen=True)
+class ARSampleConfig:
+    """GPT sampling settings (`sample_ar`); an export stores its choice, flags and keywords override them."""
+
+    cfg: float = 1.0  # guidance scale on the logits (1: no guidance)
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+
+    def __post_init__(self) -> None:
+        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
+        require(self.temperature >= 0, f"the temperature must be >= 0, got {self.temperature}")
+        require(self.top_k >= 0, f"top-k must be >= 0 (0: off), got {self.top_k}")
+        require(0.0 < self.top_p <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
 
 
 
@@ -54,14 +86,14 @@ def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) 
 
 @torch.no_grad()
 def sample_xar(
-    model: XAR, labels: torch.Tensor, steps: int = 50, cfg: float | None = None,
+    model: XAR, labels: torch.Tensor, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
     generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
 ) -> torch.Tensor:
     """Class-conditional samples: labels (B,) -> (B, C, h, w) token grid (decode with the model's tokenizer).
 
-    steps: network evaluations per entity. cfg: guidance scale, or None for the conditional branch alone (cfg=1.0
-    still runs both branches and equals None up to rounding). method: "sde" (Euler-Maruyama on linspace(1, t_last,
+    steps: network evaluations per entity. cfg: guidance scale; 1.0 is no guidance (the conditional branch alone, no
+    null pass). method: "sde" (Euler-Maruyama on linspace(1, t_last,
     steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)). seed / generator: the source of every random draw
     (neither: torch's global RNG); `generator` may be a list of B generators, one per image.
     """
@@ -71,7 +103,7 @@ def sample_xar(
 
 @torch.no_grad()
 def sample_entities(
-    model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float | None = None,
+    model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
     generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
 ) -> torch.Tensor:
@@ -88,7 +120,7 @@ def sample_entities(
     part, device, dtype = model.partition, param.device, param.dtype
     labels = labels.to(device)
     grid = flow.time_grid(steps, sde=method == "sde", t_last=t_last)
-    guided = cfg is not None
+    guided = cfg != 1.0  # scale 1 is the conditional model: no null branch
     labels_in = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels  # (B',)
     batch, rows = labels.shape[0], labels_in.shape[0]
     cache = None if full_recompute else model.new_cache()
@@ -165,24 +197,21 @@ def draw_tokens(
     return torch.searchsorted(cdf, u, right=True).clamp_max(logits.shape[-1] - 1)[:, 0]
 
 
-def guided_logits(logits: torch.Tensor, cfg: float | None) -> torch.Tensor:
-    """(B', V) logits of [cond; null] rows (or cond alone when cfg is None) -> (B, V): null + cfg (cond - null)."""
-    if cfg is None:
-        return logits
+def guided_logits(logits: torch.Tensor, cfg: float) -> torch.Tensor:
+    """(2B, V) logits of [cond; null] rows -> (B, V): null + cfg (cond - null)."""
     return flow.guide(*logits.chunk(2), cfg)
 
 
 @torch.no_grad()
 def sample_ar(
-    model: AR, labels: torch.Tensor, tokens: int | None = None, cfg: float | None = None, temperature: float = 1.0,
+    model: AR, labels: torch.Tensor, tokens: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
     top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: Generators = None,
     full_recompute: bool = False,
 ) -> torch.Tensor:
     """Class-conditional token ids: labels (B,) -> (B, tokens) int64 ids (None: all K), the first `tokens` of an
     image's sequence (stopping early draws exactly the beginning of a longer run).
 
-    cfg: guidance scale on the logits, or None for the conditional branch alone (cfg=1.0 runs both branches and
-    equals None up to rounding). temperature (0: greedy), top_k (0: off), top_p (1: off): see `draw_tokens`.
+    cfg: guidance scale on the logits; 1.0 is no guidance (the conditional branch alone, no null pass). temperature (0: greedy), top_k (0: off), top_p (1: off): see `draw_tokens`.
     seed / generator: the source of every draw (neither: torch's global RNG); a list gives one generator per image.
     """
     k = model.config.tokens if tokens is None else tokens
@@ -194,7 +223,7 @@ def sample_ar(
         generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     labels = labels.to(device)
-    guided = cfg is not None
+    guided = cfg != 1.0
     labels_in = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels  # (B',)
     cache = None if full_recompute else model.new_cache()
     ids = torch.zeros(labels_in.shape[0], 0, dtype=torch.long, device=device)  # (B', n): both branches share them
@@ -207,6 +236,7 @@ def sample_ar(
                 logits = model.logits(model.label_emb(labels_in)[:, None], 0, cache, store=True)[:, -1]
             else:  # only the newest token, at position n
                 logits = model.logits(model.token_embedding(ids[:, -1:]), n, cache, store=True)[:, -1]
-            nxt = draw_tokens(guided_logits(logits, cfg), temperature, top_k, top_p, generator)  # (B,)
+            logits = guided_logits(logits, cfg) if guided else logits  # (B, V)
+            nxt = draw_tokens(logits, temperature, top_k, top_p, generator)  # (B,)
             ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
     return ids[:labels.shape[0]]  # (B, k)

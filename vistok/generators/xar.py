@@ -84,7 +84,7 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-class Block(nn.Module):
+class GroupAdaLNBlock(nn.Module):
     """Pre-norm transformer block with VAR-style adaLN: per-group (gamma, scale, shift) for attention and MLP."""
 
     def __init__(self, width: int, heads: int, dropout: float, attn_dropout: float) -> None:
@@ -117,11 +117,11 @@ class XAR(nn.Module):
         self.in_proj = nn.Linear(c.in_channels, width)
         self.pos_in = nn.Parameter(torch.zeros(length, width))
         self.in_norm = nn.RMSNorm(width, eps=1e-6)
-        self.blocks_in = nn.ModuleList(Block(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
+        self.blocks_in = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
         self.mid_norm = nn.RMSNorm(width, eps=1e-6)
         self.mid_proj = nn.Linear(width, width)
         self.pos_mid = nn.Parameter(torch.zeros(length, width))
-        self.blocks_out = nn.ModuleList(Block(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
+        self.blocks_out = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
         self.out_norm = nn.RMSNorm(width, eps=1e-6)
         self.head = nn.Linear(width, c.in_channels)
         self.reset_parameters()
@@ -144,7 +144,7 @@ class XAR(nn.Module):
             nn.init.normal_(p, std=0.02)
 
     @property
-    def blocks(self) -> list[Block]:
+    def blocks(self) -> list[GroupAdaLNBlock]:
         return [*self.blocks_in, *self.blocks_out]
 
     def fsdp_units(self) -> list[nn.Module]:

@@ -29,7 +29,9 @@ import torch
 from torch.utils.data import Dataset
 
 from vistok.data.images import NAMED, ImageFolderDataset, build_image_dataset, load_rgb
+from vistok.data.sources import load_npz_images
 from vistok.errors import VistokError
+from vistok.progress import is_terminal
 
 EXTRACTORS = ("cifar10-net", "inception-v3-compat")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -52,20 +54,6 @@ class Uint8Images(Dataset):
         if isinstance(self.source, np.ndarray):
             return torch.from_numpy(np.ascontiguousarray(self.source[i]))
         return self.source.uint8(i)
-
-
-def load_npz_images(path: Path) -> np.ndarray:
-    """(N, 3, H, W) uint8 from an `.npz` holding `arr_0` or `images`, NHWC or NCHW."""
-    with np.load(path) as z:
-        key = next((k for k in ("images", "arr_0") if k in z.files), None)
-        if key is None:
-            raise VistokError(f"{path} has neither 'images' nor 'arr_0' (nor 'mu'/'sigma' statistics); keys: {z.files}")
-        arr = z[key]
-    if arr.dtype != np.uint8 or arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
-        raise VistokError(f"{path}:{key} must be uint8 images (N, H, W, 3) or (N, 3, H, W), got {arr.dtype} {arr.shape}")
-    if len(arr) == 0:
-        raise VistokError(f"{path}:{key} holds no images")
-    return arr if arr.shape[1] == 3 else arr.transpose(0, 3, 1, 2)
 
 
 def is_stats_file(path: str | Path) -> bool:
@@ -128,9 +116,9 @@ def _register_cifar10_net() -> None:
 
         def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **_: Any):
             super().__init__(name, features_list)
-            from vistok.registry import load_model
+            from vistok.metrics.fid_net import load_fid_net
 
-            self.net, _meta = load_model(feature_extractor_weights_path or "cifar10-net")
+            self.net = load_fid_net(feature_extractor_weights_path or "cifar10-net")
 
         @staticmethod
         def get_provided_features_list() -> tuple[str, ...]:
@@ -159,7 +147,7 @@ def _register_cifar10_net() -> None:
 def extractor_fingerprint(extractor: str, weights: str | None) -> str:
     """A short hash of the extractor's weights, stored with statistics so stale statistics are caught."""
     if extractor == "cifar10-net":
-        from vistok.registry import resolve_ckpt
+        from vistok.assets import resolve_ckpt
 
         path = resolve_ckpt(weights or "cifar10-net") / "model.safetensors"
     else:
@@ -203,15 +191,16 @@ def _fidelity(**kwargs: Any) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------------- statistics
 def compute_statistics(images: Uint8Images, extractor: str = "cifar10-net", weights: str | None = None,
-                       batch_size: int = 64) -> dict[str, np.ndarray]:
-    """FID statistics {mu (float32), sigma (float64)} of a set of images, through torch-fidelity's own code."""
+                       batch_size: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
+    """FID statistics {mu (float32), sigma (float64)} of a set of images, through torch-fidelity's own code
+    (`progress`: its progress bar on stderr, when that is a terminal)."""
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
     kw = extractor_kwargs(extractor, weights)
     cuda = torch.cuda.is_available()
     fe = create_feature_extractor(kw.pop("feature_extractor"), [FID_LAYER[extractor]], cuda=cuda, verbose=False, **kw)
-    feats = get_featuresdict_from_dataset(images, fe, batch_size, cuda, True, False)
+    feats = get_featuresdict_from_dataset(images, fe, batch_size, cuda, True, progress and is_terminal())
     return fid_featuresdict_to_statistics(feats, FID_LAYER[extractor])
 
 
@@ -231,7 +220,7 @@ def load_statistics(path: str | Path) -> dict[str, Any]:
 
 def shipped_statistics(name: str, extractor: str) -> Path | None:
     """assets/fid_stats/<dataset>-<extractor>.npz, if shipped."""
-    from vistok.registry import assets_dir
+    from vistok.assets import assets_dir
 
     path = assets_dir() / "fid_stats" / f"{name}-{extractor}.npz"
     return path if path.is_file() else None
@@ -240,9 +229,11 @@ def shipped_statistics(name: str, extractor: str) -> Path | None:
 # --------------------------------------------------------------------------------------------------------------- FID
 def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net", kid: bool = False,
               num: int | None = None, weights: str | None = None, batch_size: int = 64,
-              data_root: str | None = None, resolution: int | None = None) -> dict[str, Any]:
-    """FID (and KID) of `fake` against `real`; see the module docstring for what each may be."""
+              data_root: str | None = None, resolution: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """FID (and KID) of `fake` against `real`; see the module docstring for what each may be. `progress`:
+    torch-fidelity's progress bars on stderr, when that is a terminal."""
     kw = extractor_kwargs(extractor, weights)
+    kw["verbose"] = progress and is_terminal()
     fake_images = as_images(fake, num, resolution, data_root)
     stats_path = Path(str(real)) if is_stats_file(real) else None
     if stats_path is None and str(real) in NAMED and not kid and weights is None:

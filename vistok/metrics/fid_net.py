@@ -87,3 +87,18 @@ PRESETS = {
 }
 
 FAMILY = ("fid_net", FidNetConfig, FidNet)
+
+
+def load_fid_net(ckpt: str, device: str | torch.device = "cpu") -> FidNet:
+    """A cifar10-net export (folder, shipped name or hf://) in eval mode with its EMA weights."""
+    from vistok.assets import resolve_ckpt
+    from vistok.config import from_dict
+    from vistok.engine.checkpoint import load_state_strict, read_export
+
+    folder = resolve_ckpt(ckpt)
+    meta, state = read_export(folder)
+    require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "
+                                             "feature network; pass an export of train/train_fid_net.py")
+    model = FidNet(from_dict(FidNetConfig, meta["config"]))
+    load_state_strict(model, state, str(folder))
+    return model.to(device).eval()

@@ -8,8 +8,8 @@ et al., arXiv 2502.13967) aligns decoder block 1 with DINOv2-L and reports that 
 Teachers map images (B, 3, H, W) in [-1, 1] to feature maps (B, dim, h, w) and are frozen; the loss resizes the map to
 the student's patch grid, so teacher and student resolutions need not match. Three are provided:
 - `ConvTeacher`: a small fixed random conv net (seeded), for tests and CPU runs without any weights;
-- `FidNetTeacher`: stage-2 features of a trained `cifar10-net` export (vistok's CIFAR-10 classifier), a real
-  semantic teacher that runs on CPU;
+- `FidNetTeacher`: stage-2 features of a trained `cifar10-net` (vistok's CIFAR-10 classifier, loaded by the caller),
+  a real semantic teacher that runs on CPU;
 - `DinoV2Teacher`: DINOv2 (Oquab et al., arXiv 2304.07193) through timm, from local weights only.
 """
 
@@ -77,14 +77,16 @@ class ConvTeacher(Teacher):
 
 
 class FidNetTeacher(Teacher):
-    """Stage-2 feature map of a trained cifar10-net (8x8 at 32 px, 128 channels for the default widths)."""
+    """Stage-2 feature map of a trained cifar10-net (8x8 at 32 px, 128 channels for the default widths).
 
-    def __init__(self, ckpt: str | Path) -> None:
+    `net`: the loaded network (`vistok.metrics.fid_net.load_fid_net`); the training script loads it, so this module
+    never reaches for exports or the registry."""
+
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        from vistok.registry import load_model  # the registry imports model families; import it only when used
-
-        self.net, meta = load_model(ckpt)
-        require(meta.get("family") == "fid_net", f"{ckpt} is a {meta.get('family')!r} model; FidNetTeacher needs a cifar10-net export")
+        require(all(hasattr(net, a) for a in ("stem", "stage1", "stage2", "config")),
+                f"FidNetTeacher needs a cifar10-net (FidNet) model, got {net.__class__.__name__}")
+        self.net = net
         self.dim = self.net.config.widths[2]
         self.freeze()
 
@@ -160,13 +162,14 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 TEACHERS = ("conv", "fid-net", "dinov2")
 
 
-def build_teacher(kind: str, weights: str = "", dim: int = 64, **kwargs) -> Teacher:
-    """A frozen teacher by kind: conv (random features of width `dim`), fid-net (a cifar10-net export folder or
-    shipped name in `weights`), dinov2 (a local weights file; `arch` and `resolution` in kwargs)."""
+def build_teacher(kind: str, weights: str = "", dim: int = 64, net: nn.Module | None = None, **kwargs) -> Teacher:
+    """A frozen teacher by kind: conv (random features of width `dim`), fid-net (the loaded cifar10-net in `net`),
+    dinov2 (a local weights file; `arch` and `resolution` in kwargs)."""
     if kind == "conv":
         return ConvTeacher(dim, **kwargs)
     if kind == "fid-net":
-        return FidNetTeacher(weights or "cifar10-net")
+        require(net is not None, "the fid-net REPA teacher needs its loaded cifar10-net: pass net=load_fid_net(weights)")
+        return FidNetTeacher(net)
     if kind == "dinov2":
         return DinoV2Teacher(weights, **kwargs)
     raise VistokError(f"unknown REPA teacher {kind!r}; use one of {', '.join(TEACHERS)}")

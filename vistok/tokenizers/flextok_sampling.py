@@ -28,6 +28,25 @@ from vistok.tokenizers.flextok import FlexTok
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Scale = float | Callable[[float], float]
+
+
+def is_guided(cfg: Scale) -> bool:
+    """Scale 1.0 is the conditional model: no null branch is run (a schedule, a callable, always guides)."""
+    return callable(cfg) or cfg != 1.0
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding settings; a training run stores its choice in the export and command-line flags override them."""
+
+    steps: int = 25  # Euler steps T
+    cfg: float = 1.0  # guidance scale; 1 runs the conditional branch alone (no null pass)
+    guidance: Literal["cfg", "apg"] = "cfg"  # plain CFG or adaptive projected guidance (FlexTok's README default)
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, f"decoding steps must be at least 1, got {self.steps}")
+        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
+        require(self.guidance in ("cfg", "apg"), f"guidance must be cfg or apg, got {self.guidance!r}")
 Guidance = Literal["cfg", "apg"]
 
 
@@ -63,6 +82,11 @@ def encode(model: FlexTok, images: torch.Tensor, tokenizer: Tokenizer | None = N
         return model.quantize(model.encode(x)).indices
 
 
+def k_ladder(registers: int) -> list[int]:
+    """FlexTok's prefix lengths 1, 2, 4, ..., K (K itself last even when it is not a power of two)."""
+    return sorted({min(2**i, registers) for i in range(registers.bit_length() + 1)})
+
+
 def prefix_lengths(keep_k: int | Sequence[int] | torch.Tensor | None, batch: int, num_ids: int) -> torch.Tensor:
     """(B,) int64 prefix lengths from None (all `num_ids` given ids), one int, or one per image; each in 1..num_ids."""
     if keep_k is None:
@@ -86,12 +110,12 @@ def ids_to_codes(model: FlexTok, ids: torch.Tensor) -> torch.Tensor:
 
 
 def guided_velocity(
-    model: FlexTok, x: torch.Tensor, t: float, registers: torch.Tensor, cfg: Scale | None, guidance: Guidance,
+    model: FlexTok, x: torch.Tensor, t: float, registers: torch.Tensor, cfg: Scale, guidance: Guidance,
     apg: APGConfig, running: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One network evaluation at x (B, C, H, W), time t; registers are (B, K, D), or (2B, K, D) [cond; null] when
     guided. Returns (velocity, APG running average)."""
-    guided = cfg is not None
+    guided = is_guided(cfg)
     x_in = torch.cat([x, x]) if guided else x  # (B', C, H, W): both branches in one forward
     t_in = torch.full((x_in.shape[0],), t, device=x.device)
     v, _ = model.decoder(x_in, t_in, registers, model.dec_pos)
@@ -107,14 +131,14 @@ def guided_velocity(
 @torch.no_grad()
 def decode(
     model: FlexTok, ids: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, steps: int = 20,
-    cfg: Scale | None = None, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
+    cfg: Scale = 1.0, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
     seed: int | None = None, noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
 ) -> torch.Tensor:
     """Token ids (B, n) -> (B, C, H, W) latents, or images when a `tokenizer` is given.
 
     keep_k: tokens used per image (None: all n; an int; or one per image), each in 1..n. steps: Euler steps T.
-    cfg: guidance scale (a float or a function of t), None for the conditional branch alone (cfg=1 runs both branches
-    and equals None up to rounding). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
+    cfg: guidance scale (a float or a function of t); 1.0 is no guidance (the conditional branch alone, no null
+    pass). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
     the initial noise (a list of B generators gives each image its own); noise: the (B, C, H, W) initial noise itself.
     """
     require(steps >= 1, f"steps must be at least 1, got {steps}")
@@ -131,7 +155,7 @@ def decode(
     require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
     with flow.eval_mode(model):
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
-        if cfg is not None:
+        if is_guided(cfg):
             null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
             registers = torch.cat([registers, null])  # (2B, K, D)
         x, running = noise.to(device).float(), None

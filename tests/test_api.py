@@ -1,0 +1,286 @@
+"""The Python API (`vistok.load`) against the command line, the README's example, hf:// sources from an offline
+cache, distributed sampling under torchrun, progress bars, and the import graph running only downward."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vistok
+from vistok import cli
+from vistok.api import FeatureNet, Generator, PairedGenerator, Segmenter, Tokenizer
+from vistok.assets import parse_hf, shipped_models
+from vistok.errors import VistokError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_block() -> str:
+    """The code block of the README's "Python API" section, exactly as written there."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def readme(tmp_path_factory) -> dict:
+    """The README example run as written (shipped models, export defaults): its variables."""
+    torch.set_num_threads(1)
+    namespace: dict = {}
+    exec(compile(readme_block(), "README.md", "exec"), namespace)  # noqa: S102 - the test's point
+    return namespace
+
+
+def cli_ok(*argv: str) -> None:
+    assert cli.main([*argv]) == 0, argv
+
+
+# ------------------------------------------------------------------------------------------------ README example
+def test_readme_example_runs_and_returns_the_documented_types(readme) -> None:
+    assert isinstance(readme["gen"], Generator) and isinstance(readme["tok"], Tokenizer)
+    assert isinstance(readme["paired"], PairedGenerator) and not isinstance(readme["gen"], PairedGenerator)
+    images, ids, recon, imgs, seg = (readme[k] for k in ("images", "ids", "recon", "imgs", "seg"))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 10
+    assert ids.shape == (2, 16) and ids.dtype.kind == "i" and ((ids >= 0) & (ids < 64_000)).all()
+    assert recon.shape == (2, 32, 32, 3) and recon.dtype == np.uint8
+    assert imgs.shape == (2, 32, 32, 3) and imgs.dtype == np.uint8
+    assert seg.shape == readme["volume"].shape == (16, 64, 64) and seg.dtype == np.uint32 and len(np.unique(seg)) > 1
+    # torch in, numpy out; the same seed gives the same bits, another seed other images
+    again = readme["gen"].sample(labels=torch.tensor([3, 5]), seed=0)
+    assert np.array_equal(again, images)
+    assert np.array_equal(readme["tok"].encode(torch.from_numpy(images).permute(0, 3, 1, 2)), ids)  # NCHW works too
+
+
+# ----------------------------------------------------------------------------------------- API == CLI, bit for bit
+def test_cli_sample_equals_api_sample(readme, tmp_path) -> None:
+    cli_ok("sample", "--ckpt", "cifar10-xar-tiny", "--labels", "3", "5", "--seed", "0", "--out", str(tmp_path / "x"),
+           "--device", "cpu", "--quiet")
+    with np.load(tmp_path / "x" / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], readme["images"]) and z["labels"].tolist() == [3, 5]
+    cli_ok("sample", "--ckpt", "cifar10-flextok-xar-tiny", "--labels", "0,1", "--tokens", "8", "--seed", "0",
+           "--out", str(tmp_path / "p"), "--device", "cpu", "--quiet")
+    with np.load(tmp_path / "p" / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], readme["imgs"])
+    with np.load(tmp_path / "p" / "tokens.npz") as z:  # written by data.tokens, readable by `vistok decode`
+        assert z["ids"].shape == (2, 8) and z["k"].tolist() == [8, 8] and z["labels"].tolist() == [0, 1]
+
+
+def test_cli_decode_and_reconstruct_equal_the_api(readme, tmp_path) -> None:
+    tok, images = readme["tok"], readme["images"]
+    np.savez(tmp_path / "ids.npz", ids=readme["ids"].astype(np.int32), k=np.array([4, 4], np.int32))
+    cli_ok("decode", "--ckpt", "cifar10-flextok-tiny", "--tokens", str(tmp_path / "ids.npz"), "--seed", "0",
+           "--out", str(tmp_path / "dec"), "--device", "cpu", "--quiet")
+    with np.load(tmp_path / "dec" / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], readme["recon"])
+    np.savez(tmp_path / "in.npz", arr_0=images)
+    cli_ok("reconstruct", "--ckpt", "cifar10-flextok-tiny", "--input", str(tmp_path / "in.npz"), "--tokens", "2,16",
+           "--steps", "3", "--seed", "5", "--no-fid", "--out", str(tmp_path / "rec"), "--device", "cpu", "--quiet")
+    api = tok.reconstruct(images, [2, 16], seed=5, steps=3)
+    for k in (2, 16):
+        with np.load(tmp_path / "rec" / f"k{k:03d}.npz") as z:
+            assert np.array_equal(z["arr_0"], api[k])
+    assert not np.array_equal(api[2], api[16])
+    assert np.array_equal(tok.reconstruct(images, 2, seed=5, steps=3), api[2])  # one k: an array, the same images
+
+
+def test_cli_em_segment_equals_the_api(readme, tmp_path) -> None:
+    np.save(tmp_path / "raw.npy", readme["volume"])
+    cli_ok("em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", str(tmp_path / "raw.npy"),
+           "--out", str(tmp_path / "seg.npy"), "--device", "cpu")
+    seg = np.load(tmp_path / "seg.npy")
+    assert seg.dtype == readme["seg"].dtype and np.array_equal(seg, readme["seg"])
+
+
+def test_generator_keywords_labels_and_batching() -> None:
+    gen = vistok.load("cifar10-xar-tiny")
+    assert gen.settings().steps == 50 and gen.settings(steps=3, cfg=1.0).cfg == 1.0  # export defaults, overrides
+    assert gen.labels(["cat", 7, "9"], 5).tolist() == [3, 7, 9, 3, 7] and gen.labels(num=12).tolist()[-2:] == [0, 1]
+    with pytest.raises(VistokError, match="label 'lion'"):
+        gen.labels(["lion"])
+    with pytest.raises(VistokError, match="tokens does not apply"):
+        list(gen.batches([1], tokens=4))
+    few = dict(steps=3, seed=4)
+    whole = gen.sample(num=5, batch_size=5, **few)
+    assert np.array_equal(gen.sample(num=5, batch_size=2, **few), whole)  # any batch size
+    parts = dict(gen.batches(gen.labels(num=5)[3:], first_index=3, **few))  # a rank's share: images 3 and 4
+    assert np.array_equal(parts[0]["images"], whole[3:])
+    assert not np.array_equal(gen.sample(num=5, steps=3, seed=5)[0], whole[0])
+    gpt = vistok.load("cifar10-flextok-gpt-tiny")
+    with pytest.raises(VistokError, match="steps does not apply"):
+        gpt.sample([0], steps=3)
+    assert gpt.sample([0], tokens=1, decode_steps=1).shape == (1, 32, 32, 3)
+
+
+def test_segmenter_and_feature_net() -> None:
+    seg = vistok.load("em-segmamba-tiny-scratch")
+    assert isinstance(seg, Segmenter) and seg.settings(overlap=0.5).overlap == 0.5 and seg.defaults.overlap == 0.25
+    with pytest.raises(VistokError, match=r"\(Z, Y, X\)"):
+        seg.segment(np.zeros((4, 4)))
+    net = vistok.load("cifar10-net")
+    assert isinstance(net, FeatureNet)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    feats = net.features(images)
+    assert feats.shape == (3, 256) and feats.dtype == np.float32 and net.classify(images).shape == (3,)
+    with pytest.raises(VistokError, match="uint8"):
+        net.features(images.astype(np.float32))
+    with pytest.raises(VistokError, match="neither an exported folder"):
+        vistok.load("no-such-model")
+
+
+# --------------------------------------------------------------------------------------------- hf:// offline cache
+def make_hub_cache(cache: Path, repo: str, commit: str, source: Path, refs: tuple[str, ...] = ("main",)) -> Path:
+    """Lay out `source` as huggingface_hub's cache holds a downloaded snapshot of `repo` at `commit`."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    (folder / "refs").mkdir(parents=True)
+    for ref in refs:
+        (folder / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def test_hf_sources_load_offline_from_the_local_cache(tmp_path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    make_hub_cache(tmp_path / "hub", "vistok-test/xar-tiny", commit, shipped_models()["cifar10-xar-tiny"], ("main", "v1"))
+    script = """
+import json, vistok
+from vistok.errors import VistokError
+out = {}
+for src in ["hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", "hf://vistok-test/xar-tiny@%s"]:
+    gen = vistok.load(src)
+    out[src] = [type(gen).__name__, gen.sample([3], steps=2, seed=0).tolist()]
+for src in ["hf://vistok-test/missing", "hf://vistok-test/xar-tiny@v9"]:
+    try:
+        vistok.load(src)
+    except VistokError as err:
+        out[src] = str(err)
+print(json.dumps(out))
+""" % commit
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = vistok.load("cifar10-xar-tiny").sample([3], steps=2, seed=0).tolist()
+    for src in ("hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", f"hf://vistok-test/xar-tiny@{commit}"):
+        assert out[src] == ["Generator", local], src
+    assert "not in the local Hugging Face cache" in out["hf://vistok-test/missing"]
+    assert "\n" not in out["hf://vistok-test/xar-tiny@v9"] and "xar-tiny@v9" in out["hf://vistok-test/xar-tiny@v9"]
+    assert parse_hf("hf://org/repo/sub/dir@rev") == ("org/repo", "rev", "sub/dir")
+    for bad in ("hf://org", "hf://org/repo@"):
+        with pytest.raises(VistokError, match="hf://org/repo"):
+            parse_hf(bad)
+
+
+# -------------------------------------------------------------------------------------------- distributed sampling
+def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    common = ["-m", "vistok", "sample", "--ckpt", "cifar10-xar-tiny", "--samples", "40", "--seed", "0", "--steps", "2",
+              "--batch-size", "8", "--device", "cpu", "--quiet"]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *common,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
+        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels"]
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "2 processes" in two.stdout and two.stdout.count("40 images") == 1  # rank 0 reports, once
+
+
+def test_sample_writer_streams_shards_into_one_npz(tmp_path) -> None:
+    from vistok.api.outputs import SampleWriter
+
+    rng = np.random.default_rng(0)
+    images, ids, labels = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), rng.integers(0, 99, (7, 2)), np.arange(7) % 2
+    writer = SampleWriter(tmp_path / "out")
+    for start in (4, 0, 2):  # any order, as ranks finish
+        stop = {0: 2, 2: 4, 4: 7}[start]
+        writer.add(start, {"images": images[start:stop], "ids": ids[start:stop].astype(np.int32)})
+    written = writer.finish(labels)
+    with np.load(tmp_path / "out" / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
+    from vistok.data.tokens import read_token_file
+
+    tokens = read_token_file(tmp_path / "out" / "tokens.npz")
+    assert np.array_equal(tokens["ids"], ids) and tokens["k"].tolist() == [2] * 7
+    assert [p.name for p in written] == ["grid.png", "samples.npz", "tokens.npz"]
+    assert not (tmp_path / "out" / ".shards").exists() and len(list((tmp_path / "out").glob("0*.png"))) == 7
+
+
+# -------------------------------------------------------------------------------------------------------- progress
+def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys) -> None:
+    from vistok import progress
+
+    def count(enabled) -> str:
+        with progress.progress(total=3, desc="work", enabled=enabled) as bar:
+            bar.update(3)
+        return capsys.readouterr().err
+
+    assert count(True) == ""  # pytest's stderr is not a terminal
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)
+    assert "work" in count(True) and "3/3" in count(True) and count(False) == ""
+    gen = vistok.load("cifar10-xar-tiny")
+    gen.sample([1, 2], steps=1, progress=True)
+    assert "sample" in capsys.readouterr().err
+    gen.sample([1, 2], steps=1)
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------------------------------- import graph
+LAYERS = [  # (rank, module prefixes): a module imports only modules of its own rank or lower, lazily or not
+    (0, ["vistok.errors"]),
+    (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.assets", "vistok.seeding",
+         "vistok.progress", "vistok.viz"]),
+    (2, ["vistok.modules", "vistok.metrics"]),
+    (3, ["vistok.tokenizers", "vistok.em"]),
+    (4, ["vistok.generators"]),
+    (5, ["vistok.registry"]),
+    (6, ["vistok.api", "vistok.demo"]),
+    (7, ["vistok", "vistok.cli", "vistok.__main__", "vistok.em.cli"]),
+]
+
+
+def layer(module: str) -> int:
+    matches = [(len(p), rank) for rank, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")]
+    return max(matches)[1]
+
+
+def imports(source: str) -> list[str]:
+    """Every vistok module a file imports, at the top or inside functions."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out += [f"{node.module}.{a.name}" if node.module == "vistok" else node.module for a in node.names]
+    return [m for m in out if m.split(".")[0] == "vistok" and m != "vistok"]
+
+
+def upward_imports(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        found += [f"{module} -> {m}" for m in imports(path.read_text()) if layer(m) > layer(module)]
+    return found
+
+
+def test_the_import_graph_runs_only_downward(tmp_path) -> None:
+    assert upward_imports(REPO / "vistok") == []
+    # the check sees lazy imports: a planted one inside a tokenizer function is caught
+    fake = tmp_path / "vistok"
+    (fake / "tokenizers").mkdir(parents=True)
+    (fake / "tokenizers" / "x.py").write_text("def f():\n    from vistok import registry\n    import vistok.api\n")
+    assert upward_imports(fake) == ["vistok.tokenizers.x -> vistok.registry", "vistok.tokenizers.x -> vistok.api"]

@@ -1,0 +1,50 @@
+"""The wheel carries the shipped models: build it from a copy of the source tree, install it into a fresh venv on top
+of the current environment (no dependencies fetched) and load a shipped model from the installed package alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "vistok", "assets")
+
+
+@pytest.mark.slow
+def test_wheel_installs_the_shipped_models(tmp_path) -> None:
+    src = tmp_path / "src"  # a copy, so the build never touches (or races on) the working tree's build/ folder
+    for name in SOURCES:
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VISTOK_ASSETS")}
+    run = dict(env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], **run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("vistok-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for model in ("cifar10-xar-tiny", "cifar10-flextok-tiny", "cifar10-net", "em-segmamba-tiny-scratch"):
+        assert {f"vistok/shipped/{model}/config.json", f"vistok/shipped/{model}/model.safetensors"} <= names, model
+    assert "vistok/shipped/cifar10-flextok-xar-tiny/tokenizer/model.safetensors" in names
+    assert "vistok/shipped/fid_stats/cifar10-train-cifar10-net.npz" in names
+
+    venv = tmp_path / "venv"
+    assert subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], **run).returncode == 0
+    python = venv / "bin" / "python"
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], **run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    script = ("import json, vistok, vistok.assets as a; g = vistok.load('cifar10-xar-tiny'); "
+              "print(json.dumps([vistok.__file__, str(a.assets_dir()), type(g).__name__, "
+              "list(g.sample([1], steps=1).shape), sorted(a.shipped_models())]))")
+    proc = subprocess.run([str(python), "-c", script], **{**run, "env": {**env, "OMP_NUM_THREADS": "1"}})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where, assets, kind, shape, shipped = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(venv)) and assets == str(Path(where).parent / "shipped")  # the installed copy, not REPO
+    assert kind == "Generator" and shape == [1, 32, 32, 3] and "cifar10-flextok-xar-tiny" in shipped

@@ -1,0 +1,124 @@
+"""Exports -> (model, tokenizer, settings): the one place that turns a folder, shipped name or hf:// source into loaded
+networks for the Python API, the CLI, the training scripts (previews, pairing) and the evaluations.
+
+An export is `config.json` + `model.safetensors` (EMA weights). config.json names the model family and config and, for
+models that work on a tokenizer's grid, the tokenizer: {"family": "pixel" | "vae", "config": ...} built from the
+config alone, or {"family": "flextok", "path": "tokenizer", "code_scale": s} for generators on FlexTok tokens, whose
+FlexTok export is copied into `tokenizer/` (`export_paired`). It also holds the class names and the default sampling
+or decoding settings ("sample", "decode"), which every keyword and flag overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from vistok import registry
+from vistok.assets import resolve_ckpt
+from vistok.config import from_dict
+from vistok.engine import checkpoint
+from vistok.errors import VistokError
+from vistok.generators.ar import AR
+from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
+from vistok.generators.xar import XAR
+from vistok.tokenizers.build import build_tokenizer
+from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
+from vistok.tokenizers.flextok_sampling import DecodeConfig
+
+TOKENIZER_DIR = "tokenizer"
+C = TypeVar("C")
+
+
+def settings(cls: type[C], stored: dict[str, Any], **overrides: Any) -> C:
+    """A settings dataclass from an export's stored values with the non-None keyword overrides applied."""
+    return from_dict(cls, {**stored, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def read_meta(ckpt: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(local folder, config.json) of an export, without loading weights."""
+    folder = resolve_ckpt(ckpt)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise VistokError(f"{folder} is not an exported vistok model (needs config.json and model.safetensors); pass a "
+                          "training run's export, a shipped model name (`vistok models` lists them) or hf://org/repo")
+    try:
+        return folder, json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise VistokError(f"cannot read {folder / 'config.json'} ({err.__class__.__name__}); pass a vistok export "
+                          "(config.json + model.safetensors)") from None
+
+
+def is_paired(meta: dict[str, Any]) -> bool:
+    """Whether an export's config.json describes a generator on FlexTok tokens."""
+    return isinstance(meta.get("tokenizer"), dict) and meta["tokenizer"].get("family") == "flextok"
+
+
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
+    """(xAR with EMA weights in eval mode, its grid tokenizer, the export's config.json) of a generator export."""
+    model, meta = registry.load_model(ckpt, device)
+    if is_paired(meta):
+        raise VistokError(f"{ckpt} generates FlexTok tokens; load it with vistok.api.load_paired (or vistok.load)")
+    if not isinstance(model, XAR):
+        raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not a generator; pass an exported xAR folder")
+    if "tokenizer" not in meta:
+        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_xar.py")
+    meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
+    return model, build_tokenizer(meta["tokenizer"]).to(device), meta
+
+
+def load_flextok(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
+    """(FlexTok with EMA weights in eval mode, its grid tokenizer, the export's config.json) from a FlexTok export."""
+    model, meta = registry.load_model(ckpt, device)
+    if not isinstance(model, FlexTok):
+        raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not FlexTok; pass an export of train/train_flextok.py")
+    if "tokenizer" not in meta:
+        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_flextok.py")
+    meta.setdefault("resolution", model.config.grid[0])
+    return model, build_tokenizer(meta["tokenizer"]).to(device), meta
+
+
+def load_paired(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[TokenGenerator, FlexTokCodes, dict[str, Any]]:
+    """(GPT or xAR with EMA weights in eval mode, its FlexTokCodes, the export's config.json) from a folder or name."""
+    folder = resolve_ckpt(ckpt)
+    model, meta = registry.load_model(folder, device)
+    spec = meta.get("tokenizer", {})
+    if not isinstance(model, (AR, XAR)) or not is_paired(meta):
+        raise VistokError(f"{ckpt} holds a {meta['family']!r} model on {spec.get('family')!r} tokens, not a generator on "
+                          "FlexTok tokens; pass an export of train/train_flextok_gpt.py or train/train_flextok_xar.py")
+    if not (folder / spec.get("path", TOKENIZER_DIR)).is_dir():
+        raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; re-export it")
+    flextok, image_tokenizer, ft_meta = load_flextok(folder / spec.get("path", TOKENIZER_DIR), device)
+    check_pairing(model.config, flextok.config)
+    decoding = settings(DecodeConfig, {**ft_meta.get("sample", {}), **meta.get("decode", {})})
+    codes = FlexTokCodes(flextok, image_tokenizer, spec.get("code_scale", 1.0), decoding)
+    meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
+    return model, codes, meta
+
+
+def export_paired(
+    out_dir: str | Path, family: str, config: dict[str, Any], weights: dict[str, torch.Tensor],
+    flextok_ckpt: str | Path, code_scale: float = 1.0, **meta: Any,
+) -> Path:
+    """Write the generator export with the FlexTok export (a folder or shipped name) copied into `tokenizer/`."""
+    out, source = Path(out_dir), resolve_ckpt(flextok_ckpt)
+    (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):  # the tokenizer first: a finished config.json means a full export
+        shutil.copyfile(source / name, out / TOKENIZER_DIR / name)
+    spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": str(flextok_ckpt)}
+    return checkpoint.export(out, family, config, weights, tokenizer=spec, **meta)
+
+
+def read_flextok_config(ckpt: str | Path) -> FlexTokConfig:
+    """The FlexTokConfig of a FlexTok export (folder or shipped name), without loading its weights."""
+    _, meta = read_meta(ckpt)
+    if meta.get("family") != "flextok":
+        raise VistokError(f"{ckpt} holds a {meta.get('family')!r} model, not FlexTok; pass an export of train/train_flextok.py")
+    return from_dict(FlexTokConfig, meta["config"])
+
+
+__all__ = ["TOKENIZER_DIR", "export_paired", "is_paired", "load_flextok", "load_generator", "load_paired", "read_flextok_config",
+           "read_meta", "settings"]
