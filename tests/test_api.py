@@ -118,7 +118,12 @@ def test_generator_keywords_labels_and_batching() -> None:
     gpt = vistok.load("cifar10-flextok-gpt-tiny")
     with pytest.raises(VistokError, match="steps does not apply"):
         gpt.sample([0], steps=3)
-    assert gpt.sample([0], tokens=1, decode_steps=1).shape == (1, 32, 32, 3)
+    fast = dict(tokens=1, decode_steps=1, seed=2)
+    whole = gpt.sample(num=3, **fast)
+    assert whole.shape == (3, 32, 32, 3) and not np.array_equal(whole[0], whole[1])
+    (_, share), = gpt.batches(gpt.labels(num=3)[1:], first_index=1, **fast)  # images 1, 2 as a second rank makes them
+    assert np.array_equal(share["images"], whole[1:]) and share["ids"].shape == (2, 1)
+    assert list(gen.batches([], steps=1)) == []  # an empty share
 
 
 def test_segmenter_and_feature_net() -> None:
@@ -231,7 +236,8 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
 
     assert count(True) == ""  # pytest's stderr is not a terminal
     monkeypatch.setattr(progress, "is_terminal", lambda: True)
-    assert "work" in count(True) and "3/3" in count(True) and count(False) == ""
+    shown = count(True)
+    assert "work" in shown and "/3" in shown and count(False) == ""
     gen = vistok.load("cifar10-xar-tiny")
     gen.sample([1, 2], steps=1, progress=True)
     assert "sample" in capsys.readouterr().err

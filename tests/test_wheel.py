@@ -20,9 +20,12 @@ SOURCES = ("pyproject.toml", "setup.py", "README.md", "vistok", "assets")
 @pytest.mark.slow
 def test_wheel_installs_the_shipped_models(tmp_path) -> None:
     src = tmp_path / "src"  # a copy, so the build never touches (or races on) the working tree's build/ folder
+    src.mkdir()
     for name in SOURCES:
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VISTOK_ASSETS")}
     run = dict(env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

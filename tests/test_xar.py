@@ -134,12 +134,12 @@ def test_rope_and_positions_follow_entity_order() -> None:
     assert scale.pos_in.shape == (21, 64) and scale.mask.shape == (21, 21)  # 1 + 4 + 16 tokens
 
 
-ENTITIES = [("cell", 2, 2.0, "ode"), ("cell", 2, None, "ode"), ("token", 1, 3.0, "ode"), ("subsample", 2, 2.0, "ode"),
+ENTITIES = [("cell", 2, 2.0, "ode"), ("cell", 2, 1.0, "ode"), ("token", 1, 3.0, "ode"), ("subsample", 2, 2.0, "ode"),
             ("scale", 3, 2.0, "ode"), ("image", 1, 2.0, "ode"), ("cell", 2, 2.0, "sde")]
 
 
 @pytest.mark.parametrize("entity,size,cfg,method", ENTITIES, ids=[f"{e}{s}-cfg{c}-{m}" for e, s, c, m in ENTITIES])
-def test_kv_cache_equals_full_recompute(entity: str, size: int, cfg: float | None, method: str) -> None:
+def test_kv_cache_equals_full_recompute(entity: str, size: int, cfg: float, method: str) -> None:
     model = loud_labels(tiny(entity=entity, entity_size=size))
     labels = torch.tensor([0, 5, 9])
     kw = dict(steps=3, cfg=cfg, method=method, seed=3)

@@ -141,8 +141,10 @@ class Generator:
     def labels(self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None, num: int | None = None) -> np.ndarray:
         """(num,) int64 class indices: `labels` (indices or class names) cycled to `num` (default: as many as given),
         or round-robin over all classes (num default: one per class)."""
-        if labels is None or len(labels) == 0:
+        if labels is None:
             return np.arange(num if num is not None else len(self.classes)) % len(self.classes)
+        if len(labels) == 0:  # e.g. a rank's empty share of a short run
+            return np.zeros(0, np.int64)
         chosen = []
         for item in (labels.tolist() if isinstance(labels, (np.ndarray, torch.Tensor)) else labels):
             text = str(item).strip()
