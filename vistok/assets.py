@@ -80,5 +80,5 @@ def resolve_ckpt(ckpt: str | Path) -> Path:
     shipped = shipped_models()
     if str(ckpt) in shipped:
         return shipped[str(ckpt)]
-    raise VistokError(f"checkpoint {ckpt!r} is neither an exported folder, a shipped model "
-                      f"({', '.join(shipped) or 'none shipped'}) nor hf://org/repo")
+    raise VistokError(f"checkpoint {ckpt!r} is neither an exported folder nor a shipped model "
+                      f"({', '.join(shipped) or 'none shipped'}); hf://org/repo[@revision] names a Hugging Face repo")
