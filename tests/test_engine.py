@@ -17,10 +17,10 @@ from torch import nn
 
 from vistok import registry
 from vistok.config import to_dict
-from vistok.engine import atomic, checkpoint
+from vistok.engine import atomic, checkpoint, flops
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
-from vistok.engine.loop import Checkpointer, TrainConfig, check_finite, micro_steps, optimizer_step, run_main
+from vistok.engine.loop import Checkpointer, TrainConfig, Trainer, optimizer_step, run_main, split_micro_batches
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from vistok.errors import VistokError
 from vistok.metrics.fid_net import FidNet
@@ -307,14 +307,6 @@ def test_param_count_on_meta_device():
 # ---------------------------------------------------------------- loop pieces
 
 
-def test_check_finite():
-    check_finite(torch.tensor(1.5), 3)
-    for bad in (float("nan"), float("inf"), -float("inf")):
-        with pytest.raises(VistokError, match="at step 7.*train.lr") as err:
-            check_finite(torch.tensor(bad), 7)
-        assert "\n" not in str(err.value)
-
-
 def test_optimizer_step_clips_before_stepping():
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -344,14 +336,15 @@ def test_optimizer_step_clips_before_stepping():
         torch.testing.assert_close(b - p.detach(), 0.5 * g, rtol=1e-5, atol=1e-6)
 
 
-def test_micro_steps():
-    model = nn.Linear(2, 2)
+def test_split_micro_batches():
     x, y = torch.arange(12.0).reshape(6, 2), torch.arange(6)
-    chunks = list(micro_steps(model, (x, y), 3))
-    assert len(chunks) == 3
-    assert torch.equal(torch.cat([c[1][0] for c in chunks]), x) and torch.equal(torch.cat([c[1][1] for c in chunks]), y)
+    chunks = split_micro_batches((x, y, None), 3)
+    assert len(chunks) == 3 and all(c[2] is None for c in chunks)
+    assert torch.equal(torch.cat([c[0] for c in chunks]), x) and torch.equal(torch.cat([c[1] for c in chunks]), y)
     with pytest.raises(VistokError, match="grad_accum=4"):
-        list(micro_steps(model, (x[:2], y[:2]), 4))
+        split_micro_batches((x, y), 4)  # 6 samples do not split into 4 equal micro-batches
+    with pytest.raises(VistokError, match="differ in length"):
+        split_micro_batches((x, y[:5]), 1)
 
 
 def test_train_config_checks():
@@ -408,8 +401,8 @@ def test_metrics_log_truncates_to_resume_step(tmp_path):
 def make_run(seed: int, wrap=None):
     torch.manual_seed(seed)
     model = Small()
-    ema = EMA(model, 0.9)
     trained = wrap(model) if wrap else model
+    ema = EMA(model, 0.9)  # after wrapping: under FSDP2 its entries are shards too
     opt = build_optimizer(model, 1e-2, 0.1)
     sched = build_scheduler(opt, "cosine", 2, 20)
     return model, trained, ema, opt, sched
@@ -422,26 +415,32 @@ def train_steps(model, trained, ema, opt, sched, n: int) -> None:
         ema.update(model)
 
 
-def check_checkpointer_round_trip(tmp_path: Path, wrap=None) -> None:
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def check_checkpointer_round_trip(tmp_path: Path, wrap=None, sharded: bool = False) -> None:
     cfg = TrainConfig(run_dir=str(tmp_path), total_steps=20)
     model, trained, ema, opt, sched = make_run(0, wrap)
-    ckpt = Checkpointer(tmp_path, CPU, trained, opt, sched, ema, cfg)
+    ckpt = Checkpointer(tmp_path, CPU, trained, opt, sched, ema, cfg, sharded=sharded)
     assert ckpt.resume() == 0 and (tmp_path / "config.yaml").is_file()
     train_steps(model, trained, ema, opt, sched, 3)
     ckpt.save(3)
     after_save = torch.rand(3)  # the RNG stream right after the checkpoint
-    saved = checkpoint.load_training_state(tmp_path)
+    saved = checkpoint.read_sharded_state(tmp_path) if sharded else checkpoint.load_training_state(tmp_path)
+    assert (tmp_path / "last.dcp").is_dir() == sharded and (tmp_path / "last.pt").is_file() != sharded
     assert set(saved["ema"]["shadow"]) == set(ema.shadow)  # plain model keys: no DDP prefix, no integer buffers
     assert set(saved["model"]) == set(model.state_dict())
+    assert all(torch.equal(saved["model"][k], full(v)) for k, v in model.state_dict().items())
 
     model2, trained2, ema2, opt2, sched2 = make_run(1, wrap)  # different initial weights
-    step = Checkpointer(tmp_path, CPU, trained2, opt2, sched2, ema2, cfg).resume()
+    step = Checkpointer(tmp_path, CPU, trained2, opt2, sched2, ema2, cfg, sharded=sharded).resume()
     assert step == 3
     assert torch.equal(torch.rand(3), after_save)
     for k, v in model.state_dict().items():
-        assert torch.equal(model2.state_dict()[k], v), k
+        assert torch.equal(full(model2.state_dict()[k]), full(v)), k
     for k, v in ema.shadow.items():
-        assert torch.equal(ema2.shadow[k], v), k
+        assert torch.equal(full(ema2.shadow[k]), full(v)), k
     assert ema2.num_updates == 3 and sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
     # both continue identically
     torch.manual_seed(9)
@@ -449,9 +448,9 @@ def check_checkpointer_round_trip(tmp_path: Path, wrap=None) -> None:
     torch.manual_seed(9)
     train_steps(model2, trained2, ema2, opt2, sched2, 2)
     for k, v in model.state_dict().items():
-        assert torch.equal(model2.state_dict()[k], v), k
+        assert torch.equal(full(model2.state_dict()[k]), full(v)), k
     for k, v in ema.shadow.items():
-        assert torch.equal(ema2.shadow[k], v), k
+        assert torch.equal(full(ema2.shadow[k]), full(v)), k
 
 
 def test_checkpointer_save_resume(tmp_path):
@@ -463,6 +462,31 @@ def test_checkpointer_save_resume_under_ddp(tmp_path):
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         check_checkpointer_round_trip(tmp_path / "run", wrap=lambda m: nn.parallel.DistributedDataParallel(m))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_checkpointer_save_resume_sharded_under_fsdp2(tmp_path):
+    """FSDP2 (one gloo process): the state goes through torch.distributed.checkpoint shard by shard (RUN/last.dcp),
+    resumes exactly, and a checkpoint of another width is one line naming the keys, before anything is written."""
+    from torch.distributed.fsdp import fully_shard
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        check_checkpointer_round_trip(tmp_path / "run", wrap=fully_shard, sharded=True)
+        torch.manual_seed(0)
+        wide = fully_shard(nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 2)))
+        opt = build_optimizer(wide, 1e-2, 0.1)
+        ckpt = Checkpointer(tmp_path / "run", CPU, wide, opt, build_scheduler(opt, "cosine", 2, 20), EMA(wide), TrainConfig(),
+                            sharded=True)
+        before = (tmp_path / "run" / "config.yaml").read_bytes()
+        with pytest.raises(VistokError, match=r"last.dcp does not match the model: missing 0.weight.*unexpected fc1") as err:
+            ckpt.resume()
+        assert "\n" not in str(err.value) and (tmp_path / "run" / "config.yaml").read_bytes() == before
+        # a DDP / one-process run on that folder is told how to resume it
+        model, trained, ema, opt, sched = make_run(0)
+        with pytest.raises(VistokError, match="holds an FSDP .sharded. checkpoint .last.dcp.; resume it with train.parallel=fsdp"):
+            Checkpointer(tmp_path / "run", CPU, trained, opt, sched, ema, TrainConfig()).resume()
     finally:
         tdist.destroy_process_group()
 
@@ -507,3 +531,57 @@ def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
         (tmp / "a.txt").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt"] and (out / "a.txt").read_text() == "3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+# ---------------------------------------------------------------- FLOPs, peak and MFU
+
+
+def test_model_flops_counts_forward_and_backward():
+    layer = nn.Linear(4, 8)
+    x = torch.randn(2, 4)
+    assert flops.model_flops(lambda: layer(x)) == 2 * 2 * 4 * 8  # one (2x4)@(4x8) matmul: 2 FLOPs per multiply-add
+    # backward: the weight gradient only (x needs no gradient), the same size again
+    assert flops.model_flops(lambda: layer(x).sum().backward()) == 2 * (2 * 2 * 4 * 8)
+    assert flops.model_flops(lambda: layer(x.requires_grad_()).sum().backward()) == 3 * (2 * 2 * 4 * 8)
+
+
+def test_peak_flops_lookup(monkeypatch):
+    assert flops.peak_flops("cpu") is None and flops.peak_flops("cpu", override=100.0) == 100e12
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, dtype, expected in (("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12), ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
+                                  ("NVIDIA H200", torch.bfloat16, 989.4e12), ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312e12),
+                                  ("NVIDIA GeForce RTX 4090", torch.bfloat16, None)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert flops.peak_flops("cuda", dtype) == expected, name
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-40GB")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert flops.peak_flops("cuda", torch.float32) == 19.5e12
+    assert flops.mfu(10**12, 0.5, 4e12) == 0.5 and flops.mfu(None, 0.5, 4e12) is None and flops.mfu(10, 1.0, None) is None
+
+
+def test_trainer_logs_throughput_and_mfu(tmp_path, capsys):
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Cfg:
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+    tc = TrainConfig(run_dir=str(tmp_path), total_steps=4, batch_size=8, grad_accum=2, log_every=1, ckpt_every=4,
+                     num_workers=0, device="cpu", peak_tflops=1e-6)  # a peak of 1 MFLOP/s
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 8)
+    run = Trainer(lin, Cfg(tc), CPU, tokens_per_sample=3)
+    with run.logging():
+        while run.step < tc.total_steps:
+            for x in run.micro_batches(torch.randn(8, 4)):
+                assert x.shape == (4, 4)
+                run.backward(run.ddp_model(x).pow(2).mean())
+            run.finish_step()
+    # two micro-batches of 4: forward 2*4*4*8 each, backward the weight gradient (same) and nothing for the input
+    assert run.flops_per_step == 2 * 2 * (2 * 4 * 4 * 8)
+    assert "model FLOPs per step: 1.024e-06 GFLOP per process" in capsys.readouterr().out
+    rows = read_metrics(tmp_path)
+    assert "img_per_s" not in rows[0]  # the first step holds start-up and the FLOP count
+    for r in rows[1:]:
+        assert r["tok_per_s"] == pytest.approx(3 * r["img_per_s"])
+        assert r["mfu"] == pytest.approx(run.flops_per_step * r["img_per_s"] / 8 / 1e6)

@@ -35,7 +35,7 @@ from vistok.em.objectives import load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse, widen_border
 from vistok.em.volumes import EMCrops, load_volumes, read_volume
 from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
 
 
@@ -95,10 +95,8 @@ def load_init(model: SegMamba, init_from: str) -> list[str]:
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
     micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
     require(cfg.model.out_chans == 3, f"model.out_chans={cfg.model.out_chans}; the targets are 3 affinities (z, y, x)")
     infer = replace(cfg.inference, roi=tuple(cfg.inference.roi) or tuple(cfg.data.crop))
@@ -119,7 +117,7 @@ def main() -> None:
         labels = [widen_border(lab) for lab in labels]
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
     crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment)
-    sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
+    sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
                         pin_memory=env.device.type == "cuda")
@@ -133,13 +131,9 @@ def main() -> None:
             volume, ids = next(batches)  # (B, 1, D, H, W) in [0, 1], (B, D, H, W) neuron ids
             volume, ids = volume.to(env.device, non_blocking=True), ids.to(env.device, non_blocking=True)
             target = affinities(ids)  # (B, 3, D, H, W) in {0, 1}
-            total_loss = torch.zeros((), device=env.device)
-            for sync, (x, t) in micro_steps(ddp_model, (volume, target), tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    loss = weighted_mse(torch.sigmoid(ddp_model(x).float()), t) / tc.grad_accum
-                loss.backward()
-                total_loss += loss.detach()
-            run.finish_step(total_loss)
+            for x, t in run.micro_batches(volume, target):
+                run.backward(weighted_mse(torch.sigmoid(ddp_model(x).float()), t))
+            run.finish_step()
 
     ema_model = SegMamba(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())

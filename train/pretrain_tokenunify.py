@@ -26,7 +26,7 @@ from vistok.config import to_dict
 from vistok.em.objectives import FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig
 from vistok.em.volumes import EMCrops, load_volumes
 from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.data.loader import StepBatchSampler
 from vistok.errors import require
 
@@ -74,10 +74,8 @@ def task_errors(model: TokenUnify, crops: EMCrops, seed: int, device: torch.devi
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
     micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
     volumes = load_volumes(cfg.data.volumes)  # fail on a bad path before building anything
 
@@ -87,7 +85,7 @@ def main() -> None:
 
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
     crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment)
-    sampler = StepBatchSampler(len(crops), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size,
+    sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
                         pin_memory=env.device.type == "cuda")
@@ -102,15 +100,10 @@ def main() -> None:
             volume = next(batches).to(env.device, non_blocking=True)  # (B, 1, D, H, W) in [0, 1]
             weights = cfg.schedule.at(run.step, tc.total_steps)  # this step's task mix
             gen = step_generator(tc.seed, run.step, env.rank, env.device)
-            totals = torch.zeros(4, device=env.device)  # loss, random, next-all, next
-            for sync, (x,) in micro_steps(ddp_model, (volume,), tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    out = ddp_model(x, weights, gen)
-                (out.loss / tc.grad_accum).backward()
-                totals += torch.stack([out.loss.detach(), out.random, out.next_all, out.next]).float() / tc.grad_accum
-            run.finish_step(totals[0], lambda: dict(
-                zip(("loss", "random", "next_all", "next"), dist.all_reduce_mean(totals).tolist()),
-                w_random=weights.random, w_next_all=weights.next_all, w_next=weights.next))
+            for x in run.micro_batches(volume):
+                out = ddp_model(x, weights, gen)
+                run.backward(out.loss, random=out.random, next_all=out.next_all, next=out.next)
+            run.finish_step(w_random=weights.random, w_next_all=weights.next_all, w_next=weights.next)
 
     ema_model = TokenUnify(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())

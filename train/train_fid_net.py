@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.config import to_dict
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
 
@@ -46,17 +46,15 @@ def accuracy(model: torch.nn.Module, dataset, env: dist.DistEnv, batch: int = 50
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     model = FidNet(cfg.model).to(env.device)
     run = Trainer(model, cfg, env)  # wraps, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
     train_set = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
-    loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
+    loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed,
                           start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
@@ -64,13 +62,9 @@ def main() -> None:
         while run.step < tc.total_steps:
             images, labels = next(batches)
             images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
-            total_loss = torch.zeros((), device=env.device)
-            for sync, (x, y) in micro_steps(ddp_model, (images, labels), tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    loss = F.cross_entropy(ddp_model(x), y, label_smoothing=cfg.label_smoothing) / tc.grad_accum
-                loss.backward()
-                total_loss += loss.detach()
-            run.finish_step(total_loss)
+            for x, y in run.micro_batches(images, labels):
+                run.backward(F.cross_entropy(ddp_model(x), y, label_smoothing=cfg.label_smoothing))
+            run.finish_step()
 
     ema_model = FidNet(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_uint8
 from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.metrics.fid_net import load_fid_net
 from vistok.modules.repa import build_teacher
@@ -133,11 +133,9 @@ def export_model(cfg: Config, ema_state: dict[str, torch.Tensor], device: torch.
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
     check_config(cfg)
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
     fid_net = load_fid_net(cfg.repa.weights or "cifar10-net") if cfg.repa.teacher == "fid-net" else None
@@ -153,7 +151,7 @@ def main() -> None:
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
-    loader = build_loader(train_set, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
+    loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed,
                           start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
@@ -167,18 +165,14 @@ def main() -> None:
                 pixels = inputs.to(env.device, non_blocking=True)
                 with torch.no_grad():
                     x0 = tokenizer.encode(pixels)
-            batch = [x0]
+            feats = None
             if teacher is not None:
-                with torch.no_grad(), autocast(tc.precision, env.device):
-                    batch.append(teacher(pixels.to(env.device, non_blocking=True)).float())  # (B, repa_dim, h', w')
-            totals = torch.zeros(3, device=env.device)  # loss, flow, repa
-            for sync, (x, *feats) in micro_steps(ddp_model, batch, tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    out = ddp_model(x, feats[0] if feats else None)  # k, t, noise and null drawn inside
-                (out.loss / tc.grad_accum).backward()
-                totals += torch.stack([out.loss, out.flow, out.repa]).detach() / tc.grad_accum
-            extra = ("repa",) if teacher is not None else ()
-            run.finish_step(totals[0], lambda: dict(zip(("loss", "flow", *extra), dist.all_reduce_mean(totals).tolist())))
+                with torch.no_grad(), run.autocast():
+                    feats = teacher(pixels.to(env.device, non_blocking=True)).float()  # (B, repa_dim, h', w')
+            for x, f in run.micro_batches(x0, feats):
+                out = ddp_model(x, f)  # k, t, noise and null drawn inside
+                run.backward(out.loss, flow=out.flow, **({"repa": out.repa} if f is not None else {}))
+            run.finish_step()
 
     ema_model = export_model(cfg, run.ema_state(), env.device)
     if env.is_main:

@@ -18,18 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from PIL import Image
-
+from vistok.api.token_training import export_with_preview, token_dataset
 from vistok.config import to_dict
 from vistok.data import build_loader
-from vistok.data.tokens import TokenDataConfig, load_tokens
+from vistok.data.tokens import TokenDataConfig
 from vistok.engine import dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
-from vistok.errors import require
-import vistok
-from vistok.api import export_paired, read_flextok_config
-from vistok.generators.flextok_codes import check_pairing, code_scale_of, ids_to_grid
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
+from vistok.generators.flextok_codes import code_scale_of, ids_to_grid
 from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
 from vistok.modules.fsq import FSQ
@@ -53,56 +48,40 @@ class Config:
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
-
-    flextok = read_flextok_config(cfg.tokenizer.ckpt)
-    check_pairing(cfg.model, flextok)
+    flextok, dataset = token_dataset(cfg.tokenizer.ckpt, cfg.data, cfg.model)
     fsq = FSQ(flextok.levels)  # ids -> codes needs the quantizer only, not FlexTok's weights
-    dataset = load_tokens(cfg.data, flextok.registers, fsq.codebook_size,
-                          f"vistok encode --ckpt {cfg.tokenizer.ckpt} --input cifar10-train --out {cfg.data.tokens}")
-    require(len(dataset.classes) <= cfg.model.num_classes, f"the data has {len(dataset.classes)} classes but "
-            f"model.num_classes={cfg.model.num_classes}; set model.num_classes={len(dataset.classes)}")
     scale = cfg.tokenizer.code_scale or code_scale_of(dataset.ids, fsq)
     fsq = fsq.to(env.device)
     if env.is_main:
         print(f"code scale {scale:.4f} (xAR tokens = FSQ codes x scale)", flush=True)
 
     model = XAR(cfg.model).to(env.device)
-    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    run = Trainer(model, cfg, env, tokens_per_sample=flextok.registers)  # wrap, EMA, optimizer, schedule; resumes
     ddp_model = run.ddp_model
-    loader = build_loader(dataset, tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank, env.world_size, tc.seed,
-                          start_step=run.step, num_workers=tc.num_workers)
+    loader = build_loader(dataset, tc.batch_size, env.rank, env.world_size, tc.seed, start_step=run.step,
+                          num_workers=tc.num_workers)
 
     batches = iter(loader)
     with run.logging():
         while run.step < tc.total_steps:
             ids, labels = (t.to(env.device, non_blocking=True) for t in next(batches))  # (B, K), (B,)
             tokens = ids_to_grid(ids, fsq, scale)  # (B, d, 1, K)
-            total_loss = torch.zeros((), device=env.device)
-            for sync, (x, y) in micro_steps(ddp_model, (tokens, labels), tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    loss = ddp_model(x, y) / tc.grad_accum  # flow-matching loss over all groups, each with its own t
-                loss.backward()
-                total_loss += loss.detach()
-            run.finish_step(total_loss)
+            for x, y in run.micro_batches(tokens, labels):
+                run.backward(ddp_model(x, y))  # flow-matching loss over all groups, each with its own t
+            run.finish_step()
 
-    ema_model = XAR(cfg.model).to(env.device)
-    ema_model.load_state_dict(run.ema_state())
+    weights = run.ema_state()
     if env.is_main:
-        out = export_paired(
-            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(), cfg.tokenizer.ckpt,
-            code_scale=scale, classes=list(dataset.classes), sample=to_dict(cfg.sample), step=run.step,
+        out = export_with_preview(
+            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), weights, cfg.tokenizer.ckpt, list(dataset.classes),
+            cfg.preview_per_class, tc.seed, env.device, code_scale=scale, sample=to_dict(cfg.sample), step=run.step,
             data=cfg.data.tokens)
         ends = ", ".join(map(str, cfg.model.partition.offsets[1:]))
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --tokens "
               f"{flextok.registers} --num 100 --out DIR (--tokens: one of {ends})")
         if cfg.preview_per_class:
-            labels = torch.arange(cfg.preview_per_class * len(dataset.classes)) % len(dataset.classes)
-            preview = vistok.load(out, env.device).ladder(labels, tc.seed)
-            Image.fromarray(preview).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} (rows: k = {ends}; columns: classes)")
     dist.cleanup()
 

@@ -20,7 +20,7 @@ from PIL import Image
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, autocast, micro_steps, parse_cli, run_main
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator
 from vistok.generators.sampling import SampleConfig
@@ -63,10 +63,8 @@ def encode(tokenizer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    cfg = parse_cli(Config, description=__doc__)
+    cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
-    env = dist.setup(tc.device)
-    dist.seed_everything(tc.seed)  # same initial weights on every rank
 
     tokenizer = PixelTokenizer(cfg.tokenizer).to(env.device).eval()  # frozen: neither trained nor checkpointed
     dataset = build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution)
@@ -74,10 +72,10 @@ def main() -> None:
     check_pairing(cfg, tokenizer, len(classes))
 
     model = XAR(cfg.model).to(env.device)
-    run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
+    run = Trainer(model, cfg, env, tokens_per_sample=cfg.model.grid[0] * cfg.model.grid[1])  # wrap, EMA, optim, resume
     ddp_model = run.ddp_model
 
-    loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size // tc.grad_accum * tc.grad_accum, env.rank,
+    loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size, env.rank,
                           env.world_size, tc.seed, start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
                           crop_pad=cfg.data.crop_pad)
 
@@ -87,13 +85,9 @@ def main() -> None:
             images, labels = next(batches)
             tokens = encode(tokenizer, images.to(env.device, non_blocking=True))  # (B, C, h, w)
             labels = labels.to(env.device, non_blocking=True)
-            total_loss = torch.zeros((), device=env.device)
-            for sync, (x, y) in micro_steps(ddp_model, (tokens, labels), tc.grad_accum):
-                with sync, autocast(tc.precision, env.device):
-                    loss = ddp_model(x, y) / tc.grad_accum  # flow-matching loss over all entities, each with its own t
-                loss.backward()
-                total_loss += loss.detach()
-            run.finish_step(total_loss)
+            for x, y in run.micro_batches(tokens, labels):
+                run.backward(ddp_model(x, y))  # flow-matching loss over all entities, each with its own t
+            run.finish_step()
 
     ema_model = XAR(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())

@@ -104,12 +104,15 @@ def export_paired(
     flextok_ckpt: str | Path, code_scale: float = 1.0, **meta: Any,
 ) -> Path:
     """Write the generator export with the FlexTok export (a folder or shipped name) copied into `tokenizer/`."""
-    out, source = Path(out_dir), resolve_ckpt(flextok_ckpt)
-    (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):  # the tokenizer first: a finished config.json means a full export
-        shutil.copyfile(source / name, out / TOKENIZER_DIR / name)
+    source = resolve_ckpt(flextok_ckpt)
+
+    def copy_tokenizer(folder: Path) -> None:  # into the export's temporary folder: all files appear together
+        (folder / TOKENIZER_DIR).mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
+
     spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": str(flextok_ckpt)}
-    return checkpoint.export(out, family, config, weights, tokenizer=spec, **meta)
+    return checkpoint.export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)
 
 
 def read_flextok_config(ckpt: str | Path) -> FlexTokConfig:

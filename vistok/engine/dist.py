@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -35,11 +36,14 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistEnv:
+def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
     """Initialise from torchrun's environment (or as one process) and pick the device.
 
-    `device` is "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+    `device` is "auto" (CUDA when present, else CPU), "cpu" or "cuda". `timeout_s` bounds how long a collective waits
+    for a rank that is gone or stuck before the process group fails the run (torchrun may then restart it).
     """
+    if timeout_s <= 0:
+        raise VistokError(f"train.dist_timeout_s must be positive, got {timeout_s}")
     if device not in ("auto", "cpu", "cuda"):
         raise VistokError(f"device must be auto, cpu or cuda, not {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -54,8 +58,25 @@ def setup(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        timeout = timedelta(seconds=timeout_s)
+        store = _restart_store(world_size, timeout)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                timeout=timeout, **({"store": store, "rank": rank, "world_size": world_size} if store else {}))
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def _restart_store(world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, the agent's store with a key prefix per restart attempt (None otherwise: env:// as usual).
+
+    torchrun keeps one store across `--max-restarts` attempts, and the process group's keys from the attempt that died
+    (e.g. a dead rank's gloo address) are still there: a restarted rank can read them and hang connecting to a process
+    that is gone. A prefix per attempt (TORCHELASTIC_RESTART_COUNT) gives every attempt fresh keys."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"vistok/attempt_{attempt}", store)
 
 
 def cleanup() -> None:
@@ -83,6 +104,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def any_rank(flag: bool | torch.Tensor, device: torch.device | None = None) -> bool:
+    """True when `flag` is true on at least one rank (the same answer on every rank; the flag itself in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    t = torch.as_tensor(flag, dtype=torch.float32, device=device).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def broadcast_object(obj: object) -> object:

@@ -1,27 +1,30 @@
 """The pieces every training script shares, each small: the run config, the command line, the optimizer step, the
-non-finite guard, mixed precision, the checkpointer (auto-resume) and `Trainer`, which sets them up together and
-closes each step. A script stays a readable top-to-bottom loop: config, model, Trainer, data, loop, export.
+non-finite guard, mixed precision and micro-steps, throughput and MFU, and `Trainer`, which sets them up together
+(with the checkpointer: auto-resume) and closes each step. A script stays a readable top-to-bottom loop: config,
+model, Trainer, data, loop, export.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from tqdm.auto import tqdm
 
-from vistok.config import load_config, save_config, to_dict, valid_keys
-from vistok.engine import checkpoint
+from vistok.config import load_config, to_dict, valid_keys
 from vistok.engine import dist as vdist
-from vistok.engine.dist import DistEnv, unwrap
+from vistok.engine.checkpoint import Checkpointer
+from vistok.engine.dist import DistEnv
+from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.errors import VistokError
@@ -52,12 +55,19 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 2
     tensorboard: bool = False
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain, no momentum (an update proportional to the gradient)
+    nonfinite: Literal["skip", "stop"] = "skip"  # a step with a non-finite loss or gradient norm: skip it, or stop
+    max_skips: int = 10  # with nonfinite=skip: stop after this many skipped steps in a row
+    dist_timeout_s: float = 1800.0  # how long a collective waits for a gone or stuck rank before the run fails
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0: looked up for known GPUs (H100/H200/A100), else n/a
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise VistokError("train.total_steps, train.batch_size and train.grad_accum must be positive")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise VistokError("train.ckpt_every and train.log_every must be positive")
+        if self.max_skips < 0 or self.dist_timeout_s <= 0 or self.peak_tflops < 0:
+            raise VistokError("train.max_skips and train.peak_tflops must be >= 0 and train.dist_timeout_s positive")
 
     def micro_batch(self, world_size: int) -> int:
         """Samples per process per forward pass."""
@@ -77,6 +87,15 @@ def parse_cli(cls: type[C], argv: Sequence[str] | None = None, description: str 
     return load_config(cls, args.config, args.overrides)
 
 
+def init_run(cls: type[C], description: str = "", argv: Sequence[str] | None = None) -> tuple[C, DistEnv]:
+    """The first lines of every training script: the config from the command line, the process group (waiting at
+    most `train.dist_timeout_s` for a gone rank) and the same seed on every rank (so all build the same weights)."""
+    cfg = parse_cli(cls, argv, description)
+    env = vdist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    vdist.seed_everything(cfg.train.seed)
+    return cfg, env
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main; a VistokError becomes one line on stderr and exit status 1, not a traceback."""
     try:
@@ -92,151 +111,195 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def micro_steps(model: nn.Module, batch: Sequence[torch.Tensor], accum: int) -> Iterator[tuple[contextlib.AbstractContextManager, list]]:
-    """Split a per-rank batch into `accum` chunks; DDP syncs gradients only on the last one."""
-    chunks = list(zip(*(t.chunk(accum) for t in batch)))
-    if len(chunks) != accum:
-        raise VistokError(f"per-process batch {len(batch[0])} is smaller than grad_accum={accum}")
-    for i, chunk in enumerate(chunks):
-        last = i == accum - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        yield sync, list(chunk)
+def split_micro_batches(tensors: Sequence[torch.Tensor | None], accum: int) -> list[tuple[torch.Tensor | None, ...]]:
+    """A per-rank batch cut into `accum` equal chunks along dim 0, each a tuple with one slice per tensor (None, an
+    absent optional input, stays None in every chunk)."""
+    sizes = {len(t) for t in tensors if t is not None}
+    if len(sizes) != 1:
+        raise VistokError(f"the batch's tensors differ in length ({sorted(sizes)}); pass one batch of samples")
+    size = sizes.pop()
+    if size % accum:
+        raise VistokError(f"per-process batch {size} does not split into grad_accum={accum} equal micro-batches; "
+                          "make train.batch_size a multiple of processes x train.grad_accum")
+    return list(zip(*((None,) * accum if t is None else t.chunk(accum) for t in tensors)))
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss).all():
-        raise VistokError(
-            f"loss is {loss.item()} at step {step}; training stopped. Lower train.lr, use train.precision=fp32 "
-            "or raise train.warmup_steps, then run again (it resumes from the last checkpoint)"
-        )
+def clip_and_norm(model: nn.Module, grad_clip: float) -> torch.Tensor:
+    """The global gradient norm (over every rank's shard under FSDP2), clipping to `grad_clip` when it is > 0."""
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def optimizer_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, grad_clip: float
 ) -> torch.Tensor:
     """Clip (after backward, before the step), step, advance the schedule, clear grads; returns the grad norm."""
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    norm = clip_and_norm(model, grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
 
 
-class Checkpointer:
-    """Saves and restores the whole training state of one run folder; the same command resumes a stopped run."""
-
-    def __init__(self, run_dir: str | Path, env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, ema: EMA, config: Any) -> None:
-        self.run_dir, self.env = Path(run_dir), env
-        self.model, self.optimizer, self.scheduler, self.ema, self.config = model, optimizer, scheduler, ema, config
-        self.options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def _gather_rng(self) -> list[dict]:
-        state = checkpoint.rng_state()
-        if not self.env.distributed:
-            return [state]
-        out: list = [None] * self.env.world_size
-        dist.all_gather_object(out, state)
-        return out
-
-    def save(self, step: int) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.options)
-        # the shadow's own keys: unwrapped (no DDP `module.` prefix) and without integer buffers the EMA does not keep
-        full = self.ema.full_state(unwrap(self.model))
-        ema_state = {**self.ema.state_dict(), "shadow": {k: full[k] for k in self.ema.shadow}}
-        rng = self._gather_rng()
-        if self.env.is_main:
-            checkpoint.save_training_state(self.run_dir, {
-                "step": step, "model": model_state, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
-                "ema": ema_state, "rng": rng, "config": to_dict(self.config), "world_size": self.env.world_size,
-            })
-        if self.env.distributed:
-            dist.barrier()
-
-    def resume(self) -> int:
-        """Load RUN/last.pt if it exists and return its step (0 for a fresh run); saves the resolved config."""
-        state = checkpoint.load_training_state(self.run_dir)
-        if self.env.is_main:
-            save_config(self.config, self.run_dir / "config.yaml")
-        if state is None:
-            return 0
-        if state["config"] != to_dict(self.config) and self.env.is_main:
-            changed = sorted(_diff_keys(state["config"], to_dict(self.config)))
-            print(f"note: resuming {self.run_dir} with changed config keys: {', '.join(changed)}", file=sys.stderr)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.ema.load_state_dict(state["ema"])
-        rng = state["rng"]
-        checkpoint.set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
-        return int(state["step"])
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for k in set(a) | set(b):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys |= _diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.add(prefix + k)
-    return keys
-
-
 class Trainer:
     """The state every training loop carries, set up once: the wrapped model, its EMA, the optimizer, the schedule,
-    the checkpointer (resumed: `step` is where the run continues) and, inside `logging()`, the metrics log.
+    the checkpointer (resumed: `step` is where the run continues), precision and micro-steps, and, inside
+    `logging()`, the metrics log.
 
         run = Trainer(model, cfg, env)
-        loader = ...(start_step=run.step)
+        loader = ...(cfg.train.batch_size, start_step=run.step)
         with run.logging():
             while run.step < cfg.train.total_steps:
-                ...; loss.backward()
-                run.finish_step(loss)
-    """
+                x, y = next(batches)
+                for xm, ym in run.micro_batches(x, y):      # under autocast; DDP syncs on the last one only
+                    run.backward(run.ddp_model(xm, ym))      # scaled by 1 / grad_accum; the mean is logged
+                run.finish_step()                            # non-finite check, clip, step, EMA, log, checkpoint
 
-    def __init__(self, model: nn.Module, cfg: Any, env: DistEnv) -> None:
+    Non-finite values: the global gradient norm (which clip_grad_norm_ computes anyway) and the loss are checked on
+    every step and the verdict is agreed across ranks, so all ranks skip the same step (`train.nonfinite=skip`: no
+    parameter or EMA update, at most `train.max_skips` in a row) or all stop (`stop`). Throughput (images/s, tokens/s
+    when the script gives `tokens_per_sample`) and MFU are logged; the model FLOPs of a step are counted once, on the
+    run's first step (forward and backward, all micro-batches), and kept in the checkpoint."""
+
+    def __init__(self, model: nn.Module, cfg: Any, env: DistEnv, tokens_per_sample: int | None = None) -> None:
         tc = cfg.train
-        self.tc, self.env, self.model = tc, env, model
+        self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
+        self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
         self.ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
-        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)
         self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
-        self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg)
+        self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg,
+                                 sharded=tc.parallel == "fsdp" and env.distributed)
         self.step = self.ckpt.resume()
         if self.step == 0:
             vdist.seed_everything(tc.seed, env.rank)  # ranks draw different noise; a resume restores every rank's RNG
-        tc.micro_batch(env.world_size)  # validates the batch split before any work
+        self.skips, self.skipped = self.ckpt.meta.get("skips", [0, 0])  # non-finite steps: in a row, in all
         self.log: MetricsLog | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        # this rank's model FLOPs per optimizer step, counted once per run: counting runs the step under a dispatch mode,
+        # which can change the last bits of some kernels, so a resumed run reuses the count instead of counting again
+        # at another step (and stays bitwise equal to an uninterrupted run)
+        key = json.dumps([{k: v for k, v in to_dict(cfg).items() if k != "train"}, tc.batch_size, tc.grad_accum,
+                          tc.precision, env.world_size], sort_keys=True, default=str)
+        saved_key, saved = self.ckpt.meta.get("flops", ["", None])
+        self.flops_per_step: int | None = saved if saved_key == key else None
+        self._flops_key = key
+        dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
+        self.peak = peak_flops(env.device, dtype, tc.peak_tflops or None)
+        self._clock: tuple[float, int] | None = None  # (time, step) where the throughput window started
 
+    # ---------------------------------------------------------------------------------------------- one step
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's precision (bf16 autocast or nothing), e.g. for a frozen teacher's forward outside micro-batches."""
+        return autocast(self.tc.precision, self.env.device)
+
+    def micro_batches(self, *batch: torch.Tensor) -> Iterator[Any]:
+        """Yield the per-rank batch in `train.grad_accum` micro-batches (a tensor, or a tuple for several), each under
+        the run's autocast; DDP all-reduces (FSDP2 reduce-scatters) gradients only after the last one."""
+        chunks = split_micro_batches(batch, self.tc.grad_accum)
+        with count_flops() if self.flops_per_step is None else contextlib.nullcontext() as counted:
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                with self._sync(last), self.autocast():
+                    yield chunk if len(chunk) > 1 else chunk[0]
+        if counted is not None:
+            self.flops_per_step = counted.total
+            if self.env.is_main:
+                peak = f"{self.peak / 1e12:g} TFLOP/s per device" if self.peak else "unknown (MFU n/a; set train.peak_tflops)"
+                message = (f"model FLOPs per step: {self.flops_per_step / 1e9:.4g} GFLOP per process (forward + backward); "
+                           f"peak {peak}")
+                tqdm.write(message, file=sys.stdout)  # above the progress bar
+
+    def _sync(self, last: bool) -> contextlib.AbstractContextManager:
+        model = self.ddp_model
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+            model.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        if last or not hasattr(model, "no_sync"):
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def backward(self, loss: torch.Tensor, **metrics: torch.Tensor | float) -> None:
+        """Backward of `loss` / grad_accum (outside autocast); `loss` and `metrics` are averaged over the micro-batches
+        for the log."""
+        with torch.autocast(self.env.device.type, enabled=False):
+            (loss / self.tc.grad_accum).backward()
+        for name, value in {"loss": loss, **metrics}.items():
+            value = torch.as_tensor(value, device=self.env.device).detach().float() / self.tc.grad_accum
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+
+    def finish_step(self, **logged: float) -> None:
+        """After the micro-batches: agree on finiteness, clip + step (or skip), update the EMA, log, checkpoint.
+
+        `logged`: extra plain values for this step's log row (written only on logging steps)."""
+        if "loss" not in self._sums:
+            raise RuntimeError("Trainer.finish_step: call run.backward(loss) for each micro-batch first")
+        sums, self._sums = self._sums, {}
+        loss = sums["loss"]
+        norm = clip_and_norm(self.ddp_model, self.tc.grad_clip)
+        step = self.step + 1  # numbered like metrics.jsonl: the step being taken
+        if vdist.any_rank(not (torch.isfinite(loss) and torch.isfinite(norm)), self.env.device):
+            self._skip(step, loss, norm)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update(self.model)
+            self.skips = 0
+        with warnings.catch_warnings():  # a skipped step still advances the schedule (its number and data did)
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.step = step
+        self.log.advance()
+        if step % self.tc.log_every == 0 or step == self.tc.total_steps:
+            names = list(sums)
+            means = vdist.all_reduce_mean(torch.stack([sums[k] for k in names])).tolist()
+            self.log.log(step, **dict(zip(names, means)), **logged, grad_norm=norm,
+                         lr=self.scheduler.get_last_lr()[0], skipped=self.skipped, **self._throughput(step))
+        if step % self.tc.ckpt_every == 0 or step == self.tc.total_steps:
+            self.ckpt.save(step, skips=[self.skips, self.skipped], flops=[self._flops_key, self.flops_per_step])
+
+    def _skip(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """A step whose loss or gradients are not finite on some rank: no update anywhere, or the end of the run."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skips, self.skipped = self.skips + 1, self.skipped + 1
+        what = f"loss is {loss.item():.4g} and the gradient norm {norm.item():.4g} at step {step}"
+        if self.tc.nonfinite == "stop" or self.skips > self.tc.max_skips:
+            why = "" if self.tc.nonfinite == "stop" else f" after {self.tc.max_skips} skipped steps in a row"
+            raise VistokError(
+                f"{what} (on some rank){why}; training stopped. Lower train.lr, use train.precision=fp32 or raise "
+                "train.warmup_steps, then run again (it resumes from the last checkpoint)")
+        self.log.note(f"warning: {what} (on some rank); step skipped ({self.skips} in a row, at most "
+                      f"{self.tc.max_skips}: train.max_skips)")
+
+    def _throughput(self, step: int) -> dict[str, float | None]:
+        """images/s (and tokens/s) over the steps since the last log row, and MFU against the device's peak."""
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        now = time.perf_counter()
+        start, self._clock = self._clock, (now, step)
+        if start is None or step <= start[1]:  # the first logged window includes start-up and the FLOP count
+            return {}
+        seconds = (now - start[0]) / (step - start[1])
+        out: dict[str, float | None] = {"img_per_s": self.tc.batch_size / seconds}
+        if self.tokens_per_sample:
+            out["tok_per_s"] = self.tc.batch_size * self.tokens_per_sample / seconds
+        out["mfu"] = mfu(self.flops_per_step, seconds, self.peak)
+        return out
+
+    # ---------------------------------------------------------------------------------------------- run-level
     @contextlib.contextmanager
     def logging(self) -> Iterator[MetricsLog]:
         """The metrics log and progress bar, closed first on the way out so an error message starts its own line."""
         self.log = MetricsLog(self.tc.run_dir, self.env.is_main, self.step, self.tc.total_steps, self.tc.tensorboard)
+        self._clock = None
         try:
             yield self.log
         finally:
             self.log.close()
-
-    def finish_step(self, loss: torch.Tensor, metrics: Callable[[], dict[str, Any]] | None = None) -> None:
-        """After backward: abort on a non-finite loss, clip + step, update the EMA, log, checkpoint.
-
-        `metrics` is called only on logging steps (it may all-reduce); by default the loss averaged over ranks."""
-        check_finite(loss, self.step + 1)  # numbered like metrics.jsonl: the step being taken
-        grad_norm = optimizer_step(self.ddp_model, self.optimizer, self.scheduler, self.tc.grad_clip)
-        self.ema.update(self.model)
-        self.step += 1
-        self.log.advance()
-        if self.step % self.tc.log_every == 0 or self.step == self.tc.total_steps:
-            values = metrics() if metrics is not None else {"loss": vdist.all_reduce_mean(loss)}
-            self.log.log(self.step, **values, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
-        if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.total_steps:
-            self.ckpt.save(self.step)
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA weights as a plain state dict of the unwrapped model."""

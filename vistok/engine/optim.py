@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedules and EMA.
 
-- AdamW with two parameter groups: weight decay on the weights of linear and convolution layers only; none on norms,
+- AdamW (or plain SGD) with two parameter groups: weight decay on the weights of linear and convolution layers only; none on norms,
   biases, embedding tables, positional tables and learned tokens.
 - Schedules are functions of the step and the run's total steps (diffusers' warmup+cosine / constant), so no run
   length is hard-coded.
@@ -34,9 +34,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool = False
-) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool = False,
+    kind: str = "adamw",
+) -> torch.optim.Optimizer:
+    """AdamW (the default), or plain SGD without momentum (`kind="sgd"`: an update proportional to the gradient, which
+    the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+    if kind == "sgd":
+        return torch.optim.SGD(param_groups(model, weight_decay), lr=lr)
+    raise VistokError(f"unknown optimizer {kind!r}; use adamw or sgd")
 
 
 def build_scheduler(
