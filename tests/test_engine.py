@@ -585,3 +585,33 @@ def test_trainer_logs_throughput_and_mfu(tmp_path, capsys):
     for r in rows[1:]:
         assert r["tok_per_s"] == pytest.approx(3 * r["img_per_s"])
         assert r["mfu"] == pytest.approx(run.flops_per_step * r["img_per_s"] / 8 / 1e6)
+
+
+def test_dist_setup_passes_the_timeout_and_prefixes_restart_attempts(monkeypatch):
+    import datetime
+
+    from vistok.engine import dist as vdist
+
+    with pytest.raises(VistokError, match="dist_timeout_s must be positive"):
+        setup("cpu", timeout_s=0)
+    calls = []
+    monkeypatch.setattr(vdist.dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(vdist.dist, "is_initialized", lambda: False)
+    for var, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    env = setup("cpu", timeout_s=42)
+    assert env.rank == 1 and env.world_size == 2
+    assert calls[-1]["backend"] == "gloo" and calls[-1]["timeout"] == datetime.timedelta(seconds=42)
+    assert "store" not in calls[-1]  # a plain env:// rendezvous outside torchrun restarts
+    # under torchrun: the agent's store, with keys of their own for each restart attempt
+    server = tdist.TCPStore("127.0.0.1", 0, None, is_master=True, timeout=datetime.timedelta(seconds=10),
+                            wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    setup("cpu", timeout_s=42)
+    assert calls[-1]["rank"] == 1 and calls[-1]["world_size"] == 2
+    calls[-1]["store"].set("rank_1", "here")
+    assert server.get("vistok/attempt_3/rank_1") == b"here" and not server.check(["rank_1"])
