@@ -12,22 +12,27 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = REPO.parent / "shared" / "data"
+# a data root the user set is honoured (the README's "point VISTOK_DATA at yours"); else the repo's sibling shared/data
+USER_DATA_ROOT = os.environ.get("VISTOK_DATA") or None
+DATA_ROOT = Path(USER_DATA_ROOT).expanduser().resolve() if USER_DATA_ROOT else REPO.parent / "shared" / "data"
 CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "vistok-test"))
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The shared data folder (CIFAR-10 JPEG tarball), exported as VISTOK_DATA for this process and subprocesses."""
-    if not (DATA_ROOT / "cifar10-jpeg.tar.gz").is_file():
-        pytest.fail(f"shared data not found: expected {DATA_ROOT}/cifar10-jpeg.tar.gz (the repo's sibling shared/data)")
+    """The data folder with CIFAR-10 ($VISTOK_DATA when set, else the repo's sibling shared/data), exported as
+    VISTOK_DATA for this process and subprocesses."""
+    if not ((DATA_ROOT / "cifar10-jpeg.tar.gz").is_file() or (DATA_ROOT / "cifar-10-batches-py").is_dir()):
+        where = "VISTOK_DATA" if USER_DATA_ROOT else "the repo's sibling shared/data"
+        pytest.fail(f"CIFAR-10 not found: expected {DATA_ROOT}/cifar10-jpeg.tar.gz or cifar-10-batches-py/ ({where})")
     os.environ["VISTOK_DATA"] = str(DATA_ROOT)
     return DATA_ROOT
 
 
 @pytest.fixture(scope="session", autouse=True)
 def vistok_env() -> None:
-    """A persistent decode cache, so repeated test runs decode CIFAR-10 once; no assets or downloads leak in."""
+    """A persistent decode cache, so repeated test runs decode CIFAR-10 once; no downloads leak in; VISTOK_DATA is the
+    user's when set, else the shared data folder."""
     CACHE.mkdir(parents=True, exist_ok=True)
     os.environ["VISTOK_CACHE"] = str(CACHE)
     os.environ.pop("VISTOK_DOWNLOAD", None)

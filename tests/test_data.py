@@ -387,3 +387,97 @@ def test_loader_same_batches_for_any_world_size_and_workers(shared_image_folder)
         next(fresh)
     for _ in range(3):
         assert torch.equal(next(resumed)[0], next(fresh)[0])
+
+
+# ---------------------------------------------------------------- high bit depth, bombs, damaged .npz
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (and a 32-bit integer TIFF holding 16-bit values) maps 0..65535 onto 0..255 proportionally, in
+    every reader (folder dataset at its own size): 65535 -> 255, 32768 -> 128, 257 -> 1."""
+    values = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    values[0, :4] = [0, 257, 32768, 65535]
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode in ("I;16", "I")
+    Image.fromarray(values.astype(np.int32), mode="I").save(tmp_path / "deep32.tif")
+    expected = np.rint(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert expected[0, :4].tolist() == [0, 1, 128, 255]
+    ds = ImageFolderDataset(tmp_path, 32)
+    for i in range(len(ds)):
+        image = ds.uint8(i).numpy()
+        assert (image == expected[None]).all(), ds.files[i]
+    assert (expected == 255).mean() < 0.01  # PIL's own conversion made 99.6% of such pixels 255
+
+
+def test_decompression_bomb_is_skipped_once_not_replaced(tmp_path, monkeypatch):
+    """A bomb (over twice PIL's pixel limit, refused from its header) is dropped from a folder: evaluation reads the
+    other images once each, never a neighbour twice in its place."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # a 100x100 image is then a bomb; 32x32 ones are fine
+    rng = np.random.default_rng(0)
+    originals = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    for i, image in enumerate(originals):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "1b.png")  # sorts between 1.png and 2.png
+    from vistok.metrics import fid
+    from vistok.data.sources import load_images
+
+    with pytest.warns(UserWarning, match="1b.png: DecompressionBombError"):
+        images, _ = load_images(tmp_path, 32)  # what encode / reconstruct read
+    assert images.shape[0] == 3
+    for got, want in zip(images, originals):
+        assert np.array_equal(got, want)
+    with pytest.warns(UserWarning):
+        ds = fid.as_images(tmp_path)
+    assert len(ds) == 3 and [p.name for p in ds.source.files] == ["0.png", "1.png", "2.png"]
+
+
+def _damaged(tmp_path, kind: str) -> Path:
+    good = tmp_path / "good.npz"
+    np.savez(good, ids=np.arange(4000, dtype=np.int32).reshape(100, 40))
+    data = good.read_bytes()
+    path = tmp_path / f"{kind}.npz"
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "crc":
+        path.write_bytes(data[:200] + bytes(b ^ 0x55 for b in data[200:2000]) + data[2000:])
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "npy":
+        np.save(path.with_suffix(""), np.zeros(3))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "objects":
+        np.savez(path, ids=np.array([{"a": 1}], dtype=object))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "crc", "random", "npy", "objects"])
+def test_damaged_npz_is_one_line(tmp_path, kind):
+    from vistok.data.arrays import read_npz
+    from vistok.data.tokens import read_token_file
+
+    path = _damaged(tmp_path, kind)
+    for call in (lambda: read_npz(path), lambda: read_token_file(path)):
+        with pytest.raises(VistokError, match=f"cannot read .*{kind}.npz|is a single .npy array") as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert read_npz(tmp_path / "good.npz", ("ids", "missing"))["ids"].shape == (100, 40)
+
+
+def test_damaged_decode_cache_is_rebuilt(tmp_path, monkeypatch):
+    from vistok.data import images as data_images
+
+    monkeypatch.setenv("VISTOK_CACHE", str(tmp_path))
+    built = []
+
+    def build():
+        built.append(1)
+        return np.zeros((2, 32, 32, 3), np.uint8), np.arange(2)
+
+    data_images._cached("k", build)
+    (tmp_path / "k.npz").write_bytes(b"PK\x03\x04broken")
+    with pytest.warns(UserWarning, match="rebuilding the damaged decode cache"):
+        images, labels = data_images._cached("k", build)
+    assert len(built) == 2 and images.shape == (2, 32, 32, 3)
+    assert data_images._cached("k", build)[1].tolist() == [0, 1] and len(built) == 2
+    assert not list(tmp_path.glob(".k.npz.*"))  # written atomically, no temp left

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from pathlib import Path
 
 from vistok.demo import degraded_sets
 from vistok.errors import VistokError
 from vistok.metrics import fid
-from vistok.registry import shipped_models
+from vistok.assets import shipped_models
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_kid_on_small_sets(npz_sets, tmp_path):
         np.savez(small, images=z["images"][:50])
     res = fid.calculate(small, npz_sets["real"], kid=True)
     assert res["kid"] > 0 and np.isfinite(res["kid_std"])
-    with pytest.raises(VistokError, match="KID needs real images"):
+    with pytest.raises(VistokError, match="KID and precision/recall need real images"):
         fid.calculate(small, fid.shipped_statistics("cifar10-train", "cifar10-net"), kid=True)
 
 
@@ -114,3 +115,196 @@ def test_bad_inputs(tmp_path):
         fid.calculate(tmp_path / "bad.npz", "cifar10-test")
     with pytest.raises(VistokError, match="unknown extractor"):
         fid.calculate(tmp_path / "bad.npz", "cifar10-test", extractor="vgg")
+
+
+# --------------------------------------------------------------------------------------------- hardening, standard FID
+class _Payload:
+    """Unpickling this creates `marker`: the stand-in for a weights file that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted(path, marker):
+    import torch
+
+    torch.save({"Conv2d_1a_3x3.conv.weight": _Payload(marker)}, path)
+    return path
+
+
+def test_crafted_inception_weights_never_run(tmp_path, monkeypatch, npz_sets):
+    """In every weights position (explicit path, torch hub cache) a pickle that would run code is refused with one line
+    before torch-fidelity (which unpickles with weights_only=False) sees it; the same file does run code when loaded
+    unsafely, so the test would notice a regression."""
+    import torch
+
+    marker = tmp_path / "ran"
+    small = tmp_path / "a.npz"
+    with np.load(npz_sets["real"]) as z:
+        np.savez(small, images=z["images"][:4])
+    crafted = _crafted(tmp_path / "evil.pth", marker)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / fid.INCEPTION_FILE
+    cached.parent.mkdir(parents=True)
+    _crafted(cached, marker)
+    calls = [lambda: fid.calculate(small, small, extractor="inception-v3-compat", weights=str(crafted)),
+             lambda: fid.calculate(small, small, extractor="inception-v3-compat"),
+             lambda: fid.compute_statistics(fid.as_images(small), "inception-v3-compat")]
+    for call in calls:
+        with pytest.raises(VistokError, match=r"it names [\w.]*open, which could run code") as err:
+            call()
+        assert "\n" not in str(err.value) and not marker.exists()
+    torch.load(crafted, weights_only=False)  # the payload is live
+    assert marker.exists()
+
+
+def test_cifar10_net_weights_are_safetensors_only(tmp_path):
+    """The cifar10-net extractor reads its export through safetensors: a pickle in its place is one line, runs nothing."""
+    import shutil
+
+    from vistok.assets import resolve_ckpt
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "net"
+    shutil.copytree(resolve_ckpt("cifar10-net"), folder)
+    _crafted(folder / "model.safetensors", marker)
+    small = tmp_path / "a.npz"
+    np.savez(small, images=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(VistokError, match="not a safetensors weights file"):
+        fid.calculate(small, small, weights=str(folder))
+    assert not marker.exists()
+
+
+def test_inception_file_digest_decides_pass_through_or_safe_copy(tmp_path, monkeypatch):
+    import torch
+
+    from vistok.engine.safeload import sha256_file
+
+    path = tmp_path / "w.pth"
+    state = {"fc.weight": torch.randn(3, 2), "fc.bias": torch.randn(3)}
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match="not torch-fidelity's published Inception file"):
+        with fid.safe_inception_weights(path) as usable:
+            assert usable != str(path)
+            copy = torch.load(usable, weights_only=True)
+            assert copy.keys() == state.keys() and all(torch.equal(copy[k], state[k]) for k in state)
+    assert not Path(usable).exists()  # the copy lives only for the block
+    monkeypatch.setattr(fid, "INCEPTION_SHA256", sha256_file(path))  # as if it were the published file
+    monkeypatch.setattr(fid, "INCEPTION_BYTES", path.stat().st_size)
+    monkeypatch.setattr(fid, "_VERIFIED", {})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fid.safe_inception_weights(path) as usable:
+            assert usable == str(path)
+    torch.save([torch.zeros(1)], path)  # not a state dict
+    monkeypatch.setattr(fid, "_VERIFIED", {})
+    with pytest.raises(VistokError, match="not a state dict of tensors"):
+        with fid.safe_inception_weights(path):
+            pass
+
+
+def test_published_digest_matches_the_file_name():
+    """torch.hub names files with the first 8 hex digits of their SHA-256: the stored digest must agree."""
+    assert fid.INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0] == fid.INCEPTION_SHA256[:8]
+    import torch_fidelity.feature_extractor_inceptionv3 as fe_inception
+
+    assert fe_inception.URL_INCEPTION_V3 == fid.INCEPTION_URL
+
+
+def _adm_batch(path, images_nchw, stats, extra=True):
+    """An ADM-style reference batch: arr_0 NHWC uint8 images, mu/sigma in float64 (and spatial statistics)."""
+    arrays = {"arr_0": images_nchw.transpose(0, 2, 3, 1), "mu": stats["mu"].astype(np.float64),
+              "sigma": stats["sigma"].astype(np.float64)}
+    if extra:
+        arrays.update(mu_s=np.zeros(7), sigma_s=np.eye(7))
+    np.savez(path, **arrays)
+    return path
+
+
+def test_adm_reference_batch_statistics_and_images(tmp_path, test_images, npz_sets):
+    """--real REF.npz with mu/sigma and arr_0: FID from the statistics equals FID from the images; KID and
+    precision/recall use arr_0 and equal those against the same images as an .npz."""
+    real = test_images[:300]
+    np.savez(tmp_path / "real.npz", images=real)
+    ref = _adm_batch(tmp_path / "ref.npz", real, fid.compute_statistics(fid.as_images(tmp_path / "real.npz")))
+    fake = tmp_path / "fake.npz"
+    with np.load(npz_sets["blurred"]) as z:
+        np.savez(fake, arr_0=z["images"][:300].transpose(0, 2, 3, 1))  # samples.npz layout
+    via_ref = fid.calculate(fake, ref, kid=True, prc=True)
+    via_images = fid.calculate(fake, tmp_path / "real.npz", kid=True, prc=True)
+    assert via_ref["real_stats"] == str(ref) and via_ref["num_real"] == 300
+    assert via_ref["fid"] == pytest.approx(via_images["fid"], rel=1e-6)
+    for key in ("kid", "precision", "recall"):
+        assert via_ref[key] == pytest.approx(via_images[key], rel=1e-9, abs=1e-12), key
+    stats_only = tmp_path / "stats_only.npz"
+    np.savez(stats_only, mu=np.zeros(256), sigma=np.eye(256))
+    with pytest.raises(VistokError, match="need real images.*holds only statistics"):
+        fid.calculate(fake, stats_only, prc=True)
+    inception_sized = tmp_path / "adm.npz"
+    np.savez(inception_sized, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(VistokError, match="2048-d statistics but cifar10-net features are 256-d.*inception-v3-compat"):
+        fid.calculate(fake, inception_sized)
+    np.savez(tmp_path / "nan.npz", mu=np.full(256, np.nan), sigma=np.eye(256))
+    with pytest.raises(VistokError, match="non-finite"):
+        fid.calculate(fake, tmp_path / "nan.npz")
+
+
+def test_isc_and_prc_against_hand_values(tmp_path, test_images, npz_sets):
+    """Precision and recall of a set against itself are 1; the Inception Score (one split below 200 images) equals
+    exp(E_x KL(p(y|x) || p(y))) computed here from the extractor's logits."""
+    import torch
+
+    from vistok.registry import load_model
+
+    imgs = test_images[:150]
+    np.savez(tmp_path / "a.npz", images=imgs)
+    res = fid.calculate(tmp_path / "a.npz", tmp_path / "a.npz", isc=True, prc=True)
+    assert res["precision"] == res["recall"] == 1.0 and abs(res["fid"]) < 1e-3
+    net, _ = load_model("cifar10-net")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(imgs).double().div(127.5).sub(1.0).float()).double()
+    p = logits.softmax(1)
+    expected = torch.exp((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()).item()
+    assert res["isc"] == pytest.approx(expected, rel=1e-4) and res["isc_std"] == 0.0
+    noise = fid.calculate(npz_sets["noise"], tmp_path / "a.npz", prc=True, num=150)
+    assert noise["precision"] < 0.5
+
+
+def test_counts_refused_or_warned(tmp_path, npz_sets):
+    small = tmp_path / "s.npz"
+    with np.load(npz_sets["real"]) as z:
+        np.savez(small, images=z["images"][:5])
+    with pytest.raises(VistokError, match="FID needs at least 2 fake images, got 1"):
+        fid.calculate(small, small, num=1)
+    for bad in (0, -5):
+        with pytest.raises(VistokError, match="--num must be a positive number"):
+            fid.calculate(small, small, num=bad)
+    with pytest.raises(VistokError, match="--resolution must be at least"):
+        fid.calculate(small, small, resolution=0)
+    with pytest.warns(UserWarning, match="5 fake images < 256 cifar10-net feature dimensions"):
+        res = fid.calculate(small, small, kid=True)
+    assert len(res["warnings"]) == 2 and np.isfinite(res["kid"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "random"])
+def test_damaged_npz_is_one_line_in_every_position(tmp_path, damage):
+    good = tmp_path / "good.npz"
+    np.savez(good, arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    data = good.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "crc":
+        data = data[:200] + bytes(b ^ 0x55 for b in data[200:2000]) + data[2000:]
+    else:
+        data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data)
+    for fake, real in ((bad, good), (good, bad)):
+        with pytest.raises(VistokError, match=r"cannot read .*bad\.npz: (damaged or not an \.npz archive|not an \.npz archive)") as err:
+            fid.calculate(fake, real)
+        assert "\n" not in str(err.value)

@@ -101,3 +101,20 @@ def test_cfg_schedules_and_guidance() -> None:
     x, t = torch.randn(6), 0.6
     torch.testing.assert_close(flow.sde_drift(x, flow.guide(c, u, 2.5), t),
                                flow.guide(flow.sde_drift(x, c, t), flow.sde_drift(x, u, t), 2.5))
+
+
+def test_one_step_sde_returns_x0() -> None:
+    """The one-step SDE grid [1, 0] has no stochastic step; its deterministic step with the exact velocity of a clean
+    x0 (x_1 = eps, v = eps - x0) must land on x0, not on x0 - eps (the drift's mean step over the whole interval)."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    grid = flow.time_grid(1, sde=True)
+    assert grid == [1.0, 0.0]
+    z = eps
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        z = flow.euler_maruyama_step(z, flow.velocity_target(x0, eps), t, t_next, None)
+    torch.testing.assert_close(z, x0)
+    # a deterministic last step from t < 1 is still the SDE's mean step (the official sampler's last step)
+    t = 0.04
+    xt = flow.interpolate(x0, eps, t)
+    torch.testing.assert_close(flow.euler_maruyama_step(xt, eps - x0, t, 0.0, None), x0 - t * eps)

@@ -271,9 +271,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from vistok.data.sources import load_images
     from vistok.data.tokens import write_token_file
 
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise VistokError(f"--out {out} must end in .npz")
+    from vistok.data.outputs import check_output_file
+
+    out = check_output_file(args.out, ".npz")  # before any work
     tok = _load(args, api.Tokenizer)
     ks = _ks(args.tokens or str(tok.registers), tok.registers)
     images, labels = load_images(args.input, tok.resolution, args.num, args.data_root)
@@ -325,18 +325,22 @@ def _fid_flags(p: argparse.ArgumentParser) -> None:
                    help="feature network (default cifar10-net; inception-v3-compat is the standard one)")
     p.add_argument("--inception-weights", metavar="PATH", help="local Inception weights (no download)")
     p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
-    p.add_argument("--num", type=int, help="use at most N images")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--resolution", type=int, help="resize/crop folder images to this size (default: the first image's)")
+    p.add_argument("--num", type=_positive, help="use at most N images")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--resolution", type=_positive, help="resize/crop folder images to this size (default: the first image's)")
     p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_fid(sub) -> None:
-    p = sub.add_parser("fid", help="FID (and KID) of generated images against real images or statistics")
-    p.add_argument("--fake", required=True, help="image folder or .npz of uint8 images")
-    p.add_argument("--real", required=True, help="image folder, .npz, dataset name or statistics .npz")
+    p = sub.add_parser("fid", help="FID (KID, Inception Score, precision/recall) of generated images against real "
+                                   "images, statistics or an ADM reference batch")
+    p.add_argument("--fake", required=True, help="image folder or .npz of uint8 images (samples.npz: arr_0)")
+    p.add_argument("--real", required=True, help="image folder, .npz, dataset name, statistics .npz or an ADM "
+                   "reference batch (mu/sigma and/or arr_0)")
     p.add_argument("--kid", action="store_true", help="also compute KID (needs real images)")
+    p.add_argument("--isc", action="store_true", help="also compute the Inception Score of --fake")
+    p.add_argument("--prc", action="store_true", help="also compute precision and recall (needs real images)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _fid_flags(p)
     p.set_defaults(func=cmd_fid)
@@ -347,13 +351,18 @@ def cmd_fid(args: argparse.Namespace) -> None:
 
     res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
                         weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
-                        data_root=args.data_root, resolution=args.resolution, progress=not args.quiet)
+                        data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
+                        progress=not args.quiet)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         line = f"FID {res['fid']:.4f}"
         if "kid" in res:
             line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
+        if "isc" in res:
+            line += f"  IS {res['isc']:.4f} +- {res['isc_std']:.4f}"
+        if "precision" in res:
+            line += f"  precision {res['precision']:.4f}  recall {res['recall']:.4f}"
         print(f"{line}  ({res['num_fake']} images, {res['extractor']}, real: {res.get('real_stats', res['real'])})")
 
 
@@ -368,6 +377,7 @@ def add_fid_stats(sub) -> None:
 def cmd_fid_stats(args: argparse.Namespace) -> None:
     from vistok.metrics import fid
 
+    fid.check_output(args.out)  # before any work
     images = fid.as_images(args.input, args.num, args.resolution, args.data_root)
     weights = args.inception_weights or args.extractor_weights
     stats = fid.compute_statistics(images, args.extractor, weights, args.batch_size, progress=not args.quiet)

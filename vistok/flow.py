@@ -8,7 +8,9 @@ arXiv 2502.20388, Eq. 2-3; SiT/REPA for the SDE): **t = 0 is data, t = 1 is nois
 Sampling integrates from t = 1 down to t = 0. The Euler-Maruyama sampler integrates the reverse SDE whose marginals
 match the flow's: with the score s(x_t) = -(x_t + (1 - t) v) / t and diffusion g^2 = 2t, the drift is
 d = v - t s = (2 - t) v + x_t and a step is x += d dt + sqrt(2t |dt|) xi (dt < 0). Its grid is t = linspace(1, t_last, N)
-followed by 0: N - 1 stochastic steps and one last deterministic step to 0, so N network evaluations either way.
+followed by 0: N - 1 stochastic steps and one last deterministic step to 0, so N network evaluations either way. With
+N = 1 there is no stochastic step at all and the single deterministic step 1 -> 0 is the ODE (Euler) step, which
+returns the predicted x0 (the drift's mean step over the whole interval would return x0 - eps).
 
 Classifier-free guidance combines the conditional and unconditional velocities, v_u + w (v_c - v_u). Because the SDE
 drift is affine in v with the same x_t for both branches, guiding v is the same as guiding the drift. The scale w can be
@@ -84,8 +86,13 @@ def sde_drift(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
 def euler_maruyama_step(
     x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, noise: torch.Tensor | None
 ) -> torch.Tensor:
-    """One Euler-Maruyama step x + d dt + sqrt(2t |dt|) noise; `noise=None` takes the deterministic step."""
+    """One Euler-Maruyama step x + d dt + sqrt(2t |dt|) noise; `noise=None` takes the deterministic step.
+
+    A deterministic step that starts at t = 1 (the whole one-step SDE grid [1, 0]) is the probability-flow (Euler ODE)
+    step x - v = x0: with x_1 = eps the score is -x and the drift mean step would return -v = x0 - eps."""
     dt = t_next - t
+    if noise is None and t >= 1.0:
+        return euler_step(x, v, t, t_next)
     x = x + sde_drift(x, v, t) * dt
     if noise is not None:
         x = x + math.sqrt(2.0 * t * abs(dt)) * noise

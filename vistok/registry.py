@@ -18,6 +18,7 @@ from torch import nn
 from vistok.assets import assets_dir, resolve_ckpt, shipped_models  # re-exported: older callers import them here
 from vistok.config import from_dict
 from vistok.engine.checkpoint import load_state_strict, read_export
+from vistok.engine.export_check import check_export
 from vistok.errors import VistokError
 
 # modules that define families and presets; each has a `FAMILY = (name, ConfigClass, ModelClass)` and `PRESETS`
@@ -92,6 +93,7 @@ def param_count(preset: str | Preset) -> int:
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode with the exported EMA weights, the export's config.json) from a folder or shipped name."""
     folder = resolve_ckpt(ckpt)
+    check_export(folder, lambda meta: build(meta.get("family"), meta.get("config", {})))  # before any allocation
     meta, state = read_export(folder)
     model = build(meta["family"], meta["config"])
     load_state_strict(model, state, str(folder))

@@ -22,6 +22,7 @@ from vistok import registry
 from vistok.assets import resolve_ckpt
 from vistok.config import from_dict
 from vistok.engine import checkpoint
+from vistok.engine.export_check import inside_export
 from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
@@ -89,9 +90,10 @@ def load_paired(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[T
     if not isinstance(model, (AR, XAR)) or not is_paired(meta):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model on {spec.get('family')!r} tokens, not a generator on "
                           "FlexTok tokens; pass an export of train/train_flextok_gpt.py or train/train_flextok_xar.py")
-    if not (folder / spec.get("path", TOKENIZER_DIR)).is_dir():
+    tokenizer_dir = inside_export(folder, spec.get("path", TOKENIZER_DIR), "tokenizer.path")  # never outside the export
+    if not tokenizer_dir.is_dir():
         raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; re-export it")
-    flextok, image_tokenizer, ft_meta = load_flextok(folder / spec.get("path", TOKENIZER_DIR), device)
+    flextok, image_tokenizer, ft_meta = load_flextok(tokenizer_dir, device)
     check_pairing(model.config, flextok.config)
     decoding = settings(DecodeConfig, {**ft_meta.get("sample", {}), **meta.get("decode", {})})
     codes = FlexTokCodes(flextok, image_tokenizer, spec.get("code_scale", 1.0), decoding)

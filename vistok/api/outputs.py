@@ -27,11 +27,10 @@ SHARDS = ".shards"
 
 
 def check_out(out: str | Path) -> Path:
-    """An --out that is a .png (grid alone) or a folder (not an existing file)."""
-    out = Path(out)
-    if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
-        raise VistokError(f"--out {out} is a file; pass a folder, or a path ending in .png for a grid alone")
-    return out
+    """An --out that is a .png (grid alone) or a folder (not an existing file), and writable: checked before any work."""
+    from vistok.data.outputs import check_output_folder
+
+    return check_output_folder(out)
 
 
 def write_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]]) -> Path:

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vistok.data.arrays import read_npz
+from vistok.engine.atomic import atomic_write
 from vistok.errors import VistokError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
@@ -62,10 +64,29 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. High-bit-depth grayscale (16-bit PNG/TIFF: modes I;16*, I) is scaled to 0..255
+    (65535 -> 255, proportionally), not clipped as PIL's own conversion does; float images (F) are taken as 0..1."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0
+        elif img.mode == "I" and values.size and values.max() > 65535:
+            top = float(values.max())
+        else:
+            top = 65535.0
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
 def load_rgb(source, resolution: int) -> np.ndarray:
-    """Decode an image (path or bytes), convert to RGB, resize the shorter side and center-crop: (R, R, 3) uint8."""
+    """Decode an image (path or bytes), convert to RGB (`to_rgb`), resize the shorter side and center-crop:
+    (R, R, 3) uint8. PIL refuses decompression bombs (more than twice `Image.MAX_IMAGE_PIXELS`) from the header."""
+    if resolution < 1:
+        raise VistokError(f"image resolution must be a positive number of pixels, got {resolution}")
     with Image.open(source) as img:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         w, h = img.size
         if (w, h) != (resolution, resolution):
             scale = resolution / min(w, h)
@@ -203,12 +224,13 @@ def _cifar10_from_torchvision(root: Path, split: str, download: bool) -> tuple[n
 def _cached(key: str, build) -> tuple[np.ndarray, np.ndarray]:
     path = cache_dir() / f"{key}.npz"
     if path.is_file():
-        with np.load(path) as z:
-            return z["images"], z["labels"]
+        try:
+            arrays = read_npz(path, ("images", "labels"), what="decode cache")
+            return arrays["images"], arrays["labels"]
+        except (VistokError, KeyError):  # a damaged cache is rebuilt, not fatal
+            warnings.warn(f"rebuilding the damaged decode cache {path}", stacklevel=2)
     images, labels = build()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, images=images, labels=labels))
     return images, labels
 
 

@@ -10,22 +10,28 @@ from pathlib import Path
 
 import numpy as np
 
+from vistok.data.arrays import read_npz
 from vistok.data.images import NAMED, ImageFolderDataset, build_image_dataset, subset
 from vistok.errors import VistokError, require
 
 
-def load_npz_images(path: Path) -> np.ndarray:
-    """(N, 3, H, W) uint8 from an `.npz` holding `arr_0` or `images`, NHWC or NCHW."""
-    with np.load(path) as z:
-        key = next((k for k in ("images", "arr_0") if k in z.files), None)
-        if key is None:
-            raise VistokError(f"{path} has neither 'images' nor 'arr_0' (nor 'mu'/'sigma' statistics); keys: {z.files}")
-        arr = z[key]
+def npz_images(arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    """(N, 3, H, W) uint8 from the `images` or `arr_0` array of an .npz's arrays (NHWC or NCHW)."""
+    key = next((k for k in ("images", "arr_0") if k in arrays), None)
+    if key is None:
+        raise VistokError(f"{path} has neither 'images' nor 'arr_0' (nor 'mu'/'sigma' statistics); keys: {sorted(arrays)}")
+    arr = arrays[key]
     if arr.dtype != np.uint8 or arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
         raise VistokError(f"{path}:{key} must be uint8 images (N, H, W, 3) or (N, 3, H, W), got {arr.dtype} {arr.shape}")
     if len(arr) == 0:
         raise VistokError(f"{path}:{key} holds no images")
     return arr if arr.shape[1] == 3 else arr.transpose(0, 3, 1, 2)
+
+
+def load_npz_images(path: str | Path) -> np.ndarray:
+    """(N, 3, H, W) uint8 from an `.npz` holding `arr_0` or `images`, NHWC or NCHW; a damaged file is one line."""
+    path = Path(path)
+    return npz_images(read_npz(path, ("images", "arr_0"), what="image file"), path)
 
 
 def load_images(
@@ -36,19 +42,16 @@ def load_images(
     path = Path(str(source)).expanduser()
     if str(source) in NAMED or path.is_dir():
         ds = build_image_dataset(str(source), data_root, resolution) if str(source) in NAMED \
-            else ImageFolderDataset(path, resolution)
+            else ImageFolderDataset(path, resolution, verify=True)  # unreadable files dropped, never replaced
         chosen = subset(ds, num or 0)
         indices = chosen.indices if hasattr(chosen, "indices") else range(len(ds))
         images = np.stack([ds.uint8(i).permute(1, 2, 0).numpy() for i in indices])
         labels = np.asarray([int(ds.labels[i]) for i in indices], np.int64)
         return images, labels if getattr(ds, "classes", ()) else None
     if path.suffix == ".npz" and path.is_file():
-        try:
-            images = np.ascontiguousarray(load_npz_images(path)[:num or None].transpose(0, 2, 3, 1))
-            with np.load(path) as z:
-                labels = z["labels"][:len(images)].astype(np.int64) if "labels" in z.files else None
-        except (OSError, ValueError) as err:
-            raise VistokError(f"cannot read {path} ({err.__class__.__name__}); is it an .npz of uint8 images?") from None
+        images = np.ascontiguousarray(load_npz_images(path)[:num or None].transpose(0, 2, 3, 1))  # one-line errors
+        labels = read_npz(path, ("labels",), what="image file").get("labels")
+        labels = None if labels is None else labels[:len(images)].astype(np.int64)
         require(images.shape[1:3] == (resolution, resolution),
                 f"{path} holds {images.shape[1]}x{images.shape[2]} images but the model takes {resolution}x{resolution}; "
                 "resize them or pass an image folder (resized on load)")
@@ -56,4 +59,4 @@ def load_images(
     raise VistokError(f"--input {source} is not a dataset name ({', '.join(NAMED)}), an image folder or an .npz of images")
 
 
-__all__ = ["load_images", "load_npz_images"]
+__all__ = ["load_images", "load_npz_images", "npz_images"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vistok.data.arrays import read_npz
 from vistok.errors import VistokError, require
 
 
@@ -44,13 +45,7 @@ def read_token_file(path: str | Path, encode_hint: str = "") -> dict[str, np.nda
     `vistok encode` command that writes the file (`encode_hint`, or the bare command)."""
     path = Path(path).expanduser()
     hint = f"; write it with: {encode_hint}" if encode_hint else "; write it with `vistok encode`"
-    if not path.is_file():
-        raise VistokError(f"token file {path} does not exist{hint}")
-    try:
-        with np.load(path) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError) as err:
-        raise VistokError(f"cannot read {path} ({err.__class__.__name__}){hint}") from None
+    arrays = read_npz(path, what="token file", hint=hint)
     ids = arrays.get("ids")
     if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise VistokError(f"{path} needs an integer 'ids' array (N, K); found {sorted(arrays)}{hint}")

@@ -26,6 +26,7 @@ Generation stops at any k <= K.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -53,7 +54,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, f"sampling steps must be at least 1, got {self.steps}")
-        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
+        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class ARSampleConfig:
     top_p: float = 1.0  # 1: off
 
     def __post_init__(self) -> None:
-        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
-        require(self.temperature >= 0, f"the temperature must be >= 0, got {self.temperature}")
+        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
+        require(math.isfinite(self.temperature) and self.temperature >= 0, f"the temperature must be >= 0, got {self.temperature}")
         require(self.top_k >= 0, f"top-k must be >= 0 (0: off), got {self.top_k}")
         require(0.0 < self.top_p <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
 

@@ -94,8 +94,15 @@ def load_fid_net(ckpt: str, device: str | torch.device = "cpu") -> FidNet:
     from vistok.assets import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
+    from vistok.engine.export_check import check_export
+
+    def build(meta: dict) -> FidNet:
+        require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "
+                                                 "feature network; pass an export of train/train_fid_net.py")
+        return FidNet(from_dict(FidNetConfig, meta["config"]))
 
     folder = resolve_ckpt(ckpt)
+    check_export(folder, build)  # sizes, keys and shapes against the weights file's header, before any allocation
     meta, state = read_export(folder)
     require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "
                                              "feature network; pass an export of train/train_fid_net.py")

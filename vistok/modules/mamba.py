@@ -126,6 +126,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+        with _no_autocast(u):
+            return _SelectiveScan._forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
         dt = _delta(delta, delta_bias, delta_softplus)  # (B, L, D)
         batch, length, d_inner = u.shape
         block = _block_len(batch, d_inner, A.shape[1], length)
@@ -148,6 +153,11 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
+        with _no_autocast(dy):
+            return _SelectiveScan._backward(ctx, dy.to(ctx.saved_tensors[0].dtype))
+
+    @staticmethod
+    def _backward(ctx, dy):
         u, delta, A, B, C, D, delta_bias, starts = ctx.saved_tensors
         pre = delta if delta_bias is None else delta + delta_bias
         dt = F.softplus(pre) if ctx.delta_softplus else pre
@@ -183,6 +193,11 @@ class _SelectiveScan(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _no_autocast(t: torch.Tensor):
+    """Autocast off for the scan: its casts to fp32 would be undone by autocast's bf16 einsums (matmuls) otherwise."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def _compute_dtype(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32  # fp32 even under autocast
     return [None if t is None else t.to(dtype) for t in tensors]
@@ -201,6 +216,11 @@ def selective_scan_ref(
     D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
 ) -> torch.Tensor:
     """The naive sequential recurrence (a Python loop over time under autograd), for tests and benchmarks."""
+    with _no_autocast(u):
+        return _selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def _selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> torch.Tensor:
     u_, delta, A, B, C, D, delta_bias = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     dt = _delta(delta, delta_bias, delta_softplus)
     a = torch.exp(rearrange(dt, "b l d -> b d l 1") * rearrange(A, "d n -> d 1 n"))  # (B, D, L, N)

@@ -16,6 +16,7 @@ of its batch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -45,7 +46,7 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, f"decoding steps must be at least 1, got {self.steps}")
-        require(self.cfg > 0, f"the guidance scale must be positive, got {self.cfg}")
+        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
         require(self.guidance in ("cfg", "apg"), f"guidance must be cfg or apg, got {self.guidance!r}")
 Guidance = Literal["cfg", "apg"]
 
