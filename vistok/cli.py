@@ -152,6 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         gen.reject({key: SAMPLE_FLAGS[key] for key in given})
         labels = gen.labels(_split(args.labels), args.num if args.num or args.labels else 100)
         lo, hi = len(labels) * env.rank // env.world_size, len(labels) * (env.rank + 1) // env.world_size
+        gen.settings(**{k: v for k, v in given.items() if k not in ("tokens", "decode_steps")})  # a bad --cfg: no files
         if env.is_main:
             SampleWriter(args.out)  # a fresh shard folder, before any rank writes into it
         dist.barrier()
