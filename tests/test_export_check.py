@@ -53,7 +53,7 @@ def test_mismatched_weights_named_before_reading(tmp_path, monkeypatch):
     from vistok.engine import checkpoint
 
     monkeypatch.setattr(checkpoint, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
-    with pytest.raises(VistokError, match=r"shape of head\.weight: file \[10, 256\], config \[12, 256\]"):
+    with pytest.raises(VistokError, match=r"size mismatch for head\.weight: file \[10, 256\], config \[12, 256\]"):
         registry.load_model(net)
 
 

@@ -160,10 +160,11 @@ def check_export(folder: str | Path, build: Callable[[dict[str, Any]], nn.Module
     unexpected = sorted(set(header) - set(expected))
     wrong = [k for k in sorted(set(expected) & set(header)) if expected[k] != header[k]]
     if missing or unexpected or wrong:
-        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-                 f"shape of {wrong[0]}: file {list(header[wrong[0]])}, config {list(expected[wrong[0]])}" if wrong else ""]
-        raise VistokError(f"{folder}: model.safetensors does not match config.json ("
-                          + "; ".join(p for p in parts if p) + "); was it exported from a different preset?")
+        parts = [f"size mismatch for {wrong[0]}: file {list(header[wrong[0]])}, config {list(expected[wrong[0]])}"
+                 if wrong else "", f"missing {missing[:3]}" if missing else "",
+                 f"unexpected {unexpected[:3]}" if unexpected else ""]
+        raise VistokError(f"{folder} does not match the model: " + "; ".join(p for p in parts if p)
+                          + " (config.json against model.safetensors); was it exported from a different preset?")
     return meta
 
 
