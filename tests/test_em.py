@@ -18,7 +18,7 @@ from vistok.em.backbone import SegMamba, SegMambaConfig
 from vistok.em.metrics import arand, evaluate, voi
 from vistok.em.objectives import MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
 from vistok.em.segmentation import (affinities, agglomerate, class_balance_weights, fragments, gaussian_importance,
-                                    segment, sliding_window_inference, weighted_mse)
+                                    segment, sliding_window_inference, weighted_mse, widen_border)
 from vistok.em.synthetic import synthetic_em_volume
 from vistok.em.volumes import EMCrops, augment_inplane, parse_volume_arg, read_volume, write_volume
 from vistok.errors import VistokError
@@ -173,6 +173,33 @@ def test_pretrained_backbone_moves_strictly_to_the_segmentation_model() -> None:
         load_pretrained_backbone(other, pre.state_dict())
 
 
+def test_isotropic_encoder_sees_every_section_with_the_same_parameter_names() -> None:
+    """The official (anisotropic) stem has kernel 1 and stride 2 along z: odd sections never reach the encoder.
+    encoder_z="isotropic" gives the stem and downsamplers a z kernel; the parameter names stay the same."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 32, 32)
+    odd = x.clone()
+    odd[:, :, 1::2] = torch.rand_like(odd[:, :, 1::2])  # change only the odd sections
+    skips = {}
+    for layout in ("anisotropic", "isotropic"):
+        enc = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "encoder_z": layout})).encoder.eval()
+        with torch.no_grad():
+            skips[layout] = [(a - b).abs().max().item() for a, b in zip(enc(x), enc(odd))]
+    assert skips["anisotropic"] == [0.0, 0.0, 0.0, 0.0]  # the planted blindness of the official layout
+    assert min(skips["isotropic"]) > 1e-4
+    aniso, iso = (SegMamba(SegMambaConfig(**{**MICRO.__dict__, "encoder_z": z})).state_dict()
+                  for z in ("anisotropic", "isotropic"))
+    assert list(aniso) == list(iso)
+    assert {k for k in aniso if aniso[k].shape != iso[k].shape} == {
+        "encoder.downsample.0.weight", "encoder.downsample.1.1.weight", "encoder.downsample.2.1.weight",
+        "encoder.downsample.3.1.weight"}
+    assert aniso["encoder.downsample.0.weight"].shape[2:] == (1, 7, 7)
+    assert iso["encoder.downsample.0.weight"].shape[2:] == (7, 7, 7) and iso["encoder.downsample.1.1.weight"].shape[2:] == (2, 2, 2)
+    assert SegMambaConfig().encoder_z == "anisotropic"  # the official layout stays the default
+    with pytest.raises(VistokError, match="encoder_z"):
+        SegMambaConfig(encoder_z="cubic")
+
+
 def test_backbone_shapes_presets_and_input_checks() -> None:
     model = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "out_chans": 3}))
     assert model(torch.rand(2, 1, 16, 32, 32)).shape == (2, 3, 16, 32, 32)
@@ -266,6 +293,52 @@ def test_affinities_on_a_hand_made_volume() -> None:
     assert aff[1].tolist() == [[[0, 0, 0], [1, 0, 1]], [[0, 0, 0], [0, 0, 1]]]  # y: same label as y-1
     assert aff[2].tolist() == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]]  # x: same label as x-1
     assert torch.equal(affinities(labels[None])[0], aff)  # leading batch axes
+
+
+def test_widen_border_only_cuts_between_two_positive_ids() -> None:
+    """The official seg_widen_border: zero a voxel when its in-plane 3x3 window holds two different positive ids;
+    background (0) takes no part, so cells that touch only background keep every voxel."""
+    touching_background_only = np.array([[[1, 1, 0, 2],
+                                          [1, 1, 0, 2],
+                                          [0, 0, 0, 0],
+                                          [3, 3, 3, 3]]])  # (z=1, y=4, x=4): ids 1, 2, 3 never share a window
+    assert np.array_equal(widen_border(touching_background_only), touching_background_only)
+    two_cells = np.array([[[1, 1, 1, 2, 2],
+                           [1, 1, 1, 2, 2],
+                           [0, 0, 0, 0, 0]]])  # ids 1 | 2 meet between x=2 and x=3
+    assert widen_border(two_cells).tolist() == [[[1, 1, 0, 0, 2],
+                                                 [1, 1, 0, 0, 2],
+                                                 [0, 0, 0, 0, 0]]]
+    diagonal = np.array([[[5, 0, 0],
+                          [0, 0, 0],
+                          [0, 0, 7]]])  # 5 and 7 two voxels apart diagonally: no 3x3 window holds both
+    assert np.array_equal(widen_border(diagonal), diagonal)
+    corner = np.array([[[5, 0],
+                        [0, 7]]])  # diagonal neighbours share every window: both go
+    assert widen_border(corner).tolist() == [[[0, 0], [0, 0]]]
+    slices = np.stack([two_cells[0], np.where(two_cells[0] > 0, 9, 0)])  # (z=2): slice 1 holds one id only
+    out = widen_border(slices)  # in-plane only: slice 0's cut does not reach slice 1
+    assert out[0].tolist() == widen_border(two_cells)[0].tolist() and np.array_equal(out[1], slices[1])
+    assert out.dtype == slices.dtype
+    wide = widen_border(np.array([[[1] * 4 + [2] * 4]]), radius=2)  # a 5x5 window cuts two voxels on each side
+    assert wide.tolist() == [[[1, 1, 0, 0, 0, 0, 2, 2]]]
+    with pytest.raises(VistokError, match="radius"):
+        widen_border(two_cells, radius=0)
+
+
+@pytest.mark.skipif(not GALA.exists(), reason="real EM volume not available")
+def test_widen_border_on_the_real_volume_matches_the_brute_force_rule() -> None:
+    with h5py.File(GALA, "r") as f:
+        ids = f["train/neuron_ids"][:4, :40, :60]
+    padded = np.pad(ids, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    want = ids.copy()
+    for z, y, x in zip(*np.nonzero(ids)):  # the thesis' sentence, voxel by voxel
+        window = padded[z, y:y + 3, x:x + 3]
+        if len(np.unique(window[window > 0])) > 1:
+            want[z, y, x] = 0
+    got = widen_border(ids)
+    assert np.array_equal(got, want)
+    assert (got == 0).mean() > (ids == 0).mean()  # some boundaries were cut, and only the rule's
 
 
 def test_class_balance_weights_and_weighted_mse() -> None:

@@ -6,10 +6,13 @@ Prediction", arXiv 2405.16847) on EM volumes: random-token, next-token and next-
 
 Crops of `model.input_size` are drawn from `data.volumes` (FILE[:DATASET] each, whole-volume min-max normalised).
 The task mix is `schedule`, a function of the step kept out of the model:
-    paper (two-stage):  schedule.kind=two_stage schedule.weights=[1,1,1] schedule.switch=0.5
-    random-token only:  schedule.kind=constant  schedule.weights=[1,0,0]
+    random-token only:  schedule.kind=constant  schedule.weights=[1,0,0]   (the paper's stage 1)
+    paper's stage 2:    schedule.kind=constant  schedule.weights=[0,1,1]  init_from=STAGE1_RUN/export
     next-all only:      schedule.kind=constant  schedule.weights=[0,1,0]
+    one-run two-stage:  schedule.kind=two_stage schedule.weights=[1,1,1] schedule.switch=0.5  (shares one optimizer)
     all three per step: schedule.kind=constant  schedule.weights=[1,1,1]   (two forward passes per step)
+The paper's schedule is the first two lines chained: stage 2 loads every weight of stage 1's export (strictly; the
+model config must be equal) and starts its own warm-up, cosine and AdamW state.
 Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
 (config.json + model.safetensors, family `tokenunify`) with each task's MSE on fixed crops; fine-tune from it with
 `python train/finetune_em_seg.py ... init_from=RUN/export`.
@@ -22,13 +25,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from vistok.config import to_dict
-from vistok.em.objectives import FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig
+from vistok.config import from_dict, to_dict
+from vistok.data.loader import StepBatchSampler
+from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
+                                  load_pretrained)
 from vistok.em.volumes import EMCrops, load_volumes
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
-from vistok.data.loader import StepBatchSampler
-from vistok.errors import require
+from vistok.errors import VistokError, require
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Config:
     data: VolumeDataConfig = field(default_factory=VolumeDataConfig)
     schedule: MixSchedule = field(default_factory=MixSchedule)
     eval_crops: int = 8  # fixed crops of data.volumes scored per task at the end (0: none)
+    init_from: str = ""  # a TokenUnify export to start from (the paper's stage 2 after stage 1); fresh optimizer
 
     def __post_init__(self) -> None:
         require(self.eval_crops >= 0, "eval_crops must be >= 0")
@@ -58,6 +63,21 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     """Masks, prefix lengths and fill noise of one step: a function of (seed, step, rank), so a resumed run draws
     exactly what an uninterrupted one would."""
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+def load_init(model: TokenUnify, init_from: str) -> dict:
+    """Load every weight of a TokenUnify export into `model` (config must match); returns the export's metadata."""
+    meta, state = checkpoint.read_export(init_from)
+    if meta.get("family") != FAMILY[0]:
+        raise VistokError(f"init_from={init_from} holds a {meta.get('family')!r} model; pass a TokenUnify pretraining "
+                          "export (RUN/export of train/pretrain_tokenunify.py)")
+    theirs, ours = to_dict(from_dict(TokenUnifyConfig, meta["config"])), to_dict(model.config)
+    if theirs != ours:
+        differ = [k for k in ours if theirs[k] != ours[k]]
+        raise VistokError(f"init_from={init_from} was pretrained with a different model config ({', '.join(differ)} "
+                          "differ); set the same model keys as the first stage")
+    load_pretrained(model, state, str(init_from))
+    return meta
 
 
 @torch.no_grad()
@@ -80,6 +100,11 @@ def main() -> None:
     volumes = load_volumes(cfg.data.volumes)  # fail on a bad path before building anything
 
     model = TokenUnify(cfg.model).to(env.device)
+    if cfg.init_from:  # before the Trainer: the EMA starts from these weights; the optimizer and schedule are new
+        prev = load_init(model, cfg.init_from)
+        if env.is_main:
+            print(f"init_from {cfg.init_from}: all weights loaded (its schedule: {prev.get('schedule')}, "
+                  f"step {prev.get('step')})")
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
@@ -114,6 +139,7 @@ def main() -> None:
             scores = task_errors(ema_model, fixed, tc.seed, env.device)
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
+                                init_from=cfg.init_from or None,
                                 eval={"crops": cfg.eval_crops, **scores})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
         print(f"exported EMA weights (step {run.step}) to {out}{'; ' + shown if shown else ''}")

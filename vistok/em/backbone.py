@@ -5,7 +5,7 @@ Chen et al., "TokenUnify: Scalable Autoregressive Visual Pre-training with Mixtu
 (its EM backbone, with anisotropic in-plane kernels); Gu & Dao, "Mamba", arXiv 2312.00752.
 
     input (B, 1, D, H, W)
-      encoder: stem conv (1,7,7)/2 -> [GSC -> depth x (LayerNorm -> tri-Mamba)] per stage, downsampling /2 in z, y, x
+      encoder: stem conv (1,7,7)/2 [(7,7,7)/2 with encoder_z="isotropic"] -> [GSC -> depth x (LayerNorm -> tri-Mamba)] per stage, downsampling /2 in z, y, x
                between stages; each stage's output, instance-normed and through a 1^3-conv MLP, is a skip (D/2 .. D/16)
       decoder: UNETR residual blocks on the input and the four skips, transposed-conv upsampling, concatenation
     output (B, out_chans, D, H, W) logits (the losses apply the sigmoid)
@@ -43,6 +43,10 @@ class SegMambaConfig:
     bimamba_type: Literal["none", "v2", "v3"] = "v3"
     nslices: int = 5
     mamba_residual: bool = False  # the official MambaLayer has none; a residual helps deep stacks train
+    # encoder stem and downsamplers along z: "anisotropic" = the official (1,7,7) stem and (1,2,2) downsamplers, which
+    # stride 2 in z with kernel 1, so every other section never reaches the encoder (fine for 30-40 nm sections);
+    # "isotropic" = (7,7,7) stem and (2,2,2) downsamplers that see every section (FIB-SEM). Same parameter names.
+    encoder_z: Literal["anisotropic", "isotropic"] = "anisotropic"
 
     def __post_init__(self) -> None:
         require(len(self.feat_size) == 4 and len(self.depths) == 4, "feat_size and depths need 4 entries (one per stage)")
@@ -50,6 +54,16 @@ class SegMambaConfig:
         require(min(self.feat_size) > 0 and self.hidden_size > 0, "feat_size and hidden_size must be positive")
         require(min(self.depths) >= 0 and self.nslices >= 1, "depths must be >= 0 and nslices >= 1")
         require(self.in_chans > 0 and self.out_chans > 0, "in_chans and out_chans must be positive")
+        require(self.encoder_z in ("anisotropic", "isotropic"),
+                f"encoder_z must be 'anisotropic' or 'isotropic', got {self.encoder_z!r}")
+
+    @property
+    def stem_kernel(self) -> tuple[int, int, int]:
+        return (1, 7, 7) if self.encoder_z == "anisotropic" else (7, 7, 7)
+
+    @property
+    def down_kernel(self) -> tuple[int, int, int]:
+        return (1, 2, 2) if self.encoder_z == "anisotropic" else (2, 2, 2)
 
     def stage_shapes(self, size: tuple[int, ...]) -> list[tuple[int, int, int]]:
         """Feature-map sizes of the four encoder stages for an input of spatial `size` (D, H, W)."""
@@ -119,8 +133,8 @@ class MambaEncoder(nn.Module):
     def __init__(self, cfg: SegMambaConfig) -> None:
         super().__init__()
         f = cfg.feat_size
-        stem = nn.Conv3d(cfg.in_chans, f[0], (1, 7, 7), stride=2, padding=(0, 3, 3))
-        downs = [nn.Sequential(nn.InstanceNorm3d(f[i - 1]), nn.Conv3d(f[i - 1], f[i], (1, 2, 2), stride=2))
+        stem = nn.Conv3d(cfg.in_chans, f[0], cfg.stem_kernel, stride=2, padding=tuple(k // 2 for k in cfg.stem_kernel))
+        downs = [nn.Sequential(nn.InstanceNorm3d(f[i - 1]), nn.Conv3d(f[i - 1], f[i], cfg.down_kernel, stride=2))
                  for i in range(1, 4)]
         self.downsample = nn.ModuleList([stem, *downs])
         self.gscs = nn.ModuleList(GSC(c) for c in f)

@@ -9,8 +9,9 @@ voxels in [0, 1] with MSE on sigmoid outputs, as in the official code:
     next:      same input (one shared forward pass);                  target = token k, from a small head (3 stride-2
                convs + Linear, the official "Perceiver resampler") on the full-resolution output map
 
-The mix is a schedule of task weights over training steps (`MixSchedule`), kept out of `forward`: the paper's
-two-stage schedule (random first, then next-all + next 1:1), constant weights, or alternating phases. Every parameter
+The mix is a schedule of task weights over training steps (`MixSchedule`), kept out of `forward`. The paper's
+schedule is two runs: random-token prediction, then next-all + next-token 1:1 from its weights with a fresh optimizer
+and learning-rate schedule (`load_pretrained` carries the weights across). Every parameter
 takes part in every step, so DDP needs no `find_unused_parameters`.
 """
 
@@ -45,11 +46,19 @@ class PretrainLoss(NamedTuple):
 
 @dataclass(frozen=True)
 class MixSchedule:
-    """Task weights per step. `weights` = (random, next_all, next).
+    """Task weights per step of one run. `weights` = (random, next_all, next).
 
-    constant:  `weights` at every step (random and autoregressive inputs each get their own forward pass);
-    two_stage: the paper: (w_random, 0, 0) for the first `switch` fraction of the steps, then (0, w_next_all, w_next);
-    alternate: the two phases of two_stage, swapping every `period` steps (the official auto_mode=0, done right).
+    constant:  `weights` at every step (random and autoregressive inputs each get their own forward pass). The paper's
+               schedule is two runs of this kind chained through an export: stage 1 `weights=(1, 0, 0)` (random-token
+               prediction), then stage 2 `weights=(0, 1, 1)` (next-all + next-token 1:1) initialised from stage 1's
+               export with its own warm-up, cosine and a fresh optimizer (`init_from` of train/pretrain_tokenunify.py);
+    two_stage: a one-run approximation: (w_random, 0, 0) for the first `switch` fraction of the steps, then
+               (0, w_next_all, w_next) -- one optimizer and one cosine, so stage 2 inherits AdamW's moments and gets
+               only the low-learning-rate tail;
+    alternate: the two phases of two_stage, swapping every `period` steps. Not the official `auto_mode=0`: that was
+               meant to switch objectives every 100 epochs via `(epoch // 100) % 2`, but the epoch never reaches the
+               model's forward, so the official run trains the next-token loss alone; `auto_mode=1`, the released
+               setting, is next-all + next-token 1:1 at every step (stage 2 above).
     """
 
     kind: Literal["constant", "two_stage", "alternate"] = "two_stage"
@@ -156,6 +165,14 @@ class TokenUnify(nn.Module):
     def reconstruct(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> sigmoid of the backbone output, the volume as the network fills it in."""
         return torch.sigmoid(self.backbone(volume))
+
+
+def load_pretrained(model: TokenUnify, state: dict[str, torch.Tensor], source: str) -> None:
+    """Every weight of a TokenUnify export (backbone and next-token head) into `model`, strictly: stage 2 of the
+    paper's schedule starts from stage 1's weights; nothing is missing, unexpected or mis-shaped."""
+    from vistok.engine.checkpoint import load_state_strict
+
+    load_state_strict(model, state, source)
 
 
 def load_pretrained_backbone(model: SegMamba, state: dict[str, torch.Tensor], prefix: str = "backbone.") -> list[str]:

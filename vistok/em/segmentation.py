@@ -44,12 +44,25 @@ def affinities(labels: torch.Tensor, ndim: int = 3) -> torch.Tensor:
     return out
 
 
-def widen_border(labels: np.ndarray) -> np.ndarray:
-    """Zero every voxel whose in-plane 3x3 neighbourhood holds another label (thicker boundaries; the official
-    fine-tuning's `seg_widen_border`)."""
-    footprint = np.ones((1, 3, 3), bool)
-    boundary = ndimage.maximum_filter(labels, footprint=footprint) != ndimage.minimum_filter(labels, footprint=footprint)
-    return np.where(boundary, 0, labels)
+def widen_border(labels: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Zero every voxel whose in-plane (2r+1)^2 window holds two different *positive* ids; zeros (background) take
+    no part in the comparison, so a cell touching only background keeps its voxels.
+
+    The rule of the official fine-tuning's `seg_widen_border` (Lee et al., from K. Lee's thesis A.1.4: "any voxel
+    centered on a 3x3x1 window containing more than one positive segment ID is marked as background"). Windows are
+    clipped at the volume's edge (the official reflect padding adds no new ids to a window). (..., y, x) labels.
+    """
+    if radius < 1:
+        raise VistokError(f"widen_border radius {radius} must be >= 1")
+    labels = np.asarray(labels)
+    if labels.ndim < 2:
+        raise VistokError(f"labels of shape {labels.shape} need at least 2 axes (y, x)")
+    footprint = np.ones((1,) * (labels.ndim - 2) + (2 * radius + 1,) * 2, bool)  # in-plane only
+    hi = ndimage.maximum_filter(labels, footprint=footprint, mode="nearest")  # largest id (0 only if all zero)
+    sentinel = labels.max(initial=0) + 1  # stands in for 0 (the official mm + 1); scipy wraps an iinfo max
+    lo = ndimage.minimum_filter(np.where(labels > 0, labels, sentinel), footprint=footprint,
+                                mode="nearest")  # smallest positive id (the sentinel where there is none)
+    return np.where((labels > 0) & (hi != lo), 0, labels).astype(labels.dtype)
 
 
 def class_balance_weights(target: torch.Tensor) -> torch.Tensor:
