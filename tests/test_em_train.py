@@ -18,9 +18,11 @@ from vistok.config import load_config, to_dict
 from vistok.em import cli as em_cli
 from vistok.em.backbone import SegMamba
 from vistok.em.metrics import evaluate
+from vistok.em.objectives import TokenUnify
 from vistok.em.synthetic import synthetic_em_volume
 from vistok.em.volumes import read_volume, write_volume
 from vistok.engine import checkpoint
+from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.errors import VistokError
 
@@ -68,19 +70,24 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(volumes, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One TokenUnify pretraining (3 steps, two-stage) and a fine-tuning from its export (2 steps, scored)."""
+    """The paper's TokenUnify schedule as two chained runs (random-token, then next-all + next from its export, each
+    2 steps) and a fine-tuning from stage 2's export (2 steps, scored)."""
     root = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     try:
         torch.set_num_threads(1)
-        run_script("pretrain_tokenunify", mp, f"train.run_dir={root / 'pre'}", "train.total_steps=3",
-                   f"data.volumes=[{volumes['raw']}]", "schedule.switch=0.5", *PRETRAIN)
+        run_script("pretrain_tokenunify", mp, f"train.run_dir={root / 'pre1'}", "train.total_steps=2",
+                   f"data.volumes=[{volumes['raw']}]", "schedule.kind=constant", "schedule.weights=[1,0,0]",
+                   "train.warmup_steps=1", "train.seed=7", *PRETRAIN)  # another init than stage 2's seed would give
+        run_script("pretrain_tokenunify", mp, f"train.run_dir={root / 'pre'}", "train.total_steps=2",
+                   f"data.volumes=[{volumes['raw']}]", "schedule.kind=constant", "schedule.weights=[0,1,1]",
+                   f"init_from={root / 'pre1' / 'export'}", "train.warmup_steps=1", *PRETRAIN)
         run_script("finetune_em_seg", mp, f"train.run_dir={root / 'seg'}", "train.total_steps=2",
                    f"data.raw=[{volumes['raw']}]", f"data.labels=[{volumes['ids']}]", f"eval.raw={volumes['test_raw']}",
                    f"eval.labels={volumes['test_ids']}", f"init_from={root / 'pre' / 'export'}", *FINETUNE)
     finally:
         mp.undo()
-    return {"pre": root / "pre", "seg": root / "seg"}
+    return {"pre1": root / "pre1", "pre": root / "pre", "seg": root / "seg"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -88,15 +95,46 @@ def runs(volumes, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_pretraining_runs_the_two_stage_schedule_and_exports(runs) -> None:
-    rows = read_metrics(runs["pre"])
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert [(r["w_random"], r["w_next_all"], r["w_next"]) for r in rows] == [(1, 0, 0), (1, 0, 0), (0, 1, 1)]
-    assert rows[0]["random"] > 0 and rows[0]["next_all"] == 0 and rows[2]["random"] == 0 and rows[2]["next"] > 0
+def test_pretraining_runs_the_papers_two_stage_schedule_as_two_chained_runs(runs) -> None:
+    one, two = read_metrics(runs["pre1"]), read_metrics(runs["pre"])
+    assert [(r["w_random"], r["w_next_all"], r["w_next"]) for r in one + two] == [(1, 0, 0)] * 2 + [(0, 1, 1)] * 2
+    assert all(r["random"] > 0 and r["next_all"] == 0 for r in one) and all(r["random"] == 0 and r["next"] > 0 for r in two)
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]  # stage 2 has its own warm-up and cosine
+    assert [r["step"] for r in two] == [1, 2]
+    state1 = checkpoint.load_training_state(runs["pre1"])
+    state2 = checkpoint.load_training_state(runs["pre"])
+    steps = {float(v["step"]) for v in state2["optimizer"]["state"].values()}
+    assert steps == {2.0}  # a fresh AdamW: 2 updates in stage 2, not 4
+    meta1, export1 = checkpoint.read_export(runs["pre1"] / "export")
     meta, state = checkpoint.read_export(runs["pre"] / "export")
-    assert meta["family"] == "tokenunify" and meta["step"] == 3 and meta["schedule"]["kind"] == "two_stage"
+    assert meta["family"] == "tokenunify" and meta["step"] == 2 and meta["init_from"] == str(runs["pre1"] / "export")
+    assert meta["schedule"]["weights"] == [0, 1, 1] and meta1["schedule"]["weights"] == [1, 0, 0]
     assert set(meta["eval"]) == {"crops", "random_mse", "next_all_mse", "next_mse"}
-    assert any(k.startswith("next_head.") for k in state) and checkpoint.load_training_state(runs["pre"])["step"] == 3
+    assert any(k.startswith("next_head.") for k in state)
+    # stage 2 started from stage 1's weights, not from the init its own seed gives
+    script = load_script("pretrain_tokenunify")
+    cfg = load_config(script.Config, None, [o for o in PRETRAIN if o.startswith("model.")])
+    seed_everything(0)
+    fresh = TokenUnify(cfg.model).state_dict()
+    script.load_init(started := TokenUnify(cfg.model), str(runs["pre1"] / "export"))
+    for k, v in started.state_dict().items():
+        assert torch.equal(v, export1[k]), k
+    dist_from = lambda a: sum(float((a[k].float() - state2["model"][k].float()).norm()) for k in a if a[k].is_floating_point())
+    assert dist_from(export1) < 0.5 * dist_from(fresh)
+    assert state1["step"] == 2
+
+
+def test_stage_two_refuses_a_different_model_or_family(tmp_path, monkeypatch, runs, volumes) -> None:
+    data = [f"data.volumes=[{volumes['raw']}]", "train.total_steps=1", "schedule.kind=constant",
+            "schedule.weights=[0,1,1]", *PRETRAIN]
+    with pytest.raises(VistokError, match="different model config .*head_channels") as err:
+        run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path / 'a'}",
+                   f"init_from={runs['pre1'] / 'export'}", *data, "model.head_channels=8")
+    assert "\n" not in str(err.value)
+    with pytest.raises(VistokError, match="holds a 'segmamba' model"):
+        run_script("pretrain_tokenunify", monkeypatch, f"train.run_dir={tmp_path / 'b'}",
+                   f"init_from={runs['seg'] / 'export'}", *data)
+    assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
 
 
 def test_finetuning_loads_the_pretrained_backbone_and_scores_the_test_volume(runs) -> None:
