@@ -384,6 +384,77 @@ def test_agglomeration_merges_by_boundary_affinity() -> None:
     assert len(np.unique(agglomerate(frags, aff, threshold=0.1))) == 1
 
 
+def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, score: str, bins: int = 256) -> np.ndarray:
+    """Reference: the former dense implementation (one pairs x bins histogram array), merged exactly the same way."""
+    import heapq
+
+    from skimage.segmentation import relabel_sequential
+
+    frags, _, _ = relabel_sequential(frags.astype(np.int64))
+    pairs, values = [], []
+    for i in range(3):
+        hi, lo = [slice(None)] * 3, [slice(None)] * 3
+        hi[i], lo[i] = slice(1, None), slice(None, -1)
+        a, b = frags[tuple(lo)].ravel(), frags[tuple(hi)].ravel()
+        keep = (a != b) & (a > 0) & (b > 0)
+        pairs.append(np.stack([np.minimum(a, b)[keep], np.maximum(a, b)[keep]], 1))
+        values.append(affs[i][tuple(hi)].ravel()[keep].astype(np.float64))
+    pairs, values = np.concatenate(pairs), np.concatenate(values)
+    parent = np.arange(int(frags.max()) + 1)
+    n = len(parent)
+    keys, inverse = np.unique(pairs[:, 0] * n + pairs[:, 1], return_inverse=True)
+    uniq, inverse = np.stack([keys // n, keys % n], 1), inverse.ravel()
+    if score == "mean":
+        stats = np.stack([np.bincount(inverse, values, len(uniq)), np.bincount(inverse, minlength=len(uniq))], 1)
+    else:
+        bb = np.clip((values * bins).astype(np.int64), 0, bins - 1)
+        stats = np.bincount(inverse * bins + bb, minlength=len(uniq) * bins).reshape(len(uniq), bins).astype(float)
+
+    def value(st):
+        return st[0] / st[1] if score == "mean" else (int(np.searchsorted(np.cumsum(st), 0.5 * st.sum())) + 0.5) / bins
+
+    adj, heap = {}, []
+    for (u, v), st in zip(uniq.tolist(), stats):
+        adj.setdefault(u, {})[v] = st
+        adj.setdefault(v, {})[u] = st
+        heapq.heappush(heap, (-value(st), u, v))
+    while heap:
+        neg, u, v = heapq.heappop(heap)
+        if -neg <= threshold:
+            break
+        if parent[u] != u or parent[v] != v or v not in adj.get(u, {}) or value(adj[u][v]) != -neg:
+            continue
+        if len(adj[u]) < len(adj[v]):
+            u, v = v, u
+        parent[v] = u
+        del adj[u][v]
+        for m, st in adj.pop(v).items():
+            if m == u:
+                continue
+            del adj[m][v]
+            merged = adj[u][m] + st if m in adj[u] else st
+            adj[u][m] = adj[m][u] = merged
+            heapq.heappush(heap, (-value(merged), min(u, m), max(u, m)))
+    while not np.array_equal(parent[parent], parent):
+        parent = parent[parent]
+    return relabel_sequential(parent[frags])[0]
+
+
+@pytest.mark.parametrize("score", ["median", "mean"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_agglomeration_equals_the_dense_histograms(score: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    _, labels = synthetic_em_volume((8, 40, 40), num_cells=10, seed=seed)
+    clean = affinities(torch.from_numpy(labels)).numpy()
+    aff = np.clip(clean + rng.normal(0, 0.3, clean.shape), 0, 1).astype(np.float32)  # noisy: many mixed histograms
+    frags = fragments(aff)
+    assert len(np.unique(frags)) > 50
+    for threshold in (0.3, 0.5, 0.7):
+        got, want = agglomerate(frags, aff, threshold, score), _agglomerate_dense(frags, aff, threshold, score)
+        assert np.array_equal(got, want), threshold
+    assert len(np.unique(agglomerate(frags, aff, 0.3, score))) < len(np.unique(frags))  # it did merge
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------------------------------

@@ -167,45 +167,96 @@ def fragments(affs: np.ndarray, threshold: float = 0.5, per_slice: bool = True) 
     return out
 
 
-def _edges(frags: np.ndarray, affs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All neighbouring voxel pairs with different fragments -> (pairs (M, 2) with u < v, their affinities (M,))."""
-    pairs, values = [], []
+def _edge_histograms(frags: np.ndarray, affs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse per-region-pair affinity histograms over all neighbouring voxel pairs with different fragments.
+
+    -> (pairs (E, 2) with u < v, sorted; offsets (E + 1,); (bin, count) entries (N, 2)): pair e's non-empty bins are
+    entries[offsets[e]:offsets[e + 1]], ascending. Memory grows with the boundary voxels and the non-empty bins, never
+    with E x bins; one axis is turned into keys at a time.
+    """
+    n = int(frags.max()) + 1
+    keys, counts = [], []
     for i in range(3):
         hi = [slice(None)] * 3
         lo = [slice(None)] * 3
         hi[i], lo[i] = slice(1, None), slice(None, -1)
         a, b = frags[tuple(lo)].ravel(), frags[tuple(hi)].ravel()
         keep = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.stack([np.minimum(a, b)[keep], np.maximum(a, b)[keep]], 1))
-        values.append(affs[i][tuple(hi)].ravel()[keep])
-    return np.concatenate(pairs).astype(np.int64), np.concatenate(values).astype(np.float64)
+        a, b = a[keep], b[keep]
+        binned = np.clip((affs[i][tuple(hi)].ravel()[keep] * bins).astype(np.int64), 0, bins - 1)
+        k, c = np.unique((np.minimum(a, b) * n + np.maximum(a, b)) * bins + binned, return_counts=True)
+        keys.append(k)
+        counts.append(c)
+    k, inv = np.unique(np.concatenate(keys), return_inverse=True)  # (pair, bin) keys, ascending
+    c = np.bincount(inv.ravel(), np.concatenate(counts).astype(np.float64), len(k)).astype(np.int64)
+    pair_key, bin_ids = k // bins, k % bins
+    starts = np.flatnonzero(np.r_[True, pair_key[1:] != pair_key[:-1]]) if len(k) else np.zeros(0, np.int64)
+    uniq = pair_key[starts]
+    pairs = np.stack([uniq // n, uniq % n], 1)
+    return pairs, np.r_[starts, len(k)], np.stack([bin_ids, c], 1)
+
+
+def _edge_means(frags: np.ndarray, affs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-> (pairs (E, 2) with u < v, sorted; (sum of affinities, voxel pairs) (E, 2)) over neighbouring voxel pairs."""
+    n = int(frags.max()) + 1
+    keys, values = [], []
+    for i in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[i], lo[i] = slice(1, None), slice(None, -1)
+        a, b = frags[tuple(lo)].ravel(), frags[tuple(hi)].ravel()
+        keep = (a != b) & (a > 0) & (b > 0)
+        keys.append(np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep])
+        values.append(affs[i][tuple(hi)].ravel()[keep].astype(np.float64))
+    k, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    inv = inv.ravel()
+    stats = np.stack([np.bincount(inv, np.concatenate(values), len(k)), np.bincount(inv, minlength=len(k))], 1)
+    return np.stack([k // n, k % n], 1), stats.astype(np.float64)
+
+
+def _median_of(hist: tuple[np.ndarray, np.ndarray], bins: int) -> float:
+    """Median bin centre of a sparse histogram (ascending bins, counts): the first bin whose cumulative count reaches
+    half the total, as on the dense histogram (empty bins never hold the first crossing)."""
+    ids, counts = hist
+    cum = np.cumsum(counts)
+    return (int(ids[int(np.searchsorted(cum, 0.5 * cum[-1]))]) + 0.5) / bins
+
+
+def _merge_hist(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    ids, inv = np.unique(np.concatenate([x[0], y[0]]), return_inverse=True)
+    return ids, np.bincount(inv.ravel(), np.concatenate([x[1], y[1]]), len(ids)).astype(np.int64)
 
 
 def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
                 score: Literal["median", "mean"] = "median", bins: int = 256) -> np.ndarray:
     """Greedily merge the adjacent pair of regions with the highest boundary affinity (median over a `bins`-bin
-    histogram, or mean) while it exceeds `threshold`; scores of merged regions combine exactly. -> labels (z, y, x)."""
+    histogram, or mean) while it exceeds `threshold`; scores of merged regions combine exactly. -> labels (z, y, x).
+
+    Each region pair keeps only its non-empty bins (sparse), so memory follows the boundary voxels, not pairs x bins.
+    """
     if score not in ("median", "mean"):
         raise VistokError(f"agglomeration score must be 'median' or 'mean', got {score!r}")
     frags, _, _ = relabel_sequential(frags.astype(np.int64))
-    pairs, values = _edges(frags, affs)
     parent = np.arange(int(frags.max()) + 1)
-    if len(pairs):
-        n = len(parent)
-        keys, inverse = np.unique(pairs[:, 0] * n + pairs[:, 1], return_inverse=True)  # one id per region pair
-        uniq, inverse = np.stack([keys // n, keys % n], 1), inverse.ravel()
-        if score == "mean":
-            stats = np.stack([np.bincount(inverse, values, len(uniq)), np.bincount(inverse, minlength=len(uniq))], 1)
-        else:
-            b = np.clip((values * bins).astype(np.int64), 0, bins - 1)
-            stats = np.bincount(inverse * bins + b, minlength=len(uniq) * bins).reshape(len(uniq), bins).astype(float)
+    if score == "mean":
+        uniq, sums = _edge_means(frags, affs)
+        stats = [(float(t), float(c)) for t, c in sums]
 
-        def value(s: np.ndarray) -> float:
-            if score == "mean":
-                return s[0] / s[1]
-            return (int(np.searchsorted(np.cumsum(s), 0.5 * s.sum())) + 0.5) / bins
+        def value(s):
+            return s[0] / s[1]
 
-        adj: dict[int, dict[int, np.ndarray]] = {}
+        def merge(x, y):
+            return (x[0] + y[0], x[1] + y[1])
+    else:
+        uniq, offsets, entries = _edge_histograms(frags, affs, bins)
+        stats = [(entries[lo:hi, 0], entries[lo:hi, 1]) for lo, hi in zip(offsets[:-1], offsets[1:])]
+
+        def value(s):
+            return _median_of(s, bins)
+
+        merge = _merge_hist
+    if len(uniq):
+        adj: dict[int, dict[int, object]] = {}
         heap = []
         for (u, v), s in zip(uniq.tolist(), stats):
             adj.setdefault(u, {})[v] = s
@@ -225,7 +276,7 @@ def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
                 if n == u:
                     continue
                 del adj[n][v]
-                merged = adj[u][n] + s if n in adj[u] else s
+                merged = merge(adj[u][n], s) if n in adj[u] else s
                 adj[u][n] = adj[n][u] = merged
                 heapq.heappush(heap, (-value(merged), min(u, n), max(u, n)))
     roots = parent.copy()  # path compression over the merge forest
