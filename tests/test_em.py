@@ -277,6 +277,82 @@ def test_crops_normalise_pad_augment_and_keep_labels_aligned() -> None:
         assert augment_inplane([np.zeros((2, 3, 5))], np.random.default_rng(seed))[0].shape == (2, 3, 5)
 
 
+def _whole_volume_crop(raw, labels, crop, seed, key):
+    """Reference: the former whole-volume path (normalise and widen the whole volume, pad, crop, augment)."""
+    from vistok.em.volumes import normalize_minmax, random_crop
+
+    index, epoch = key
+    rng = np.random.default_rng([seed, epoch, index])
+    v = int(rng.integers(len(raw)))
+    arrays = random_crop([normalize_minmax(raw[v]), widen_border(labels[v]).astype(np.int64)], crop, rng)
+    return augment_inplane(arrays, rng)
+
+
+@pytest.mark.parametrize("crop", [(4, 16, 16), (8, 40, 12)])  # the second is larger than one volume in y
+def test_lazy_crops_from_files_equal_whole_volume_crops(tmp_path: Path, crop: tuple) -> None:
+    from vistok.em.volumes import Volume
+
+    raws, labs = zip(*(synthetic_em_volume(shape, num_cells=6, seed=i)
+                       for i, shape in enumerate([(10, 36, 30), (12, 30, 34)])))
+    write_volume(f"{tmp_path}/a.h5:raw", raws[0])
+    write_volume(f"{tmp_path}/a.h5:ids", labs[0])
+    zarr = pytest.importorskip("zarr")
+    for name, arr in (("raw", raws[1]), ("ids", labs[1])):
+        z = zarr.open_array(store=str(tmp_path / "b.zarr" / name), mode="w", shape=arr.shape, chunks=(4, 8, 8),
+                            dtype=arr.dtype)
+        z[...] = arr
+    files = EMCrops([Volume(f"{tmp_path}/a.h5:raw"), Volume(f"{tmp_path}/b.zarr:raw")], crop, 20,
+                    labels=[Volume(f"{tmp_path}/a.h5:ids"), Volume(f"{tmp_path}/b.zarr:ids")], seed=5,
+                    widen_border=True)
+    for key in [(i, e) for i in range(12) for e in (0, 1)]:
+        x, y = files[key]
+        want_x, want_y = _whole_volume_crop(raws, labs, crop, 5, key)
+        assert np.array_equal(x[0].numpy(), want_x) and np.array_equal(y.numpy(), want_y), key
+    mem = EMCrops(list(raws), crop, 20, labels=list(labs), seed=5, widen_border=True)  # arrays: the same crops
+    assert all(torch.equal(mem[k][1], files[k][1]) and torch.equal(mem[k][0], files[k][0]) for k in range(6))
+
+
+def test_crops_shard_volumes_over_ranks() -> None:
+    vols = [np.full((4, 8, 8), i, np.uint8) for i in range(5)]  # volume i holds the value i
+    ranges = [(0.0, 20.0)] * 5
+    seen = {}
+    for rank in range(2):
+        data = EMCrops(vols, (2, 4, 4), 40, seed=0, augment=False, ranges=ranges, rank=rank, world_size=2)
+        seen[rank] = {int(round(float(data[i].max()) * 20)) for i in range(40)}
+    assert seen == {0: {0, 2, 4}, 1: {1, 3}}
+    one = EMCrops(vols, (2, 4, 4), 40, seed=0, augment=False, ranges=ranges, rank=1, world_size=8)
+    assert {int(round(float(one[i].max()) * 20)) for i in range(40)} == {0, 1, 2, 3, 4}  # fewer volumes than ranks
+
+
+def test_crops_of_a_volume_larger_than_the_memory_budget_stay_bounded(tmp_path: Path) -> None:
+    """A chunked zarr volume 8x a 2 MiB budget: crops read only their chunks; peak Python/numpy memory (tracemalloc)
+    stays within the budget, while reading the volume whole would not."""
+    import tracemalloc
+
+    from vistok.em.volumes import Volume
+
+    zarr = pytest.importorskip("zarr")
+    shape, budget = (64, 512, 512), 2 << 20  # 16 MiB of uint8
+    z = zarr.open_array(store=str(tmp_path / "big.zarr" / "raw"), mode="w", shape=shape, chunks=(16, 64, 64),
+                        dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    for i in range(0, shape[0], 16):
+        z[i:i + 16] = rng.integers(0, 256, (16, *shape[1:]), dtype=np.uint8)
+    z.attrs["min"], z.attrs["max"] = 0, 255  # stored statistics: no scan needed
+    vol = Volume(f"{tmp_path}/big.zarr:/raw")  # a leading '/' stays inside the store
+    assert vol.shape == shape and vol.stored_range == (0.0, 255.0)
+    tracemalloc.start()
+    try:
+        data = EMCrops([vol], (16, 32, 32), 20, seed=0)
+        sums = [(tuple(c.shape), float(c.sum())) for c in (data[i] for i in range(20))]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < budget, peak
+    assert shape[0] * shape[1] * shape[2] >= 8 * budget  # the volume alone is 8x the budget (32x as float32)
+    assert {shp for shp, _ in sums} == {(1, 16, 32, 32)} and len({v for _, v in sums}) == 20
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # segmentation
 # ---------------------------------------------------------------------------------------------------------------------

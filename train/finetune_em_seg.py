@@ -32,8 +32,8 @@ from vistok.em.inference import InferenceConfig, segment_volume
 from vistok.em.metrics import evaluate
 from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
 from vistok.em.objectives import load_pretrained_backbone
-from vistok.em.segmentation import affinities, weighted_mse, widen_border
-from vistok.em.volumes import EMCrops, load_volumes, read_volume
+from vistok.em.segmentation import affinities, weighted_mse
+from vistok.em.volumes import EMCrops, intensity_range, open_volumes, read_volume
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
@@ -46,12 +46,15 @@ class SegDataConfig:
     crop: tuple[int, int, int] = (16, 64, 64)
     samples_per_epoch: int = 1000
     augment: bool = True  # in-plane flips and 90-degree rotations
-    widen_border: bool = True  # zero labels at in-plane boundaries (the official seg_widen_border)
+    widen_border: bool = True  # zero labels between two different ids in-plane (the official seg_widen_border)
+    intensity: str = "exact"  # raw min-max range unless stored as attributes: exact (streaming pass) or sample
+    shard_volumes: bool = True  # with N ranks and >= N volumes, rank r crops only volumes r, r + N, ...
 
     def __post_init__(self) -> None:
         require(len(self.raw) == len(self.labels), f"data.raw has {len(self.raw)} volume(s) but data.labels "
                 f"{len(self.labels)}; give one label volume each")
         require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
+        require(self.intensity in ("exact", "sample"), f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def main() -> None:
     infer = replace(cfg.inference, roi=tuple(cfg.inference.roi) or tuple(cfg.data.crop))
     cfg.model.check_input(tuple(cfg.data.crop))
     cfg.model.check_input(infer.roi)  # a bad window fails now, not after training
-    raw, labels = load_volumes(cfg.data.raw), load_volumes(cfg.data.labels)
+    raw, labels = open_volumes(cfg.data.raw), open_volumes(cfg.data.labels)  # lazily: crops read only their chunks
     test = (read_volume(cfg.eval.raw), read_volume(cfg.eval.labels)) if cfg.eval.raw else None
 
     model = SegMamba(cfg.model).to(env.device)
@@ -113,10 +116,12 @@ def main() -> None:
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
-    if cfg.data.widen_border:
-        labels = [widen_border(lab) for lab in labels]
-    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
-    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment)
+    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers and resume; each label crop
+    # is border-widened as the whole volume would be
+    shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
+    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment,
+                    widen_border=cfg.data.widen_border, ranges=[intensity_range(v, cfg.data.intensity) for v in raw],
+                    rank=shard[0], world_size=shard[1])
     sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,

@@ -4,7 +4,8 @@ Prediction", arXiv 2405.16847) on EM volumes: random-token, next-token and next-
     torchrun --nproc_per_node=N train/pretrain_tokenunify.py --config train/configs/tokenunify_pretrain_base.yaml
     python train/pretrain_tokenunify.py --config train/configs/tokenunify_pretrain_tiny.yaml [key=value ...]
 
-Crops of `model.input_size` are drawn from `data.volumes` (FILE[:DATASET] each, whole-volume min-max normalised).
+Crops of `model.input_size` are drawn from `data.volumes` (FILE[:DATASET] each, HDF5 / zarr / npy read lazily: only the
+chunks a crop touches; min-max normalised by each volume's stored or scanned range; volumes sharded over ranks).
 The task mix is `schedule`, a function of the step kept out of the model:
     random-token only:  schedule.kind=constant  schedule.weights=[1,0,0]   (the paper's stage 1)
     paper's stage 2:    schedule.kind=constant  schedule.weights=[0,1,1]  init_from=STAGE1_RUN/export
@@ -29,7 +30,7 @@ from vistok.config import from_dict, to_dict
 from vistok.data.loader import StepBatchSampler
 from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
                                   load_pretrained)
-from vistok.em.volumes import EMCrops, load_volumes
+from vistok.em.volumes import EMCrops, intensity_range, open_volumes
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
@@ -40,9 +41,13 @@ class VolumeDataConfig:
     volumes: tuple[str, ...] = ()  # FILE[:DATASET] each, e.g. ../shared/data/em/gala_fib_medulla.h5:train/raw
     samples_per_epoch: int = 1000  # crops per epoch (each (seed, epoch, index) draws its own crop and augmentation)
     augment: bool = True  # in-plane flips and 90-degree rotations
+    intensity: str = "exact"  # min-max range per volume unless stored as min/max attributes: exact (one streaming
+    #                           pass) or sample (random blocks, for corpora too big to scan)
+    shard_volumes: bool = True  # with N ranks and >= N volumes, rank r crops only volumes r, r + N, ...
 
     def __post_init__(self) -> None:
         require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
+        require(self.intensity in ("exact", "sample"), f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,8 @@ def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
     micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
-    volumes = load_volumes(cfg.data.volumes)  # fail on a bad path before building anything
+    volumes = open_volumes(cfg.data.volumes)  # lazily (metadata only); a bad path fails before anything is built
+    ranges = [intensity_range(v, cfg.data.intensity) for v in volumes]  # whole-volume min-max, without loading it
 
     model = TokenUnify(cfg.model).to(env.device)
     if cfg.init_from:  # before the Trainer: the EMA starts from these weights; the optimizer and schedule are new
@@ -109,7 +115,9 @@ def main() -> None:
     ddp_model = run.ddp_model
 
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
-    crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment)
+    shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
+    crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment,
+                    ranges=ranges, rank=shard[0], world_size=shard[1])
     sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
@@ -135,7 +143,7 @@ def main() -> None:
     if env.is_main:
         scores = {}
         if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
-            fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False)
+            fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False, ranges=ranges)
             scores = task_errors(ema_model, fixed, tc.seed, env.device)
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),

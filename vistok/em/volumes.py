@@ -9,6 +9,9 @@ the (y, x) plane only, since EM sections are usually thicker than their pixels.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +55,11 @@ def parse_volume_arg(arg: str | Path) -> VolumeRef:
     fmt = FORMATS[suffix]
     if dataset and fmt in ("tiff", "npy"):
         raise VistokError(f"a {fmt} file holds one volume; drop ':{dataset}' from {text!r}")
+    if dataset is not None:
+        parts = [p for p in dataset.split("/") if p not in ("", ".")]
+        if ".." in parts or not parts:
+            raise VistokError(f"dataset {dataset!r} in {text!r} must name a path inside the file, without '..'")
+        dataset = "/".join(parts)  # 'vol.zarr:/raw' is the array 'raw' inside vol.zarr, never the folder /raw
     return VolumeRef(Path(path).expanduser(), dataset, fmt)
 
 
@@ -113,13 +121,16 @@ def read_volume(arg: str | Path | VolumeRef) -> np.ndarray:
     else:
         try:
             loaded = np.load(ref.path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise VistokError(f"{ref.path} is not a readable {ref.format} file ({err})") from None
-        if ref.format == "npz":
-            with loaded:
-                vol = loaded[_pick(list(loaded.files), ref, "key")]
-        else:
-            vol = loaded
+            if ref.format == "npz":
+                with loaded:
+                    vol = loaded[_pick(list(loaded.files), ref, "key")]
+            else:
+                vol = loaded
+        except VistokError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a torn or foreign file
+            reason = " ".join(str(err).split())[:120] or type(err).__name__
+            raise VistokError(f"{ref.path} is not a readable {ref.format} file ({reason}); write it again") from None
     vol = np.asarray(vol)
     while vol.ndim > 3 and vol.shape[0] == 1:
         vol = vol[0]
@@ -154,6 +165,150 @@ def write_volume(arg: str | Path | VolumeRef, volume: np.ndarray) -> VolumeRef:
     else:
         np.save(ref.path, volume)
     return ref
+
+
+def check_output(ref: VolumeRef) -> None:
+    """Fail now, before any work, when `ref` cannot be written: missing or unwritable folder, an existing file of
+    another kind (e.g. text named out.h5), or a folder where a file belongs."""
+    parent = ref.path.parent
+    if not parent.is_dir():
+        raise VistokError(f"folder {parent} for {ref.path} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise VistokError(f"folder {parent} is not writable; choose another output path")
+    if not ref.path.exists():
+        return
+    if ref.format == "zarr":
+        if not ref.path.is_dir():
+            raise VistokError(f"{ref.path} exists and is not a zarr folder; remove it or name another output")
+    elif ref.path.is_dir():
+        raise VistokError(f"{ref.path} is a folder; name a {ref.format} file to write")
+    elif ref.format == "hdf5":
+        import h5py
+
+        if not h5py.is_hdf5(ref.path):
+            raise VistokError(f"{ref.path} exists and is not an HDF5 file; remove it or name another output")
+        if not os.access(ref.path, os.W_OK):
+            raise VistokError(f"{ref.path} is not writable; choose another output path")
+
+
+class Volume:
+    """A (z, y, x) volume read lazily, region by region: HDF5 and zarr datasets read only the chunks a window touches,
+    .npy files are memory-mapped; compressed containers (.npz, TIFF) are read whole once. Opening reads metadata
+    only. Picklable (DataLoader workers reopen the file in their own process). `Volume.of(array)` wraps memory."""
+
+    def __init__(self, arg: str | Path | VolumeRef) -> None:
+        self.ref = arg if isinstance(arg, VolumeRef) else parse_volume_arg(arg)
+        self._array: np.ndarray | None = None
+        self._handle: tuple[int, object, object] | None = None  # (pid, file, dataset)
+        if not self.ref.path.exists():
+            raise VistokError(f"volume file {self.ref.path} does not exist")
+        ds = self._dataset()
+        shape = tuple(ds.shape)
+        self.lead = 0
+        while len(shape) - self.lead > 3 and shape[self.lead] == 1:
+            self.lead += 1  # leading singleton axes, as read_volume drops them
+        self.shape, self.dtype = shape[self.lead:], np.dtype(ds.dtype)
+        if len(self.shape) != 3:
+            raise VistokError(f"{self.ref} has shape {shape}; vistok expects a 3D (z, y, x) volume")
+
+    @classmethod
+    def of(cls, array: np.ndarray, name: str = "array") -> "Volume":
+        vol = cls.__new__(cls)
+        vol.ref, vol._handle, vol.lead = VolumeRef(Path(name), None, "memory"), None, 0
+        vol._array = np.asarray(array)
+        if vol._array.ndim != 3:
+            raise VistokError(f"{name} has shape {vol._array.shape}; vistok expects a 3D (z, y, x) volume")
+        vol.shape, vol.dtype = vol._array.shape, vol._array.dtype
+        return vol
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None}
+
+    def _dataset(self):
+        if self._array is not None:
+            return self._array
+        pid = os.getpid()
+        if self._handle is not None and self._handle[0] == pid:
+            return self._handle[2]
+        ref = self.ref
+        if ref.format == "hdf5":
+            import h5py
+
+            try:
+                f = h5py.File(ref.path, "r")
+            except OSError as err:
+                raise VistokError(f"{ref.path} is not a readable HDF5 file ({err})") from None
+            names: list[str] = []
+            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            self._handle = (pid, f, f[_pick(names, ref, "dataset")])
+        elif ref.format == "zarr":
+            zarr = _need("zarr", "reading zarr volumes")
+            store = ref.path / ref.dataset if ref.dataset else ref.path
+            try:
+                self._handle = (pid, None, zarr.open_array(store=str(store), mode="r"))
+            except Exception as err:  # zarr raises several types for missing or non-array paths
+                raise VistokError(f"cannot read a zarr array at {store} ({type(err).__name__}); "
+                                  "name the array inside the store as FILE.zarr:ARRAY") from None
+        elif ref.format == "npy":
+            try:
+                self._handle = (pid, None, np.load(ref.path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError) as err:
+                raise VistokError(f"{ref.path} is not a readable npy file ({err})") from None
+        else:  # npz, TIFF: compressed whole-file containers
+            self._array = read_volume(ref)
+            return self._array
+        return self._handle[2]
+
+    def read(self, window: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """The voxels of `window` (three slices; None = everything) as an in-memory array."""
+        window = tuple(slice(None) for _ in range(3)) if window is None else tuple(window)
+        return np.asarray(self._dataset()[(0,) * self.lead + window])
+
+    @property
+    def stored_range(self) -> tuple[float, float] | None:
+        """(min, max) stored with the dataset (HDF5 / zarr attributes `min` and `max`), if any."""
+        attrs = getattr(self._dataset(), "attrs", None)
+        try:
+            return (float(attrs["min"]), float(attrs["max"])) if attrs is not None and "min" in attrs and "max" in attrs else None
+        except (TypeError, ValueError, KeyError):
+            return None
+
+
+def open_volumes(args: Sequence[str]) -> list[Volume]:
+    """Open several `FILE[:DATASET]` volumes lazily (metadata only)."""
+    return [Volume(a) for a in args]
+
+
+def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: Sequence[int] = (16, 128, 128),
+                    seed: int = 0) -> tuple[float, float]:
+    """(min, max) for min-max normalisation: the dataset's stored `min`/`max` attributes when present; else `exact`
+    streams the volume in z slabs (memory of one slab); `sample` reads `samples` random blocks (for corpora too big
+    to scan; a seeded choice, so every rank gets the same range)."""
+    if vol.stored_range is not None:
+        return vol.stored_range
+    if mode == "sample":
+        rng = np.random.default_rng(seed)
+        lo, hi = np.inf, -np.inf
+        for _ in range(samples):
+            window = tuple(slice(st, st + b) for st, b in
+                           ((int(rng.integers(0, max(1, n - b + 1))), b) for n, b in zip(vol.shape, block)))
+            part = vol.read(window)
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        return lo, hi
+    if mode != "exact":
+        raise VistokError(f"intensity range mode must be 'exact' or 'sample', got {mode!r}")
+    lo, hi = np.inf, -np.inf
+    step = max(1, 2**24 // max(1, vol.shape[1] * vol.shape[2]))  # about 16M voxels per slab
+    for z in range(0, vol.shape[0], step):
+        part = vol.read((slice(z, z + step), slice(None), slice(None)))
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    return lo, hi
+
+
+def normalize_range(part: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`part` scaled by a volume's (min, max) to [0, 1] as float32 (zeros for a constant volume)."""
+    part = part.astype(np.float32)
+    return (part - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(part)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -206,39 +361,77 @@ def augment_inplane(arrays: Sequence[np.ndarray], rng: np.random.Generator, flip
 
 
 class EMCrops(Dataset):
-    """Random crops from whole-volume-normalised EM volumes, `length` samples per epoch.
+    """Random crops from EM volumes, read lazily (only each crop's region), `length` samples per epoch.
 
-    Indexed by an int or by `(index, epoch)` (as vistok's StepBatchSampler yields); the crop and its augmentation are
-    drawn from a generator seeded by (seed, epoch, index), so they do not depend on workers or resume point. Returns
-    the raw crop (1, D, H, W) float32 in [0, 1], or `(raw, labels)` with labels (D, H, W) int64 when labels are given.
+    Volumes are `Volume`s (files, read window by window) or arrays; each is min-max normalised by its whole-volume
+    range (`ranges`, else `intensity_range`: stored attributes or one streaming pass). Indexed by an int or by
+    `(index, epoch)` (as vistok's StepBatchSampler yields); the volume, crop and augmentation are drawn from a
+    generator seeded by (seed, epoch, index), so they do not depend on workers or resume point. With
+    `world_size > 1` and at least that many volumes, rank r draws only from volumes r, r + world_size, ... (each
+    node touches its own files). `widen_border` applies the official border widening to each label crop (read with
+    an in-plane margin, so the result equals widening the whole volume first). Returns the raw crop (1, D, H, W)
+    float32 in [0, 1], or `(raw, labels)` with labels (D, H, W) int64 when labels are given.
     """
 
-    def __init__(self, volumes: Sequence[np.ndarray], crop: Sequence[int], length: int,
-                 labels: Sequence[np.ndarray] | None = None, seed: int = 0, augment: bool = True) -> None:
-        if not volumes:
+    def __init__(self, volumes: Sequence[np.ndarray | Volume], crop: Sequence[int], length: int,
+                 labels: Sequence[np.ndarray | Volume] | None = None, seed: int = 0, augment: bool = True,
+                 widen_border: bool = False, ranges: Sequence[tuple[float, float]] | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not len(volumes):
             raise VistokError("no EM volumes given; pass at least one FILE[:DATASET]")
-        if labels is not None and [v.shape for v in volumes] != [lab.shape for lab in labels]:
-            raise VistokError(f"raw and label volumes differ in shape: {[v.shape for v in volumes]} vs "
-                              f"{[lab.shape for lab in labels]}")
+        wrap = lambda v, i: v if isinstance(v, Volume) else Volume.of(v, f"volume {i}")  # noqa: E731
+        vols = [wrap(v, i) for i, v in enumerate(volumes)]
+        labs = None if labels is None else [wrap(v, i) for i, v in enumerate(labels)]
+        if labs is not None and [v.shape for v in vols] != [lab.shape for lab in labs]:
+            raise VistokError(f"raw and label volumes differ in shape: {[v.shape for v in vols]} vs "
+                              f"{[lab.shape for lab in labs]}")
         if len(crop) != 3 or min(crop) < 1 or length < 1:
             raise VistokError(f"crop {tuple(crop)} must be 3 positive sizes and length {length} positive")
-        self.volumes = [normalize_minmax(v) for v in volumes]
-        self.labels = None if labels is None else [np.asarray(lab).astype(np.int64) for lab in labels]
-        self.crop, self.length, self.seed, self.augment = tuple(crop), length, seed, augment
+        ranges = list(ranges) if ranges is not None else [intensity_range(v) for v in vols]
+        own = list(range(len(vols)))
+        if world_size > 1 and len(vols) >= world_size:
+            own = own[rank::world_size]
+        self.volumes = [vols[i] for i in own]
+        self.labels = None if labs is None else [labs[i] for i in own]
+        self.ranges = [ranges[i] for i in own]
+        self.crop, self.length, self.seed, self.augment, self.widen = tuple(crop), length, seed, augment, widen_border
 
     def __len__(self) -> int:
         return self.length
 
+    def _window(self, shape: tuple[int, ...], starts: list[int], margin: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """(region to read, the crop inside it): whole axes where the volume is smaller than the crop (padded after),
+        and an in-plane margin (clipped at the volume's edge) for border widening."""
+        read, inner = [], []
+        for axis, (n, s, st) in enumerate(zip(shape, self.crop, starts)):
+            if n <= s:
+                read.append(slice(0, n))
+                inner.append(slice(0, n))
+            else:
+                m = margin if axis > 0 else 0
+                lo, hi = max(0, st - m), min(n, st + s + m)
+                read.append(slice(lo, hi))
+                inner.append(slice(st - lo, st - lo + s))
+        return tuple(read), tuple(inner)
+
     def __getitem__(self, key: int | tuple[int, int]):
+        from vistok.em.segmentation import widen_border
+
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
         v = int(rng.integers(len(self.volumes)))
-        arrays = [self.volumes[v]] + ([] if self.labels is None else [self.labels[v]])
-        arrays = random_crop(arrays, self.crop, rng)
+        vol = self.volumes[v]
+        starts = [int(rng.integers(0, max(n, s) - s + 1)) for n, s in zip(vol.shape, self.crop)]
+        read, inner = self._window(vol.shape, starts, 1 if self.widen and self.labels is not None else 0)
+        arrays = [normalize_range(vol.read(read)[inner], *self.ranges[v])]
+        if self.labels is not None:
+            lab = self.labels[v].read(read)
+            arrays.append((widen_border(lab) if self.widen else lab)[inner].astype(np.int64))
+        arrays = [pad_to(a, self.crop) for a in arrays]
         if self.augment:
             arrays = augment_inplane(arrays, rng)
-        raw = torch.from_numpy(arrays[0])[None]  # (1, D, H, W)
-        return raw if self.labels is None else (raw, torch.from_numpy(arrays[1]))
+        raw = torch.from_numpy(np.ascontiguousarray(arrays[0]))[None]  # (1, D, H, W)
+        return raw if self.labels is None else (raw, torch.from_numpy(np.ascontiguousarray(arrays[1])))
 
 
 def load_volumes(args: Sequence[str]) -> list[np.ndarray]:
