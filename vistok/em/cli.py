@@ -33,11 +33,9 @@ def _roi(text: str | None) -> tuple[int, int, int] | None:
 
 
 def cmd_em_segment(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from vistok.config import from_dict
-    from vistok.em.inference import InferenceConfig, load_segmenter, segment_volume
-    from vistok.em.volumes import DEFAULT_DATASET, parse_volume_arg, read_volume, write_volume
+    from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
+    from vistok.em.volumes import DEFAULT_DATASET, Volume, check_output, parse_volume_arg
 
     roi = _roi(args.roi)
     src, dst = parse_volume_arg(args.input), parse_volume_arg(args.out)  # both checked before the model loads
@@ -45,24 +43,23 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     if same_file and (dst.format not in ("hdf5", "zarr") or (dst.dataset or DEFAULT_DATASET[dst.format]).strip("/") ==
                       (src.dataset or "").strip("/")):  # npz, npy and TIFF files are rewritten whole
         raise VistokError(f"--out {args.out} would overwrite the input; name another file or another :DATASET")
-    if not dst.path.parent.is_dir():
-        raise VistokError(f"folder {dst.path.parent} for --out does not exist; create it first")
+    check_output(dst)  # an unwritable folder or an existing file of another kind fails now, not after the work
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    raw = read_volume(src)
+    raw = Volume(src)  # lazily: metadata only; the volume is read window by window
     model, meta = load_segmenter(args.ckpt, device)
     stored = meta.get("inference") or {}
     flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
              "fragment_threshold": args.fragment_threshold}
     cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
     start = time.perf_counter()
-    _, seg = segment_volume(model, raw, cfg)
+    segments, how = segment_to_file(model, raw, dst, cfg)
     seconds = time.perf_counter() - start
-    seg = seg.astype(np.uint32 if seg.max() < 2**32 else np.uint64)
-    out = write_volume(dst, seg)
-    print(f"{src} {raw.shape} -> {len(np.unique(seg))} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
-          f"{cfg.overlap}, agglomeration {cfg.score} > {cfg.threshold}, {device}) -> {out}")
+    out = dst if dst.dataset or dst.format not in DEFAULT_DATASET else type(dst)(dst.path, DEFAULT_DATASET[dst.format],
+                                                                                dst.format)
+    print(f"{src} {raw.shape} -> {segments} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
+          f"{cfg.overlap}, agglomeration {cfg.score} > {cfg.threshold}, {device}, {how}) -> {out}")
 
 
 def cmd_em_eval(args: argparse.Namespace) -> None:

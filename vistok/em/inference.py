@@ -19,7 +19,7 @@ import torch
 
 from vistok.em.backbone import FAMILY, SegMamba, SegMambaConfig
 from vistok.em.segmentation import segment, sliding_window_inference
-from vistok.em.volumes import normalize_minmax
+from vistok.em.volumes import Volume, VolumeRef, normalize_minmax
 from vistok.errors import VistokError, require
 
 
@@ -88,3 +88,24 @@ def segment_volume(model: SegMamba, raw: np.ndarray, cfg: InferenceConfig) -> tu
         raise VistokError("no inference window: set inference.roi (or pass --roi D,H,W)")
     affs = predict_affinities(model, raw, cfg.roi, cfg.overlap, cfg.batch_size)
     return affs, segment(affs, cfg.threshold, cfg.fragment_threshold, cfg.per_slice, cfg.score)
+
+
+@torch.no_grad()
+def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: InferenceConfig) -> tuple[int, str]:
+    """Segment a lazy volume into `dst` -> (number of segments, "streamed" or "in memory"). Per-slice watershed on a
+    volume at least one window large is streamed window by window and written chunk-wise (`vistok.em.streaming`,
+    same result); a 3D watershed or a volume smaller than the window is segmented in memory."""
+    from vistok.em.streaming import segment_streaming
+    from vistok.em.volumes import write_volume
+
+    if not cfg.roi:
+        raise VistokError("no inference window: set inference.roi (or pass --roi D,H,W)")
+    model.config.check_input(tuple(cfg.roi))
+    device = next(model.parameters()).device
+    if cfg.per_slice and all(s >= r for s, r in zip(src.shape, cfg.roi)):
+        n = segment_streaming(lambda x: torch.sigmoid(model(x.to(device))), src, dst, tuple(cfg.roi), cfg.overlap,
+                              cfg.batch_size, cfg.threshold, cfg.fragment_threshold, cfg.score)
+        return n, "streamed"
+    _, seg = segment_volume(model, src.read(), cfg)
+    write_volume(dst, seg.astype(np.uint32 if seg.max() < 2**32 else np.uint64))
+    return int(len(np.unique(seg))), "in memory"

@@ -167,33 +167,45 @@ def fragments(affs: np.ndarray, threshold: float = 0.5, per_slice: bool = True) 
     return out
 
 
-def _edge_histograms(frags: np.ndarray, affs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sparse per-region-pair affinity histograms over all neighbouring voxel pairs with different fragments.
+def pair_bin_counts(a: np.ndarray, b: np.ndarray, aff: np.ndarray, n: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbouring voxels' fragment ids `a`, `b` and the affinity between them (flat, same length) -> the distinct
+    (region pair, bin) keys ((min * n + max) * bins + bin, ascending) and their counts; pairs within one fragment or
+    touching 0 are left out."""
+    keep = (a != b) & (a > 0) & (b > 0)
+    a, b = a[keep].astype(np.int64), b[keep].astype(np.int64)
+    binned = np.clip((aff[keep] * bins).astype(np.int64), 0, bins - 1)
+    return np.unique((np.minimum(a, b) * n + np.maximum(a, b)) * bins + binned, return_counts=True)
 
-    -> (pairs (E, 2) with u < v, sorted; offsets (E + 1,); (bin, count) entries (N, 2)): pair e's non-empty bins are
-    entries[offsets[e]:offsets[e + 1]], ascending. Memory grows with the boundary voxels and the non-empty bins, never
-    with E x bins; one axis is turned into keys at a time.
-    """
+
+def reduce_counts(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the counts of equal keys over several (keys, counts) parts -> (distinct keys ascending, counts)."""
+    k, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    return k, np.bincount(inv.ravel(), np.concatenate(counts).astype(np.float64), len(k)).astype(np.int64)
+
+
+def histograms_from_counts(k: np.ndarray, c: np.ndarray, n: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair, bin) keys and counts -> (pairs (E, 2) with u < v; offsets (E + 1,); (bin, count) entries (N, 2)): pair
+    e's non-empty bins are entries[offsets[e]:offsets[e + 1]], ascending."""
+    pair_key, bin_ids = k // bins, k % bins
+    starts = np.flatnonzero(np.r_[True, pair_key[1:] != pair_key[:-1]]) if len(k) else np.zeros(0, np.int64)
+    uniq = pair_key[starts]
+    return np.stack([uniq // n, uniq % n], 1), np.r_[starts, len(k)].astype(np.int64), np.stack([bin_ids, c], 1)
+
+
+def _edge_histograms(frags: np.ndarray, affs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse per-region-pair affinity histograms over all neighbouring voxel pairs with different fragments (see
+    `histograms_from_counts`). Memory grows with the boundary voxels and the non-empty bins, never with pairs x bins;
+    one axis is turned into keys at a time."""
     n = int(frags.max()) + 1
     keys, counts = [], []
     for i in range(3):
         hi = [slice(None)] * 3
         lo = [slice(None)] * 3
         hi[i], lo[i] = slice(1, None), slice(None, -1)
-        a, b = frags[tuple(lo)].ravel(), frags[tuple(hi)].ravel()
-        keep = (a != b) & (a > 0) & (b > 0)
-        a, b = a[keep], b[keep]
-        binned = np.clip((affs[i][tuple(hi)].ravel()[keep] * bins).astype(np.int64), 0, bins - 1)
-        k, c = np.unique((np.minimum(a, b) * n + np.maximum(a, b)) * bins + binned, return_counts=True)
+        k, c = pair_bin_counts(frags[tuple(lo)].ravel(), frags[tuple(hi)].ravel(), affs[i][tuple(hi)].ravel(), n, bins)
         keys.append(k)
         counts.append(c)
-    k, inv = np.unique(np.concatenate(keys), return_inverse=True)  # (pair, bin) keys, ascending
-    c = np.bincount(inv.ravel(), np.concatenate(counts).astype(np.float64), len(k)).astype(np.int64)
-    pair_key, bin_ids = k // bins, k % bins
-    starts = np.flatnonzero(np.r_[True, pair_key[1:] != pair_key[:-1]]) if len(k) else np.zeros(0, np.int64)
-    uniq = pair_key[starts]
-    pairs = np.stack([uniq // n, uniq % n], 1)
-    return pairs, np.r_[starts, len(k)], np.stack([bin_ids, c], 1)
+    return histograms_from_counts(*reduce_counts(keys, counts), n, bins)
 
 
 def _edge_means(frags: np.ndarray, affs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,17 +226,16 @@ def _edge_means(frags: np.ndarray, affs: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.stack([k // n, k % n], 1), stats.astype(np.float64)
 
 
-def _median_of(hist: tuple[np.ndarray, np.ndarray], bins: int) -> float:
-    """Median bin centre of a sparse histogram (ascending bins, counts): the first bin whose cumulative count reaches
-    half the total, as on the dense histogram (empty bins never hold the first crossing)."""
-    ids, counts = hist
-    cum = np.cumsum(counts)
-    return (int(ids[int(np.searchsorted(cum, 0.5 * cum[-1]))]) + 0.5) / bins
-
-
-def _merge_hist(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    ids, inv = np.unique(np.concatenate([x[0], y[0]]), return_inverse=True)
-    return ids, np.bincount(inv.ravel(), np.concatenate([x[1], y[1]]), len(ids)).astype(np.int64)
+def _median_bin(hist: dict[int, int], bins: int) -> float:
+    """Median bin centre of a sparse histogram {bin: count}: the first bin (ascending) whose cumulative count reaches
+    half the total, as `searchsorted(cumsum, total / 2)` finds it on the dense histogram (an empty bin never holds
+    the first crossing)."""
+    half, acc = 0.5 * sum(hist.values()), 0
+    for b in sorted(hist):
+        acc += hist[b]
+        if acc >= half:
+            return (b + 0.5) / bins
+    raise VistokError("empty affinity histogram")  # unreachable: every region pair has at least one voxel pair
 
 
 def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
@@ -238,8 +249,21 @@ def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
         raise VistokError(f"agglomeration score must be 'median' or 'mean', got {score!r}")
     frags, _, _ = relabel_sequential(frags.astype(np.int64))
     parent = np.arange(int(frags.max()) + 1)
+    uniq, stats, value, merge = edge_scores(frags, affs, score, bins)
+    roots = merge_regions(uniq, stats, value, merge, threshold, len(parent))
+    return relabel_sequential(roots[frags])[0]
+
+
+def edge_scores(frags: np.ndarray, affs: np.ndarray, score: str, bins: int = 256, parts=None):
+    """-> (region pairs (E, 2), per-pair statistics, value(stat) -> score, merge(stat, stat) -> stat). `parts`, from
+    the streaming path instead of `frags` and `affs`: median: ((pair, bin) keys, counts, n); mean: (pair keys
+    (u * n + v), affinity sums, voxel-pair counts, n)."""
     if score == "mean":
-        uniq, sums = _edge_means(frags, affs)
+        if parts is None:
+            uniq, sums = _edge_means(frags, affs)
+        else:
+            keys, total, count, n = parts
+            uniq, sums = np.stack([keys // n, keys % n], 1), np.stack([total, count], 1)
         stats = [(float(t), float(c)) for t, c in sums]
 
         def value(s):
@@ -248,13 +272,42 @@ def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
         def merge(x, y):
             return (x[0] + y[0], x[1] + y[1])
     else:
-        uniq, offsets, entries = _edge_histograms(frags, affs, bins)
-        stats = [(entries[lo:hi, 0], entries[lo:hi, 1]) for lo, hi in zip(offsets[:-1], offsets[1:])]
+        if parts is None:
+            uniq, offsets, entries = _edge_histograms(frags, affs, bins)
+        else:
+            uniq, offsets, entries = histograms_from_counts(*parts, bins)
+        # original pairs stay in the compact CSR arrays (an int handle each; their medians computed at once); only a
+        # pair created by a merge holds a {bin: count} dict, with its median cached: (median, dict)
+        counts = entries[:, 1]
+        cum = np.cumsum(counts)
+        before = np.r_[0, cum][offsets[:-1]]
+        first = np.searchsorted(cum, before + 0.5 * (np.r_[0, cum][offsets[1:]] - before))  # first bin past half
+        medians = ((entries[first, 0] + 0.5) / bins).tolist() if len(first) else []
+        bin_ids, bin_counts, bounds = entries[:, 0].astype(np.int32), counts.astype(np.int64), offsets.tolist()
+        stats = range(len(uniq))
 
-        def value(s):
-            return _median_of(s, bins)
+        def hist_of(x) -> dict[int, int]:
+            if isinstance(x, int):
+                return dict(zip(bin_ids[bounds[x]:bounds[x + 1]].tolist(), bin_counts[bounds[x]:bounds[x + 1]].tolist()))
+            return x[1]
 
-        merge = _merge_hist
+        def value(x):
+            return medians[x] if isinstance(x, int) else x[0]
+
+        def merge(x, y):
+            hx, hy = hist_of(x), hist_of(y)
+            small, large = (hx, hy) if len(hx) < len(hy) else (hy, hx)
+            hist = dict(large)
+            for b, c in small.items():
+                hist[b] = hist.get(b, 0) + c
+            return (_median_bin(hist, bins), hist)
+    return uniq, stats, value, merge
+
+
+def merge_regions(uniq: np.ndarray, stats: list, value, merge, threshold: float, num_ids: int) -> np.ndarray:
+    """Greedy agglomeration over a region graph: repeatedly merge the adjacent pair with the highest score while it
+    exceeds `threshold` (scores of merged regions combine exactly through `merge`) -> root id of every id < num_ids."""
+    parent = np.arange(num_ids)
     if len(uniq):
         adj: dict[int, dict[int, object]] = {}
         heap = []
@@ -285,7 +338,7 @@ def agglomerate(frags: np.ndarray, affs: np.ndarray, threshold: float = 0.5,
         if np.array_equal(nxt, roots):
             break
         roots = nxt
-    return relabel_sequential(roots[frags])[0]
+    return roots
 
 
 def segment(affs: np.ndarray, threshold: float = 0.5, fragment_threshold: float = 0.5, per_slice: bool = True,
