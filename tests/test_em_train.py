@@ -20,7 +20,7 @@ from vistok.em.backbone import SegMamba
 from vistok.em.metrics import evaluate
 from vistok.em.objectives import TokenUnify
 from vistok.em.synthetic import synthetic_em_volume
-from vistok.em.volumes import read_volume, write_volume
+from vistok.em.volumes import parse_volume_arg, read_volume, write_volume
 from vistok.engine import checkpoint
 from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
@@ -263,7 +263,18 @@ def test_em_commands_turn_mistakes_into_one_line_errors(tmp_path, capsys, runs, 
     seg_ckpt, pre_ckpt, raw = str(runs["seg"] / "export"), str(runs["pre"] / "export"), volumes["test_raw"]
     np.save(tmp_path / "float.npy", np.zeros((16, 36, 40), np.float32))
     np.save(tmp_path / "small.npy", np.zeros((4, 4, 4), np.int32))
+    good = tmp_path / "good.npz"
+    np.savez(good, seg=np.ones((16, 36, 40), np.int32))
+    (tmp_path / "torn.npz").write_bytes(good.read_bytes()[:200])  # zip magic, body cut off
+    (tmp_path / "garbled.npz").write_bytes(good.read_bytes()[:60] + bytes(200) + good.read_bytes()[260:])
+    (tmp_path / "text.h5").write_text("not an HDF5 file\n")
+    (tmp_path / "file.zarr").write_text("a file, not a zarr folder\n")
     cases = {
+        ("em-eval", "--seg", f"{tmp_path}/torn.npz", "--gt", volumes["test_ids"]): "not a readable npz file",
+        ("em-eval", "--seg", f"{tmp_path}/garbled.npz:seg", "--gt", volumes["test_ids"]): "not a readable npz file",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/text.h5:seg"): "not an HDF5 file",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/file.zarr:seg"): "not a zarr folder",
+        ("em-segment", "--ckpt", seg_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5:../x"): "without '..'",
         ("em-segment", "--ckpt", pre_ckpt, "--input", raw, "--out", f"{tmp_path}/o.h5"): "pretraining export",
         ("em-segment", "--ckpt", str(tmp_path / "nope"), "--input", raw, "--out", f"{tmp_path}/o.h5"): "neither",
         ("em-segment", "--ckpt", seg_ckpt, "--input", f"{tmp_path}/missing.h5", "--out", f"{tmp_path}/o.h5"):
@@ -279,11 +290,35 @@ def test_em_commands_turn_mistakes_into_one_line_errors(tmp_path, capsys, runs, 
         ("em-eval", "--seg", f"{tmp_path}/small.npy", "--gt", volumes["test_ids"]): "differ in shape",
         ("em-eval", "--seg", volumes["test_ids"], "--gt", f"{tmp_path}/missing.npz"): "does not exist",
     }
-    for argv, message in cases.items():
-        code, out, err = em(list(argv), capsys)
-        assert code == 1 and out == "" and err.count("\n") == 1, (argv, err)
-        assert err.startswith(f"vistok {argv[0]}: error: ") and message in err, (argv, err)
-    assert not (tmp_path / "o.h5").exists()
+    import vistok.em.inference as inference
+
+    calls = []
+    real = inference.load_segmenter
+    inference.load_segmenter = lambda *a, **k: calls.append(a) or real(*a, **k)
+    try:
+        for argv, message in cases.items():
+            code, out, err = em(list(argv), capsys)
+            assert code == 1 and out == "" and err.count("\n") == 1, (argv, err)
+            assert err.startswith(f"vistok {argv[0]}: error: ") and message in err, (argv, err)
+            if "not an HDF5" in message or "zarr folder" in message:
+                assert calls == [], argv  # refused before the model was even loaded
+    finally:
+        inference.load_segmenter = real
+    assert not (tmp_path / "o.h5").exists() and (tmp_path / "text.h5").read_text() == "not an HDF5 file\n"
+
+
+def test_zarr_dataset_paths_stay_inside_the_store(tmp_path, capsys, runs, volumes, monkeypatch) -> None:
+    """'vol.zarr:/raw' names the array raw inside vol.zarr, for reading and for writing, never the folder /raw."""
+    pytest.importorskip("zarr")
+    raw = read_volume(volumes["test_raw"])
+    write_volume(f"{tmp_path}/in.zarr:/raw", raw)
+    assert (tmp_path / "in.zarr" / "raw").is_dir() and np.array_equal(read_volume(f"{tmp_path}/in.zarr:/raw"), raw)
+    monkeypatch.chdir(tmp_path)  # a relative store resolves against the working folder, with ':/' inside it
+    code, out, err = em(["em-segment", "--ckpt", str(runs["seg"] / "export"), "--input", "in.zarr:/raw", "--out",
+                         "seg.zarr:/ids"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "seg.zarr" / "ids").is_dir() and read_volume("seg.zarr:ids").shape == raw.shape
+    assert parse_volume_arg("v.zarr:/a//b/").dataset == "a/b"
 
 
 def test_module_entry_point_exits_1_with_one_line(tmp_path) -> None:
