@@ -325,3 +325,49 @@ def test_module_entry_point_exits_1_with_one_line(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "vistok.em.cli", "em-eval", "--seg", f"{tmp_path}/a.h5", "--gt",
                            f"{tmp_path}/b.h5"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shipped EM models: golden scores on a fixed crop of the real test volume
+# ---------------------------------------------------------------------------------------------------------------------
+
+GALA = REPO.parent / "shared" / "data" / "em" / "gala_fib_medulla.h5"
+GOLDEN_CROP = (slice(0, 32), slice(0, 64), slice(0, 96))  # of the test half; 36 windows of 16x32x32
+# VOI and ARAND of each shipped model on that crop (recorded on the CPU, fp32, one thread)
+EM_GOLDEN = {"em-segmamba-tiny-scratch": (None, None), "em-segmamba-tiny-tokenunify": (None, None)}
+EM_TOL = 0.02  # absolute, on VOI (bits) and ARAND
+
+
+def _golden_scores(model, threshold: float | None = None) -> tuple[float, float]:
+    from dataclasses import replace
+
+    from vistok.em.inference import InferenceConfig, segment_volume
+
+    with h5py.File(GALA, "r") as f:
+        raw, gt = f["test/raw"][GOLDEN_CROP], f["test/neuron_ids"][GOLDEN_CROP]
+    cfg = InferenceConfig(roi=(16, 32, 32))
+    cfg = cfg if threshold is None else replace(cfg, threshold=threshold)
+    _, seg = segment_volume(model, raw, cfg)
+    scores = evaluate(seg, gt)
+    return scores.voi, scores.arand
+
+
+@pytest.mark.skipif(not GALA.is_file(), reason="shared EM volume not found")
+@pytest.mark.parametrize("name", sorted(EM_GOLDEN))
+def test_shipped_em_models_match_their_recorded_scores(name: str) -> None:
+    from vistok.em.inference import load_segmenter
+
+    torch.set_num_threads(1)
+    model, meta = load_segmenter(name)
+    assert meta["inference"]["roi"] == [16, 32, 32] and meta["config"]["encoder_z"] == "isotropic"
+    voi_, arand_ = _golden_scores(model)
+    want_voi, want_arand = EM_GOLDEN[name]
+    assert abs(voi_ - want_voi) < EM_TOL and abs(arand_ - want_arand) < EM_TOL, (name, voi_, arand_)
+    # independent of the recorded values: watershed fragments alone (no agglomeration) and an untrained network of the
+    # same config both land far outside the tolerance, on the worse side
+    frag_voi, _ = _golden_scores(model, threshold=1.0)
+    assert frag_voi - voi_ > 5 * EM_TOL, (frag_voi, voi_)
+    torch.manual_seed(0)
+    untrained = SegMamba(model.config).eval()
+    raw_voi, raw_arand = _golden_scores(untrained)
+    assert raw_voi - voi_ > 5 * EM_TOL and raw_arand > arand_, (raw_voi, raw_arand, voi_, arand_)
