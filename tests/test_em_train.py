@@ -334,8 +334,8 @@ def test_module_entry_point_exits_1_with_one_line(tmp_path) -> None:
 GALA = REPO.parent / "shared" / "data" / "em" / "gala_fib_medulla.h5"
 GOLDEN_CROP = (slice(0, 32), slice(0, 64), slice(0, 96))  # of the test half; 36 windows of 16x32x32
 # VOI and ARAND of each shipped model on that crop (recorded on the CPU, fp32, one thread)
-EM_GOLDEN = {"em-segmamba-tiny-scratch": (None, None), "em-segmamba-tiny-tokenunify": (None, None)}
-EM_TOL = 0.02  # absolute, on VOI (bits) and ARAND
+EM_GOLDEN = {"em-segmamba-tiny-scratch": (2.2024, 0.4316), "em-segmamba-tiny-tokenunify": (None, None)}
+EM_TOL = 0.05  # absolute, on VOI (bits) and ARAND: room for BLAS rounding moving a few merges, no more
 
 
 def _golden_scores(model, threshold: float | None = None) -> tuple[float, float]:
@@ -366,8 +366,8 @@ def test_shipped_em_models_match_their_recorded_scores(name: str) -> None:
     # independent of the recorded values: watershed fragments alone (no agglomeration) and an untrained network of the
     # same config both land far outside the tolerance, on the worse side
     frag_voi, _ = _golden_scores(model, threshold=1.0)
-    assert frag_voi - voi_ > 5 * EM_TOL, (frag_voi, voi_)
+    assert frag_voi - voi_ > 10 * EM_TOL, (frag_voi, voi_)
     torch.manual_seed(0)
     untrained = SegMamba(model.config).eval()
     raw_voi, raw_arand = _golden_scores(untrained)
-    assert raw_voi - voi_ > 5 * EM_TOL and raw_arand > arand_, (raw_voi, raw_arand, voi_, arand_)
+    assert raw_voi - voi_ > 10 * EM_TOL and raw_arand - arand_ > 5 * EM_TOL, (raw_voi, raw_arand, voi_, arand_)
