@@ -112,7 +112,8 @@ def main() -> None:
             sys.exit(f"{mode} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"em-segment on a synthetic {'x'.join(map(str, shape))} volume ({np.prod(shape) / 1e6:.1f}M voxels, "
-          f"{args.cells} cells), roi {args.roi}, {'SegMamba ' + args.ckpt if args.ckpt else 'network-free affinities'}, "
+          f"{args.cells} cells), roi {args.roi}, "
+          f"{'SegMamba ' + args.ckpt if args.ckpt else 'network-free affinities'}, "
           f"{args.threads} thread(s)")
     print("| mode | seconds | peak RSS (MB) | peak numpy (MB) | segments |")
     print("|---|---:|---:|---:|---:|")

@@ -194,7 +194,8 @@ def test_isotropic_encoder_sees_every_section_with_the_same_parameter_names() ->
         "encoder.downsample.0.weight", "encoder.downsample.1.1.weight", "encoder.downsample.2.1.weight",
         "encoder.downsample.3.1.weight"}
     assert aniso["encoder.downsample.0.weight"].shape[2:] == (1, 7, 7)
-    assert iso["encoder.downsample.0.weight"].shape[2:] == (7, 7, 7) and iso["encoder.downsample.1.1.weight"].shape[2:] == (2, 2, 2)
+    assert iso["encoder.downsample.0.weight"].shape[2:] == (7, 7, 7)
+    assert iso["encoder.downsample.1.1.weight"].shape[2:] == (2, 2, 2)
     assert SegMambaConfig().encoder_z == "anisotropic"  # the official layout stays the default
     with pytest.raises(VistokError, match="encoder_z"):
         SegMambaConfig(encoder_z="cubic")

@@ -54,7 +54,8 @@ class SegDataConfig:
         require(len(self.raw) == len(self.labels), f"data.raw has {len(self.raw)} volume(s) but data.labels "
                 f"{len(self.labels)}; give one label volume each")
         require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
-        require(self.intensity in ("exact", "sample"), f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
+        require(self.intensity in ("exact", "sample"),
+                f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def main() -> None:
     # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers and resume; each label crop
     # is border-widened as the whole volume would be
     shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
-    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed, augment=cfg.data.augment,
-                    widen_border=cfg.data.widen_border, ranges=[intensity_range(v, cfg.data.intensity) for v in raw],
+    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed,
+                    augment=cfg.data.augment, widen_border=cfg.data.widen_border, ranges=[intensity_range(v, cfg.data.intensity) for v in raw],
                     rank=shard[0], world_size=shard[1])
     sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)

@@ -47,7 +47,8 @@ class VolumeDataConfig:
 
     def __post_init__(self) -> None:
         require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
-        require(self.intensity in ("exact", "sample"), f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
+        require(self.intensity in ("exact", "sample"),
+                f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
 
 
 @dataclass(frozen=True)

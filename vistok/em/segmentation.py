@@ -183,7 +183,8 @@ def reduce_counts(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.
     return k, np.bincount(inv.ravel(), np.concatenate(counts).astype(np.float64), len(k)).astype(np.int64)
 
 
-def histograms_from_counts(k: np.ndarray, c: np.ndarray, n: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def histograms_from_counts(k: np.ndarray, c: np.ndarray, n: int,
+                           bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pair, bin) keys and counts -> (pairs (E, 2) with u < v; offsets (E + 1,); (bin, count) entries (N, 2)): pair
     e's non-empty bins are entries[offsets[e]:offsets[e + 1]], ascending."""
     pair_key, bin_ids = k // bins, k % bins
@@ -288,7 +289,8 @@ def edge_scores(frags: np.ndarray, affs: np.ndarray, score: str, bins: int = 256
 
         def hist_of(x) -> dict[int, int]:
             if isinstance(x, int):
-                return dict(zip(bin_ids[bounds[x]:bounds[x + 1]].tolist(), bin_counts[bounds[x]:bounds[x + 1]].tolist()))
+                part = slice(bounds[x], bounds[x + 1])
+                return dict(zip(bin_ids[part].tolist(), bin_counts[part].tolist()))
             return x[1]
 
         def value(x):

@@ -31,8 +31,8 @@ from vistok.errors import VistokError
 
 
 def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volume, value_range: tuple[float, float],
-                      roi: tuple[int, int, int], overlap: float, batch_size: int, sink: Callable[[int, np.ndarray], None],
-                      sigma_scale: float = 0.125, channels: int = 3) -> None:
+                      roi: tuple[int, int, int], overlap: float, batch_size: int,
+                      sink: Callable[[int, np.ndarray], None], sigma_scale: float = 0.125, channels: int = 3) -> None:
     """Sliding-window inference over a lazy volume at least `roi` large in every axis: windows in the order (and
     batches) of `sliding_window_inference`, blended into a rolling buffer; `sink(z0, block (C, dz, H, W))` receives
     finished slabs in z order."""
@@ -94,12 +94,12 @@ def _open_output(ref: VolumeRef, shape: tuple[int, ...], dtype):
     return None, None
 
 
-def segment_streaming(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volume, out: VolumeRef, roi: tuple[int, ...],
-                      overlap: float = 0.25, batch_size: int = 4, threshold: float = 0.5,
+def segment_streaming(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volume, out: VolumeRef,
+                      roi: tuple[int, ...], overlap: float = 0.25, batch_size: int = 4, threshold: float = 0.5,
                       fragment_threshold: float = 0.5, score: str = "median", bins: int = 256,
                       value_range: tuple[float, float] | None = None, scratch: str | Path | None = None) -> int:
-    """Affinities -> per-slice watershed -> agglomeration -> neuron ids written to `out`, streamed. Returns the number of
-    segments. `value_range`: the raw (min, max) (default: stored attributes or one streaming pass)."""
+    """Affinities -> per-slice watershed -> agglomeration -> neuron ids written to `out`, streamed. Returns the
+    number of segments. `value_range`: the raw (min, max) (default: stored attributes or one streaming pass)."""
     value_range = intensity_range(vol) if value_range is None else value_range
     d, h, w = vol.shape
     folder = Path(scratch) if scratch is not None else out.path.parent
@@ -179,7 +179,8 @@ def _pair_sums(a: np.ndarray, b: np.ndarray, aff: np.ndarray, n: int) -> tuple[n
     a, b = a[keep].astype(np.int64), b[keep].astype(np.int64)
     k, inv = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_inverse=True)
     inv = inv.ravel()
-    return k, np.bincount(inv, minlength=len(k)).astype(np.float64), np.bincount(inv, aff[keep].astype(np.float64), len(k))
+    counts = np.bincount(inv, minlength=len(k)).astype(np.float64)
+    return k, counts, np.bincount(inv, aff[keep].astype(np.float64), len(k))
 
 
 def _reduce(keys: list[np.ndarray], counts: list[np.ndarray], score: str) -> tuple[list, list]:

@@ -268,8 +268,10 @@ class Volume:
     def stored_range(self) -> tuple[float, float] | None:
         """(min, max) stored with the dataset (HDF5 / zarr attributes `min` and `max`), if any."""
         attrs = getattr(self._dataset(), "attrs", None)
+        if attrs is None or "min" not in attrs or "max" not in attrs:
+            return None
         try:
-            return (float(attrs["min"]), float(attrs["max"])) if attrs is not None and "min" in attrs and "max" in attrs else None
+            return float(attrs["min"]), float(attrs["max"])
         except (TypeError, ValueError, KeyError):
             return None
 
@@ -399,7 +401,8 @@ class EMCrops(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _window(self, shape: tuple[int, ...], starts: list[int], margin: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    def _window(self, shape: tuple[int, ...], starts: list[int],
+                margin: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """(region to read, the crop inside it): whole axes where the volume is smaller than the crop (padded after),
         and an in-plane margin (clipped at the volume's edge) for border widening."""
         read, inner = [], []
