@@ -2,8 +2,8 @@
 (Xing et al., MICCAI 2024), affinity-based neuron segmentation and its VOI / ARAND evaluation.
 
 Submodules: backbone (SegMamba, presets), tokens (patches and masks), objectives (TokenUnify, MixSchedule), volumes
-(IO, crops, datasets), synthetic (a test volume), segmentation (affinities, loss, sliding window, watershed +
-agglomeration), metrics (VOI, ARAND).
+(IO, lazy volumes, crops, datasets), synthetic (a test volume), segmentation (affinities, loss, sliding window,
+watershed + sparse agglomeration), streaming (segmentation of volumes larger than memory), metrics (VOI, ARAND).
 """
 
 from vistok.em.backbone import SegMamba, SegMambaConfig
@@ -11,11 +11,11 @@ from vistok.em.metrics import SegScores, arand, evaluate, voi
 from vistok.em.objectives import MixSchedule, PretrainLoss, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
 from vistok.em.segmentation import affinities, agglomerate, fragments, segment, sliding_window_inference, weighted_mse
 from vistok.em.synthetic import synthetic_em_volume
-from vistok.em.volumes import EMCrops, parse_volume_arg, read_volume, write_volume
+from vistok.em.volumes import EMCrops, Volume, open_volumes, parse_volume_arg, read_volume, write_volume
 
 __all__ = [
     "EMCrops", "MixSchedule", "PretrainLoss", "SegMamba", "SegMambaConfig", "SegScores", "TaskWeights", "TokenUnify",
-    "TokenUnifyConfig", "affinities", "agglomerate", "arand", "evaluate", "fragments", "load_pretrained_backbone",
-    "parse_volume_arg", "read_volume", "segment", "sliding_window_inference", "synthetic_em_volume", "voi",
-    "weighted_mse", "write_volume",
+    "TokenUnifyConfig", "Volume", "affinities", "agglomerate", "arand", "evaluate", "fragments",
+    "load_pretrained_backbone", "open_volumes", "parse_volume_arg", "read_volume", "segment",
+    "sliding_window_inference", "synthetic_em_volume", "voi", "weighted_mse", "write_volume",
 ]
