@@ -313,6 +313,33 @@ def test_lazy_crops_from_files_equal_whole_volume_crops(tmp_path: Path, crop: tu
     assert all(torch.equal(mem[k][1], files[k][1]) and torch.equal(mem[k][0], files[k][0]) for k in range(6))
 
 
+def test_lazy_volume_reads_windows_and_finds_its_intensity_range(tmp_path: Path) -> None:
+    from vistok.em.volumes import Volume, intensity_range
+
+    vol = np.random.default_rng(0).integers(10, 200, (1, 12, 20, 24)).astype(np.uint8)  # a leading singleton axis
+    vol[0, 5, 6, 7], vol[0, 11, 19, 23] = 3, 250
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["raw"] = vol
+        f["stats"] = vol[0]
+        f["stats"].attrs["min"], f["stats"].attrs["max"] = 0, 255
+    np.save(tmp_path / "v.npy", vol[0])
+    for arg in (f"{tmp_path}/v.h5:raw", f"{tmp_path}/v.npy"):
+        lazy = Volume(arg)
+        assert lazy.shape == (12, 20, 24) and lazy.dtype == np.uint8
+        window = (slice(2, 9), slice(4, 20), slice(0, 5))
+        assert np.array_equal(lazy.read(window), vol[0][window]) and np.array_equal(lazy.read(), vol[0])
+        assert intensity_range(lazy) == (3.0, 250.0)  # exact: one streaming pass
+        lo, hi = intensity_range(lazy, "sample", samples=4, block=(4, 8, 8))
+        assert 3 <= lo and hi <= 250 and lo < hi
+    assert intensity_range(Volume(f"{tmp_path}/v.h5:stats")) == (0.0, 255.0)  # stored attributes win
+    import pickle
+
+    again = pickle.loads(pickle.dumps(Volume(f"{tmp_path}/v.h5:raw")))  # DataLoader workers reopen the file
+    assert np.array_equal(again.read(), vol[0])
+    with pytest.raises(VistokError, match="'exact' or 'sample'"):
+        intensity_range(Volume(f"{tmp_path}/v.npy"), "median")
+
+
 def test_crops_shard_volumes_over_ranks() -> None:
     vols = [np.full((4, 8, 8), i, np.uint8) for i in range(5)]  # volume i holds the value i
     ranges = [(0.0, 20.0)] * 5
