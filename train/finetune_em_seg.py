@@ -121,8 +121,8 @@ def main() -> None:
     # is border-widened as the whole volume would be
     shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
     crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed,
-                    augment=cfg.data.augment, widen_border=cfg.data.widen_border, ranges=[intensity_range(v, cfg.data.intensity) for v in raw],
-                    rank=shard[0], world_size=shard[1])
+                    augment=cfg.data.augment, widen_border=cfg.data.widen_border,
+                    ranges=[intensity_range(v, cfg.data.intensity) for v in raw], rank=shard[0], world_size=shard[1])
     sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
                                tc.seed, start_step=run.step)
     loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
