@@ -87,3 +87,18 @@ def test_tokenizer_path_stays_inside_the_export(tmp_path):
     with pytest.raises(VistokError, match="leads outside the export"):
         paired.load_paired(gen)
     assert inside_export(gen, "tokenizer", "tokenizer.path") == gen / "tokenizer"
+
+
+def test_segmenter_exports_are_checked_before_allocation(tmp_path, monkeypatch):
+    from vistok.em.inference import load_segmenter
+    from vistok.engine import checkpoint
+
+    seg = _copy("em-segmamba-tiny-scratch", tmp_path / "seg")
+    load_segmenter(seg)  # the untouched copy loads
+    monkeypatch.setattr(checkpoint, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
+    _edit(seg, lambda m: m["config"].update(hidden_size=10**9))
+    with pytest.raises(VistokError, match=r"config\.hidden_size = 1000000000 is absurdly large"):
+        load_segmenter(seg)
+    _edit(seg, lambda m: m["config"].update(hidden_size=64, feat_size=[8, 16, 32, 128]))
+    with pytest.raises(VistokError, match="does not match the model: size mismatch"):
+        load_segmenter(seg)

@@ -52,8 +52,11 @@ def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tupl
     from vistok.assets import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
+    from vistok.engine.export_check import check_export
 
     folder = resolve_ckpt(ckpt)
+    # sizes, keys and shapes against the weights file's header, before any allocation
+    check_export(folder, lambda meta: SegMamba(from_dict(SegMambaConfig, meta["config"])))
     meta, state = read_export(folder)
     family = meta.get("family")
     if family == "tokenunify":
