@@ -101,7 +101,7 @@ def test_prefix_partition_groups_end_on_the_ladder() -> None:
 # ------------------------------------------------------------------------------------------------- GPT sampling
 @pytest.mark.parametrize("embedding", ["table", "code"])
 def test_gpt_kv_cache_equals_full_recompute(embedding) -> None:
-    model, labels = gpt(embedding=embedding), torch.tensor([0, 3, 7])
+    model, labels = gpt(embedding=embedding, depth=2, heads=2), torch.tensor([0, 3, 7])  # each layer its own slot
     for kw in (dict(temperature=0.0), dict(temperature=0.0, cfg=3.0), dict(temperature=1.0, top_k=50, cfg=2.0)):
         cached = sample_ar(model, labels, seed=5, **kw)
         full = sample_ar(model, labels, seed=5, full_recompute=True, **kw)

@@ -140,7 +140,7 @@ ENTITIES = [("cell", 2, 2.0, "ode"), ("cell", 2, 1.0, "ode"), ("token", 1, 3.0, 
 
 @pytest.mark.parametrize("entity,size,cfg,method", ENTITIES, ids=[f"{e}{s}-cfg{c}-{m}" for e, s, c, m in ENTITIES])
 def test_kv_cache_equals_full_recompute(entity: str, size: int, cfg: float, method: str) -> None:
-    model = loud_labels(tiny(entity=entity, entity_size=size))
+    model = loud_labels(tiny(entity=entity, entity_size=size, depth=2))  # 4 layers, 4 heads: each its own cache slot
     labels = torch.tensor([0, 5, 9])
     kw = dict(steps=3, cfg=cfg, method=method, seed=3)
     cached = sample_xar(model, labels, **kw)

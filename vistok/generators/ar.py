@@ -71,12 +71,6 @@ class ARConfig:
         require(0.0 <= self.label_drop < 1.0, f"model.label_drop={self.label_drop} must be in [0, 1)")
 
 
-def causal_mask(length: int, cached: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
-    """(L, S + L) bool, True = may attend: every cached token, and the new tokens up to and including itself."""
-    new = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    return torch.cat([torch.ones(length, cached, dtype=torch.bool, device=device), new], dim=1)
-
-
 class AR(nn.Module):
     """Class-conditional GPT over ids in [0, vocab_size); `forward` is the next-token loss, `logits` the network."""
 
@@ -133,7 +127,7 @@ class AR(nn.Module):
 
     def new_cache(self) -> KVCache:
         """An empty KV cache with one slot per block."""
-        return KVCache(self.config.depth)
+        return KVCache(self.config.depth, self.config.tokens)
 
     def embed(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """labels (B,), ids (B, n) -> (B, n + 1, D) inputs [class, tokens] for positions 0..n (no positions added)."""
@@ -143,16 +137,34 @@ class AR(nn.Module):
         self, h: torch.Tensor, start: int = 0, cache: KVCache | None = None, store: bool = False,
     ) -> torch.Tensor:
         """Inputs h (B, L, D) at positions start..start+L-1 -> logits (B, L, V) in float32; causal among themselves
-        and, with a cache of `start` tokens, attending to all of them."""
+        (SDPA's `is_causal` kernel) and, with a cache of `start` tokens, attending to all of them. After
+        `compile_stack` the blocks and the head run compiled."""
         length, cached = h.shape[1], 0 if cache is None else cache.length
         if cache is not None:
             require(cached == start, f"a cache of {cached} tokens cannot continue at position {start}")
         require(start + length <= self.config.tokens,
                 f"positions {start}..{start + length - 1} exceed the model's {self.config.tokens} tokens")
-        h = h + self.pos[start:start + length].to(h.dtype)  # (B, L, D)
-        mask = causal_mask(length, cached, h.device) if length > 1 else None  # one new token sees everything
+        positions = torch.arange(start, start + length, device=h.device)  # (L,): a tensor, so graphs are position-free
+        compiled = self.__dict__.get("_compiled_stack")
+        if compiled is None or torch.compiler.is_compiling():
+            return self._stack(h, positions, cache, store)
+        if cache is not None:  # compiled: static-shape cache writes at `positions`, allocated outside the graph
+            cache.reserve(h, self.config.heads, self.config.width // self.config.heads)
+        out = compiled(h, positions, cache, store, static=cache is not None)
+        if cache is not None and store:
+            cache.advance(start + length)
+        return out
+
+    def compile_stack(self, backend: str = "inductor", **options) -> None:
+        """Run the blocks and the logit head through `torch.compile` from now on; once per model."""
+        if self.__dict__.get("_compiled_stack") is None:
+            self.__dict__["_compiled_stack"] = torch.compile(self._stack, backend=backend, **options)
+
+    def _stack(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, store: bool, static: bool = False) -> torch.Tensor:
+        h = h + self.pos[positions].to(h.dtype)  # (B, L, D)
+        slots = positions if static else None
         for i, blk in enumerate(self.blocks):
-            h = blk(h, mask, cache, i, store)
+            h = blk(h, "causal", cache, i, store, slots)  # causal over the new tokens, every cached one visible
         return F.linear(layer_norm(h), self.logit_weights().to(h.dtype)).float()  # (B, L, V)
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -89,16 +89,19 @@ def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) 
 def sample_xar(
     model: XAR, labels: torch.Tensor, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
-    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
+    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
 ) -> torch.Tensor:
     """Class-conditional samples: labels (B,) -> (B, C, h, w) token grid (decode with the model's tokenizer).
 
     steps: network evaluations per entity. cfg: guidance scale; 1.0 is no guidance (the conditional branch alone, no
     null pass). method: "sde" (Euler-Maruyama on linspace(1, t_last,
     steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)). seed / generator: the source of every random draw
-    (neither: torch's global RNG); `generator` may be a list of B generators, one per image.
+    (neither: torch's global RNG); `generator` may be a list of B generators, one per image. compile: run the
+    transformer stack through `torch.compile` (`XAR.compile_stack`; compiled once per model, the same numbers up
+    to float rounding).
     """
-    seq = sample_entities(model, labels, None, steps, cfg, cfg_schedule, method, seed, generator, t_last, full_recompute)
+    seq = sample_entities(model, labels, None, steps, cfg, cfg_schedule, method, seed, generator, t_last, full_recompute,
+                          compile)
     return model.partition.merge(seq)  # (B, C, h, w)
 
 
@@ -106,7 +109,7 @@ def sample_xar(
 def sample_entities(
     model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
-    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
+    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
 ) -> torch.Tensor:
     """The first `entities` entities (None: all) of class-conditional samples, as a (B, L', C) float sequence in
     entity order (L' = their tokens). The CFG schedule runs over all the model's entities, so stopping early gives
@@ -117,6 +120,8 @@ def sample_entities(
         require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
+    if compile:
+        model.compile_stack()
     param = next(model.parameters())
     part, device, dtype = model.partition, param.device, param.dtype
     labels = labels.to(device)
@@ -136,7 +141,7 @@ def sample_entities(
             scale = flow.cfg_scale(cfg, s, part.num_entities, cfg_schedule) if guided else 1.0
             x = _randn((batch, length, model.config.in_channels), generator, device)  # (B, len_s, C) at t = 1
             for t, t_next in zip(grid[:-1], grid[1:]):
-                x_in = torch.cat([x, x]) if guided else x  # (B', len_s, C)
+                x_in = x.repeat(2, 1, 1) if guided else x  # (B', len_s, C)
                 v = _velocity(model, x_in.to(dtype), labels_in, s, t, done, cache).float()
                 if guided:
                     v = flow.guide(*v.chunk(2), scale)
@@ -207,13 +212,14 @@ def guided_logits(logits: torch.Tensor, cfg: float) -> torch.Tensor:
 def sample_ar(
     model: AR, labels: torch.Tensor, tokens: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
     top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: Generators = None,
-    full_recompute: bool = False,
+    full_recompute: bool = False, compile: bool = False,
 ) -> torch.Tensor:
     """Class-conditional token ids: labels (B,) -> (B, tokens) int64 ids (None: all K), the first `tokens` of an
     image's sequence (stopping early draws exactly the beginning of a longer run).
 
     cfg: guidance scale on the logits; 1.0 is no guidance (the conditional branch alone, no null pass). temperature (0: greedy), top_k (0: off), top_p (1: off): see `draw_tokens`.
     seed / generator: the source of every draw (neither: torch's global RNG); a list gives one generator per image.
+    compile: run the block stack through `torch.compile` (`AR.compile_stack`).
     """
     k = model.config.tokens if tokens is None else tokens
     require(1 <= k <= model.config.tokens, f"tokens={tokens} must lie in 1..{model.config.tokens}")
@@ -222,6 +228,8 @@ def sample_ar(
         require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
+    if compile:
+        model.compile_stack()
     device = next(model.parameters()).device
     labels = labels.to(device)
     guided = cfg != 1.0

@@ -34,12 +34,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vistok import flow
 from vistok.errors import VistokError, require
 from vistok.generators.entities import ALL_KINDS, EntityKind, Partition, clean_context_mask
-from vistok.modules.attention import Attention, KVCache, rope_tables
+from vistok.modules.attention import Attention, BlockCausal, KVCache, Mask, flex_block_mask, rope_tables
 from vistok.modules.embeddings import LabelEmbedding, TimestepEmbedding
 from vistok.modules.mlp import GEGLU, glu_hidden
 
@@ -94,14 +95,25 @@ class GroupAdaLNBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor | None, cache: KVCache | None, layer: int, store: bool,
+        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | int, rope: tuple[torch.Tensor, torch.Tensor],
+        mask: Mask, cache: KVCache | None, layer: int, store: bool, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, L, D); cond (B, G, D) one condition per group; groups (L,) the group of each token."""
-        mod = self.ada(cond)[:, groups]  # (B, L, 6D): each token gets its entity's modulation
+        """x (B, L, D); cond (B, G, D) one condition per group. groups: an int n when the groups are G consecutive
+        runs of n tokens each (the modulation broadcasts over a (B, G, n, D) view: nothing per token is built),
+        else the (L,) group of each token."""
+        mod = self.ada(cond)  # (B, G, 6D)
+        if isinstance(groups, int):
+            mod = mod[:, :, None]  # (B, G, 1, 6D) against x viewed as (B, G, n, D)
+            grouped = lambda h: rearrange(h, "b (g n) d -> b g n d", n=groups)  # noqa: E731
+            flat = lambda h: rearrange(h, "b g n d -> b (g n) d")  # noqa: E731
+        else:
+            mod = mod[:, groups]  # (B, L, 6D): each token gets its entity's modulation
+            grouped = flat = lambda h: h  # noqa: E731
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.chunk(6, dim=-1)
-        x = x + self.attn(rms_norm(x) * (1 + scale1) + shift1, rope, mask, cache, layer, store) * gamma1
-        return x + self.mlp(rms_norm(x) * (1 + scale2) + shift2) * gamma2
+        h = flat(torch.addcmul(shift1, grouped(rms_norm(x)), 1 + scale1))
+        x = flat(torch.addcmul(grouped(x), grouped(self.attn(h, rope, mask, cache, layer, store, slots)), gamma1))
+        h = flat(torch.addcmul(shift2, grouped(rms_norm(x)), 1 + scale2))
+        return flat(torch.addcmul(grouped(x), grouped(self.mlp(h)), gamma2))
 
 
 class XAR(nn.Module):
@@ -156,7 +168,7 @@ class XAR(nn.Module):
 
     def new_cache(self) -> KVCache:
         """An empty KV cache with one slot per attention layer."""
-        return KVCache(2 * self.config.depth)
+        return KVCache(2 * self.config.depth, self.partition.num_tokens)
 
     def draw_t(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, E) noise levels, one independent logit-normal draw per (image, entity)."""
@@ -167,19 +179,69 @@ class XAR(nn.Module):
         return self.label_emb(labels)[:, None] + self.time_emb(t)
 
     def transformer(
-        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor, index: torch.Tensor,
-        mask: torch.Tensor | None = None, cache: KVCache | None = None, store: bool = False,
+        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | int, index: torch.Tensor,
+        mask: Mask = None, cache: KVCache | None = None, store: bool = False,
     ) -> torch.Tensor:
         """The stack on any set of positions: x (B, L', C) tokens at sequence positions `index` (L',), each token in
-        group groups[i] of cond (B, G, D) -> (B, L', C) velocities."""
+        group groups[i] of cond (B, G, D) (an int n: G consecutive runs of n tokens) -> (B, L', C) velocities.
+        After `compile_stack` this runs compiled."""
+        compiled = self.__dict__.get("_compiled_stack")
+        if compiled is None or torch.compiler.is_compiling():
+            return self._stack(x, cond, groups, index, mask, cache, store)
+        static = cache is not None and mask is None  # one entity after the cache: static-shape writes at `index`
+        if static:
+            cache.reserve(x, self.config.heads, self.config.width // self.config.heads)
+        out = compiled(x, cond, groups, index, mask, cache, store, static)
+        if static and store:
+            cache.advance(cache.length + x.shape[1])
+        return out
+
+    def compile_stack(self, backend: str = "inductor", **options) -> None:
+        """Run the block stack (`transformer`, used by training and sampling alike) through `torch.compile` from now
+        on; once per model (later calls do nothing). `options` go to `torch.compile` (e.g. mode, dynamic)."""
+        if self.__dict__.get("_compiled_stack") is None:
+            self.__dict__["_compiled_stack"] = torch.compile(self._stack, backend=backend, **options)
+
+    def _stack(
+        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | int, index: torch.Tensor,
+        mask: Mask = None, cache: KVCache | None = None, store: bool = False, static: bool = False,
+    ) -> torch.Tensor:
         rope = (self.rope_cos[index], self.rope_sin[index])  # (L', Dh) each
+        slots = index if static else None  # cache slots are sequence positions
         h = self.in_norm(self.in_proj(x) + self.pos_in[index])  # (B, L', D)
         for i, blk in enumerate(self.blocks_in):
-            h = blk(h, cond, groups, rope, mask, cache, i, store)
+            h = blk(h, cond, groups, rope, mask, cache, i, store, slots)
         h = self.mid_proj(self.mid_norm(h)) + self.pos_mid[index]
         for i, blk in enumerate(self.blocks_out, start=len(self.blocks_in)):
-            h = blk(h, cond, groups, rope, mask, cache, i, store)
+            h = blk(h, cond, groups, rope, mask, cache, i, store, slots)
         return self.head(self.out_norm(h))  # (B, L', C)
+
+    attention_backend = "auto"  # see `modules.attention.set_attention_backend`
+
+    def entity_mask(self, first: int, num: int, cached: int, device: torch.device) -> Mask:
+        """The block-causal mask of entities first..first+num-1 after `cached` visible tokens: None for one entity;
+        a FlexAttention block mask when `attention_backend` is flex (auto: on CUDA, unless attention dropout is on
+        in training); else one SDPA call per entity (`BlockCausal`), or a dense boolean mask past 16 entities."""
+        if num == 1:
+            return None
+        offsets = self.partition.offsets
+        start, stop = offsets[first], offsets[first + num]
+        backend = self.attention_backend
+        dropout = self.training and self.config.attn_dropout > 0
+        if backend == "flex" or (backend == "auto" and device.type == "cuda" and not dropout):
+            key = (first, num, cached, str(device))
+            masks = self.__dict__.setdefault("_flex_masks", {})
+            if key not in masks:  # built once per layout; mask_mod reads entity ids (cached keys: -1, always visible)
+                q_ids = self.groups[start:stop].to(device)
+                kv_ids = torch.cat([torch.full((cached,), -1, dtype=q_ids.dtype, device=device), q_ids])
+                masks[key] = flex_block_mask(lambda b, h, q, kv: kv_ids[kv] <= q_ids[q], stop - start, cached + stop - start, device)
+            return masks[key]
+        if num <= 16:
+            return BlockCausal(tuple(offsets[first + e + 1] - start for e in range(num)))
+        mask = self.mask[start:stop, start:stop]
+        if cached:
+            mask = torch.cat([mask.new_ones(stop - start, cached), mask], dim=1)
+        return mask
 
     def predict(
         self, x: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, first: int = 0,
@@ -194,12 +256,10 @@ class XAR(nn.Module):
         start, stop = offsets[first], offsets[first + num]
         require(x.shape[1] == stop - start, f"entities {first}..{first + num - 1} hold {stop - start} tokens, got x {tuple(x.shape)}")
         index = torch.arange(start, stop, device=x.device)  # (L',)
-        mask = None
-        if num > 1:  # several entities: block-causal among them, everything cached stays visible
-            mask = self.mask[start:stop, start:stop]
-            if cache is not None and cache.length:
-                mask = torch.cat([mask.new_ones(stop - start, cache.length), mask], dim=1)
-        return self.transformer(x, self.condition(labels, t), self.groups[index] - first, index, mask, cache, store)
+        mask = self.entity_mask(first, num, 0 if cache is None else cache.length, x.device)
+        lengths = self.partition.lengths[first:first + num]
+        groups = lengths[0] if len(set(lengths)) == 1 else self.groups[index] - first
+        return self.transformer(x, self.condition(labels, t), groups, index, mask, cache, store)
 
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor, t: torch.Tensor | None = None,

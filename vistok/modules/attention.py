@@ -1,19 +1,34 @@
-"""Multi-head self-attention on `F.scaled_dot_product_attention`, with masks, N-D rotary embeddings and a KV cache.
+"""Multi-head self-attention on `F.scaled_dot_product_attention` or FlexAttention, with masks, N-D rotary embeddings
+and a static KV cache.
 
-- Masks are passed straight to SDPA: boolean (True = may attend) or additive float, broadcastable to
-  (B, heads, L_query, L_key). With a KV cache the key axis is [cached keys, new keys].
+- Masks: None (attend to everything), a boolean (True = may attend) or additive float tensor broadcastable to
+  (B, heads, L_query, L_key), `causal` (each new token sees every cached token and the new tokens up to itself;
+  SDPA's `is_causal` path when nothing is cached), a `BlockCausal` run of entities (xAR), or a FlexAttention
+  `BlockMask` (Dong et al., "Flex Attention", arXiv 2412.05496), the fast path for structured masks on CUDA. With a KV
+  cache the key axis is [cached keys, new keys].
+- `BlockCausal` (xAR's entity mask: full attention inside an entity, causal across entities) runs one mask-free SDPA
+  call per entity against the keys of that entity and all earlier ones, so the masked-out blocks are never computed
+  (10 of 16 blocks for 4 cells) and SDPA keeps its fused kernels; with attention dropout (SDPA's math path) the
+  probability matrices it materialises shrink in the same proportion.
 - RoPE (Su et al., "RoFormer", arXiv 2104.09864) generalised to N axes as in EVA-02 (Fang et al., arXiv 2303.11331):
   the head dimension is split into N equal parts, part i rotates by position i (row, column, depth...), with
   interleaved pairs (x0, x1) -> (-x1, x0). Positions are floats, so tokens need not sit on an integer grid (xAR's
-  coarse scales sit between grid points). Used by xAR (Ren et al., arXiv 2502.20388) in every attention layer.
+  coarse scales sit between grid points). Used by xAR (Ren et al., arXiv 2502.20388) in every attention layer. Queries
+  and keys rotate together, as one complex product in eager mode (one kernel) and in real arithmetic under
+  `torch.compile` (which fuses it).
 - QK-norm (Dehghani et al., "Scaling Vision Transformers to 22 Billion Parameters", arXiv 2302.05442), optional:
   queries and keys pass a per-head LayerNorm without affine parameters, in float32, before RoPE. FlexTok (Bachmann et
   al., arXiv 2502.13967) uses it with bias-free projections (`qkv_bias=False, proj_bias=False`).
 - `KVCache` keeps the rotated keys and the values of every layer for tokens that will not change any more (in xAR, the
-  finished entities, fed clean), so later forwards run on the new tokens only.
+  finished entities, fed clean; in the GPT, every earlier token), so later forwards run on the new tokens only. It is
+  static: one (B, heads, capacity, head_dim) buffer per layer and kind, allocated at the first write and written in
+  place (no concatenation, fixed storage: what `torch.compile` and CUDA graphs need).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +36,46 @@ from einops import rearrange
 from torch import nn
 
 from vistok.errors import require
+
+try:  # FlexAttention (torch >= 2.5); the SDPA paths below never need it
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - old torch
+    BlockMask, create_block_mask, flex_attention = None, None, None
+
+Backend = Literal["auto", "sdpa", "flex"]
+
+
+@dataclass(frozen=True)
+class BlockCausal:
+    """A block-causal mask over the new tokens as consecutive entities ending at `ends` (cumulative, the last one is
+    the number of new tokens): a token sees its own entity, every earlier one and every cached token."""
+
+    ends: tuple[int, ...]
+
+
+Causal = Literal["causal"]
+Mask = Union[torch.Tensor, BlockCausal, Causal, "BlockMask", None]
+
+
+def flex_block_mask(mask_mod, q_len: int, kv_len: int, device: torch.device | str) -> BlockMask:
+    """A FlexAttention `BlockMask` from `mask_mod(b, h, q, kv) -> bool` (True = may attend), shared by every batch
+    row and head."""
+    require(create_block_mask is not None, f"FlexAttention needs torch >= 2.5 (this is {torch.__version__}); use attention backend sdpa")
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=str(device))
+
+
+def set_attention_backend(model: nn.Module, backend: Backend) -> nn.Module:
+    """Choose how `model` (and every submodule that builds structured masks: xAR, FlexTok) attends: `sdpa` (the
+    mask as SDPA calls / a dense tensor), `flex` (FlexAttention block masks; fused kernels under `torch.compile`),
+    or `auto` (flex on CUDA, sdpa elsewhere and with attention dropout in training). Returns the model."""
+    require(backend in ("auto", "sdpa", "flex"), f"unknown attention backend {backend!r}; use auto, sdpa or flex")
+    if backend == "flex":
+        require(flex_attention is not None, f"FlexAttention needs torch >= 2.5 (this is {torch.__version__}); use sdpa")
+    for m in model.modules():
+        if hasattr(m, "attention_backend"):
+            m.attention_backend = backend
+            m.__dict__.pop("_flex_masks", None)
+    return model
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,32 +93,106 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, L, Dh) queries or keys by (L, Dh) tables; computed in float32, returned in x's dtype."""
+    """Rotate (..., L, Dh) queries or keys by (L, Dh) tables; computed in float32, returned in x's dtype."""
+    if not torch.compiler.is_compiling() and x.stride(-1) == 1 and all(s % 2 == 0 for s in x.stride()[:-1]) \
+            and x.storage_offset() % 2 == 0 and x.dtype == torch.float32:
+        # one complex product: (x0 + i x1)(cos + i sin) = (x0 cos - x1 sin) + i (x1 cos + x0 sin)
+        turn = torch.complex(cos[..., 0::2], sin[..., 0::2])  # (L, Dh/2)
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., L, Dh/2), a view
+        return torch.view_as_real(pairs * turn).flatten(-2)
     pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
     rotated = rearrange(torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1), "... d two -> ... (d two)")
     return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
 class KVCache:
-    """Rotated keys and values of finished tokens, one (B, heads, S, head_dim) pair per attention layer."""
+    """Static KV cache: per attention layer, (B, heads, capacity, head_dim) key and value buffers, written in place.
 
-    def __init__(self, num_layers: int) -> None:
+    Eager use: `extend` writes the new keys/values at the layer's current length and returns views of everything up
+    to them; with `store` the length advances past them (they stay cached), otherwise the next call overwrites them.
+    Under `torch.compile` the models call `write` instead: the new keys go to given slots (a tensor, so no Python
+    int is baked into the graph) and attention runs over the whole buffers with the unwritten slots masked, so one
+    graph serves every position; the model then calls `advance`. Buffers are zero-filled (masked slots must not hold
+    NaN) and allocated by `reserve` or at the first write."""
+
+    def __init__(self, num_layers: int, capacity: int) -> None:
+        require(capacity >= 1, f"a KV cache needs a capacity of at least one token, got {capacity}")
+        self.capacity = capacity
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.lengths = [0] * num_layers
 
     @property
     def length(self) -> int:
-        """Number of cached tokens S (0 when empty)."""
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        """Number of cached tokens S (0 when empty), as seen by the first layer."""
+        return self.lengths[0]
+
+    def reserve(self, like: torch.Tensor, heads: int, head_dim: int) -> None:
+        """Allocate every layer's buffers for `like.shape[0]` rows in like's dtype and device (no-op once done)."""
+        shape = (like.shape[0], heads, self.capacity, head_dim)
+        for layer, keys in enumerate(self.keys):
+            if keys is None:
+                self.keys[layer] = like.new_zeros(shape)
+                self.values[layer] = like.new_zeros(shape)
+
+    def _buffers(self, layer: int, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is None:
+            self.reserve(k, k.shape[1], k.shape[3])
+        keys = self.keys[layer]
+        require(keys.shape[:2] == k.shape[:2] and keys.shape[3] == k.shape[3],
+                f"the KV cache was filled with (batch, heads) {tuple(keys.shape[:2])}, got keys {tuple(k.shape)}")
+        return keys, self.values[layer]
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, store: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """[cached, new] keys and values of `layer`; with `store` the new ones stay cached for later calls."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)  # (B, H, S + L, Dh)
-            v = torch.cat([self.values[layer], v], dim=2)
+        """[cached, new] keys and values (B, H, S + L, Dh) of `layer`, views of the buffers; with `store` the new ones
+        stay cached for later calls."""
+        start = self.lengths[layer]
+        stop = start + k.shape[2]
+        require(stop <= self.capacity, f"the KV cache holds {self.capacity} tokens; {start} cached + {k.shape[2]} new do not fit")
+        keys, values = self._buffers(layer, k)
+        keys[:, :, start:stop].copy_(k)
+        values[:, :, start:stop].copy_(v)
         if store:
-            self.keys[layer], self.values[layer] = k, v
-        return k, v
+            self.lengths[layer] = stop
+        return keys[:, :, :stop], values[:, :, :stop]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values (B, H, L, Dh) at `slots` (L,) and return the whole (B, H, capacity, Dh) buffers;
+        lengths are left to `advance`."""
+        keys, values = self._buffers(layer, k)
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
+
+    def advance(self, length: int) -> None:
+        """Mark the first `length` slots of every layer as cached (after `write` with store)."""
+        require(length <= self.capacity, f"the KV cache holds {self.capacity} tokens, not {length}")
+        self.lengths = [length] * len(self.lengths)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of queries (B, H, L, Dh) over keys/values (B, H, S + L, Dh) (the last L keys are the queries' own
+    tokens) under any `Mask` -> (B, H, L, Dh)."""
+    cached = k.shape[2] - q.shape[2]
+    if isinstance(mask, BlockCausal):
+        require(mask.ends[-1] == q.shape[2], f"block-causal entities end at {mask.ends}, but there are {q.shape[2]} new tokens")
+        if len(mask.ends) == 1:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        outs, start = [], 0
+        for end in mask.ends:  # entity e: its queries against the keys of entities <= e and the cache, nothing masked
+            outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :cached + end], v[:, :, :cached + end], dropout_p=dropout))
+            start = end
+        return torch.cat(outs, dim=2)
+    if isinstance(mask, str):
+        require(mask == "causal", f"unknown attention mask {mask!r}")
+        if cached == 0 or q.shape[2] == 1:  # a single new token sees every key
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, dropout_p=dropout)
+        ones = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout)
+    if BlockMask is not None and isinstance(mask, BlockMask):
+        require(dropout == 0.0, "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
+        return flex_attention(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class Attention(nn.Module):
@@ -81,17 +210,26 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, mask: torch.Tensor | None = None,
-        cache: KVCache | None = None, layer: int = 0, store: bool = False,
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, mask: Mask = None,
+        cache: KVCache | None = None, layer: int = 0, store: bool = False, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D). `rope` holds (cos, sin) for the L new positions; `mask` is (L, S + L) with a cache
-        of S tokens (None: attend to everything); `store` appends these tokens' keys/values to `cache`."""
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (B, H, L, Dh)
+        """(B, L, D) -> (B, L, D). `rope` holds (cos, sin) for the L new positions; `mask` (see `Mask`) covers the
+        S cached and L new keys (a tensor one is (L, S + L)); `store` keeps these tokens' keys/values in `cache`.
+        `slots` (L,): the static-shape cache path (`KVCache.write`), for mask None (the new tokens see each other and
+        every earlier slot) or "causal" (each sees the slots up to its own)."""
+        qkv = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (3, B, H, L, Dh)
+        qk, v = qkv[:2], qkv[2]
         if self.qk_norm:  # bounded logits at any width and learning rate; fp32 so bf16 runs normalise exactly
-            q, k = (F.layer_norm(z.float(), z.shape[-1:]).to(z.dtype) for z in (q, k))
+            qk = F.layer_norm(qk.float(), qk.shape[-1:]).to(qk.dtype)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+            qk = apply_rope(qk, *rope)
+        q, k = qk.unbind(0)  # (B, H, L, Dh) each
+        if cache is not None and slots is not None:
+            require(mask is None or mask == "causal", "the static-shape KV cache path takes mask None or causal")
+            k, v = cache.write(layer, k, v, slots)  # (B, H, capacity, Dh)
+            last = slots.max().view(1, 1) if mask is None else slots[:, None]  # (1, 1) or (L, 1): last slot each query sees
+            mask = torch.arange(cache.capacity, device=slots.device) <= last  # (1 or L, capacity)
+        elif cache is not None:
             k, v = cache.extend(layer, k, v, store)  # (B, H, S + L, Dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
+        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))  # (B, L, D)

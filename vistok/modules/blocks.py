@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from vistok.errors import require
-from vistok.modules.attention import Attention, KVCache
+from vistok.modules.attention import Attention, KVCache, Mask
 from vistok.modules.mlp import SwiGLU, glu_hidden
 
 
@@ -51,11 +51,12 @@ class Block(nn.Module):
         self.mlp = SwiGLU(width, hidden or glu_hidden(width), bias=False)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-        store: bool = False,
+        self, x: torch.Tensor, mask: Mask = None, cache: KVCache | None = None, layer: int = 0,
+        store: bool = False, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`cache`, `layer`, `store`: as in `Attention` (a decoder-only model's KV cache; slot `layer` is this block's)."""
-        x = x + self.attn(layer_norm(x), mask=mask, cache=cache, layer=layer, store=store)
+        """`cache`, `layer`, `store`, `slots`: as in `Attention` (a decoder-only model's KV cache; slot `layer` is this
+        block's)."""
+        x = x + self.attn(layer_norm(x), mask=mask, cache=cache, layer=layer, store=store, slots=slots)
         return x + self.mlp(layer_norm(x))
 
 
@@ -69,7 +70,7 @@ class AdaLNZeroBlock(nn.Module):
         self.mlp = SwiGLU(width, hidden or glu_hidden(width), bias=False)
         self.ada = nn.Linear(width, num_segments * 6 * width)  # zero-initialised by the owning model
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, segments: Sequence[int], mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, segments: Sequence[int], mask: Mask = None) -> torch.Tensor:
         """x (B, L, D), cond (B, D), segments: lengths of the contiguous runs (sum L) -> (B, L, D)."""
         require(len(segments) == self.num_segments, f"block has {self.num_segments} modulation sets, got segments {tuple(segments)}")
         mod = rearrange(self.ada(F.silu(cond)), "b (g six d) -> six b g d", g=self.num_segments, six=6)  # 6 x (B, G, D)

@@ -39,6 +39,7 @@ from torch import nn
 
 from vistok import flow
 from vistok.errors import VistokError, require
+from vistok.modules.attention import BlockMask, flex_block_mask
 from vistok.modules.blocks import AdaLNHead, AdaLNZeroBlock, Block, layer_norm
 from vistok.modules.embeddings import TimestepEmbedding
 from vistok.modules.fsq import FSQ, QuantOut
@@ -215,7 +216,25 @@ class FlexTok(nn.Module):
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels or tuple(x.shape[-2:]) != tuple(c.grid):
             raise VistokError(f"FlexTok expects (B, {c.in_channels}, {c.grid[0]}, {c.grid[1]}) inputs, got {tuple(x.shape)}")
-        return self.encoder(x, self.enc_pos, self.enc_mask)
+        return self.encoder(x, self.enc_pos, self.encoder_mask(x.device))
+
+    attention_backend = "auto"  # see `modules.attention.set_attention_backend`
+
+    def encoder_mask(self, device: torch.device) -> torch.Tensor | BlockMask:
+        """The register mask: the dense boolean tensor for SDPA, or a FlexAttention block mask (built once per
+        device) when `attention_backend` is flex, or auto on CUDA."""
+        if self.attention_backend == "flex" or (self.attention_backend == "auto" and device.type == "cuda"):
+            masks = self.__dict__.setdefault("_flex_masks", {})
+            if str(device) not in masks:
+                n, length = self.config.num_patches, self.config.num_patches + self.config.registers
+                masks[str(device)] = flex_block_mask(lambda b, h, q, kv: (kv < n) | ((q >= n) & (kv <= q)), length, length, device)
+            return masks[str(device)]
+        return self.enc_mask
+
+    def compile_stack(self, backend: str = "inductor", **options) -> None:
+        """Run the decoder (the network of every decoding step) through `torch.compile` from now on; once per model."""
+        if not getattr(self.decoder, "_compiled_call_impl", None):
+            self.decoder.compile(backend=backend, **options)
 
     def quantize(self, z: torch.Tensor) -> QuantOut:
         """(B, K, d) -> QuantOut(codes (B, K, d), ids (B, K), aux_loss)."""

@@ -1,0 +1,292 @@
+"""Performance machinery: the static KV cache, block-causal and causal attention without dense masks, FlexAttention
+block masks against SDPA, and `torch.compile` (same numbers as eager, no recompilation per step).
+
+Compile tests run dynamo through the `aot_eager` backend (graph capture, guards and AOTAutograd without inductor's
+C++ code generation, which takes minutes on a busy 2-core machine); a counting backend checks how often a graph is
+compiled. Inductor itself is exercised by `eval/bench_xar.py --compile` and `eval/gpu_check.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vistok.errors import VistokError
+from vistok.generators.ar import AR, ARConfig
+from vistok.generators.entities import block_causal_mask
+from vistok.generators.sampling import sample_ar, sample_xar
+from vistok.generators.xar import XAR, XARConfig
+from vistok.modules.attention import BlockCausal, KVCache, attend, flex_attention, set_attention_backend
+from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
+from vistok.tokenizers.flextok import FlexTok
+
+
+def tiny_xar(**overrides) -> XAR:
+    cfg = dict(in_channels=4, grid=(4, 4), entity="cell", entity_size=2, width=32, depth=2, heads=2, num_classes=10,
+               dropout=0.0, attn_dropout=0.0, label_drop=0.0)
+    torch.manual_seed(0)
+    model = XAR(XARConfig(**{**cfg, **overrides}))
+    with torch.no_grad():
+        model.label_emb.table.weight.normal_(std=1.0)
+    return model
+
+
+def tiny_gpt() -> AR:
+    torch.manual_seed(0)
+    model = AR(ARConfig(vocab_size=50, tokens=6, num_classes=10, width=32, depth=2, heads=2))
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)
+    return model.eval()
+
+
+def reference_attention(q, k, v, mask):
+    """Softmax attention written out, mask (L, S) boolean True = may attend."""
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+# ------------------------------------------------------------------------------------------------------ KV cache
+def test_kv_cache_is_preallocated_and_written_in_place() -> None:
+    cache = KVCache(num_layers=2, capacity=5)
+    k = torch.randn(3, 2, 2, 4)
+    keys, values = cache.extend(0, k, -k, store=True)
+    buffer = cache.keys[0]
+    assert buffer.shape == (3, 2, 5, 4) and cache.lengths == [2, 0]
+    assert keys.data_ptr() == buffer.data_ptr() and torch.equal(keys, k) and torch.equal(values, -k)
+    # without store the new tokens sit after the cached ones but are overwritten by the next call
+    k2 = torch.randn(3, 2, 1, 4)
+    keys, _ = cache.extend(0, k2, k2, store=False)
+    assert torch.equal(keys, torch.cat([k, k2], dim=2)) and cache.lengths[0] == 2
+    k3 = torch.randn(3, 2, 3, 4)
+    keys, _ = cache.extend(0, k3, k3, store=True)
+    assert cache.keys[0] is buffer and keys.data_ptr() == buffer.data_ptr()  # same storage all along
+    assert torch.equal(keys, torch.cat([k, k3], dim=2)) and cache.lengths == [5, 0]
+    with pytest.raises(VistokError, match="holds 5 tokens"):
+        cache.extend(0, k2, k2, store=False)
+    cache.extend(1, k, k, store=True)
+    with pytest.raises(VistokError, match="batch, heads"):
+        cache.extend(1, torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4), store=True)
+
+
+def test_xar_sampling_never_concatenates_the_cache(monkeypatch) -> None:
+    model, seen = tiny_xar().eval(), []
+    real_cat = torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        seen.extend(t.shape for t in tensors if t.ndim == 4)  # (B, H, S, Dh) would be a cache concatenation
+        return real_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", spy)
+    sample_xar(model, torch.tensor([1, 2]), steps=2, cfg=2.0, seed=0)
+    assert seen == []
+
+
+def test_xar_cached_velocities_equal_the_full_forward_at_every_layer() -> None:
+    """Depth 2 + 2 and 2 heads: a cache slot shared between layers, or heads mixed up, changes the numbers."""
+    model = tiny_xar().eval()
+    x, labels = torch.randn(2, 16, 4), torch.tensor([3, 7])
+    t = torch.tensor([[0.0, 0.0, 0.0, 0.6], [0.0, 0.0, 0.0, 0.3]])
+    full = model.predict(x, labels, t)  # block-causal over all four entities in one forward
+    cache = model.new_cache()
+    for e in range(3):
+        model.predict(x[:, 4 * e:4 * e + 4], labels, t[:, e:e + 1], first=e, cache=cache, store=True)
+    assert cache.length == 12 and all(n == 12 for n in cache.lengths)
+    last = model.predict(x[:, 12:], labels, t[:, 3:], first=3, cache=cache)
+    torch.testing.assert_close(last, full[:, 12:], rtol=1e-5, atol=1e-5)
+    # two entities at once after a cache (the dense-mask case with cached keys)
+    cache = model.new_cache()
+    model.predict(x[:, :8], labels, t[:, :2], first=0, cache=cache, store=True)
+    torch.testing.assert_close(model.predict(x[:, 8:], labels, t[:, 2:], first=2, cache=cache), full[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- attention masks
+@pytest.mark.parametrize("cached", [0, 3])
+def test_block_causal_chunks_equal_the_dense_mask_values_and_gradients(cached: int) -> None:
+    torch.manual_seed(0)
+    lengths = (2, 3, 1, 4)
+    q = torch.randn(2, 3, 10, 8, requires_grad=True)
+    k = torch.randn(2, 3, cached + 10, 8, requires_grad=True)
+    v = torch.randn(2, 3, cached + 10, 8, requires_grad=True)
+    dense = torch.cat([torch.ones(10, cached, dtype=torch.bool), block_causal_mask(lengths)], dim=1)
+    ends = tuple(torch.tensor(lengths).cumsum(0).tolist())
+    out = attend(q, k, v, BlockCausal(ends))
+    ref = reference_attention(q, k, v, dense)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad((out * ref.detach()).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cached,new", [(0, 5), (4, 3), (4, 1)])
+def test_causal_mask_with_and_without_cache(cached: int, new: int) -> None:
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, new, 8)
+    k, v = torch.randn(2, 2, cached + new, 8), torch.randn(2, 2, cached + new, 8)
+    dense = torch.ones(new, cached + new, dtype=torch.bool).tril(cached)  # query i sits at position cached + i
+    torch.testing.assert_close(attend(q, k, v, "causal"), reference_attention(q, k, v, dense), rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_uses_is_causal_when_nothing_is_cached(monkeypatch) -> None:
+    model, calls = tiny_gpt(), []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("is_causal", False), kwargs.get("attn_mask")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    ids, labels = torch.randint(0, 50, (2, 6)), torch.tensor([1, 2])
+    model(ids, labels)
+    assert calls and all(causal and mask is None for causal, mask in calls)
+
+
+# -------------------------------------------------------------------------------------------------- FlexAttention
+needs_flex = pytest.mark.skipif(flex_attention is None, reason="FlexAttention needs torch >= 2.5")
+
+
+@needs_flex
+@pytest.mark.parametrize("entity,size", [("cell", 2), ("scale", 3), ("token", 1)])
+@torch.no_grad()  # FlexAttention has no backward on CPU: inference only here
+def test_xar_flex_block_mask_equals_sdpa(entity: str, size: int) -> None:
+    model = tiny_xar(entity=entity, entity_size=size).eval()
+    tokens, labels = torch.randn(3, 4, 4, 4), torch.tensor([0, 4, 9])
+    t, noise = torch.rand(3, model.partition.num_entities), torch.randn(3, model.partition.num_tokens, 4)
+    set_attention_backend(model, "sdpa")
+    ref = model(tokens, labels, t=t, noise=noise)
+    ref_samples = sample_xar(model, labels[:2], steps=2, cfg=2.0, seed=1, full_recompute=True)
+    set_attention_backend(model, "flex")
+    assert type(model.entity_mask(0, model.partition.num_entities, 0, torch.device("cpu"))).__name__ == "BlockMask"
+    torch.testing.assert_close(model(tokens, labels, t=t, noise=noise), ref, rtol=1e-5, atol=1e-6)
+    samples = sample_xar(model, labels[:2], steps=2, cfg=2.0, seed=1, full_recompute=True)
+    torch.testing.assert_close(samples, ref_samples, rtol=1e-4, atol=1e-5)
+
+
+@needs_flex
+@torch.no_grad()
+def test_flextok_register_mask_flex_equals_sdpa() -> None:
+    torch.manual_seed(0)
+    model = FlexTok(FLEXTOK_PRESETS["flextok-test"]).eval()
+    with torch.no_grad():
+        model.encoder.head.weight.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model.encode(x)
+    set_attention_backend(model, "flex")
+    mask = model.encoder_mask(torch.device("cpu"))
+    dense = mask.to_dense()[0, 0].bool()  # (Q blocks, KV blocks) at block granularity; check the mask function instead
+    assert dense.any()
+    torch.testing.assert_close(model.encode(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_flex
+def test_flex_attention_compiled_on_cpu_equals_sdpa() -> None:
+    """Inference through torch.compile, FlexAttention's fused path; skipped where inductor cannot build it."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    ids = torch.arange(64) // 16  # four entities of 16 tokens
+    block = create_block_mask(lambda b, h, q, kv: ids[kv] <= ids[q], None, None, 64, 64, device="cpu")
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    try:
+        out = torch.compile(flex_attention)(q, k, v, block_mask=block)
+    except Exception as err:  # noqa: BLE001 - any inductor/toolchain failure is a reason to skip, named below
+        pytest.skip(f"compiled FlexAttention does not run on this CPU build: {type(err).__name__}: {str(err)[:200]}")
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[None, :] <= ids[:, None])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------------- compile
+class CountingBackend:
+    """A torch.compile backend that counts graph compilations and runs them eagerly."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+
+    def __call__(self, gm, example_inputs):
+        self.compiles += 1
+        return gm.forward
+
+
+def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager, compiled = tiny_xar().train(), tiny_xar().train()
+    compiled.compile(backend="aot_eager")
+    tokens, labels = torch.randn(4, 4, 4, 4), torch.tensor([0, 1, 2, 3])
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, compiled)]
+    torch._dynamo.utils.counters.clear()
+    for step in range(4):
+        t, noise = torch.rand(4, 4), torch.randn(4, 16, 4)
+        losses = []
+        for m, opt in zip((eager, compiled), opts):
+            loss = m(tokens, labels, t=t, noise=noise)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
+
+
+def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    labels = torch.tensor([1, 6])
+    ref = sample_xar(tiny_xar().eval(), labels, steps=3, cfg=2.0, seed=2)
+    model, backend = tiny_xar().eval(), CountingBackend()
+    model.compile_stack(backend=backend)
+    model.compile_stack(backend=backend)  # idempotent
+    out = sample_xar(model, labels, steps=3, cfg=2.0, seed=2, compile=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    first = backend.compiles
+    assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+    sample_xar(model, labels, steps=6, cfg=2.0, seed=3, compile=True)  # twice the steps, other noise
+    assert backend.compiles == first
+    sample_xar(model, labels, steps=3, cfg=None, seed=4, compile=True)  # no CFG: half the batch
+    assert backend.compiles <= first + 1  # the batch size becomes dynamic once
+    # aot_eager runs the same graphs through AOTAutograd: numerics unchanged
+    torch._dynamo.reset()
+    model = tiny_xar().eval()
+    model.compile_stack(backend="aot_eager")
+    torch.testing.assert_close(sample_xar(model, labels, steps=3, cfg=2.0, seed=2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_compiled_sampling_equals_eager() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    labels = torch.tensor([0, 3, 7])
+    ref = sample_ar(tiny_gpt(), labels, cfg=2.0, temperature=1.0, seed=1)
+    model, backend = tiny_gpt(), CountingBackend()
+    model.compile_stack(backend=backend)
+    out = sample_ar(model, labels, cfg=2.0, temperature=1.0, seed=1, compile=True)
+    assert torch.equal(out, ref)
+    assert backend.compiles == 1  # static shapes: one graph for the class token and every later position
+
+
+def test_flextok_compiled_decoder_equals_eager() -> None:
+    import torch._dynamo
+
+    from vistok.tokenizers import flextok_sampling as fs
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = FlexTok(FLEXTOK_PRESETS["flextok-test"]).eval()
+    for p in model.parameters():  # the zero-initialised heads would make any decoder look right
+        torch.nn.init.normal_(p, std=0.05)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    ids = fs.encode(model, images)
+    ref = fs.decode(model, ids, 4, steps=3, seed=0)
+    model.compile_stack(backend="aot_eager")
+    torch.testing.assert_close(fs.decode(model, ids, 4, steps=3, seed=0), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_backend_is_checked() -> None:
+    with pytest.raises(VistokError, match="unknown attention backend"):
+        set_attention_backend(tiny_xar(), "fast")
