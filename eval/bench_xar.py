@@ -1,20 +1,28 @@
-"""xAR speed: training step time and sampling throughput per prediction entity (Ren et al., arXiv 2502.20388, Table 7).
+"""xAR speed against the official implementation, per entity, and on a GPU (Ren et al., arXiv 2502.20388, Table 7).
 
-    python eval/bench_xar.py                 # CPU table (tiny preset on 32x32 pixel tokens), under ~2 min on 2 cores
-    python eval/bench_xar.py --threads 1     # the same on one thread (a busy machine)
-    python eval/bench_xar.py --gpu-only      # on a CUDA machine: xar-b only
+    python eval/bench_xar.py                     # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
+    python eval/bench_xar.py --rows t32,s8       # some rows only;  --repeats N  more interleaved rounds
+    python eval/bench_xar.py --compile           # the same with torch.compile (the first call of each row compiles)
+    python eval/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
+    python eval/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
+    python eval/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
 
-CPU rows: the tiny preset with token (64 entities of 1 token), cell (4 entities of 4x4 tokens) and image (1 entity of
-64 tokens) partitions of the 8x8 grid of pixel-p4 tokens: training step time (forward, backward, AdamW) and sampling
-images/s (KV-cached, CFG in a doubled batch, decode included). With CUDA, also xar-b (random weights, 16x16x16
-latents, cells of 8x8 as in the paper): sampling images/s at 50 steps, CFG, bf16, batch 256 (latents only: the VAE
-decode is not timed), and the training step time at batch 64 in bf16. Markdown table on stdout.
+The official column holds the official code's medians from issue #12, measured at this configuration: width 64,
+2+2 blocks, 4 heads, 16x16x16 latents, 4 cells of 8x8, 1000 classes, fp32, 2 threads, random weights. Training
+steps are forward + loss + backward + grad clip + AdamW on random latents; sampling is `sample_xar` with 10 SDE steps
+per cell, CFG 2.0 linear over cells, no VAE decode. Rows run interleaved (round r runs every row once) after a
+warm-up, and the medians are reported with the spread between rounds and the load average, because the machine
+these numbers come from is shared: on a busy machine both the absolute times and the ratios move by tens of per cent.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -24,17 +32,25 @@ from vistok.generators.sampling import SampleConfig, sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
-from benchtools import timed  # eval/benchtools.py
+from benchtools import model_flops, peak_flops, sync, timed  # eval/benchtools.py
 
-TINY_PRESET = "xar-tiny-s"  # the preset of train/configs/xar_cifar10_tiny.yaml
-ENTITIES = {"token": 1, "cell": 4, "image": 1}  # entity kind -> size on the 8x8 grid
+ISSUE = XARConfig(width=64, depth=2, heads=4, num_classes=1000)  # 16x16x16 latents, cells of 8x8 (the defaults)
+# row key -> (label, official median in ms, what to run)
+ROWS = {
+    "t32": ("train step B=32, dropout 0 (fwd + loss + bwd + clip + AdamW)", 420, ("train", 32, 0.0)),
+    "t8": ("train step B=8, dropout 0", 138, ("train", 8, 0.0)),
+    "t32d": ("train step B=32, attention and projection dropout 0.1", 1171, ("train", 32, 0.1)),
+    "t8d": ("train step B=8, dropout 0.1", 223, ("train", 8, 0.1)),
+    "s8": ("sample 8 images, 10 steps per cell, CFG 2.0 linear, no VAE", 816, ("sample", 8, 0.0)),
+    "s32": ("sample 32 images, same", 2785, ("sample", 32, 0.0)),
+}
 
 
-
-
-def train_step_time(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", repeats: int = 5) -> float:
-    """Seconds per optimizer step (forward, backward, clip, AdamW) on random tokens."""
+def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", compile: bool = False) -> Callable[[], None]:
+    """A closure running one optimizer step (forward, loss, backward, clip, AdamW) on fixed random latents."""
     model = XAR(cfg).to(device).train()
+    if compile:
+        model.compile()
     optimizer = build_optimizer(model, 1e-4, 0.02, (0.9, 0.96), fused=device.type == "cuda")
     tokens = torch.randn(batch, cfg.in_channels, *cfg.grid, device=device)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
@@ -47,67 +63,151 @@ def train_step_time(cfg: XARConfig, batch: int, device: torch.device, precision:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed(step, device, repeats, warmup=2)
+    step.model, step.tokens, step.labels = model, tokens, labels  # for the FLOP count
+    return step
 
 
-def cpu_rows(steps: int, cfg_scale: float, train_batch: int, sample_batch: int) -> list[tuple]:
-    tokenizer, rows = PixelTokenizer(PixelConfig(patch=4, scale=2.0)), []
+def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_scale: float, precision: str = "fp32",
+            compile: bool = False) -> Callable[[], None]:
+    model = XAR(cfg).to(device).eval()
+    labels = torch.arange(batch, device=device) % cfg.num_classes
+
+    def run() -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            sample_xar(model, labels, steps, cfg_scale, seed=0, compile=compile)
+
+    return run
+
+
+def issue_rows(keys: list[str], repeats: int, compile: bool) -> list[tuple]:
+    cpu = torch.device("cpu")
+    runs = {}
+    for key in keys:
+        kind, batch, drop = ROWS[key][2]
+        cfg = dataclasses.replace(ISSUE, dropout=drop, attn_dropout=drop)
+        runs[key] = train_step(cfg, batch, cpu, compile=compile) if kind == "train" else sampler(cfg, batch, cpu, 10, 2.0, compile=compile)
+        start = time.perf_counter()
+        runs[key]()  # warm-up (and compilation with --compile)
+        if kind == "train":
+            runs[key]()
+        print(f"  warmed up {key} ({time.perf_counter() - start:.1f} s)", flush=True)
+    wall: dict[str, list[float]] = {k: [] for k in keys}
+    cpu_time: dict[str, list[float]] = {k: [] for k in keys}
+    loads = []
+    for _ in range(repeats):  # interleaved: every row once per round
+        for key in keys:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runs[key]()
+            wall[key].append(time.perf_counter() - t0)
+            cpu_time[key].append(time.process_time() - c0)
+        loads.append(os.getloadavg()[0])
+    rows = []
+    for key in keys:
+        label, official, _ = ROWS[key]
+        ms = [1000 * s for s in wall[key]]
+        med = statistics.median(ms)
+        rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
+                     f"{1000 * statistics.median(cpu_time[key]):,.0f}", f"{med / official:.2f}"))
+    print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
+    return rows
+
+
+ENTITIES = {"token": 1, "cell": 4, "image": 1}  # entity kind -> size on the 8x8 grid of the tiny preset
+TINY_PRESET = "xar-tiny-s"  # the preset of train/configs/xar_cifar10_tiny.yaml
+
+
+def entity_rows(steps: int, cfg_scale: float, train_batch: int, sample_batch: int) -> list[tuple]:
+    tokenizer, rows, cpu = PixelTokenizer(PixelConfig(patch=4, scale=2.0)), [], torch.device("cpu")
     sampling = SampleConfig(steps=steps, cfg=cfg_scale)
     for kind, size in ENTITIES.items():
         cfg = dataclasses.replace(PRESETS[TINY_PRESET], entity=kind, entity_size=size)
-        train_s = train_step_time(cfg, train_batch, torch.device("cpu"))
+        train_s = timed(train_step(cfg, train_batch, cpu), cpu, 5, warmup=2)
         model = XAR(cfg).eval()
         labels = torch.arange(sample_batch) % cfg.num_classes
         gen = Generator(model, tokenizer, sampling)
-        sample_s = timed(lambda: gen.sample(labels, batch_size=sample_batch),  # noqa: B023
-                         torch.device("cpu"), repeats=1)
+        sample_s = timed(lambda: gen.sample(labels, batch_size=sample_batch), cpu, repeats=1)  # noqa: B023
         n = cfg.partition.num_entities
-        rows.append((f"{TINY_PRESET} {kind} ({n} entit{'y' if n == 1 else 'ies'})", "cpu fp32",
-                     f"{train_s * 1000:.0f} ms (batch {train_batch})",
+        rows.append((f"{TINY_PRESET} {kind} ({n} entit{'y' if n == 1 else 'ies'})", f"{train_s * 1000:.0f} ms (batch {train_batch})",
                      f"{sample_batch / sample_s:.1f} ({steps} steps, cfg {cfg_scale}, batch {sample_batch})"))
         print(f"  measured {rows[-1][0]}", flush=True)
     return rows
 
 
-def gpu_rows(preset: str, steps: int, cfg_scale: float, train_batch: int, sample_batch: int, device: torch.device) -> list[tuple]:
+GPU_SIZES = {  # preset, train batch, sample batch, flow steps: the issue's sizes on CUDA, tiny ones on the CPU
+    "cuda": ("xar-b", 64, 256, 50),
+    "cpu": ("xar-test", 4, 4, 2),
+}
+
+
+def gpu_rows(device: torch.device, cfg_scale: float = 2.0, compile: bool = False, repeats: int = 5) -> list[dict]:
+    """xar-b in bf16 (tiny sizes on the CPU): training step time and MFU, sampling images/s; one dict per row."""
+    preset, train_batch, sample_batch, steps = GPU_SIZES["cuda" if device.type == "cuda" else "cpu"]
     cfg = PRESETS[preset]
-    torch.backends.cuda.matmul.allow_tf32 = True
-    train_s = train_step_time(cfg, train_batch, device, precision="bf16", repeats=10)
-    model = XAR(cfg).to(device).eval()
-    labels = torch.randint(0, cfg.num_classes, (sample_batch,), device=device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    step = train_step(cfg, train_batch, device, precision="bf16", compile=compile)
+    flops = model_flops(lambda: step.model(step.tokens, step.labels).backward(), device, torch.bfloat16)
+    step.model.zero_grad(set_to_none=True)
+    train_s = timed(step, device, repeats, warmup=2)
+    peak = peak_flops(device, torch.bfloat16)
+    mfu = flops / train_s / peak if peak else None
+    run = sampler(cfg, sample_batch, device, steps, cfg_scale, precision="bf16", compile=compile)
+    sample_s = timed(run, device, repeats=max(1, repeats // 3), warmup=1)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return [
+        dict(row=f"{preset} train step, bf16, batch {train_batch}{', compiled' if compile else ''}", value=train_s * 1000,
+             unit="ms", images_per_s=train_batch / train_s, model_tflop_per_step=flops / 1e12, mfu=mfu, peak_gib=memory),
+        dict(row=f"{preset} sampling, bf16, batch {sample_batch}, {steps} steps, CFG {cfg_scale}{', compiled' if compile else ''}",
+             value=sample_batch / sample_s, unit="images/s", seconds=sample_s, peak_gib=memory),
+    ]
 
-    def sample() -> None:
-        with torch.autocast(device.type, torch.bfloat16):
-            sample_xar(model, labels, steps, cfg_scale, seed=0)  # (B, 16, 16, 16) latents
 
-    sample_s = timed(sample, device, repeats=2)
-    memory = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-    return [(f"{preset} cell (random weights)", f"{device.type} bf16{memory}", f"{train_s * 1000:.0f} ms (batch {train_batch})",
-             f"{sample_batch / sample_s:.1f} ({steps} steps, cfg {cfg_scale}, batch {sample_batch})")]
+def format_gpu(rows: list[dict]) -> list[tuple]:
+    out = []
+    for r in rows:
+        extra = []
+        if "mfu" in r:
+            extra.append(f"{r['images_per_s']:.1f} images/s, {r['model_tflop_per_step']:.3g} TFLOP/step, MFU "
+                         + (f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no known peak; set VISTOK_PEAK_TFLOPS)"))
+        if r.get("peak_gib") is not None:
+            extra.append(f"peak {r['peak_gib']:.1f} GiB")
+        out.append((r["row"], f"{r['value']:,.1f} {r['unit']}", "; ".join(extra)))
+    return out
+
+
+def table(header: tuple, rows: list[tuple]) -> None:
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--steps", type=int, default=10, help="flow steps per entity on the CPU (default 10)")
-    parser.add_argument("--cfg", type=float, default=2.0, help="guidance scale (default 2.0)")
-    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU rows")
-    parser.add_argument("--no-gpu", action="store_true", help="skip the xar-b rows even with CUDA")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the official figures)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)} (default all)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model / the sampler's stack")
+    parser.add_argument("--entities", action="store_true", help="the per-entity table of the tiny preset instead")
+    parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = []
-    if not args.gpu_only:
-        rows += cpu_rows(args.steps, args.cfg, train_batch=32, sample_batch=16)
-    if torch.cuda.is_available() and not args.no_gpu:
-        rows += gpu_rows("xar-b", 50, args.cfg, train_batch=64, sample_batch=256, device=torch.device("cuda"))
-    elif not args.no_gpu:
-        print("  (no CUDA device: xar-b rows skipped)")
-    header = ("model / entity", "device", "train step", "sampling images/s")
-    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    if args.gpu_only:
+        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+        if device.type == "cpu":
+            print("  (CPU: the xar-b rows at tiny sizes, a smoke test of the GPU rows)")
+        table(("xAR, bf16", "measured", "details"), format_gpu(gpu_rows(device, compile=args.compile)))
+    elif args.entities:
+        table(("model / entity", "train step", "sampling images/s"), entity_rows(10, 2.0, train_batch=32, sample_batch=16))
+    else:
+        keys = [k.strip() for k in args.rows.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in ROWS]
+        if unknown:
+            parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        rows = issue_rows(keys, args.repeats, args.compile)
+        table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
+               "official ms", "vistok ms (min-max)", "vistok CPU ms", "vistok / official"), rows)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 

@@ -290,3 +290,43 @@ def test_flextok_compiled_decoder_equals_eager() -> None:
 def test_attention_backend_is_checked() -> None:
     with pytest.raises(VistokError, match="unknown attention backend"):
         set_attention_backend(tiny_xar(), "fast")
+
+
+# ------------------------------------------------------------------------------------------------------- scripts
+def run_script(*args: str, timeout: float = 300):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=root / "eval", env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_xar_gpu_rows_run_on_cpu() -> None:
+    proc = run_script("bench_xar.py", "--gpu-only", "--device", "cpu", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train step, bf16, batch 4" in proc.stdout and "TFLOP/step" in proc.stdout
+    assert "sampling, bf16, batch 4, 2 steps" in proc.stdout and "images/s" in proc.stdout
+
+
+def test_bench_xar_issue_rows_flag_is_checked() -> None:
+    proc = run_script("bench_xar.py", "--rows", "t33")
+    assert proc.returncode == 2 and "unknown rows ['t33']" in proc.stderr
+
+
+def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
+    import json
+
+    out = tmp_path / "check.json"
+    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = [r["row"] for r in report["rows"]]
+    assert report["meta"]["tiny_sizes"] and len(names) == 6
+    assert any("train step" in n for n in names) and any("decode" in n for n in names) and any("scan" in n for n in names)
+    flex = [r for r in report["rows"] if r["row"].startswith("FlexAttention")]
+    assert len(flex) == 2 and all(r["ok"] and r["value"] < 1e-4 for r in flex)
+    assert all(r["value"] > 0 for r in report["rows"] if not r["row"].startswith("FlexAttention"))
+    assert "| check | measured |" in proc.stdout

@@ -128,6 +128,7 @@ def add_sample(sub) -> None:
     p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance over AR steps (default: the export's)")
     p.add_argument("--method", choices=("sde", "ode"), help="Euler-Maruyama SDE or Euler ODE (default: the export's)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first batch, faster after)")
     g = p.add_argument_group("generators on FlexTok tokens (GPT, xAR)")
     g.add_argument("--tokens", type=_positive, metavar="K",
                    help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; default all)")
@@ -148,6 +149,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     env = dist.setup(args.device)
     try:
         gen = _load(args, api.Generator)
+        if args.compile:
+            gen.model.compile_stack()
+            if isinstance(gen, api.PairedGenerator):
+                gen.codes.flextok.compile_stack()
         given = {key: getattr(args, key) for key in SAMPLE_FLAGS if getattr(args, key) is not None}
         gen.reject({key: SAMPLE_FLAGS[key] for key in given})
         labels = gen.labels(_split(args.labels), args.num if args.num or args.labels else 100)
@@ -198,6 +203,7 @@ def add_reconstruct(sub) -> None:
                    "statistics .npz or image folder (default cifar10-train)")
     p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
     p.add_argument("--grid-rows", type=_positive, default=8, help="images in grid.png (default 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (slow first batch, faster after)")
     p.set_defaults(func=cmd_reconstruct)
 
 
@@ -215,6 +221,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise VistokError(f"--out {out} is a file; pass a folder")
     tok = _load(args, api.Tokenizer)
+    if args.compile:
+        tok.model.compile_stack()
     decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
     ks = _ks(args.tokens, tok.registers)
     images, _ = load_images(args.input, tok.resolution, args.num, args.data_root)

@@ -60,6 +60,7 @@ class TrainConfig:
     max_skips: int = 10  # with nonfinite=skip: stop after this many skipped steps in a row
     dist_timeout_s: float = 1800.0  # how long a collective waits for a gone or stuck rank before the run fails
     peak_tflops: float = 0.0  # per-device peak for MFU; 0: looked up for known GPUs (H100/H200/A100), else n/a
+    compile: bool = False  # torch.compile the model's forward (and so its backward); same state-dict keys
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -168,6 +169,8 @@ class Trainer:
         tc = cfg.train
         self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
         self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
+        if tc.compile:
+            model.compile()  # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
         self.ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)

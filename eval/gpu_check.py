@@ -1,0 +1,161 @@
+"""One GPU check: the paper-size speed figures and the CUDA-only code paths, as one table and a JSON file.
+
+    python eval/gpu_check.py --out gpu_check.json                 # on a CUDA machine: the real sizes
+    python eval/gpu_check.py --device cpu --out /tmp/check.json   # tiny sizes on the CPU (what CI runs)
+
+Rows (issue #12): xar-b (Ren et al., arXiv 2502.20388) training step time and MFU at batch 64 per GPU in bf16 (model
+FLOPs of forward + backward counted once with torch.utils.flop_counter, over the device's dense bf16 peak, or
+$VISTOK_PEAK_TFLOPS); xar-b sampling images/s at batch 256, 50 steps, CFG, bf16, eager and with `torch.compile`;
+FlexTok d18-d18 (Bachmann et al., arXiv 2502.13967) decode images/s at batch 64, 20 steps, CFG (latents, random
+weights); the selective scan (Gu & Dao, arXiv 2312.00752) forward + backward against mamba_ssm's CUDA kernel when
+mamba_ssm is installed. Checks: xAR's FlexAttention block mask against SDPA with the same mask (and FlexTok's register
+mask), compiled, on the device. With `--device cpu` every row runs at tiny sizes, so the script itself is tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vistok.engine.atomic import atomic_write_bytes
+from vistok.modules.attention import set_attention_backend
+
+import bench_xar  # eval/bench_xar.py
+from benchtools import timed  # eval/benchtools.py
+
+SIZES = {  # what each row runs at: the issue's sizes on CUDA, tiny ones on the CPU
+    "cuda": dict(flextok="flextok-d18-d18", flex_batch=64, flex_steps=20, scan=(8, 4096, 1536, 16)),
+    "cpu": dict(flextok="flextok-test", flex_batch=2, flex_steps=2, scan=(1, 256, 16, 8)),
+}
+
+
+def flextok_decode_row(device: torch.device, preset: str, batch: int, steps: int, cfg_scale: float = 2.0) -> dict:
+    from vistok.tokenizers import flextok_sampling as fs
+    from vistok.tokenizers.flextok import PRESETS, FlexTok
+
+    cfg = dataclasses.replace(PRESETS[preset], repa_dim=0)
+    model = FlexTok(cfg).to(device).eval()
+    ids = torch.randint(0, model.fsq.codebook_size, (batch, cfg.registers), device=device)
+
+    def decode() -> None:
+        with torch.autocast(device.type, torch.bfloat16):
+            fs.decode(model, ids, None, steps, cfg_scale, seed=0)
+
+    seconds = timed(decode, device, repeats=3, warmup=1)
+    return dict(row=f"{preset} decode, bf16, batch {batch}, {steps} steps, CFG {cfg_scale} (latents)",
+                value=batch / seconds, unit="images/s", seconds=seconds)
+
+
+def scan_row(device: torch.device, batch: int, length: int, d_inner: int, d_state: int) -> dict:
+    from vistok.modules.mamba import selective_scan_torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, generator=g).to(device).requires_grad_()  # noqa: E731
+    u, delta, B, C = make(batch, length, d_inner), make(batch, length, d_inner), make(batch, length, d_state), make(batch, length, d_state)
+    A = (-torch.rand(d_inner, d_state, generator=g) - 0.5).to(device).requires_grad_()
+    D, bias = torch.ones(d_inner, device=device, requires_grad=True), torch.zeros(d_inner, device=device, requires_grad=True)
+
+    def ours() -> None:
+        selective_scan_torch(u, delta, A, B, C, D, bias, True).square().mean().backward()
+
+    row = dict(row=f"selective scan fwd+bwd, batch {batch}, length {length}, d_inner {d_inner}, d_state {d_state}",
+               value=timed(ours, device, repeats=3) * 1000, unit="ms")
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        row["mamba_ssm_ms"] = None
+        row["note"] = "mamba_ssm not installed: no kernel to compare"
+        return row
+    if device.type != "cuda":
+        row["mamba_ssm_ms"] = None
+        row["note"] = "mamba_ssm's kernel needs CUDA"
+        return row
+    t = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731 - mamba_ssm takes (B, D, L) and (B, N, L)
+
+    def kernel() -> None:
+        selective_scan_fn(t(u), t(delta), A, t(B), t(C), D, delta_bias=bias, delta_softplus=True).square().mean().backward()
+
+    with torch.no_grad():
+        ref = selective_scan_fn(t(u), t(delta), A, t(B), t(C), D, delta_bias=bias, delta_softplus=True).transpose(1, 2)
+        err = (selective_scan_torch(u, delta, A, B, C, D, bias, True) - ref).abs().max().item()
+    row["mamba_ssm_ms"] = timed(kernel, device, repeats=3) * 1000
+    row["max_abs_diff_vs_mamba_ssm"] = err
+    return row
+
+
+@torch.no_grad()
+def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
+    """FlexAttention (compiled) against SDPA with the same mask, on the device: xAR's block-causal mask, FlexTok's
+    register mask. One row each with the largest difference."""
+    from vistok.generators.xar import PRESETS as XAR_PRESETS
+    from vistok.generators.xar import XAR
+    from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
+    from vistok.tokenizers.flextok import FlexTok
+
+    rows = []
+    torch.manual_seed(0)
+    xar = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], entity_size=2)).to(device).eval()
+    tokens = torch.randn(2, xar.config.in_channels, *xar.config.grid, device=device)
+    labels, t = torch.tensor([1, 2], device=device), torch.rand(2, xar.partition.num_entities, device=device)
+    noise = torch.randn(2, xar.partition.num_tokens, xar.config.in_channels, device=device)
+    flextok = FlexTok(FLEXTOK_PRESETS["flextok-test"]).to(device).eval()
+    torch.nn.init.normal_(flextok.encoder.head.weight)
+    images = torch.randn(2, flextok.config.in_channels, *flextok.config.grid, device=device)
+    for name, model, fn in (("xAR block-causal mask", xar, lambda m: m(tokens, labels, t=t, noise=noise)),
+                            ("FlexTok register mask", flextok, lambda m: m.encode(images))):
+        set_attention_backend(model, "sdpa")
+        ref = fn(model)
+        set_attention_backend(model, "flex")
+        note = "compiled FlexAttention"
+        try:
+            if not compile:
+                raise RuntimeError("--no-flex-compile")
+            out = torch.compile(fn, dynamic=False)(model)
+        except Exception as err:  # noqa: BLE001 - reported in the table, not fatal
+            out = fn(model)  # FlexAttention's eager (unfused) path
+            note = f"eager FlexAttention ({type(err).__name__}: {str(err)[:80]})"
+        diff = (out.float() - ref.float()).abs().max().item()
+        rows.append(dict(row=f"FlexAttention vs SDPA: {name}", value=diff, unit="max |diff|", note=note, ok=diff < 1e-4))
+        set_attention_backend(model, "auto")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    parser.add_argument("--out", default="gpu_check.json", help="JSON file of all rows (default gpu_check.json)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled sampling row (slow to build on a CPU)")
+    parser.add_argument("--no-flex-compile", action="store_true", help="check FlexAttention eagerly (no inductor build)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    sizes = SIZES[device.type]
+    start = time.perf_counter()
+    rows = bench_xar.gpu_rows(device)
+    if not args.no_compile:
+        rows.append(bench_xar.gpu_rows(device, compile=True)[1])
+    rows.append(flextok_decode_row(device, sizes["flextok"], sizes["flex_batch"], sizes["flex_steps"]))
+    rows.append(scan_row(device, *sizes["scan"]))
+    rows += flex_checks(device, compile=not args.no_flex_compile)
+    print("\n| check | measured | details |\n|---|---|---|")
+    for r in rows:
+        details = {k: v for k, v in r.items() if k not in ("row", "value", "unit") and v is not None}
+        text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in details.items())
+        print(f"| {r['row']} | {r['value']:,.4g} {r['unit']} | {text} |")
+    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
+                seconds=time.perf_counter() - start, tiny_sizes=device.type != "cuda")
+    atomic_write_bytes(Path(args.out), json.dumps(dict(meta=meta, rows=rows), indent=1, default=str).encode())
+    print(f"\n{meta['device']}, torch {torch.__version__}; wrote {args.out}")
+    if not all(r.get("ok", True) for r in rows):
+        raise SystemExit("FlexAttention and SDPA disagree (see the table)")
+
+
+if __name__ == "__main__":
+    main()
