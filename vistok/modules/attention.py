@@ -191,7 +191,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout)
     if BlockMask is not None and isinstance(mask, BlockMask):
         require(dropout == 0.0, "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
-        return flex_attention(q, k, v, block_mask=mask)
+        return flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
