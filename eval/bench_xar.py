@@ -26,13 +26,14 @@ from collections.abc import Callable
 
 import torch
 
+from vistok.engine.flops import model_flops, peak_flops
 from vistok.engine.optim import build_optimizer
 from vistok.api import Generator
 from vistok.generators.sampling import SampleConfig, sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
-from benchtools import model_flops, peak_flops, sync, timed  # eval/benchtools.py
+from benchtools import timed  # eval/benchtools.py
 
 ISSUE = XARConfig(width=64, depth=2, heads=4, num_classes=1000)  # 16x16x16 latents, cells of 8x8 (the defaults)
 # row key -> (label, official median in ms, what to run)
@@ -146,10 +147,15 @@ def gpu_rows(device: torch.device, cfg_scale: float = 2.0, compile: bool = False
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     step = train_step(cfg, train_batch, device, precision="bf16", compile=compile)
-    flops = model_flops(lambda: step.model(step.tokens, step.labels).backward(), device, torch.bfloat16)
+    def forward_backward() -> None:
+        with torch.autocast(device.type, torch.bfloat16):
+            loss = step.model(step.tokens, step.labels)
+        loss.backward()
+
+    flops = model_flops(forward_backward)
     step.model.zero_grad(set_to_none=True)
     train_s = timed(step, device, repeats, warmup=2)
-    peak = peak_flops(device, torch.bfloat16)
+    peak = peak_flops(device, torch.bfloat16, float(os.environ.get("VISTOK_PEAK_TFLOPS", 0)))
     mfu = flops / train_s / peak if peak else None
     run = sampler(cfg, sample_batch, device, steps, cfg_scale, precision="bf16", compile=compile)
     sample_s = timed(run, device, repeats=max(1, repeats // 3), warmup=1)
