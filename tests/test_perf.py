@@ -330,3 +330,49 @@ def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
     assert len(flex) == 2 and all(r["ok"] and r["value"] < 1e-4 for r in flex)
     assert all(r["value"] > 0 for r in report["rows"] if not r["row"].startswith("FlexAttention"))
     assert "| check | measured |" in proc.stdout
+
+
+def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(tmp_path, monkeypatch) -> None:
+    """train.compile=true: the Trainer compiles the model in place (every training script builds a Trainer); the
+    losses equal an eager run and the checkpoint keeps the model's own keys."""
+    from dataclasses import dataclass, field
+
+    import torch._dynamo
+
+    from vistok.engine.dist import setup
+    from vistok.engine.loop import Trainer, TrainConfig
+
+    real_compile, compiled = torch.nn.Module.compile, []
+
+    def fast_compile(self, *args, **kwargs):  # aot_eager: dynamo + AOTAutograd without inductor's C++ build
+        compiled.append(type(self).__name__)
+        return real_compile(self, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", fast_compile)
+
+    @dataclass(frozen=True)
+    class Cfg:
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+    env, losses = setup("cpu"), {}
+    for flag in (False, True):
+        torch._dynamo.reset()
+        tc = TrainConfig(run_dir=str(tmp_path / str(flag)), total_steps=3, batch_size=4, log_every=1, ckpt_every=3,
+                         num_workers=0, device="cpu", compile=flag, optimizer="sgd", lr=0.1)
+        model = tiny_xar().train()
+        run = Trainer(model, Cfg(tc), env)
+        tokens, labels = torch.randn(4, 4, 4, 4), torch.tensor([0, 1, 2, 3])
+        losses[flag] = []
+        with run.logging():
+            while run.step < tc.total_steps:
+                g = torch.Generator().manual_seed(run.step)
+                t, noise = torch.rand(4, 4, generator=g), torch.randn(4, 16, 4, generator=g)
+                loss = run.ddp_model(tokens, labels, t=t, noise=noise)
+                run.backward(loss)
+                losses[flag].append(loss.item())
+                run.finish_step()
+        assert (model._compiled_call_impl is not None) == flag
+    assert compiled == ["XAR"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+    state = torch.load(tmp_path / "True" / "last.pt", weights_only=False)
+    assert not any("_orig_mod" in k for k in state["model"])
