@@ -110,6 +110,9 @@ def issue_rows(keys: list[str], repeats: int, compile: bool) -> list[tuple]:
         rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
                      f"{1000 * statistics.median(cpu_time[key]):,.0f}", f"{med / official:.2f}"))
     print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
+    if max(loads) > (os.cpu_count() or 1) - torch.get_num_threads() + 1:
+        print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, so "
+              "these times are not comparable to the official column (use --threads 1 for a relative check)", flush=True)
     return rows
 
 
@@ -213,7 +216,7 @@ def main() -> None:
             parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
         rows = issue_rows(keys, args.repeats, args.compile)
         table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
-               "official ms", "vistok ms (min-max)", "vistok CPU ms", "vistok / official"), rows)
+               "official ms", "vistok ms (min-max)", "process CPU ms", "vistok / official"), rows)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 
