@@ -59,7 +59,7 @@ def cpu_rows(batch: int, ks: list[int], steps: list[int], cfg_scale: float, repe
     images = torch.rand(batch, 3, *cfg.grid) * 2 - 1
     enc_s = timed(lambda: sampling.encode(model, images, tokenizer), device, repeats)
     ids = sampling.encode(model, images, tokenizer)
-    settings = [(t, None) for t in steps] + [(max(steps), cfg_scale)]
+    settings = [(t, 1.0) for t in steps] + [(max(steps), cfg_scale)]  # scale 1: no guidance, no null pass
     rows = []
     for k in ks:
         row = [f"{k}", f"{batch / enc_s:.0f}"]
@@ -69,7 +69,7 @@ def cpu_rows(batch: int, ks: list[int], steps: list[int], cfg_scale: float, repe
             row.append(f"{batch / s:.1f}")
         rows.append(tuple(row))
         print(f"  measured k = {k}", flush=True)
-    header = ("k", "encode img/s", *(f"decode T={t}" + (f" CFG {s}" if s else "") for t, s in settings))
+    header = ("k", "encode img/s", *(f"decode T={t}" + (f" CFG {s}" if s != 1.0 else "") for t, s in settings))
     print(f"  ({cfg.registers} registers, width {cfg.enc_width}/{cfg.dec_width}, batch {batch}, random weights; the "
           "encoder always computes all K registers, so one encode figure serves every k)")
     return [header, *rows]
