@@ -52,19 +52,19 @@ def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tupl
     from vistok.assets import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
-    from vistok.engine.export_check import check_export
+    from vistok.engine.export_check import check_export, read_config
 
     folder = resolve_ckpt(ckpt)
-    # sizes, keys and shapes against the weights file's header, before any allocation
-    check_export(folder, lambda meta: SegMamba(from_dict(SegMambaConfig, meta["config"])))
-    meta, state = read_export(folder)
-    family = meta.get("family")
+    family = read_config(folder).get("family") if (Path(folder) / "config.json").is_file() else None
     if family == "tokenunify":
         raise VistokError(f"{folder} is a TokenUnify pretraining export, not a segmentation model; fine-tune it first: "
                           f"python train/finetune_em_seg.py --config train/configs/em_seg_tiny.yaml init_from={folder}")
-    if family != FAMILY[0]:
+    if family != FAMILY[0] and family is not None:
         raise VistokError(f"{folder} holds a {family!r} model; em-segment needs a '{FAMILY[0]}' export "
                           "written by train/finetune_em_seg.py")
+    # sizes, keys and shapes against the weights file's header, before any allocation
+    check_export(folder, lambda meta: SegMamba(from_dict(SegMambaConfig, meta["config"])))
+    meta, state = read_export(folder)
     config = from_dict(SegMambaConfig, meta["config"])
     if config.out_chans != 3:
         raise VistokError(f"{folder} predicts {config.out_chans} channel(s); a segmentation model predicts 3 "
