@@ -416,9 +416,16 @@ def add_em(sub) -> None:
     add_commands(sub)
 
 
+def add_convert(sub) -> None:
+    from vistok.convert.cli import add_commands
+
+    add_commands(sub)
+
+
 # subcommands in `vistok --help` order; another one is one more add_* function here
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_models, add_sample, add_reconstruct, add_encode, add_decode, add_fid, add_fid_stats, add_em, add_demo,
+    add_models, add_sample, add_reconstruct, add_encode, add_decode, add_fid, add_fid_stats, add_em, add_convert,
+    add_demo,
 ]
 
 

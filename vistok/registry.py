@@ -29,6 +29,8 @@ FAMILY_MODULES = (
     "vistok.generators.ar",
     "vistok.em.backbone",
     "vistok.em.objectives",
+    "vistok.tokenizers.kl_vae",
+    "vistok.modules.mamba_config",
 )
 
 

@@ -26,15 +26,21 @@ def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000
 
 
 class TimestepEmbedding(nn.Module):
-    """t in [0, 1] (any shape) -> (..., width): sinusoidal features of t * scale, then Linear-SiLU-Linear."""
+    """t in [0, 1] (any shape) -> (..., width): sinusoidal features of t * scale, then Linear-SiLU-Linear.
 
-    def __init__(self, width: int, freq_dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0) -> None:
+    `floor`: embed the integer floor(t * scale) instead, as the official xAR/MAR code does (`(t * 1000).long()`, in t's
+    own dtype); converted official checkpoints reproduce the official outputs only with it."""
+
+    def __init__(
+        self, width: int, freq_dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0, floor: bool = False,
+    ) -> None:
         super().__init__()
-        self.freq_dim, self.scale, self.max_period = freq_dim, scale, max_period
+        self.freq_dim, self.scale, self.max_period, self.floor = freq_dim, scale, max_period, floor
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        feats = timestep_features(t * self.scale, self.freq_dim, self.max_period)  # (..., freq_dim), float32
+        scaled = torch.floor(t * self.scale) if self.floor else t * self.scale
+        feats = timestep_features(scaled, self.freq_dim, self.max_period)  # (..., freq_dim), float32
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 

@@ -4,12 +4,16 @@ Architectures (Rombach et al., "High-Resolution Image Synthesis with Latent Diff
 - `flextok-c16`: the FlexTok VAE-GAN (Bachmann et al., arXiv 2502.13967; released as EPFL-VILAB/flextok_vae_c16):
   f8, 16 channels, block widths [128, 256, 512, 512], 2 layers per block, GroupNorm 32, SiLU; 83.8M parameters.
   256 px images become 16 x 32 x 32 latents. Its scaling factor ships in the weights folder's config.json.
-- `kl16`: the LDM KL-16 VAE used by MAR and xAR (Li et al., arXiv 2406.11838; Ren et al., arXiv 2502.20388): f16,
-  16 channels, block widths [128, 128, 256, 256, 512]; 256 px -> 16 x 16 x 16; latents scaled by 0.2325 (MAR).
+- `kl16`: MAR's released KL-16 VAE, xAR's tokenizer (Li et al., arXiv 2406.11838; Ren et al., arXiv 2502.20388): f16,
+  16 channels, widths ch x (1, 1, 2, 2, 4) with ch 128, encoder attention at 16x16; 256 px -> 16 x 16 x 16; latents
+  scaled by 0.2325. Not a diffusers layout: built by `kl_vae.KLVAE` (official parameter names), `vae.ch` picks a
+  narrower width (e.g. 32) for CPU runs. Weights: a vistok export (`vistok convert --from mar-vae`), MAR's
+  `kl16.ckpt` or a .safetensors of its state dict.
 - `tiny-f4`: a 1M-parameter f4 / 16-channel network for CPU integration tests (random weights allowed).
 
 Weights are local only (never downloaded): a diffusers folder (`config.json` + `diffusion_pytorch_model.safetensors`)
-or one checkpoint file in diffusers or original LDM key names (converted by diffusers). Latents are
+or one checkpoint file in diffusers or original LDM key names (converted by diffusers); pickled files are read with
+`weights_only=True` (`engine.safeload`). Latents are
 `scaling_factor * (posterior sample or mode)`; FlexTok samples the posterior. The pixel tokenizer (`pixel.py`) stands
 in for a VAE on CPU presets.
 
@@ -30,14 +34,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vistok.config import from_dict
+from vistok.engine.checkpoint import load_state_strict, read_export
+from vistok.engine.safeload import load_pickle
 from vistok.errors import VistokError, require
+from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state
 
 _ENC, _DEC = "DownEncoderBlock2D", "UpDecoderBlock2D"
 ARCHS: dict[str, dict[str, Any]] = {
     "flextok-c16": dict(block_out_channels=(128, 256, 512, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32),
-    "kl16": dict(block_out_channels=(128, 128, 256, 256, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32),
     "tiny-f4": dict(block_out_channels=(32, 64, 64), latent_channels=16, layers_per_block=1, norm_num_groups=32),
 }
+KL_ARCHS = ("kl16",)  # LDM-layout autoencoders built by kl_vae.KLVAE (MAR's KL-16)
 SCALING = {"kl16": 0.2325}  # known factors; FlexTok's comes with its weights (config.json)
 
 
@@ -48,9 +56,12 @@ class VAEConfig:
     scaling_factor: float = 0.0  # 0: from the weights folder's config.json, else the arch's known value
     sample: bool = True  # encode to a posterior sample (FlexTok) or to its mode
     random_init: bool = False  # allow running without weights (tests, CPU integration only)
+    ch: int = 0  # kl16 only: base width (0: 128, the released size; from the weights when they are an export)
 
     def __post_init__(self) -> None:
-        require(self.arch in ARCHS, f"vae.arch={self.arch!r} is not one of {', '.join(ARCHS)}")
+        require(self.arch in (*ARCHS, *KL_ARCHS), f"vae.arch={self.arch!r} is not one of {', '.join((*ARCHS, *KL_ARCHS))}")
+        require(self.ch == 0 or (self.arch in KL_ARCHS and self.ch % 32 == 0 and self.ch > 0),
+                f"vae.ch={self.ch} applies to kl16 only and must be a positive multiple of 32")
         require(self.scaling_factor >= 0, f"vae.scaling_factor must be positive (or 0 for the default), got {self.scaling_factor}")
 
 
@@ -61,15 +72,15 @@ def _diffusers_config(arch: str) -> dict[str, Any]:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); re-download the file") from err
+        except Exception as err:
+            raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); re-download the file") from None
+    else:
+        state = load_pickle(path, what="VAE weights")  # weights_only: a pickle naming code is refused, not run
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -81,10 +92,14 @@ class VAE(nn.Module):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
+        self.config = config
+        path = Path(config.weights).expanduser() if config.weights else None
+        if config.arch in KL_ARCHS:
+            self._init_kl(path)
+            return
         from diffusers import AutoencoderKL
 
-        self.config, arch = config, _diffusers_config(config.arch)
-        path = Path(config.weights).expanduser() if config.weights else None
+        arch = _diffusers_config(config.arch)
         # explicit value, then the arch's published one (a converted folder may carry diffusers' 0.18215 default),
         # then the folder's config.json; random test networks use 1
         self.scaling_factor = config.scaling_factor or SCALING.get(config.arch, 0.0)
@@ -110,6 +125,34 @@ class VAE(nn.Module):
         self.vae.requires_grad_(False)
         self.vae.eval()
 
+    def _init_kl(self, path: Path | None) -> None:
+        """MAR's KL-16 layout (kl_vae.KLVAE): random, a vistok export folder, kl16.ckpt or a .safetensors file."""
+        config, state = self.config, None
+        kl_config = KLVAEConfig(ch=config.ch or 128)
+        if path is None:
+            if not config.random_init:
+                raise VistokError("the kl16 VAE needs local weights: set vae.weights to an export of `vistok convert "
+                                  "--from mar-vae` or to MAR's kl16.ckpt, or use a pixel-tokenizer preset")
+        elif path.is_dir():
+            meta, state = read_export(path)
+            if meta.get("family") != "kl-vae":
+                raise VistokError(f"{path} holds a {meta.get('family')!r} model, not a KL VAE; convert MAR's kl16.ckpt "
+                                  "with `vistok convert --from mar-vae`")
+            kl_config = from_dict(KLVAEConfig, meta["config"])
+        elif path.is_file():
+            state = official_state(_read_checkpoint(path), str(path))
+            kl_config = config_from_state(state, kl_config)
+        else:
+            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the kl16 weights there or fix vae.weights")
+        if config.ch and kl_config.ch != config.ch:
+            raise VistokError(f"{path} is a ch={kl_config.ch} VAE but vae.ch={config.ch}; set vae.ch=0 to follow the weights")
+        self.vae = KLVAE(kl_config)
+        if state is not None:
+            load_state_strict(self.vae, state, str(path))
+        self.scaling_factor = config.scaling_factor or kl_config.scale_factor
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+
     def _load_file(self, path: Path) -> None:
         state = _read_checkpoint(path)
         if any(k.startswith(("encoder.down.", "first_stage_model.", "vae.encoder.down.")) for k in state):
@@ -132,17 +175,30 @@ class VAE(nn.Module):
     @property
     def factor(self) -> int:
         """Spatial downsampling factor f."""
+        if isinstance(self.vae, KLVAE):
+            return self.vae.factor
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
+        return self.vae.latent_channels if isinstance(self.vae, KLVAE) else self.vae.config.latent_channels
+
+    token_channels = latent_channels
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Latent grid (h, w) of an H x W image."""
+        if height % self.factor or width % self.factor:
+            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; resize or crop")
+        return height // self.factor, width // self.factor
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> scaled posterior (mean, std), each (B, C, H/f, W/f)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % self.factor or images.shape[-2] % self.factor:
             raise VistokError(f"the VAE expects (B, 3, H, W) images with H, W divisible by {self.factor}, got {tuple(images.shape)}")
+        if isinstance(self.vae, KLVAE):
+            post = self.vae.posterior(images)
+            return post.mean * self.scaling_factor, post.std * self.scaling_factor
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         return dist.mean * self.scaling_factor, dist.std * self.scaling_factor
 
@@ -158,6 +214,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) scaled latents -> (B, 3, h f, w f) images (not clamped)."""
+        if isinstance(self.vae, KLVAE):
+            return self.vae.decode_raw(latents / self.scaling_factor)
         return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
 
 
