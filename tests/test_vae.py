@@ -1,4 +1,4 @@
-"""VAE adapter (diffusers AutoencoderKL, local weights only) and latent caches."""
+"""VAE adapter (diffusers AutoencoderKL and MAR's KL-16 layout, local weights only) and latent caches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import torch
 from vistok.data.images import ArrayDataset
 from vistok.errors import VistokError
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
-from vistok.tokenizers.vae import ARCHS, VAE, LatentDataset, VAEConfig, _diffusers_config, cache_latents, load_latents
+from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
+from vistok.tokenizers.vae import (ARCHS, KL_ARCHS, VAE, LatentDataset, VAEConfig, _diffusers_config, cache_latents,
+                                   load_latents)
+
+FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
 
 
 
@@ -32,7 +36,65 @@ def test_paper_architectures_have_the_published_sizes() -> None:
         flextok = AutoencoderKL(**_diffusers_config("flextok-c16"))
     assert sum(p.numel() for p in flextok.parameters()) == 83_821_011  # spec: 83.8M (34.3M encoder)
     assert sum(p.numel() for p in flextok.encoder.parameters()) == 34_274_208
-    assert set(ARCHS) == {"flextok-c16", "kl16", "tiny-f4"}
+    assert set(ARCHS) == {"flextok-c16", "tiny-f4"} and KL_ARCHS == ("kl16",)
+
+
+def test_released_kl16_has_mar_s_architecture() -> None:
+    """MAR's kl16 on the meta device: 66,456,019 parameters and exactly the official 312 names and shapes (the
+    fixture sidecar lists them for the released size), attention only at the encoder's 16x16 level and in the middles."""
+    import json
+
+    with torch.device("meta"):
+        vae = KLVAE(KLVAEConfig())
+    assert sum(p.numel() for p in vae.parameters()) == 66_456_019
+    released = json.loads((FIX / "mar_vae_small.json").read_text())["configuration"]["released_kl16_shapes"]
+    assert {k: list(v.shape) for k, v in vae.state_dict().items()} == released
+    attn = sorted({k.rsplit(".", 2)[0] for k in released if ".attn" in k})
+    assert attn == ["decoder.mid.attn_1", "encoder.down.4.attn.0", "encoder.down.4.attn.1", "encoder.mid.attn_1"]
+    assert len(vae.decoder.up[0].block) == 3 and len(vae.encoder.down[0].block) == 2
+    assert vae.factor == 16 and vae.latent_channels == 16 and vae.scaling_factor == 0.2325
+    assert vae.grid(256, 256) == (16, 16)  # xAR's 16 x 16 x 16 latents
+    with pytest.raises(VistokError, match="multiple of 32"):
+        KLVAEConfig(ch=16)
+
+
+def test_kl16_through_the_adapter_from_every_weights_form(tmp_path: Path) -> None:
+    """The kl16 arch of `VAE` reads a vistok export, a .safetensors and MAR's kl16.ckpt alike; latents are the
+    posterior scaled by 0.2325, samples are mean + std * eps, decode inverts the scale."""
+    from safetensors.torch import load_file
+
+    from vistok.convert import convert
+
+    state = load_file(FIX / "mar_vae_small_state.safetensors")
+    torch.save({"model": state}, tmp_path / "kl16.ckpt")
+    export = convert("mar-vae", FIX / "mar_vae_small_state.safetensors", tmp_path / "export").path
+    x = images(2)  # 32 x 32 -> 2 x 2 latents
+    vaes = [VAE(VAEConfig(arch="kl16", weights=str(w), sample=False))
+            for w in (export, FIX / "mar_vae_small_state.safetensors", tmp_path / "kl16.ckpt")]
+    ref = KLVAE(KLVAEConfig(ch=32)).eval()
+    ref.load_state_dict(state)
+    with torch.no_grad():
+        post = ref.posterior(x)
+        expected_img = ref.decode_raw(post.mean)
+    for vae in vaes:
+        assert vae.factor == 16 and vae.latent_channels == vae.token_channels == 16 and vae.grid(32, 64) == (2, 4)
+        mean, std = vae.moments(x)
+        torch.testing.assert_close(mean, post.mean * 0.2325)
+        torch.testing.assert_close(std, post.std * 0.2325)
+        torch.testing.assert_close(vae.encode(x), mean)
+        torch.testing.assert_close(vae.decode(mean), expected_img, rtol=1e-5, atol=1e-5)
+        assert not any(p.requires_grad for p in vae.parameters())
+    sampled = VAE(VAEConfig(arch="kl16", weights=str(export)))
+    eps = torch.randn(2, 16, 2, 2, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(sampled.encode(x, torch.Generator().manual_seed(5)), post.mean * 0.2325 + post.std * 0.2325 * eps)
+    with pytest.raises(VistokError, match="ch=32 VAE but vae.ch=128"):
+        VAE(VAEConfig(arch="kl16", weights=str(export), ch=128))
+    with pytest.raises(VistokError, match="needs local weights"):
+        VAE(VAEConfig(arch="kl16"))
+    with pytest.raises(VistokError, match="applies to kl16 only"):
+        VAEConfig(arch="tiny-f4", ch=32)
+    rand = VAE(VAEConfig(arch="kl16", ch=32, random_init=True))
+    assert rand.encode(x).shape == (2, 16, 2, 2) and rand.scaling_factor == 0.2325
 
 
 def test_encode_decode_shapes_frozen_and_deterministic_mode() -> None:
