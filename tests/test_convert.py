@@ -93,6 +93,13 @@ def test_xar_container_ema_by_default_model_on_request(tmp_path: Path, xar_io, o
     with torch.no_grad():
         assert rel_err(model.predict(xar_io["x_t"], xar_io["y"], xar_io["t"]), xar_io["pred"]) < 1e-5
     assert "EMA weights" in ema.summary and "raw" in raw.summary
+    # a bare state dict pickled by torch.save (the released .pth form), with its VAE given as a checkpoint file
+    torch.save(official_raw, tmp_path / "xar_base.pth")
+    bare = convert("xar", tmp_path / "xar_base.pth", tmp_path / "bare", vae=FIX / "mar_vae_small_state.safetensors")
+    assert load_file(bare.path / "model.safetensors").keys() == raw_w.keys()
+    assert all(torch.equal(load_file(bare.path / "model.safetensors")[k], v) for k, v in raw_w.items())
+    vae, vae_meta = registry.load_model(bare.path / "tokenizer")
+    assert vae_meta["family"] == "kl-vae" and vae.config.ch == 32
 
 
 def _official_names_at(width: int, depth: int, heads: int) -> dict[str, torch.Tensor]:

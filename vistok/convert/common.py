@@ -83,14 +83,6 @@ def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tens
     return checkpoint.export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, **meta)
 
 
-def param_count(state: dict[str, torch.Tensor], model: nn.Module | None = None) -> int:
-    """Parameters (not buffers) of a state dict, as counted by the model when given."""
-    if model is not None:
-        names = {k for k, _ in model.named_parameters()}
-        return sum(v.numel() for k, v in state.items() if k in names)
-    return sum(v.numel() for v in state.values())
-
-
 def namespace_dict(args: Any) -> dict[str, Any]:
     """JSON-safe subset of an argparse.Namespace (numbers, strings, booleans)."""
     if not isinstance(args, argparse.Namespace):
@@ -98,5 +90,5 @@ def namespace_dict(args: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "param_count", "read_weights",
-           "strip_prefix", "tensors_only", "write"]
+__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "read_weights", "strip_prefix", "tensors_only",
+           "write"]
