@@ -54,6 +54,12 @@ def test_released_kl16_has_mar_s_architecture() -> None:
     assert len(vae.decoder.up[0].block) == 3 and len(vae.encoder.down[0].block) == 2
     assert vae.factor == 16 and vae.latent_channels == 16 and vae.scaling_factor == 0.2325
     assert vae.grid(256, 256) == (16, 16)  # xAR's 16 x 16 x 16 latents
+    post = vae.posterior(torch.empty(2, 3, 256, 256, device="meta"))  # shapes only, no compute
+    assert post.moments.shape == (2, 32, 16, 16) and post.mean.shape == post.std.shape == (2, 16, 16, 16)
+    assert vae.decode_raw(post.mean).shape == (2, 3, 256, 256)
+    from vistok import registry
+
+    assert registry.param_count("vae-kl16") == 66_456_019 and registry.param_count("vae-kl16-ch32") == 4_210_291
     with pytest.raises(VistokError, match="multiple of 32"):
         KLVAEConfig(ch=16)
 
