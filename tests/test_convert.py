@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 
 from vistok import registry
@@ -65,6 +66,10 @@ def test_xar_state_dict_reproduces_the_official_velocity(tmp_path: Path, xar_io)
         pred = model.predict(xar_io["x_t"], xar_io["y"], xar_io["t"])  # tokens in the official cell-major order
         # the whole training forward from image-layout latents: token order, per-cell t, target and MSE
         loss = model(xar_io["x"], xar_io["y"], xar_io["t"], xar_io["noise"].reshape(2, 256, 16))
+        cond = model.condition(xar_io["y"], xar_io["t"])  # (B, cells, D)
+    # the official condition rows are cell-major (row c * B + b): class embedding + embedding of floor(t * 1000)
+    assert rel_err(cond, rearrange(xar_io["cond"], "(c b) d -> b c d", b=2)) < 1e-6
+    assert torch.equal(torch.floor(xar_io["t"] * 1000).long(), xar_io["t_index"])
     assert rel_err(pred, xar_io["pred"]) < 1e-5
     assert abs(loss.item() - xar_io["loss"].item()) < 1e-5 * xar_io["loss"].item()
     # the time floor is what makes it match: continuous t*1000 misses the official output by far more
