@@ -12,10 +12,9 @@ Architectures (Rombach et al., "High-Resolution Image Synthesis with Latent Diff
 - `tiny-f4`: a 1M-parameter f4 / 16-channel network for CPU integration tests (random weights allowed).
 
 Weights are local only (never downloaded): a diffusers folder (`config.json` + `diffusion_pytorch_model.safetensors`)
-or one checkpoint file in diffusers or original LDM key names (converted by diffusers); pickled files are read with
-`weights_only=True` (`engine.safeload`). Latents are
-`scaling_factor * (posterior sample or mode)`; FlexTok samples the posterior. The pixel tokenizer (`pixel.py`) stands
-in for a VAE on CPU presets.
+or one checkpoint file in diffusers or original LDM key names (converted by diffusers); pickles are read with
+`weights_only=True` (`engine.safeload`). Latents are `scaling_factor * (posterior sample or mode)`; FlexTok samples
+the posterior. The pixel tokenizer (`pixel.py`) stands in for a VAE on CPU presets.
 
 Latent caches encode a dataset once into `.npz`, `.safetensors` or `.npy` and load it back; they keep the posterior
 mean and standard deviation, so training still draws a fresh latent sample each time an image is seen.
