@@ -283,6 +283,21 @@ def test_segmamba_keys_map_one_to_one_with_strict_loading(tmp_path: Path) -> Non
         assert by_value[k] == v, k
 
 
+def test_tri_directional_mamba_layer_from_a_segmamba_file(tmp_path: Path) -> None:
+    """One v3 layer (`_b` and `_s` parameter sets) taken out of the SegMamba key list with --prefix."""
+    save_file(_segmamba_fixture_state(), tmp_path / "segmamba.safetensors")
+    with pytest.raises(VistokError, match="holds 8 Mamba layers"):
+        convert("mamba", tmp_path / "segmamba.safetensors", tmp_path / "layer")
+    done = convert("mamba", tmp_path / "segmamba.safetensors", tmp_path / "layer", prefix="vit.stages.2.1.mamba.")
+    layer, _ = registry.load_model(done.path)
+    assert (layer.d_model, layer.d_inner, layer.dt_rank, layer.bimamba_type, layer.nslices) == (32, 64, 2, "v3", 5)
+    official = load_file(tmp_path / "segmamba.safetensors")
+    assert torch.equal(layer.x_proj_s.weight, official["vit.stages.2.1.mamba.x_proj_s.weight"])
+    assert torch.equal(layer.A_b_log, official["vit.stages.2.1.mamba.A_b_log"])
+    with torch.no_grad():
+        assert layer(torch.randn(1, 10, 32)).shape == (1, 10, 32)
+
+
 def test_segmamba_gsc_matches_the_official_computation() -> None:
     """The four GSC convolutions land where the official forward uses them: an independent re-statement of the
     official GSC (proj, proj2: 3^3 branch; proj3: 1^3 branch; proj4 on their sum; each conv -> InstanceNorm -> ReLU;
