@@ -60,4 +60,5 @@ def attach(vae: str | Path, out: Path, tokens: tuple[int, int, int]) -> dict[str
             atomic_write(target / name, lambda f, src=vae / name: _copy(src, f))
     else:
         convert(vae, target)
-    return {"family": "kl-vae", "path": TOKENIZER_DIR, "source": str(vae)}
+    # the VAE adapter (`vae.VAE`, arch kl16) over the export in tokenizer/: the loader sets its weights to that folder
+    return {"family": "vae", "config": {"arch": "kl16"}, "path": TOKENIZER_DIR, "source": str(vae)}
