@@ -364,6 +364,10 @@ def test_cli_convert_then_sample_a_256px_xar_on_its_vae(tmp_path: Path, capsys) 
 
     images = np.load(out / "samples.npz")["arr_0"]
     assert images.shape == (2, 256, 256, 3) and images.dtype == np.uint8 and images.std() > 0
+    import vistok  # the Python API loads the same export, tokenizer included, and gives the same images
+
+    labels = np.load(out / "samples.npz")["labels"].tolist()
+    assert np.array_equal(vistok.load(gen).sample(labels=labels, seed=3, steps=2), images)
 
 
 def test_convert_help_and_unknown_kind() -> None:

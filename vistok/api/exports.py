@@ -60,15 +60,17 @@ def is_paired(meta: dict[str, Any]) -> bool:
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
     """(xAR with EMA weights in eval mode, its grid tokenizer, the export's config.json) of a generator export."""
-    model, meta = registry.load_model(ckpt, device)
+    folder = resolve_ckpt(ckpt)
+    model, meta = registry.load_model(folder, device)
     if is_paired(meta):
         raise VistokError(f"{ckpt} generates FlexTok tokens; load it with vistok.api.load_paired (or vistok.load)")
     if not isinstance(model, XAR):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not a generator; pass an exported xAR folder")
     if "tokenizer" not in meta:
-        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_xar.py")
+        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_xar.py (a converted "
+                          "official xAR: `vistok convert --from xar ... --vae VAE`)")
     meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
-    return model, build_tokenizer(meta["tokenizer"]).to(device), meta
+    return model, build_tokenizer(meta["tokenizer"], folder).to(device), meta
 
 
 def load_flextok(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:

@@ -6,6 +6,7 @@ tokenizer this way, so the export alone rebuilds it (the weights of a VAE come w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -18,13 +19,22 @@ from vistok.tokenizers.vae import VAE, VAEConfig
 TOKENIZERS: dict[str, tuple[type, type]] = {"pixel": (PixelConfig, PixelTokenizer), "vae": (VAEConfig, VAE)}
 
 
-def build_tokenizer(spec: dict[str, Any]) -> nn.Module:
-    """The frozen image <-> grid tokenizer of an export's {"family": ..., "config": {...}}, in eval mode."""
+def build_tokenizer(spec: dict[str, Any], root: str | Path | None = None) -> nn.Module:
+    """The frozen image <-> grid tokenizer of an export's {"family": ..., "config": {...}}, in eval mode.
+
+    A spec with a "path" keeps its weights inside the export (a converted xAR's KL-16 VAE in `tokenizer/`): the
+    tokenizer's weights are then that sub-folder of `root`, the export's folder."""
     family = spec.get("family")
     if family not in TOKENIZERS:
         raise VistokError(f"unknown tokenizer family {family!r} in the export; known: {', '.join(TOKENIZERS)}")
     config_cls, tokenizer_cls = TOKENIZERS[family]
-    return tokenizer_cls(from_dict(config_cls, spec.get("config", {}))).eval()
+    config = dict(spec.get("config", {}))
+    if "path" in spec:
+        if root is None or not (Path(root) / spec["path"]).is_dir():
+            raise VistokError(f"the export's tokenizer folder {spec['path']}/ is missing{f' from {root}' if root else ''}; "
+                              "re-export it (`vistok convert --from xar ... --vae VAE`)")
+        config["weights"] = str(Path(root) / spec["path"])
+    return tokenizer_cls(from_dict(config_cls, config)).eval()
 
 
 __all__ = ["TOKENIZERS", "build_tokenizer"]
