@@ -166,6 +166,11 @@ def test_xar_layout_checks_fail_with_one_line(tmp_path: Path) -> None:
         convert("xar", FIX / "mamba_layer_state.safetensors", tmp_path / "out")
     with pytest.raises(VistokError, match="--prefix does not apply to --from xar"):
         convert("xar", FIX / "xar_tiny_state.safetensors", tmp_path / "out", prefix="x.")
+    from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
+
+    save_file(KLVAE(KLVAEConfig(ch=32, embed_dim=8)).state_dict(), tmp_path / "vae8.safetensors")
+    with pytest.raises(VistokError, match="8-channel latents but the generator expects 16"):
+        convert("xar", FIX / "xar_tiny_state.safetensors", tmp_path / "out", vae=tmp_path / "vae8.safetensors")
     assert not (tmp_path / "out").exists()
 
 

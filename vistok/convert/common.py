@@ -4,6 +4,7 @@ vistok model it is meant for (on the meta device, so a 1B-parameter check costs 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,17 @@ def build_meta(family: str, config: Any) -> nn.Module:
         return build(family, config)
 
 
-def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tensor], source: str, **meta: Any) -> Path:
+def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tensor], source: str,
+          extra: Callable[[Path], None] | None = None, **meta: Any) -> Path:
     """Check `state` against the family's model at `config`, then write `out/config.json` + `out/model.safetensors`
-    (float tensors as stored, contiguous, on the CPU). Nothing is written when the check fails."""
+    (tensors as stored, contiguous, on the CPU) and whatever `extra(folder)` adds, as one unit (`checkpoint.export`
+    replaces the folder whole). Nothing is written when the check fails."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise VistokError(f"--out {out} is a file; pass a folder for the export")
     check_against(build_meta(family, config), state, source)
     cfg = to_dict(config) if not isinstance(config, dict) else config
-    return checkpoint.export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, **meta)
+    return checkpoint.export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, extra=extra, **meta)
 
 
 def namespace_dict(args: Any) -> dict[str, Any]:

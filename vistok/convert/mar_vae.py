@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from vistok.convert import common
@@ -39,12 +40,13 @@ def _copy(src: Path, dst: BinaryIO) -> None:
         shutil.copyfileobj(f, dst)
 
 
-def attach(vae: str | Path, out: Path, tokens: tuple[int, int, int]) -> dict[str, Any]:
-    """Put a KL VAE (an export folder, or a checkpoint file converted here) into `out/tokenizer/` for a generator
-    whose tokens are (channels, h, w); returns the generator export's `tokenizer` entry."""
-    vae, target = Path(vae).expanduser(), out / TOKENIZER_DIR
+def attach(vae: str | Path, tokens: tuple[int, int, int]) -> tuple[dict[str, Any], Callable[[Path], None]]:
+    """A KL VAE (an export folder, or a checkpoint file converted on the way) for a generator whose tokens are
+    (channels, h, w): checked now, then (the generator export's `tokenizer` entry, a writer that puts the VAE export
+    into `FOLDER/tokenizer/`, for `checkpoint.export(..., extra=writer)`)."""
+    vae = Path(vae).expanduser()
     if vae.is_dir():
-        meta, state = read_export(vae)
+        meta, _ = read_export(vae)
         if meta.get("family") != "kl-vae":
             raise VistokError(f"--vae {vae} holds a {meta.get('family')!r} model, not a KL VAE; convert MAR's kl16.ckpt "
                               "with `vistok convert --from mar-vae` first, or pass the .ckpt itself")
@@ -54,11 +56,15 @@ def attach(vae: str | Path, out: Path, tokens: tuple[int, int, int]) -> dict[str
         channels = config_from_state(state).embed_dim
     if channels != tokens[0]:
         raise VistokError(f"--vae {vae} makes {channels}-channel latents but the generator expects {tokens[0]} channels")
-    if vae.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "config.json"):  # config.json last: a finished one means a full export
-            atomic_write(target / name, lambda f, src=vae / name: _copy(src, f))
-    else:
-        convert(vae, target)
+
+    def write(folder: Path) -> None:
+        target = folder / TOKENIZER_DIR
+        if vae.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("model.safetensors", "config.json"):
+                atomic_write(target / name, lambda f, src=vae / name: _copy(src, f))
+        else:
+            convert(vae, target)
+
     # the VAE adapter (`vae.VAE`, arch kl16) over the export in tokenizer/: the loader sets its weights to that folder
-    return {"family": "vae", "config": {"arch": "kl16"}, "path": TOKENIZER_DIR, "source": str(vae)}
+    return {"family": "vae", "config": {"arch": "kl16"}, "path": TOKENIZER_DIR, "source": str(vae)}, write

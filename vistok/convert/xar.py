@@ -155,13 +155,13 @@ def convert(input: str | Path, out: str | Path, weights: str = "ema", time_floor
                                                **{k: v for k, v in info.items() if v not in (None, {})}}}
     if preset:
         meta["sample"] = {**SAMPLING[preset], "cfg_schedule": "linear", "method": "sde"}
-    common.check_against(common.build_meta("xar", cfg), state, source)  # before anything is written
-    if vae is not None:
+    extra = None
+    if vae is not None:  # checked before anything is written, written into the export's folder with it
         from vistok.convert import mar_vae
 
-        spec = mar_vae.attach(vae, Path(out), tokens=(cfg.in_channels, *cfg.grid))
+        spec, extra = mar_vae.attach(vae, tokens=(cfg.in_channels, *cfg.grid))
         meta.update(tokenizer=spec, resolution=cfg.grid[0] * LATENT_STRIDE)
-    path = common.write(out, "xar", cfg, state, source, **meta)
+    path = common.write(out, "xar", cfg, state, source, extra=extra, **meta)
     n = sum(v.numel() for k, v in state.items())
     what = {"ema": "EMA weights", "model": "raw (non-EMA) weights"}.get(info["weights"], "bare state dict")
     return path, (f"xAR {preset or f'(width {cfg.width}, depth {cfg.depth}+{cfg.depth}, {cfg.heads} heads)'}, {what}, "
