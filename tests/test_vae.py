@@ -101,6 +101,14 @@ def test_kl16_through_the_adapter_from_every_weights_form(tmp_path: Path) -> Non
         VAEConfig(arch="tiny-f4", ch=32)
     rand = VAE(VAEConfig(arch="kl16", ch=32, random_init=True))
     assert rand.encode(x).shape == (2, 16, 2, 2) and rand.scaling_factor == 0.2325
+    # a diffusers AutoencoderKL folder named kl16 (an LDM KL-f16 saved by diffusers) is still built by diffusers
+    from diffusers import AutoencoderKL
+
+    n = 5
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                  block_out_channels=(32,) * n, latent_channels=16, layers_per_block=1).save_pretrained(tmp_path / "dif")
+    diffusers_vae = VAE(VAEConfig(arch="kl16", weights=str(tmp_path / "dif")))
+    assert diffusers_vae.factor == 16 and diffusers_vae.scaling_factor == 0.2325 and diffusers_vae.encode(x).shape == (2, 16, 2, 2)
 
 
 def test_encode_decode_shapes_frozen_and_deterministic_mode() -> None:

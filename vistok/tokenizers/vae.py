@@ -70,6 +70,18 @@ def _diffusers_config(arch: str) -> dict[str, Any]:
     return dict(cfg, in_channels=3, out_channels=3, down_block_types=(_ENC,) * n, up_block_types=(_DEC,) * n, act_fn="silu")
 
 
+def _diffusers_folder(path: Path | None) -> bool:
+    """A diffusers AutoencoderKL folder (config.json with block_out_channels, no vistok family): built by diffusers from
+    its own config, whatever the arch name (e.g. an LDM KL-f16 VAE saved with `save_pretrained`)."""
+    if path is None or not (path / "config.json").is_file() or (path / "model.safetensors").is_file():
+        return False
+    try:
+        spec = json.loads((path / "config.json").read_text())
+    except ValueError:
+        return False
+    return isinstance(spec, dict) and "block_out_channels" in spec and "family" not in spec
+
+
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -93,12 +105,12 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         path = Path(config.weights).expanduser() if config.weights else None
-        if config.arch in KL_ARCHS:
+        if config.arch in KL_ARCHS and not _diffusers_folder(path):
             self._init_kl(path)
             return
         from diffusers import AutoencoderKL
 
-        arch = _diffusers_config(config.arch)
+        arch = _diffusers_config(config.arch) if config.arch in ARCHS else {}  # kl16 here: a diffusers folder
         # explicit value, then the arch's published one (a converted folder may carry diffusers' 0.18215 default),
         # then the folder's config.json; random test networks use 1
         self.scaling_factor = config.scaling_factor or SCALING.get(config.arch, 0.0)
