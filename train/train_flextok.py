@@ -5,7 +5,8 @@ arXiv 2502.13967): encoder with causal registers -> FSQ -> rectified-flow decode
     python train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
     python train/train_flextok.py --config ... model.nested_dropout=off train.run_dir=...  # the no-ordering ablation
 
-images -> tokenizer (pixels, or a frozen VAE, optionally through a latent cache) -> (B, C, h, w) grid -> FlexTok's
+images -> tokenizer (pixels, or a frozen VAE, or a latent cache of one: `data.latents=CACHE` from `vistok cache-latents`,
+a fresh posterior sample of each image or its cached flip per step) -> (B, C, h, w) grid -> FlexTok's
 flow-matching loss with nested dropout and null conditioning, plus REPA against a frozen teacher (`repa.teacher`: off,
 conv, fid-net or dinov2) when `model.repa_dim` > 0. Running the same command again resumes from RUN/last.pt. At the end
 the EMA weights are exported to RUN/export with the model config (the training-only REPA projector left out), the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.config import to_dict
-from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_uint8
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_float, to_uint8
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
@@ -35,7 +35,9 @@ from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
 from vistok.api import Tokenizer
 from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
-from vistok.tokenizers.vae import VAE, LatentDataset, VAEConfig, cache_latents, load_latents
+from vistok.data.latents import CacheImages, LatentCache, latent_loader
+from vistok.tokenizers.build import build_tokenizer
+from vistok.tokenizers.vae import VAE, VAEConfig
 from vistok.viz import recon_grid
 
 
@@ -57,24 +59,32 @@ class Config:
     model: FlexTokConfig = field(default_factory=lambda: PRESETS["flextok-tiny-s"])
     tokenizer: Literal["pixel", "vae"] = "pixel"
     pixel: PixelConfig = field(default_factory=lambda: PixelConfig(patch=1, scale=2.0))  # identity grid, unit variance
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    latent_cache: str = ""  # vae only: a .npz/.safetensors of posterior moments of the training set, written if missing
+    vae: VAEConfig = field(default_factory=VAEConfig)  # with data.latents the cache names its VAE instead
     data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(hflip=True))
     repa: RepaConfig = field(default_factory=RepaConfig)
     sample: DecodeConfig = field(default_factory=DecodeConfig)  # decoding defaults stored in the export
     preview_images: int = 8  # rows of RUN/export/preview.png (0: none)
 
 
+def tokenizer_spec(cfg: Config) -> dict:
+    """The export's record of the tokenizer: the cache's VAE with data.latents, else the configured one."""
+    if cfg.data.latents:
+        return LatentCache(cfg.data.latents).tokenizer
+    return {"family": cfg.tokenizer, "config": to_dict(cfg.pixel if cfg.tokenizer == "pixel" else cfg.vae)}
+
+
 def build_image_tokenizer(cfg: Config) -> torch.nn.Module:
     """The frozen images <-> grid tokenizer: neither trained nor checkpointed (the export records its config)."""
+    if cfg.data.latents:
+        return build_tokenizer(tokenizer_spec(cfg))
     return PixelTokenizer(cfg.pixel) if cfg.tokenizer == "pixel" else VAE(cfg.vae)
 
 
 def check_config(cfg: Config) -> None:
     """Choices that contradict each other, caught before anything is built."""
-    require(not (cfg.latent_cache and cfg.tokenizer != "vae"), "latent_cache needs tokenizer=vae (pixels need no cache)")
-    require(not (cfg.latent_cache and cfg.data.hflip),
-            "a latent cache holds unflipped images: set data.hflip=false with latent_cache (or drop the cache)")
+    require(not (cfg.data.latents and cfg.tokenizer != "vae"), "data.latents needs tokenizer=vae (pixels need no cache)")
+    require(not (cfg.data.latents and cfg.data.limit), "data.limit does not apply to a latent cache (it holds its "
+                                                       "whole folder)")
     require(bool(cfg.repa.teacher) == (cfg.model.repa_dim > 0),
             f"REPA needs both a teacher and a projector: got repa.teacher={cfg.repa.teacher!r} and model.repa_dim="
             f"{cfg.model.repa_dim}; set both (e.g. repa.teacher=conv model.repa_dim={cfg.repa.conv_dim}) or neither")
@@ -97,31 +107,37 @@ def check_pairing(cfg: Config, tokenizer: torch.nn.Module, teacher_dim: int) -> 
 
 
 class CachedLatents(Dataset):
-    """((latent sample, image), label) pairs: a latent cache of `images`, and the images themselves for REPA's
-    teacher; or (latent sample, label) when no images are needed."""
+    """((latent sample, image), label) pairs keyed (index, epoch): a latent cache, and the same images (ADM-cropped as
+    cached, mirrored when the flip's moments were drawn) for REPA's teacher; or (latent sample, label) alone."""
 
-    def __init__(self, path: str, images: Dataset | None) -> None:
-        self.latents, self.images = LatentDataset(path), images
+    def __init__(self, cache: LatentCache, images: CacheImages | None) -> None:
+        self.cache, self.images = cache, images
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return len(self.cache)
 
-    def __getitem__(self, index: int):
-        latent, label = self.latents[index]
-        return ((latent, self.images[index][0]) if self.images is not None else latent), label
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        latent, label, flipped = self.cache.draw(index, epoch)
+        if self.images is None:
+            return latent, label
+        image = to_float(self.images[index][0])  # (3, R, R) in [-1, 1]
+        return (latent, image.flip(-1) if flipped else image), label
 
 
-def latent_dataset(cfg: Config, tokenizer: VAE, images: Dataset, env: dist.DistEnv, with_images: bool) -> Dataset:
-    """The training set as cached latents: encoded once by rank 0 (posterior moments), then read by every rank."""
-    path = Path(cfg.latent_cache).expanduser()
-    if env.is_main and not path.is_file():
-        print(f"caching {cfg.vae.arch} latents of {len(images)} images to {path} (once)", flush=True)
-        cache_latents(tokenizer, images, path, device=env.device)
-    dist.barrier()
-    cached = len(load_latents(path).mean)
-    require(cached == len(images), f"latent cache {path} holds {cached} latents but the training set has {len(images)} "
-                                   "images (another data.name or data.limit?); delete it to cache again")
-    return CachedLatents(str(path), images if with_images else None)
+def latent_dataset(cfg: Config, with_images: bool) -> CachedLatents:
+    """The training set as a finished latent cache (`vistok cache-latents`), with its images when REPA needs them."""
+    cache = LatentCache(cfg.data.latents, seed=cfg.train.seed)
+    m = cache.manifest
+    require(m["resolution"] == cfg.data.resolution, f"the cache {cfg.data.latents} holds {m['resolution']}px images; set "
+                                                    f"data.resolution={m['resolution']}")
+    images = None
+    if with_images:
+        images = CacheImages(cfg.data.name, m["resolution"])
+        require(images.relative() == (cache.root / "files.txt").read_text().splitlines(),
+                f"data.name={cfg.data.name} does not hold the images of the cache {cfg.data.latents} (cached from "
+                f"{m['source']}); point data.name at that folder")
+    return CachedLatents(cache, images)
 
 
 def export_model(cfg: Config, ema_state: dict[str, torch.Tensor], device: torch.device) -> FlexTok:
@@ -144,15 +160,18 @@ def main() -> None:
     )).to(env.device) if cfg.repa.teacher else None
     check_pairing(cfg, tokenizer, teacher.dim if teacher is not None else 0)
     images = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
-    cached = bool(cfg.latent_cache)
-    train_set = latent_dataset(cfg, tokenizer, images, env, teacher is not None) if cached else images
+    cached = bool(cfg.data.latents)
+    train_set = latent_dataset(cfg, teacher is not None) if cached else images
 
     model = FlexTok(cfg.model).to(env.device)
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
-    loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed,
-                          start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
+    if cached:  # keyed (index, epoch): a fresh posterior sample (and flip choice) per visit
+        loader = latent_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed, run.step, tc.num_workers)
+    else:
+        loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed, start_step=run.step,
+                              num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
     with run.logging():
@@ -176,7 +195,7 @@ def main() -> None:
 
     ema_model = export_model(cfg, run.ema_state(), env.device)
     if env.is_main:
-        tok = {"family": cfg.tokenizer, "config": to_dict(cfg.pixel if cfg.tokenizer == "pixel" else cfg.vae)}
+        tok = tokenizer_spec(cfg)
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
             resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,

@@ -1,13 +1,17 @@
 """Train a class-conditional xAR generator (Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual
-Generation", arXiv 2502.20388) on images through a tokenizer.
+Generation", arXiv 2502.20388) on images through a tokenizer, or on a cache of VAE latents.
 
     torchrun --nproc_per_node=N train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml [key=value ...]
     python train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
+    torchrun --nnodes=N --nproc_per_node=8 ... train/train_xar.py --config train/configs/xar_b_in256.yaml \
+        data.latents=CACHE                                                      # the paper's ImageNet-256 runs
 
-images -> tokenizer.encode -> (B, C, h, w) tokens -> xAR's flow-matching loss with Noisy Context Learning. Running the
-same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export with the model
-config, the tokenizer config, the class names and the sampling settings, so `vistok sample --ckpt RUN/export` needs
-nothing else; a preview grid (one row per class) is written next to them.
+images -> tokenizer.encode -> (B, C, h, w) tokens -> xAR's flow-matching loss with Noisy Context Learning. With
+`data.latents=CACHE` (written by `vistok cache-latents`) every step instead draws `scale * (mean + std * eps)` from the
+cached posterior moments of each image or of its flip, as MAR/xAR train on ImageNet, and the cache's VAE becomes the
+tokenizer. Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to
+RUN/export with the model config, the tokenizer config, the class names and the sampling settings, so
+`vistok sample --ckpt RUN/export` needs nothing else; a preview grid (one row per class) is written next to them.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from PIL import Image
 
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
+from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator
 from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
+from vistok.tokenizers.build import build_tokenizer
+from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer
 from vistok.viz import class_grid
-from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer  # the VAE adapter: its own
 
 
 @dataclass(frozen=True)
@@ -40,13 +46,12 @@ class Config:
     preview_per_class: int = 10  # images per class in RUN/export/preview.png (0: none)
 
 
-def check_pairing(cfg: Config, tokenizer: PixelTokenizer, num_classes: int) -> None:
-    """The generator must accept the tokenizer's tokens of the configured images, and have a label for every class."""
-    m, res = cfg.model, cfg.data.resolution
-    grid_hw, channels = tokenizer.grid(res, res), tokenizer.token_channels
-    require(tuple(m.grid) == grid_hw and m.in_channels == channels,
-            f"the tokenizer turns {res}px images into {channels}-channel {grid_hw[0]}x{grid_hw[1]} token grids, but the "
-            f"model expects {m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
+def check_pairing(cfg: Config, channels: int, grid_hw: tuple[int, int], num_classes: int, source: str) -> None:
+    """The generator must accept the tokens of the configured data, and have a label for every class."""
+    m = cfg.model
+    require(tuple(m.grid) == tuple(grid_hw) and m.in_channels == channels,
+            f"{source} gives {channels}-channel {grid_hw[0]}x{grid_hw[1]} token grids, but the model expects "
+            f"{m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
             f"model.grid=[{grid_hw[0]},{grid_hw[1]}]")
     require(num_classes <= m.num_classes,
             f"the data has {num_classes} classes but model.num_classes={m.num_classes}; set model.num_classes={num_classes}")
@@ -54,11 +59,8 @@ def check_pairing(cfg: Config, tokenizer: PixelTokenizer, num_classes: int) -> N
 
 @torch.no_grad()
 def encode(tokenizer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images in [-1, 1] -> (B, C, h, w) tokens, once per batch, outside the autograd graph.
-
-    Latent caching plugs in here: for a VAE tokenizer, encode the dataset once (posterior moments, with and without
-    the flip, as MAR's main_cache.py) and draw `mean + std * eps` per step instead of running the encoder. The pixel
-    tokenizer is a reshape, so there is nothing to cache."""
+    """(B, 3, H, W) images in [-1, 1] -> (B, C, h, w) tokens, once per batch, outside the autograd graph. (A VAE is
+    not run here: its latents come from a cache, `data.latents`.)"""
     return tokenizer.encode(images)
 
 
@@ -66,24 +68,38 @@ def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
 
-    tokenizer = PixelTokenizer(cfg.tokenizer).to(env.device).eval()  # frozen: neither trained nor checkpointed
-    dataset = build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution)
-    classes = list(getattr(dataset, "classes", ())) or ["images"]  # a flat image folder is one class
-    check_pairing(cfg, tokenizer, len(classes))
+    cached = bool(cfg.data.latents)
+    if cached:  # the cache's VAE decodes previews and samples; it never runs in the loop
+        require(not cfg.data.limit, "data.limit does not apply to a latent cache (it holds its whole folder)")
+        cache = LatentCache(cfg.data.latents, seed=tc.seed)  # checks that every shard is there; flips as cached
+        tokenizer_spec, classes, resolution = cache.tokenizer, list(cache.classes), cache.manifest["resolution"]
+        check_pairing(cfg, cache.latent_shape[0], cache.latent_shape[1:], len(classes), f"the cache {cfg.data.latents}")
+    else:
+        tokenizer_spec = {"family": TOKENIZER_FAMILY[0], "config": to_dict(cfg.tokenizer)}
+        dataset = build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution)
+        classes, resolution = list(getattr(dataset, "classes", ())) or ["images"], cfg.data.resolution  # flat: 1 class
+        pixel = PixelTokenizer(cfg.tokenizer)
+        check_pairing(cfg, pixel.token_channels, pixel.grid(resolution, resolution), len(classes), "the tokenizer")
 
     model = XAR(cfg.model).to(env.device)
     run = Trainer(model, cfg, env, tokens_per_sample=cfg.model.grid[0] * cfg.model.grid[1])  # wrap, EMA, optim, resume
     ddp_model = run.ddp_model
+    tokenizer = build_tokenizer(tokenizer_spec).to(env.device).eval()  # frozen: neither trained nor checkpointed
 
-    loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size, env.rank,
-                          env.world_size, tc.seed, start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
-                          crop_pad=cfg.data.crop_pad)
+    if cached:
+        loader = latent_loader(cache, tc.batch_size, env.rank, env.world_size, tc.seed, start_step=run.step,
+                               num_workers=tc.num_workers)
+    else:
+        loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size, env.rank, env.world_size, tc.seed,
+                              start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
+                              crop_pad=cfg.data.crop_pad)
 
     batches = iter(loader)
     with run.logging():
         while run.step < tc.total_steps:
-            images, labels = next(batches)
-            tokens = encode(tokenizer, images.to(env.device, non_blocking=True))  # (B, C, h, w)
+            inputs, labels = next(batches)
+            inputs = inputs.to(env.device, non_blocking=True)
+            tokens = inputs if cached else encode(tokenizer, inputs)  # (B, C, h, w)
             labels = labels.to(env.device, non_blocking=True)
             for x, y in run.micro_batches(tokens, labels):
                 run.backward(ddp_model(x, y))  # flow-matching loss over all entities, each with its own t
@@ -94,8 +110,8 @@ def main() -> None:
     if env.is_main:
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-            tokenizer={"family": TOKENIZER_FAMILY[0], "config": to_dict(cfg.tokenizer)}, classes=classes,
-            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name)
+            tokenizer=tokenizer_spec, classes=classes, resolution=resolution, sample=to_dict(cfg.sample), step=run.step,
+            data=cfg.data.latents or cfg.data.name)
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
         if cfg.preview_per_class:
             labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)

@@ -1,5 +1,5 @@
-"""The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `fid`, `fid-stats`, `em-segment`,
-`em-eval` and `demo`.
+"""The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `cache-latents`, `fid`, `fid-stats`,
+`em-segment`, `em-eval` and `demo`.
 
 Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that parses, calls the Python API
 (`vistok.api`: the same objects `vistok.load` returns, so the same seed gives the same bits from Python and the shell)
@@ -328,6 +328,35 @@ def cmd_decode(args: argparse.Namespace) -> None:
           f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
 
 
+# --------------------------------------------------------------------------------------------------- cache-latents
+def add_cache_latents(sub) -> None:
+    p = sub.add_parser("cache-latents", help="posterior moments of an image folder through a VAE, sharded over "
+                                             "torchrun ranks and resumable (training reads them with data.latents=CACHE)")
+    p.add_argument("--vae", required=True, help="VAE: a mar-vae export folder, kl16.ckpt, a diffusers AutoencoderKL "
+                                                "folder, or a preset with weights")
+    p.add_argument("--input", required=True, help="image folder, ImageNet-style (one sub-folder per class)")
+    p.add_argument("--out", required=True, help="cache folder (manifest.json, files.txt, shard-*.safetensors)")
+    p.add_argument("--resolution", type=_positive, default=256, help="ADM center crop size (default 256)")
+    p.add_argument("--flip", action="store_true", help="also cache each image's horizontal flip (as MAR does)")
+    p.add_argument("--shard-size", type=_positive, default=1024, help="images per shard file (default 1024)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per VAE forward (default 32)")
+    p.add_argument("--workers", type=int, default=4, help="image decoding workers per process (default 4)")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored precision")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache_latents)
+
+
+def cmd_cache_latents(args: argparse.Namespace) -> None:
+    from vistok.tokenizers.latent_cache import cache_latents, world
+
+    report = cache_latents(args.vae, args.input, args.out, args.resolution, args.flip, args.shard_size, args.batch_size,
+                           args.workers, args.dtype, args.device, progress=not args.quiet)
+    rank, world_size, _ = world()
+    print(f"rank {rank}/{world_size}: encoded {report.images} images into {len(report.written)} shards, "
+          f"{len(report.skipped)} already finished -> {args.out}")
+
+
 # ------------------------------------------------------------------------------------------------------ fid, stats
 def _fid_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="cifar10-net", choices=("cifar10-net", "inception-v3-compat"),
@@ -424,7 +453,8 @@ def add_convert(sub) -> None:
 
 # subcommands in `vistok --help` order; another one is one more add_* function here
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_models, add_sample, add_reconstruct, add_encode, add_decode, add_fid, add_fid_stats, add_em, add_convert,
+    add_models, add_sample, add_reconstruct, add_encode, add_decode, add_cache_latents, add_fid, add_fid_stats, add_em,
+    add_convert,
     add_demo,
 ]
 

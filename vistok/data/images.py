@@ -273,7 +273,9 @@ def build_image_dataset(name: str, root: str | Path | None = None, resolution: i
 
 @dataclass(frozen=True)
 class ImageDataConfig:
-    """Which images a run trains on. `limit` keeps N evenly spaced samples (0 keeps all), for quick runs and tests."""
+    """Which images a run trains on. `limit` keeps N evenly spaced samples (0 keeps all), for quick runs and tests.
+    `latents` names a latent cache folder (`vistok cache-latents`, `vistok.data.latents`): a VAE-based run then trains
+    on fresh posterior samples of the cached moments instead of decoding and encoding images."""
 
     name: str = "cifar10-train"
     root: str = ""
@@ -281,6 +283,7 @@ class ImageDataConfig:
     hflip: bool = True
     crop_pad: int = 0
     limit: int = 0
+    latents: str = ""
 
     def __post_init__(self) -> None:
         if self.resolution < 8:

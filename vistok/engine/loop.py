@@ -44,13 +44,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "constant-cosine"] = "cosine"
     warmup_steps: int = 0
+    min_lr: float = 0.0  # constant-cosine: the rate reached at total_steps
+    decay_start: float = 0.75  # constant-cosine: fraction of total_steps where the cosine tail starts (xAR: 600/800)
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
     parallel: Literal["ddp", "fsdp"] = "ddp"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)); false: ema_decay from the first step (xAR)
     ckpt_every: int = 500
     log_every: int = 10
     num_workers: int = 2
@@ -172,9 +175,10 @@ class Trainer:
         if tc.compile:
             model.compile()  # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
-        self.ema = EMA(model, tc.ema_decay)  # after wrapping: under FSDP2 its entries are shards too
+        self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)  # after wrapping: under FSDP2 its entries are shards too
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps, tc.min_lr,
+                                         tc.decay_start)
         self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg,
                                  sharded=tc.parallel == "fsdp" and env.distributed)
         self.step = self.ckpt.resume()

@@ -2,14 +2,17 @@
 
 - AdamW (or plain SGD) with two parameter groups: weight decay on the weights of linear and convolution layers only; none on norms,
   biases, embedding tables, positional tables and learned tokens.
-- Schedules are functions of the step and the run's total steps (diffusers' warmup+cosine / constant), so no run
-  length is hard-coded.
+- Schedules are functions of the step and the run's total steps (diffusers' warmup+cosine / constant, and xAR's
+  warmup + constant + cosine tail, Ren et al. arXiv 2502.20388), so no run length is hard-coded.
 - EMA keyed by parameter name (not by position, unlike diffusers' EMAModel), so the EMA state maps straight onto the
   model's state dict for export, survives `torch.compile`/DDP wrapping, and shards with FSDP2 (its entries are then
   DTensors and are gathered only when saved).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -46,17 +49,47 @@ def build_optimizer(
     raise VistokError(f"unknown optimizer {kind!r}; use adamw or sgd")
 
 
+SCHEDULES = ("cosine", "constant", "constant-cosine")
+
+
+def constant_cosine(step: int, warmup_steps: int, total_steps: int, decay_start: float = 0.75, min_ratio: float = 0.0) -> float:
+    """LR multiplier of xAR's official schedule (MAR/xAR `util/lr_sched.py`), scaled to `total_steps`: linear warmup
+    from 0 over `warmup_steps`, constant until `decay_start * total_steps`, then half a cosine down to `min_ratio` at
+    `total_steps`. The official run is 100 warmup epochs, constant to epoch 600, cosine to min_lr 1e-5 over 600-800 of
+    800 (hard-coded there, so a shorter run never decays; here the decay follows the run's length)."""
+    start = round(decay_start * total_steps)
+    if step < warmup_steps:
+        return step / warmup_steps
+    if step < start:
+        return 1.0
+    progress = min(1.0, (step - start) / max(1, total_steps - start))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+    decay_start: float = 0.75,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine decay to 0 at `total_steps` or a constant rate."""
+    """Linear warmup, then: cosine decay to 0 at `total_steps` (`cosine`), a constant rate (`constant`), or constant
+    until `decay_start` of the run and cosine to `min_lr` at its end (`constant-cosine`, xAR's official shape)."""
     if warmup_steps > total_steps:
         raise VistokError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps}); lower train.warmup_steps")
     if schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup_steps)
-    raise VistokError(f"unknown schedule {schedule!r}; use cosine or constant")
+    if schedule == "constant-cosine":
+        if not 0.0 <= decay_start <= 1.0 or warmup_steps > round(decay_start * total_steps):
+            raise VistokError(f"train.decay_start={decay_start} must be in [0, 1] and come after the warmup "
+                              f"({warmup_steps} of {total_steps} steps); raise it or lower train.warmup_steps")
+        base = optimizer.param_groups[0]["lr"]
+        if not 0.0 <= min_lr <= base:
+            raise VistokError(f"train.min_lr={min_lr} must be between 0 and train.lr={base}")
+        ratio = min_lr / base if base else 0.0
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(constant_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
+                                         decay_start=decay_start, min_ratio=ratio))
+    raise VistokError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
 class EMA:
