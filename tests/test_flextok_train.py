@@ -1,6 +1,6 @@
-"""FlexTok end to end: train/train_flextok.py runs a few steps (subprocess), exports and resumes; the latent-cache +
-REPA path runs; `vistok encode` -> `vistok decode` round-trips token ids (int32, in range, k per image honoured);
-`vistok reconstruct` writes per-k reconstructions, a grid and JSON metrics; user mistakes are one-line errors."""
+"""FlexTok end to end: train/train_flextok.py runs a few steps (subprocess), exports and resumes (the latent-cache +
+REPA path is in tests/test_paper.py); `vistok encode` -> `vistok decode` round-trips token ids (int32, in range, k per
+image honoured); `vistok reconstruct` writes per-k reconstructions, a grid and JSON metrics; user mistakes are one-line errors."""
 
 from __future__ import annotations
 
@@ -113,26 +113,6 @@ def test_rerun_resumes_and_trains_on(run_dir, tmp_path):
         json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((resumed / "export" / "config.json").read_text())["step"] == 5
     assert not (resumed / "export" / "preview.png").exists()
-
-
-def test_latent_cache_with_a_vae_and_repa(tmp_path, shared_image_folder):
-    """The GPU recipe's path on CPU sizes: a random tiny-f4 VAE (32 px -> 16x8x8 latents), latents cached once,
-    REPA to a conv teacher; the export records the VAE."""
-    run_dir, cache = tmp_path / "run", tmp_path / "latents.npz"
-    args = ["train/train_flextok.py", "--config", CONFIG, f"train.run_dir={run_dir}", *TINY, "train.total_steps=2",
-            f"data.name={shared_image_folder}", "data.hflip=false", "tokenizer=vae", "vae.arch=tiny-f4",
-            "vae.random_init=true", f"latent_cache={cache}", "model.in_channels=16", "model.grid=[8,8]", "model.patch=2",
-            "repa.teacher=conv", "repa.conv_dim=16", "model.repa_dim=16", "model.repa_hidden=32", "model.repa_layer=0",
-            "preview_images=0"]
-    check_ok(proc := run(*args))
-    assert "caching" in proc.stdout and cache.is_file()
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(-1 <= r["repa"] <= 1 and abs(r["loss"] - r["flow"] - 0.5 * r["repa"]) < 1e-5 for r in rows)
-    meta = json.loads((run_dir / "export" / "config.json").read_text())
-    assert meta["tokenizer"]["family"] == "vae" and meta["config"]["repa_dim"] == 0 and meta["repa_teacher"] == "conv"
-    tok = vistok.load(run_dir / "export")
-    ids = tok.encode(np.zeros((2, 32, 32, 3), np.uint8))
-    assert tok.decode(ids, 2, steps=1).shape == (2, 32, 32, 3)
 
 
 def test_encode_decode_via_the_cli(random_export, data_root, tmp_path, capsys):
@@ -259,8 +239,8 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
     with pytest.raises(VistokError, match="model.repa_dim=16"):
         mod.check_pairing(from_dict(mod.Config, {"model": {"repa_dim": 8}}), mod.build_image_tokenizer(cfg), 16)
     bad = [({"model": {"repa_dim": 8}}, "repa.teacher=conv model.repa_dim=64"), ({"repa": {"teacher": "conv"}}, "set both"),
-           ({"latent_cache": "x.npz"}, "latent_cache needs tokenizer=vae"),
-           ({"latent_cache": "x.npz", "tokenizer": "vae"}, "data.hflip=false")]  # a cache holds unflipped images
+           ({"data": {"latents": "cache"}}, "data.latents needs tokenizer=vae"),
+           ({"data": {"latents": "cache", "limit": 8}, "tokenizer": "vae"}, "data.limit does not apply")]
     for values, fragment in bad:
         with pytest.raises(VistokError, match=fragment):
             mod.check_config(from_dict(mod.Config, values))

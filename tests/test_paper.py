@@ -48,7 +48,7 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
 
 
 def write_vae(folder: Path, layout: dict, scaling_factor: float = 0.2325, seed: int = 0) -> Path:
@@ -265,16 +265,21 @@ def test_ema_without_warmup_uses_the_full_decay_from_the_first_step() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- recipe configs
-def train_xar_module():
+def script(stem: str):
+    """train/STEM.py imported as a module (its Config and checks), without running main."""
     import importlib.util
 
-    name = "vistok_test_train_xar"
+    name = f"vistok_test_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "train" / "train_xar.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{stem}.py")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def train_xar_module():
+    return script("train_xar")
 
 
 @pytest.mark.parametrize("size,steps,cfg", [("b", 40, 2.7), ("l", 50, 2.3), ("h", 50, 2.2)])
@@ -313,9 +318,10 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
     with np.load(tmp_path / "samples" / "samples.npz") as z:
         assert z["arr_0"].shape == (3, 64, 64, 3) and z["arr_0"].dtype == np.uint8  # decoded by the 16x VAE
     # a model that does not fit the cache is one line before any work
-    proc = run(sys.executable, "train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
-               f"data.latents={tmp_path / 'cache'}", f"train.run_dir={tmp_path / 'bad'}")
-    assert proc.returncode == 1 and "model.grid=[4,4]" in proc.stderr.strip().splitlines()[-1]
+    mod = train_xar_module()
+    cfg = load_config(mod.Config, REPO / "train/configs/xar_b_in256.yaml", [f"data.latents={tmp_path / 'cache'}"])
+    with pytest.raises(VistokError, match=r"16-channel 4x4 token grids.*model.grid=\[4,4\]"):
+        mod.check_pairing(cfg, 16, LatentCache(tmp_path / "cache").latent_shape[1:], 3, "the cache")
 
 
 def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
@@ -341,15 +347,17 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
     assert meta["tokenizer"]["family"] == "vae" and meta["tokenizer"]["config"]["weights"] == str(vae)
     assert (run_dir / "export" / "preview.png").is_file()
     other = write_classes(tmp_path / "other", classes=("x",), per_class=6, sizes=((64, 64),))
-    proc = run(sys.executable, "train/train_flextok.py", "--config", "train/configs/flextok_d18_d18_in1k.yaml",
-               f"train.run_dir={tmp_path / 'bad'}", f"data.latents={tmp_path / 'cache'}", f"data.name={other}",
-               "data.resolution=64", "model.grid=[8,8]", "train.device=cpu", "repa.teacher=conv", "repa.conv_dim=16",
-               "model.repa_dim=16")
-    assert proc.returncode == 1 and "does not hold the images of the cache" in proc.stderr.strip().splitlines()[-1]
+    mod = script("train_flextok")
+    cfg = load_config(mod.Config, REPO / "train/configs/flextok_d18_d18_in1k.yaml",
+                      [f"data.latents={tmp_path / 'cache'}", f"data.name={other}", "data.resolution=64"])
+    with pytest.raises(VistokError, match="does not hold the images of the cache"):
+        mod.latent_dataset(cfg, with_images=True)
+    with pytest.raises(VistokError, match="data.limit does not apply"):
+        mod.check_config(load_config(mod.Config, REPO / "train/configs/flextok_d18_d18_in1k.yaml", ["data.limit=4"]))
 
 
 # ------------------------------------------------------------------------------------------------- the dry run
-def test_paper_path_dry_run(tmp_path, kl16_vae) -> None:
+def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
     layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
     torchrun with 2 processes; sampling (one process: see the README); FID with inception-v3-compat (random weights,
@@ -369,17 +377,15 @@ def test_paper_path_dry_run(tmp_path, kl16_vae) -> None:
     check_ok(proc)
     assert json.loads((run_dir / "export" / "config.json").read_text())["step"] == 3
     samples = tmp_path / "samples"
-    check_ok(run(sys.executable, "-m", "vistok.cli", "sample", "--ckpt", str(run_dir / "export"), "--num", "6",
-                 "--steps", "2", "--seed", "0", "--out", str(samples), "--device", "cpu", "--quiet"))
+    assert cli.main(["sample", "--ckpt", str(run_dir / "export"), "--num", "4", "--steps", "2", "--seed", "0", "--out",
+                     str(samples), "--device", "cpu", "--quiet"]) == 0
     with np.load(samples / "samples.npz") as z:
-        assert z["arr_0"].shape == (6, 256, 256, 3)
+        assert z["arr_0"].shape == (4, 256, 256, 3)
     weights = write_random_inception_weights(tmp_path / "inception.pth")
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
-    check_ok(run(sys.executable, "-m", "vistok.cli", "fid-stats", "--input", str(folder), "--out",
-                 str(tmp_path / "ref.npz"), *flags))
-    proc = run(sys.executable, "-m", "vistok.cli", "fid", "--fake", str(samples / "samples.npz"), "--real",
-               str(tmp_path / "ref.npz"), "--json", *flags)
-    check_ok(proc)
-    result = json.loads(proc.stdout)
-    assert result["num_fake"] == 6 and math.isfinite(result["fid"]) and result["fid"] >= 0
-    shutil.rmtree(samples)
+    assert cli.main(["fid-stats", "--input", str(folder), "--out", str(tmp_path / "ref.npz"), *flags]) == 0
+    capsys.readouterr()
+    assert cli.main(["fid", "--fake", str(samples / "samples.npz"), "--real", str(tmp_path / "ref.npz"), "--json",
+                     *flags]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_fake"] == 4 and math.isfinite(result["fid"]) and result["fid"] >= 0

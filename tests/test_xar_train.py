@@ -110,7 +110,8 @@ def test_script_rejects_a_model_that_does_not_fit_the_tokens():
     spec.loader.exec_module(script)
     cfg = from_dict(script.Config, {"model": {"grid": [4, 4], "entity_size": 2}})
     tokenizer = script.PixelTokenizer(cfg.tokenizer)
+    channels, grid_hw = tokenizer.token_channels, tokenizer.grid(32, 32)
     with pytest.raises(VistokError, match=r"model.grid=\[8,8\]"):
-        script.check_pairing(cfg, tokenizer, 10)
+        script.check_pairing(cfg, channels, grid_hw, 10, "the tokenizer")
     with pytest.raises(VistokError, match="model.num_classes=12"):
-        script.check_pairing(from_dict(script.Config, {}), tokenizer, 12)
+        script.check_pairing(from_dict(script.Config, {}), channels, grid_hw, 12, "the tokenizer")
