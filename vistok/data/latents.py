@@ -80,12 +80,14 @@ class CacheImages(Dataset):
         listing = ImageFolderDataset(root, resolution)  # sorted recursive listing, labels from first-level folders
         self.root, self.resolution = Path(root).resolve(), resolution
         self.files, self.labels, self.classes = listing.files, listing.labels, listing.classes or ("images",)
+        self._relative = [p.relative_to(listing.root).as_posix() for p in self.files]  # no per-file syscalls
 
     def __len__(self) -> int:
         return len(self.files)
 
     def relative(self) -> list[str]:
-        return [p.resolve().relative_to(self.root).as_posix() for p in self.files]
+        """The images' paths relative to the folder, in cache order (what files.txt holds)."""
+        return self._relative
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         try:
