@@ -217,6 +217,8 @@ def test_training_batch_is_a_fresh_posterior_sample(tmp_path) -> None:
     (x0, y0), = [next(iter(latent_loader(cache, 4, r, 2, seed=7))) for r in (0,)]
     order = torch.randperm(4, generator=torch.Generator().manual_seed(7 * 1_000_003))
     assert torch.equal(x0, torch.stack([cache[(int(i), 0)][0] for i in order[0::2]]))
+    with_worker = next(iter(latent_loader(cache, 4, 0, 2, seed=7, num_workers=1)))  # open shards are not pickled
+    assert torch.equal(with_worker[0], x0) and torch.equal(with_worker[1], y0)
 
 
 def test_constant_cosine_schedule_values() -> None:
