@@ -148,6 +148,12 @@ def test_rerun_skips_finished_shards_and_refuses_another_cache(tmp_path, kl16_va
                          *argv]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and fragment in err, err
+    (folder / "dog" / "dog_00.png").write_bytes(b"not a png")  # read by a loader worker: still one line, named
+    assert cli.main(["cache-latents", "--vae", str(kl16_vae), "--input", str(folder), "--out", str(tmp_path / "y"),
+                     "--resolution", "32", "--shard-size", "2", "--workers", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read image" in err and "dog_00.png" in err, err
+    assert [p.name for p in sorted((tmp_path / "y").glob("shard-*"))] == ["shard-00000.safetensors"]  # cats kept
 
 
 def test_two_ranks_cover_every_image_once(tmp_path, kl16_vae) -> None:

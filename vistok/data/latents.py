@@ -74,7 +74,8 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
 
 class CacheImages(Dataset):
     """The images of a (class) folder in cache order, ADM-center-cropped: (uint8 (3, R, R), label). An unreadable
-    file stops the job with its name (a silent substitute would shift every later latent off its file)."""
+    file comes back with label -1 (from a loader worker, an exception would arrive as a multi-line traceback), and
+    `write_cache` stops the job naming it: a silent substitute would shift every later latent off its file."""
 
     def __init__(self, root: str | Path, resolution: int) -> None:
         listing = ImageFolderDataset(root, resolution)  # sorted recursive listing, labels from first-level folders
@@ -93,9 +94,8 @@ class CacheImages(Dataset):
         try:
             with Image.open(self.files[index]) as image:
                 pixels = adm_center_crop(image, self.resolution)
-        except Exception as err:  # PIL raises many types for broken files
-            raise VistokError(f"cannot read image {self.files[index]} ({type(err).__name__}); delete or replace it and "
-                              "run the same command again (finished shards are kept)") from None
+        except Exception:  # PIL raises many types for broken files
+            return torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8), -1
         return torch.from_numpy(pixels).permute(2, 0, 1), self.labels[index]
 
 
@@ -179,6 +179,10 @@ def write_cache(
     done = 0
     with bar:
         for (k, index), (pixels, labels) in zip(batches, loader):
+            if (labels < 0).any():
+                bad = images.files[index[int((labels < 0).nonzero()[0])]]
+                raise VistokError(f"cannot read image {bad}; delete or replace it and run the same command again "
+                                  "(finished shards are kept)")
             x = pixels.to(device).float() / 127.5 - 1.0  # (B, 3, R, R) in [-1, 1], as MAR's Normalize(0.5, 0.5)
             if flip:
                 x = torch.cat([x, x.flip(-1)])  # one forward for the images and their mirror images
