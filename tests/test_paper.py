@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import vistok
 from vistok import cli
 from vistok.config import load_config
 from vistok.data.latents import (CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name,
                                  write_cache)
 from vistok.engine.optim import EMA, build_scheduler, constant_cosine
 from vistok.errors import VistokError
-from vistok.generators import generate as gen
 from vistok.generators.xar import PRESETS
 from vistok.tokenizers.latent_cache import cache_latents, vae_config
 from vistok.tokenizers.vae import VAE
@@ -161,7 +161,7 @@ def test_two_ranks_cover_every_image_once(tmp_path, kl16_vae) -> None:
     folder = write_classes(tmp_path / "images", per_class=3, sizes=((40, 32), (32, 48)))  # 9 images, 5 shards of 2
     args = ["--vae", str(kl16_vae), "--input", str(folder), "--resolution", "32", "--shard-size", "2", "--flip",
             "--workers", "0", "--device", "cpu"]
-    proc = run(*torchrun("-m", "vistok.cli", "cache-latents", *args, "--out", str(tmp_path / "two")))
+    proc = run(*torchrun("-m", "vistok", "cache-latents", *args, "--out", str(tmp_path / "two")))
     check_ok(proc)
     lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("rank"))
     assert lines == [f"rank 0/2: encoded 5 images into 3 shards, 0 already finished -> {tmp_path / 'two'}",
@@ -319,10 +319,12 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
     assert meta["sample"]["steps"] == 40 and meta["sample"]["cfg"] == 2.7 and meta["classes"] == ["cat", "dog", "fox"]
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(4e-4)  # no warmup: constant
-    assert gen.sample_config(meta).steps == 40 and gen.sample_config(meta, steps=2, cfg=1.5).cfg == 1.5
+    generator = vistok.load(run_dir / "export")
+    assert (generator.defaults.steps, generator.defaults.cfg) == (40, 2.7)
+    assert generator.settings(steps=2).cfg == 2.7 and generator.settings(cfg=1.5).cfg == 1.5
     assert cli.main(["sample", "--ckpt", str(run_dir / "export"), "--num", "3", "--steps", "2", "--out",
                      str(tmp_path / "samples"), "--quiet", "--device", "cpu"]) == 0
-    assert "2 steps, cfg 2.7 linear" in capsys.readouterr().out  # the export's cfg, the flag's steps
+    assert "steps 2, cfg 2.7, cfg_schedule linear" in capsys.readouterr().out  # the export's cfg, the flag's steps
     with np.load(tmp_path / "samples" / "samples.npz") as z:
         assert z["arr_0"].shape == (3, 64, 64, 3) and z["arr_0"].dtype == np.uint8  # decoded by the 16x VAE
     # a model that does not fit the cache is one line before any work
@@ -354,6 +356,8 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
     meta = json.loads((run_dir / "export" / "config.json").read_text())
     assert meta["tokenizer"]["family"] == "vae" and meta["tokenizer"]["config"]["weights"] == str(vae)
     assert (run_dir / "export" / "preview.png").is_file()
+    tok = vistok.load(run_dir / "export")  # FlexTok on the cache's VAE: encode pixels, decode tokens to pixels
+    assert tok.decode(tok.encode(np.zeros((2, 64, 64, 3), np.uint8)), 2, steps=1).shape == (2, 64, 64, 3)
     other = write_classes(tmp_path / "other", classes=("x",), per_class=6, sizes=((64, 64),))
     mod = script("train_flextok")
     cfg = load_config(mod.Config, REPO / "train/configs/flextok_d18_d18_in1k.yaml",
@@ -368,13 +372,13 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
     layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
-    torchrun with 2 processes; sampling (one process: see the README); FID with inception-v3-compat (random weights,
-    offline) against `vistok fid-stats` of the folder."""
+    torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
+    inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder."""
     from vistok.metrics.fid import write_random_inception_weights
 
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
     cache = tmp_path / "cache"
-    check_ok(run(*torchrun("-m", "vistok.cli", "cache-latents", "--vae", str(kl16_vae), "--input", str(folder),
+    check_ok(run(*torchrun("-m", "vistok", "cache-latents", "--vae", str(kl16_vae), "--input", str(folder),
                            "--out", str(cache), "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0",
                            "--device", "cpu")))
     assert LatentCache(cache).latent_shape == (16, 16, 16)  # complete: every shard present
@@ -385,10 +389,15 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
     check_ok(proc)
     assert json.loads((run_dir / "export" / "config.json").read_text())["step"] == 3
     samples = tmp_path / "samples"
-    assert cli.main(["sample", "--ckpt", str(run_dir / "export"), "--num", "4", "--steps", "2", "--seed", "0", "--out",
-                     str(samples), "--device", "cpu", "--quiet"]) == 0
+    proc = run(*torchrun("-m", "vistok", "sample", "--ckpt", str(run_dir / "export"), "--samples", "4", "--steps", "2",
+                         "--seed", "0", "--out", str(samples), "--device", "cpu", "--quiet"))
+    check_ok(proc)
+    assert "2 processes" in proc.stdout
     with np.load(samples / "samples.npz") as z:
-        assert z["arr_0"].shape == (4, 256, 256, 3)
+        assert z["arr_0"].shape == (4, 256, 256, 3) and z["labels"].tolist() == [0, 1, 2, 0]
+        two_ranks = z["arr_0"]
+    one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
+    assert np.array_equal(one, two_ranks)
     weights = write_random_inception_weights(tmp_path / "inception.pth")
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
     assert cli.main(["fid-stats", "--input", str(folder), "--out", str(tmp_path / "ref.npz"), *flags]) == 0

@@ -206,7 +206,8 @@ def main() -> None:
             rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets
             pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))])).permute(0, 2, 3, 1).numpy()  # NHWC
             ks = k_ladder(cfg.model.registers)
-            recons = Tokenizer(ema_model, tokenizer, cfg.sample).reconstruct(pixels, ks, seed=tc.seed)
+            recons = Tokenizer(ema_model, tokenizer, cfg.sample, resolution=cfg.data.resolution).reconstruct(
+                pixels, ks, seed=tc.seed)  # a VAE's grid is not the image size
             Image.fromarray(recon_grid(pixels, recons, rows=len(pixels))).save(out / "preview.png")
             print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
     dist.cleanup()
