@@ -70,6 +70,7 @@ def cache_latents(
 ) -> CacheReport:
     """Cache this process's shards of `input` (all of them in one plain process; rank r's under torchrun)."""
     require(resolution >= 8, f"--resolution must be at least 8, got {resolution}")
+    require(num_workers >= 0, f"--workers must be 0 (decode in the main process) or more, got {num_workers}")
     rank, world_size, local_rank = world()
     require(device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
