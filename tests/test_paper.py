@@ -77,7 +77,20 @@ def write_classes(root: Path, classes=("cat", "dog", "fox"), per_class: int = 3,
 
 @pytest.fixture(scope="module")
 def kl16_vae(tmp_path_factory) -> Path:
-    return write_vae(tmp_path_factory.mktemp("vae") / "kl16-small", KL16_SMALL)
+    """MAR's KL-16 layout at ch 32 with one block per level, random weights: a `kl-vae` export as `vistok convert
+    --from mar-vae` writes (vistok.tokenizers.kl_vae); where that module is not in the tree yet, the diffusers
+    AutoencoderKL of the same widths (no encoder attention), which vae.py then builds as `kl16`."""
+    folder = tmp_path_factory.mktemp("vae") / "kl16-small"
+    try:
+        from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
+    except ImportError:
+        return write_vae(folder, KL16_SMALL)
+    from vistok.config import to_dict
+    from vistok.engine.checkpoint import export
+
+    torch.manual_seed(0)
+    config = KLVAEConfig(ch=32, num_res_blocks=1)
+    return export(folder, "kl-vae", to_dict(config), KLVAE(config).state_dict())
 
 
 # ------------------------------------------------------------------------------------------------------ the cache
@@ -143,6 +156,7 @@ def test_rerun_skips_finished_shards_and_refuses_another_cache(tmp_path, kl16_va
     assert capsys.readouterr().out.strip() == f"rank 0/1: encoded 0 images into 0 shards, 3 already finished -> {out}"
     for argv, fragment in ((["--vae", "vae-tiny-f4"], "random weights"), (["--vae", "vae-kl16"], "vistok convert"),
                            (["--vae", str(tmp_path)], "neither a VAE preset"),
+                           (["--vae", str(tmp_path / "missing.ckpt")], "neither a VAE preset"),
                            (["--vae", str(kl16_vae), "--resolution", "40"], "must divide by the VAE's factor 16")):
         assert cli.main(["cache-latents", "--input", str(folder), "--out", str(tmp_path / "x"), "--device", "cpu",
                          *argv]) == 1

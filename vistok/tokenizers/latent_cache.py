@@ -4,10 +4,10 @@ MAR's `main_cache.py` (Li et al., arXiv 2406.11838), the data path of xAR (Ren e
 crop, posterior moments of each image and of its horizontal flip, one process per GPU under `torchrun`, each writing
 its own shards (`vistok.data.latents` holds the format, the writer and the training-time reader).
 
-`VAE` names the tokenizer: a VAE preset (`vae-kl16`, `vae-flextok-c16`, `vae-tiny-f4`: `vistok models` lists the
-generators' presets, `vae.PRESETS` these) or a diffusers `AutoencoderKL` folder (`config.json` +
-`diffusion_pytorch_model.safetensors`; 5 resolution levels = the KL-16 layout, 4 = FlexTok's f8 VAE). The cache records
-the tokenizer spec, so a generator trained on it exports the VAE that decodes its latents.
+`VAE` names the tokenizer: MAR's KL-16 as a `vistok convert --from mar-vae` export folder or its `kl16.ckpt`, a
+diffusers `AutoencoderKL` folder (`config.json` + `diffusion_pytorch_model.safetensors`: FlexTok's f8 VAE), or a VAE
+preset that names weights. The cache records the tokenizer spec (the weights' absolute path), so a generator trained
+on it exports the VAE that decodes its latents.
 """
 
 from __future__ import annotations
@@ -22,36 +22,46 @@ import torch
 from vistok.config import to_dict
 from vistok.data.latents import CacheImages, CacheReport, plan, write_cache
 from vistok.errors import VistokError, require
-from vistok.tokenizers.vae import PRESETS, VAE, VAEConfig
+from vistok.tokenizers.vae import ARCHS, PRESETS, VAE, VAEConfig
 
-ARCH_BY_LEVELS = {5: "kl16", 4: "flextok-c16", 3: "tiny-f4"}  # diffusers block_out_channels length -> vistok arch
 
 
 def vae_config(source: str) -> VAEConfig:
-    """A VAE preset name or a diffusers AutoencoderKL folder -> its VAEConfig (the folder's path made absolute)."""
+    """The VAE a cache is made with, as a VAEConfig whose weights path is absolute (the cache and the exports trained
+    on it name it): a `vistok convert --from mar-vae` export folder (MAR's KL-16), MAR's `kl16.ckpt` itself, a
+    diffusers AutoencoderKL folder (FlexTok's f8 VAE), or a preset with weights."""
     if source in PRESETS:
         config = PRESETS[source]
         if config.random_init:  # a cache must name a VAE that decodes its latents later, not a fresh random one
             raise VistokError(f"--vae {source} has random weights that a later run cannot rebuild; save a VAE folder "
-                              "(AutoencoderKL.save_pretrained) and pass that")
+                              "and pass that")
         if not config.weights:
             raise VistokError(f"--vae {source} names an architecture, not weights; pass the VAE's folder (for MAR's "
                               "KL-16: `vistok convert --from mar-vae --input kl16.ckpt --out DIR`)")
         return config
     path = Path(source).expanduser()
+    if path.is_file():  # MAR's kl16.ckpt or a .safetensors of its state dict (read weights_only by the VAE)
+        return VAEConfig(arch="kl16", weights=str(path.resolve()))
     config = path / "config.json"
     if path.is_dir() and config.is_file():
         try:
             spec = json.loads(config.read_text())
         except ValueError:
             raise VistokError(f"{config} is not valid JSON; re-export the VAE") from None
-        levels = len(spec.get("block_out_channels", ()))
-        if levels not in ARCH_BY_LEVELS or "family" in spec:
-            raise VistokError(f"{path} is not a diffusers AutoencoderKL folder (a KL-16 VAE has 5 levels of "
-                              "block_out_channels); pass a VAE folder or one of " + ", ".join(PRESETS))
-        return VAEConfig(arch=ARCH_BY_LEVELS[levels], weights=str(path.resolve()))
-    raise VistokError(f"--vae {source!r} is neither a VAE preset ({', '.join(PRESETS)}) nor a folder with a "
-                      "config.json; pass the KL-16 VAE's folder")
+        if spec.get("family") == "kl-vae":  # a `vistok convert --from mar-vae` export
+            return VAEConfig(arch="kl16", weights=str(path.resolve()))
+        arch = diffusers_arch(len(spec.get("block_out_channels", ())))
+        if arch and "family" not in spec:
+            return VAEConfig(arch=arch, weights=str(path.resolve()))
+        raise VistokError(f"{path} is neither a KL VAE export (`vistok convert --from mar-vae`) nor a diffusers "
+                          "AutoencoderKL folder; pass the VAE's folder")
+    raise VistokError(f"--vae {source!r} is neither a VAE preset ({', '.join(PRESETS)}), a VAE folder nor a "
+                      "checkpoint file; pass the KL-16 VAE's export folder")
+
+
+def diffusers_arch(levels: int) -> str | None:
+    """The vistok arch that loads a diffusers AutoencoderKL folder of `levels` resolution levels (None: none does)."""
+    return next((name for name, spec in ARCHS.items() if len(spec["block_out_channels"]) == levels), None)
 
 
 def tokenizer_spec(config: VAEConfig) -> dict[str, Any]:
