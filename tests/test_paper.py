@@ -387,7 +387,8 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
     layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
     torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
-    inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder."""
+    inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception
+    Score (its warnings about the unpublished weights and the few images are expected)."""
     from vistok.metrics.fid import write_random_inception_weights
 
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
@@ -416,7 +417,7 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
     assert cli.main(["fid-stats", "--input", str(folder), "--out", str(tmp_path / "ref.npz"), *flags]) == 0
     capsys.readouterr()
-    assert cli.main(["fid", "--fake", str(samples / "samples.npz"), "--real", str(tmp_path / "ref.npz"), "--json",
-                     *flags]) == 0
+    assert cli.main(["fid", "--fake", str(samples / "samples.npz"), "--real", str(tmp_path / "ref.npz"), "--isc",
+                     "--json", *flags]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["num_fake"] == 4 and math.isfinite(result["fid"]) and result["fid"] >= 0
+    assert result["num_fake"] == 4 and math.isfinite(result["fid"]) and result["fid"] >= 0 and result["isc"] >= 1
