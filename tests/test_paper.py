@@ -29,8 +29,6 @@ from vistok.tokenizers.latent_cache import cache_latents, vae_config
 from vistok.tokenizers.vae import VAE
 
 REPO = Path(__file__).resolve().parents[1]
-# the KL-16 layout (5 levels, ch_mult (1, 1, 2, 2, 4), 16 latent channels, f16) at ch 32 with one block per level
-KL16_SMALL = dict(block_out_channels=(32, 32, 64, 64, 128), layers_per_block=1)
 FLEXTOK_SMALL = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)  # FlexTok's f8 layout, small
 # xAR on 16 x 16 KL-16 latents (the paper's 4 cells of 8 x 8), as small as the mechanism allows
 TINY_XAR = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=3", "model.dropout=0",
@@ -77,16 +75,13 @@ def write_classes(root: Path, classes=("cat", "dog", "fox"), per_class: int = 3,
 
 @pytest.fixture(scope="module")
 def kl16_vae(tmp_path_factory) -> Path:
-    """MAR's KL-16 layout at ch 32 with one block per level, random weights: a `kl-vae` export as `vistok convert
-    --from mar-vae` writes (vistok.tokenizers.kl_vae); where that module is not in the tree yet, the diffusers
-    AutoencoderKL of the same widths (no encoder attention), which vae.py then builds as `kl16`."""
-    folder = tmp_path_factory.mktemp("vae") / "kl16-small"
-    try:
-        from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
-    except ImportError:
-        return write_vae(folder, KL16_SMALL)
+    """MAR's KL-16 layout (ch_mult (1, 1, 2, 2, 4), attention at 16x16, 16 latent channels, f16, scale 0.2325) at
+    ch 32 with one block per level, random weights: a `kl-vae` export as `vistok convert --from mar-vae` writes."""
     from vistok.config import to_dict
     from vistok.engine.checkpoint import export
+    from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
+
+    folder = tmp_path_factory.mktemp("vae") / "kl16-small"
 
     torch.manual_seed(0)
     config = KLVAEConfig(ch=32, num_res_blocks=1)
