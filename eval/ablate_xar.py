@@ -68,7 +68,7 @@ def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: i
     path = run_dir / f"samples-{num}-seed{seed}.npz"
     np.savez(path, arr_0=images, labels=labels)
     value = fid.calculate(path, "cifar10-train")["fid"]
-    return {"fid": value, "sample_s": seconds, "img_per_s": num / seconds, "entities": model.config.partition.num_entities,
+    return {"fid": value, "sample_s": seconds, "img_per_s": num / seconds, "entities": gen.model.config.partition.num_entities,
             "sampling": dataclasses.asdict(sampling)}
 
 

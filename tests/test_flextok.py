@@ -10,7 +10,7 @@ import torch
 from vistok import flow
 from vistok.config import from_dict
 from vistok.errors import VistokError
-from vistok.modules.repa import ConvTeacher, DinoV2Teacher, build_teacher
+from vistok.modules.repa import DinoV2Teacher, build_teacher
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, register_mask
 from vistok.tokenizers.flextok_sampling import APGConfig

@@ -8,7 +8,6 @@ compiled. Inductor itself is exercised by `eval/bench_xar.py --compile` and `eva
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from vistok.data.images import ArrayDataset
 from vistok.errors import VistokError
-from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
-from vistok.tokenizers.vae import (ARCHS, KL_ARCHS, VAE, LatentDataset, VAEConfig, _diffusers_config, cache_latents,
-                                   load_latents)
+from vistok.tokenizers.vae import ARCHS, KL_ARCHS, VAE, VAEConfig, _diffusers_config
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
 
@@ -164,39 +160,3 @@ def test_diffusers_folder_and_single_file(tmp_path: Path) -> None:
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(VistokError, match="cannot read"):
         VAE(VAEConfig(arch="tiny-f4", weights=str(tmp_path / "corrupt.pt"), scaling_factor=1.0))
-
-
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".npy"])
-def test_latent_cache_round_trip(tmp_path: Path, suffix: str) -> None:
-    rng = np.random.default_rng(0)
-    data = ArrayDataset(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), np.arange(5))
-    pixel = PixelTokenizer(PixelConfig(patch=4))
-    path = cache_latents(pixel, data, tmp_path / f"cache{suffix}", batch_size=2, dtype=torch.float32)
-    cache = load_latents(path)
-    expected = pixel.encode(torch.stack([data[i][0] for i in range(5)]))
-    torch.testing.assert_close(cache.mean, expected)
-    assert cache.std is None
-    if suffix != ".npy":
-        assert cache.labels.tolist() == [0, 1, 2, 3, 4]
-    x, y = LatentDataset(path)[3]
-    assert torch.equal(x, cache.mean[3]) and y == (3 if suffix != ".npy" else 0)
-    assert [p.name for p in tmp_path.iterdir()] == [f"cache{suffix}"]  # no temporary file left behind
-
-
-def test_vae_latent_cache_keeps_the_posterior(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    data = ArrayDataset(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), np.arange(4))
-    vae = tiny_vae()
-    cache = load_latents(cache_latents(vae, data, tmp_path / "lat.safetensors", batch_size=3))  # float16 on disk
-    mean, std = vae.moments(torch.stack([data[i][0] for i in range(4)]))
-    torch.testing.assert_close(cache.mean, mean, rtol=2e-3, atol=2e-3)
-    torch.testing.assert_close(cache.std, std, rtol=2e-3, atol=2e-3)
-    sampled, fixed = LatentDataset(cache), LatentDataset(cache, sample=False)
-    assert not torch.equal(sampled[0][0], cache.mean[0]) and torch.equal(fixed[0][0], cache.mean[0])
-    (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(VistokError, match="cannot read"):
-        load_latents(tmp_path / "junk.npz")
-    with pytest.raises(VistokError, match="not found"):
-        load_latents(tmp_path / "missing.npz")
-    with pytest.raises(VistokError, match="must end in"):
-        cache_latents(vae, data, tmp_path / "lat.pt")

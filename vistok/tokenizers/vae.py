@@ -1,4 +1,4 @@
-"""Frozen KL autoencoders (diffusers `AutoencoderKL`) as tokenizers, and latent caches for training.
+"""Frozen KL autoencoders (diffusers `AutoencoderKL`) as tokenizers.
 
 Architectures (Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models", arXiv 2112.10752):
 - `flextok-c16`: the FlexTok VAE-GAN (Bachmann et al., arXiv 2502.13967; released as EPFL-VILAB/flextok_vae_c16):
@@ -16,22 +16,19 @@ or one checkpoint file in diffusers or original LDM key names (converted by diff
 `weights_only=True` (`engine.safeload`). Latents are `scaling_factor * (posterior sample or mode)`; FlexTok samples
 the posterior. The pixel tokenizer (`pixel.py`) stands in for a VAE on CPU presets.
 
-Latent caches encode a dataset once into `.npz`, `.safetensors` or `.npy` and load it back; they keep the posterior
-mean and standard deviation, so training still draws a fresh latent sample each time an image is seen.
+Latent caches for training (posterior moments of a whole dataset, sharded over ranks) live in
+`tokenizers/latent_cache.py` and `data/latents.py` (`vistok cache-latents`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from vistok.config import from_dict
 from vistok.engine.checkpoint import load_state_strict, read_export
@@ -235,95 +232,3 @@ PRESETS = {
     "vae-kl16": VAEConfig(arch="kl16"),
     "vae-tiny-f4": VAEConfig(arch="tiny-f4", random_init=True),
 }
-
-
-# --- latent caches ---
-class LatentCache(NamedTuple):
-    mean: torch.Tensor  # (N, C, h, w) latents, or posterior means
-    std: torch.Tensor | None  # (N, C, h, w) posterior standard deviations (None: deterministic tokenizer)
-    labels: torch.Tensor | None  # (N,) int64
-
-
-CACHE_SUFFIXES = (".npz", ".safetensors", ".npy")
-
-
-@torch.no_grad()
-def cache_latents(
-    tokenizer: nn.Module, dataset: Dataset, path: str | Path, batch_size: int = 64, device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float16,
-) -> Path:
-    """Encode every (image, label) of `dataset` once and write the latents to `path` (.npz or .safetensors: mean,
-    std when the tokenizer has `moments`, labels; .npy: the mean only). Written atomically; returns the path."""
-    path = Path(path).expanduser()
-    require(path.suffix in CACHE_SUFFIXES, f"latent cache {path} must end in one of {', '.join(CACHE_SUFFIXES)}")
-    means, stds, labels = [], [], []
-    for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images = images.to(device)
-        if hasattr(tokenizer, "moments"):
-            mean, std = tokenizer.moments(images)
-            stds.append(std.to("cpu", dtype))
-        else:
-            mean = tokenizer.encode(images)
-        means.append(mean.to("cpu", dtype))
-        labels.append(torch.as_tensor(y, dtype=torch.long))
-    require(len(means) > 0, "the dataset to cache is empty")
-    arrays = {"mean": torch.cat(means), "labels": torch.cat(labels)}
-    if stds:
-        arrays["std"] = torch.cat(stds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # suffix kept: numpy appends .npz/.npy to other names
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in arrays.items()}, str(tmp))
-    elif path.suffix == ".npz":
-        np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()})
-    else:
-        np.save(tmp, arrays["mean"].numpy())
-    os.replace(tmp, path)
-    return path
-
-
-def load_latents(path: str | Path) -> LatentCache:
-    """A cache written by `cache_latents`, as float32 tensors."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise VistokError(f"latent cache {path} not found; write it first with cache_latents (or fix the path)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            arrays = load_file(str(path))
-        elif path.suffix == ".npz":
-            with np.load(path) as f:
-                arrays = {k: torch.from_numpy(f[k]) for k in f.files}
-        elif path.suffix == ".npy":
-            arrays = {"mean": torch.from_numpy(np.load(path))}
-        else:
-            raise VistokError(f"latent cache {path} must end in one of {', '.join(CACHE_SUFFIXES)}")
-    except VistokError:
-        raise
-    except Exception as err:
-        raise VistokError(f"cannot read latent cache {path} ({err.__class__.__name__}); delete it and cache again") from err
-    if "mean" not in arrays:
-        raise VistokError(f"{path} is not a latent cache (no 'mean' array); delete it and cache again")
-    std, labels = arrays.get("std"), arrays.get("labels")
-    return LatentCache(arrays["mean"].float(), std.float() if std is not None else None, labels.long() if labels is not None else None)
-
-
-class LatentDataset(Dataset):
-    """(latent, label) pairs from a cache; with a std, each access draws a fresh posterior sample (seeded by
-    torch's global RNG, as data augmentation is)."""
-
-    def __init__(self, cache: LatentCache | str | Path, sample: bool = True) -> None:
-        self.cache = load_latents(cache) if isinstance(cache, (str, Path)) else cache
-        self.sample = sample and self.cache.std is not None
-
-    def __len__(self) -> int:
-        return len(self.cache.mean)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = self.cache.mean[index]
-        if self.sample:
-            x = x + self.cache.std[index] * torch.randn_like(x)
-        return x, int(self.cache.labels[index]) if self.cache.labels is not None else 0
