@@ -693,3 +693,23 @@ def test_zarr_round_trip(tmp_path) -> None:
     write_volume(f"{tmp_path / 'v.zarr'}:raw", vol)
     back = read_volume(f"{tmp_path / 'v.zarr'}:raw")
     assert back.dtype == np.uint8 and np.array_equal(back, vol)
+
+
+def test_em_segment_shows_a_bar_of_windows_only_on_a_terminal(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vistok import progress
+    from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
+    from vistok.em.volumes import Volume
+
+    raw, _ = synthetic_em_volume((16, 48, 48), num_cells=6, seed=1)
+    write_volume(f"{tmp_path}/raw.h5:raw", raw)
+    model, meta = load_segmenter("em-segmamba-tiny-scratch")
+    cfg = InferenceConfig(**{**(meta.get("inference") or {}), "roi": (16, 32, 32), "overlap": 0.25, "batch_size": 2})
+    segment_to_file(model, Volume(f"{tmp_path}/raw.h5:raw"), parse_volume_arg(f"{tmp_path}/a.h5"), cfg)
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)
+    segment_to_file(model, Volume(f"{tmp_path}/raw.h5:raw"), parse_volume_arg(f"{tmp_path}/b.h5"), cfg)
+    shown = capsys.readouterr().err
+    assert "em-segment" in shown and "4/4" in shown  # 1 x 2 x 2 windows of (16, 32, 32) over (16, 48, 48)
+    segment_to_file(model, Volume(f"{tmp_path}/raw.h5:raw"), parse_volume_arg(f"{tmp_path}/c.h5"), cfg, progress=False)
+    assert capsys.readouterr().err == ""
+    assert np.array_equal(read_volume(f"{tmp_path}/a.h5"), read_volume(f"{tmp_path}/b.h5"))

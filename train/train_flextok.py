@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_float, to_uint8
 from vistok.engine import checkpoint, dist
+from vistok.engine.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.metrics.fid_net import load_fid_net
@@ -208,7 +209,8 @@ def main() -> None:
             ks = k_ladder(cfg.model.registers)
             recons = Tokenizer(ema_model, tokenizer, cfg.sample, resolution=cfg.data.resolution).reconstruct(
                 pixels, ks, seed=tc.seed)  # a VAE's grid is not the image size
-            Image.fromarray(recon_grid(pixels, recons, rows=len(pixels))).save(out / "preview.png")
+            grid = recon_grid(pixels, recons, rows=len(pixels))  # (rows * H, cols * W, 3) uint8
+            atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
             print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
     dist.cleanup()
 

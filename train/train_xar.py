@@ -25,6 +25,7 @@ from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import checkpoint, dist
+from vistok.engine.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator
@@ -116,7 +117,8 @@ def main() -> None:
         if cfg.preview_per_class:
             labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
             images = Generator(ema_model, tokenizer, cfg.sample).sample(labels, seed=tc.seed)  # (N, H, W, 3) uint8
-            Image.fromarray(class_grid(images, labels.numpy())).save(out / "preview.png")
+            grid = class_grid(images, labels.numpy())  # (rows * H, cols * W, 3) uint8
+            atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
             print(f"wrote {out / 'preview.png'} ({cfg.sample.steps} steps, cfg {cfg.sample.cfg}, one row per class)")
     dist.cleanup()
 

@@ -54,7 +54,7 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
              "fragment_threshold": args.fragment_threshold}
     cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
     start = time.perf_counter()
-    segments, how = segment_to_file(model, raw, dst, cfg)
+    segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
     seconds = time.perf_counter() - start
     out = dst if dst.dataset or dst.format not in DEFAULT_DATASET else type(dst)(dst.path, DEFAULT_DATASET[dst.format],
                                                                                 dst.format)
@@ -97,6 +97,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="agglomeration threshold on affinities (default: the export's)")
     p.add_argument("--fragment-threshold", type=float, help="watershed seed threshold (default: the export's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only when stderr is a terminal)")
     p.set_defaults(func=cmd_em_segment)
 
     p = subparsers.add_parser("em-eval", help="VOI split / merge / total and ARAND of a segmentation against ground "

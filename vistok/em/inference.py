@@ -10,6 +10,7 @@ watershed + agglomeration "Waterz"); the pieces live in `vistok.em.segmentation`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,11 +95,15 @@ def segment_volume(model: SegMamba, raw: np.ndarray, cfg: InferenceConfig) -> tu
 
 
 @torch.no_grad()
-def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: InferenceConfig) -> tuple[int, str]:
+def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: InferenceConfig,
+                    progress: bool | None = None) -> tuple[int, str]:
     """Segment a lazy volume into `dst` -> (number of segments, "streamed" or "in memory"). Per-slice watershed on a
     volume at least one window large is streamed window by window and written chunk-wise (`vistok.em.streaming`,
-    same result); a 3D watershed or a volume smaller than the window is segmented in memory."""
+    same result); a 3D watershed or a volume smaller than the window is segmented in memory. `progress`: a bar of
+    windows on stderr (None: when stderr is a terminal; False: never)."""
+    from vistok.em.segmentation import _starts
     from vistok.em.streaming import segment_streaming
+    from vistok.progress import progress as progress_bar
     from vistok.em.volumes import write_volume
 
     if not cfg.roi:
@@ -106,8 +111,15 @@ def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: Inference
     model.config.check_input(tuple(cfg.roi))
     device = next(model.parameters()).device
     if cfg.per_slice and all(s >= r for s, r in zip(src.shape, cfg.roi)):
-        n = segment_streaming(lambda x: torch.sigmoid(model(x.to(device))), src, dst, tuple(cfg.roi), cfg.overlap,
-                              cfg.batch_size, cfg.threshold, cfg.fragment_threshold, cfg.score)
+        total = math.prod(len(_starts(n, r, cfg.overlap)) for n, r in zip(src.shape, cfg.roi))
+        with progress_bar(total=total, desc="em-segment", enabled=progress, unit="window") as bar:
+            def predict(x: torch.Tensor) -> torch.Tensor:  # (N, 1, *roi) -> (N, 3, *roi) affinities
+                y = torch.sigmoid(model(x.to(device)))
+                bar.update(len(x))
+                return y
+
+            n = segment_streaming(predict, src, dst, tuple(cfg.roi), cfg.overlap, cfg.batch_size, cfg.threshold,
+                                  cfg.fragment_threshold, cfg.score)
         return n, "streamed"
     _, seg = segment_volume(model, src.read(), cfg)
     write_volume(dst, seg.astype(np.uint32 if seg.max() < 2**32 else np.uint64))
