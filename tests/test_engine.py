@@ -554,8 +554,12 @@ def test_peak_flops_lookup(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert flops.peak_flops("cuda", dtype) == expected, name
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-40GB")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert flops.peak_flops("cuda", torch.float32) == 19.5e12
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: monkeypatch cannot undo it
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert flops.peak_flops("cuda", torch.float32) == 19.5e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     assert flops.mfu(10**12, 0.5, 4e12) == 0.5 and flops.mfu(None, 0.5, 4e12) is None and flops.mfu(10, 1.0, None) is None
 
 
