@@ -251,10 +251,7 @@ class KLVAE(nn.Module):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled latents: a posterior sample (config.sample) or the mean."""
         mean, std = self.moments(images)
-        if not self.config.sample:
-            return mean
-        src = generator.device if generator is not None else mean.device
-        return mean + std * torch.randn(mean.shape, generator=generator, device=src).to(mean.device)
+        return posterior_sample(mean, std, generator) if self.config.sample else mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -266,6 +263,13 @@ class KLVAE(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean (unscaled path)."""
         return self.decode_raw(self.posterior(images).mean)
+
+
+def posterior_sample(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """mean + std * eps of a diagonal Gaussian posterior; eps drawn on the generator's device (CPU generators give the
+    same latents on any device)."""
+    src = generator.device if generator is not None else mean.device
+    return mean + std * torch.randn(mean.shape, generator=generator, device=src).to(mean.device)
 
 
 def official_state(obj: object, source: str = "the checkpoint") -> dict[str, torch.Tensor]:

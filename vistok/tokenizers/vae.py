@@ -34,7 +34,7 @@ from vistok.config import from_dict
 from vistok.engine.checkpoint import load_state_strict, read_export
 from vistok.engine.safeload import load_pickle
 from vistok.errors import VistokError, require
-from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state
+from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state, posterior_sample
 
 _ENC, _DEC = "DownEncoderBlock2D", "UpDecoderBlock2D"
 ARCHS: dict[str, dict[str, Any]] = {
@@ -214,10 +214,7 @@ class VAE(nn.Module):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C, H/f, W/f) scaled latents (a posterior sample if config.sample)."""
         mean, std = self.moments(images)
-        if not self.config.sample:
-            return mean
-        src = generator.device if generator is not None else mean.device
-        return mean + std * torch.randn(mean.shape, generator=generator, device=src).to(mean.device)
+        return posterior_sample(mean, std, generator) if self.config.sample else mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
