@@ -7,6 +7,7 @@ run that was never interrupted.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import math
 import os
@@ -118,6 +119,9 @@ def _two_ranks(rank: int, init_file: str, run_dir: str) -> None:
                     run._sums["loss"] = run._sums["loss"] * float("nan")
                 run.finish_step()
         torch.save({"params": params(run), "skipped": run.skipped}, Path(run_dir) / f"rank{rank}.pt")
+        del run  # DDP's reducer first, then both ranks leave together: gloo aborts a process torn down mid-exchange
+        gc.collect()
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
