@@ -68,18 +68,23 @@ def python() -> str:
     return sys.executable
 
 
-@pytest.fixture(scope="session")
-def fid_net_script():
-    """train/train_fid_net.py imported as a module (its Config dataclass), without running main."""
+def load_train_script(stem: str):
+    """train/STEM.py imported as a module (its Config dataclass, checks and main), without running main."""
     import importlib.util
 
-    name = "vistok_test_train_fid_net"
+    name = f"vistok_test_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "train" / "train_fid_net.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{stem}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def fid_net_script():
+    """train/train_fid_net.py imported as a module (its Config dataclass), without running main."""
+    return load_train_script("train_fid_net")
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ models: the scripts run in-process (their `main` under a patched argv) to skip a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
+from conftest import load_train_script
 
 from vistok.config import load_config, to_dict
 from vistok.em import cli as em_cli
@@ -38,15 +39,7 @@ PRETRAIN = COMMON + [f"model.backbone.{o}" for o in MICRO] + [
 FINETUNE = COMMON + [f"model.{o}" for o in MICRO] + ["data.crop=[16,32,32]", "data.samples_per_epoch=8"]
 
 
-def load_script(name: str):
-    """train/NAME.py imported as a module (its Config dataclass and main), without running it."""
-    key = f"vistok_test_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "train" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses resolve string annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load_script = load_train_script
 
 
 def run_script(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import load_train_script
+
 import vistok
 from vistok import cli
 from vistok.config import load_config
@@ -281,17 +283,7 @@ def test_ema_without_warmup_uses_the_full_decay_from_the_first_step() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- recipe configs
-def script(stem: str):
-    """train/STEM.py imported as a module (its Config and checks), without running main."""
-    import importlib.util
-
-    name = f"vistok_test_{stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{stem}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+script = load_train_script
 
 
 def train_xar_module():
