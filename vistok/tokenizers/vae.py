@@ -204,11 +204,10 @@ class VAE(nn.Module):
         """(B, 3, H, W) -> scaled posterior (mean, std), each (B, C, H/f, W/f)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % self.factor or images.shape[-2] % self.factor:
             raise VistokError(f"the VAE expects (B, 3, H, W) images with H, W divisible by {self.factor}, got {tuple(images.shape)}")
-        if isinstance(self.vae, KLVAE):
-            post = self.vae.posterior(images)
-            return post.mean * self.scaling_factor, post.std * self.scaling_factor
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return dist.mean * self.scaling_factor, dist.std * self.scaling_factor
+        # MAR's KL-16 (official names) or a diffusers AutoencoderKL: both give a diagonal Gaussian posterior
+        post = self.vae.posterior(images) if isinstance(self.vae, KLVAE) else \
+            self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return post.mean * self.scaling_factor, post.std * self.scaling_factor
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
