@@ -6,6 +6,11 @@
     python eval/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
     python eval/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
     python eval/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
+    python eval/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
+
+--code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
+parity with the official implementation), alternating runs of both measure how much faster this machine is than the
+one the official column came from, so the ratios can be read on equal terms.
 
 The official column holds the official code's medians from issue #12, measured at this configuration: width 64,
 2+2 blocks, 4 heads, 16x16x16 latents, 4 cells of 8x8, 1000 classes, fp32, 2 threads, random weights. Training
@@ -22,16 +27,17 @@ import dataclasses
 import os
 import statistics
 import time
+import sys
 from collections.abc import Callable
 
 import torch
 
-from vistok.engine.flops import model_flops, peak_flops
-from vistok.engine.optim import build_optimizer
-from vistok.api import Generator
-from vistok.generators.sampling import SampleConfig, sample_xar
+if "--code" in sys.argv[:-1]:  # before anything imports vistok: time another checkout (see the docstring)
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--code") + 1]))
+
+from vistok.engine.optim import build_optimizer  # only what the issue rows need at module level: old checkouts run them
+from vistok.generators.sampling import sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
-from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 from benchtools import timed  # eval/benchtools.py
 
@@ -75,7 +81,7 @@ def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_sc
 
     def run() -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            sample_xar(model, labels, steps, cfg_scale, seed=0, compile=compile)
+            sample_xar(model, labels, steps, cfg_scale, seed=0, **({"compile": True} if compile else {}))
 
     return run
 
@@ -121,6 +127,10 @@ TINY_PRESET = "xar-tiny-s"  # the preset of train/configs/xar_cifar10_tiny.yaml
 
 
 def entity_rows(steps: int, cfg_scale: float, train_batch: int, sample_batch: int) -> list[tuple]:
+    from vistok.api import Generator
+    from vistok.generators.sampling import SampleConfig
+    from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
+
     tokenizer, rows, cpu = PixelTokenizer(PixelConfig(patch=4, scale=2.0)), [], torch.device("cpu")
     sampling = SampleConfig(steps=steps, cfg=cfg_scale)
     for kind, size in ENTITIES.items():
@@ -145,6 +155,8 @@ GPU_SIZES = {  # preset, train batch, sample batch, flow steps: the issue's size
 
 def gpu_rows(device: torch.device, cfg_scale: float = 2.0, compile: bool = False, repeats: int = 5) -> list[dict]:
     """xar-b in bf16 (tiny sizes on the CPU): training step time and MFU, sampling images/s; one dict per row."""
+    from vistok.engine.flops import model_flops, peak_flops
+
     preset, train_batch, sample_batch, steps = GPU_SIZES["cuda" if device.type == "cuda" else "cpu"]
     cfg = PRESETS[preset]
     if device.type == "cuda":
@@ -199,6 +211,7 @@ def main() -> None:
     parser.add_argument("--entities", action="store_true", help="the per-entity table of the tiny preset instead")
     parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
+    parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -217,8 +230,11 @@ def main() -> None:
         rows = issue_rows(keys, args.repeats, args.compile)
         table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
                "official ms", "vistok ms (min-max)", "process CPU ms", "vistok / official"), rows)
+    import vistok
+
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+          + f"; vistok from {os.path.dirname(os.path.dirname(os.path.abspath(vistok.__file__)))}")
 
 
 if __name__ == "__main__":

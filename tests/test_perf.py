@@ -232,23 +232,44 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
 
 
-def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step() -> None:
+def test_xar_compiled_training_forward_survives_a_new_batch_size() -> None:
+    """A second batch size makes torch.compile trace the batch symbolically; the forward's own draws (t, noise, label
+    dropout) must still build (torch.randn(..., generator=None) cannot take a symbolic shape)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_xar().train()
+    model.compile(backend="aot_eager")
+    for batch in (4, 2, 3):
+        loss = model(torch.randn(batch, 4, 4, 4), torch.arange(batch))
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("exact_shapes", [False, True])
+def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step(exact_shapes: bool) -> None:
     import torch._dynamo
 
     torch._dynamo.reset()
     labels = torch.tensor([1, 6])
     ref = sample_xar(tiny_xar().eval(), labels, steps=3, cfg=2.0, seed=2)
     model, backend = tiny_xar().eval(), CountingBackend()
-    model.compile_stack(backend=backend)
+    entities = model.partition.num_entities
+    assert entities >= 3
+    model.compile_stack(backend=backend, exact_shapes=exact_shapes)
     model.compile_stack(backend=backend)  # idempotent
     out = sample_xar(model, labels, steps=3, cfg=2.0, seed=2, compile=True)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     first = backend.compiles
-    assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+    if exact_shapes:  # one graph per (cache length, store): the flow steps of entity s, then its store
+        assert first == 2 * entities - 1
+    else:
+        assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
     sample_xar(model, labels, steps=6, cfg=2.0, seed=3, compile=True)  # twice the steps, other noise
     assert backend.compiles == first
-    sample_xar(model, labels, steps=3, cfg=1.0, seed=4, compile=True)  # no CFG: half the batch
-    assert backend.compiles <= first + 1  # the batch size becomes dynamic once
+    out = sample_xar(model, labels, steps=3, cfg=1.0, seed=4, compile=True)  # no CFG: half the batch
+    torch.testing.assert_close(out, sample_xar(tiny_xar().eval(), labels, steps=3, cfg=1.0, seed=4), rtol=1e-5, atol=1e-5)
+    assert backend.compiles <= (2 * first if exact_shapes else first + 1)  # static: the batch size becomes dynamic once
 
 
 def test_gpt_compiled_sampling_equals_eager() -> None:

@@ -43,7 +43,10 @@ def logit_normal(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """t = sigmoid(n), n ~ N(mean, std^2): noise levels in (0, 1), denser in the middle (SD3's logit-normal)."""
-    n = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device)
+    if generator is None:  # no generator=None: under torch.compile with a symbolic batch that overload fails
+        n = torch.randn(shape, device=device)
+    else:
+        n = torch.randn(shape, generator=generator, device=generator.device)
     t = torch.sigmoid(n * std + mean)
     return t if device is None else t.to(device)
 

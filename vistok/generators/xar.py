@@ -96,25 +96,19 @@ class GroupAdaLNBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | int, rope: tuple[torch.Tensor, torch.Tensor],
+        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
         mask: Mask, cache: KVCache | None, layer: int, store: bool, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, L, D); cond (B, G, D) one condition per group. groups: an int n when the groups are G consecutive
-        runs of n tokens each (the modulation broadcasts over a (B, G, n, D) view: nothing per token is built),
-        else the (L,) group of each token."""
+        """cond (B, G, D): one condition per group. x (B, G, n, D) when the groups are G runs of n tokens (groups
+        None: the modulation broadcasts over each run, nothing per token is built), else x (B, L, D) with groups
+        (L,) the group of each token."""
         mod = self.ada(cond)  # (B, G, 6D)
-        if isinstance(groups, int):
-            mod = mod[:, :, None]  # (B, G, 1, 6D) against x viewed as (B, G, n, D)
-            grouped = lambda h: rearrange(h, "b (g n) d -> b g n d", n=groups)  # noqa: E731
-            flat = lambda h: rearrange(h, "b g n d -> b (g n) d")  # noqa: E731
-        else:
-            mod = mod[:, groups]  # (B, L, 6D): each token gets its entity's modulation
-            grouped = flat = lambda h: h  # noqa: E731
+        mod = mod[:, :, None] if groups is None else mod[:, groups]  # (B, G, 1, 6D) or (B, L, 6D), against x
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.chunk(6, dim=-1)
-        h = flat(torch.addcmul(shift1, grouped(rms_norm(x)), 1 + scale1))
-        x = flat(torch.addcmul(grouped(x), grouped(self.attn(h, rope, mask, cache, layer, store, slots)), gamma1))
-        h = flat(torch.addcmul(shift2, grouped(rms_norm(x)), 1 + scale2))
-        return flat(torch.addcmul(grouped(x), grouped(self.mlp(h)), gamma2))
+        h = torch.addcmul(shift1, rms_norm(x), 1 + scale1)
+        x = torch.addcmul(x, self.attn(h, rope, mask, cache, layer, store, slots), gamma1)
+        h = torch.addcmul(shift2, rms_norm(x), 1 + scale2)
+        return torch.addcmul(x, self.mlp(h), gamma2)
 
 
 class XAR(nn.Module):
@@ -189,18 +183,31 @@ class XAR(nn.Module):
         compiled = self.__dict__.get("_compiled_stack")
         if compiled is None or torch.compiler.is_compiling():
             return self._stack(x, cond, groups, index, mask, cache, store)
-        static = cache is not None and mask is None  # one entity after the cache: static-shape writes at `index`
-        if static:
+        # after the cache, one entity: static-shape writes at `index` (one graph for every position), unless the
+        # graphs are specialised per cache length (few entities: exact shapes, no attention over empty slots)
+        static = cache is not None and mask is None and not self.__dict__["_exact_shapes"]
+        if cache is not None:  # allocated outside the graph, so the first call does not trace an allocation
             cache.reserve(x, self.config.heads, self.config.width // self.config.heads)
-        out = compiled(x, cond, groups, index, mask, cache, store, static)
+        with torch._dynamo.config.patch(recompile_limit=max(8, 2 * self.partition.num_entities + 2)):
+            out = compiled(x, cond, groups, index, mask, cache, store, static)
         if static and store:
             cache.advance(cache.length + x.shape[1])
         return out
 
-    def compile_stack(self, backend: str = "inductor", **options) -> None:
+    EXACT_SHAPES_MAX_ENTITIES = 16
+
+    def compile_stack(self, backend: str = "inductor", exact_shapes: bool | None = None, **options) -> None:
         """Run the block stack (`transformer`, used by training and sampling alike) through `torch.compile` from now
-        on; once per model (later calls do nothing). `options` go to `torch.compile` (e.g. mode, dynamic)."""
+        on; once per model (later calls do nothing). exact_shapes: one graph per cache length (2E - 1 graphs for E
+        entities, each attending to exactly the cached tokens; the default up to `EXACT_SHAPES_MAX_ENTITIES`
+        entities), else one static-shape graph that attends over the whole preallocated cache with the empty slots
+        masked (many entities, CUDA graphs). `options` go to `torch.compile` (e.g. mode)."""
         if self.__dict__.get("_compiled_stack") is None:
+            if exact_shapes is None:
+                exact_shapes = self.partition.num_entities <= self.EXACT_SHAPES_MAX_ENTITIES
+            if exact_shapes:
+                options.setdefault("dynamic", False)  # a new batch size recompiles rather than tracing symbolic lengths
+            self.__dict__["_exact_shapes"] = exact_shapes
             self.__dict__["_compiled_stack"] = torch.compile(self._stack, backend=backend, **options)
 
     def _stack(
@@ -209,13 +216,18 @@ class XAR(nn.Module):
     ) -> torch.Tensor:
         rope = (self.rope_cos[index], self.rope_sin[index])  # (L', Dh) each
         slots = index if static else None  # cache slots are sequence positions
-        h = self.in_norm(self.in_proj(x) + self.pos_in[index])  # (B, L', D)
+        # G equal runs of n tokens: the stack works on (B, G, n, D), so each block's modulation is a broadcast
+        runs = isinstance(groups, int)
+        split = (lambda h: rearrange(h, "... (g n) d -> ... g n d", n=groups)) if runs else (lambda h: h)  # noqa: E731
+        per_token = None if runs else groups
+        h = self.in_norm(split(self.in_proj(x) + self.pos_in[index]))  # (B, G, n, D) or (B, L', D)
         for i, blk in enumerate(self.blocks_in):
-            h = blk(h, cond, groups, rope, mask, cache, i, store, slots)
-        h = self.mid_proj(self.mid_norm(h)) + self.pos_mid[index]
+            h = blk(h, cond, per_token, rope, mask, cache, i, store, slots)
+        h = self.mid_proj(self.mid_norm(h)) + split(self.pos_mid[index])
         for i, blk in enumerate(self.blocks_out, start=len(self.blocks_in)):
-            h = blk(h, cond, groups, rope, mask, cache, i, store, slots)
-        return self.head(self.out_norm(h))  # (B, L', C)
+            h = blk(h, cond, per_token, rope, mask, cache, i, store, slots)
+        out = self.head(self.out_norm(h))  # (B, G, n, C) or (B, L', C)
+        return rearrange(out, "b g n c -> b (g n) c") if runs else out  # (B, L', C)
 
     attention_backend = "auto"  # see `modules.attention.set_attention_backend`
 

@@ -180,9 +180,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         outs, start = [], 0
         for end in mask.ends:  # entity e: its queries against the keys of entities <= e and the cache, nothing masked
-            outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :cached + end], v[:, :, :cached + end], dropout_p=dropout))
+            out = F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :cached + end], v[:, :, :cached + end], dropout_p=dropout)
+            outs.append(rearrange(out, "b h l d -> b l h d"))
             start = end
-        return torch.cat(outs, dim=2)
+        # joined token-major, so the caller's "b h l d -> b l (h d)" is a view, not a second copy
+        return rearrange(torch.cat(outs, dim=1), "b l h d -> b h l d")
     if isinstance(mask, str):
         require(mask == "causal", f"unknown attention mask {mask!r}")
         if cached == 0 or q.shape[2] == 1:  # a single new token sees every key
@@ -213,17 +215,17 @@ class Attention(nn.Module):
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, mask: Mask = None,
         cache: KVCache | None = None, layer: int = 0, store: bool = False, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D). `rope` holds (cos, sin) for the L new positions; `mask` (see `Mask`) covers the
-        S cached and L new keys (a tensor one is (L, S + L)); `store` keeps these tokens' keys/values in `cache`.
-        `slots` (L,): the static-shape cache path (`KVCache.write`), for mask None (the new tokens see each other and
-        every earlier slot) or "causal" (each sees the slots up to its own)."""
-        qkv = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (3, B, H, L, Dh)
-        qk, v = qkv[:2], qkv[2]
+        """(B, ..., D) -> the same shape: the middle axes, flattened in order, are the L tokens (so a caller may keep
+        its tokens grouped, e.g. xAR's (B, entities, tokens, D)). `rope` holds (cos, sin) for the L new positions;
+        `mask` (see `Mask`) covers the S cached and L new keys (a tensor one is (L, S + L)); `store` keeps these
+        tokens' keys/values in `cache`. `slots` (L,): the static-shape cache path (`KVCache.write`), for mask None
+        (the new tokens see each other and every earlier slot) or "causal" (each sees the slots up to its own)."""
+        qkv = rearrange(self.qkv(x), "b ... (three h d) -> three b h (...) d", three=3, h=self.heads)  # (3, B, H, L, Dh)
+        q, k, v = qkv.unbind(0)  # (B, H, L, Dh) each; unbind (not slicing) keeps the backward free of zero-filled grads
         if self.qk_norm:  # bounded logits at any width and learning rate; fp32 so bf16 runs normalise exactly
-            qk = F.layer_norm(qk.float(), qk.shape[-1:]).to(qk.dtype)
+            q, k = (F.layer_norm(t.float(), t.shape[-1:]).to(t.dtype) for t in (q, k))
         if rope is not None:
-            qk = apply_rope(qk, *rope)
-        q, k = qk.unbind(0)  # (B, H, L, Dh) each
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None and slots is not None:
             require(mask is None or mask == "causal", "the static-shape KV cache path takes mask None or causal")
             k, v = cache.write(layer, k, v, slots)  # (B, H, capacity, Dh)
@@ -231,5 +233,6 @@ class Attention(nn.Module):
             mask = torch.arange(cache.capacity, device=slots.device) <= last  # (1 or L, capacity)
         elif cache is not None:
             k, v = cache.extend(layer, k, v, store)  # (B, H, S + L, Dh)
-        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))  # (B, L, D)
+        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0)  # (B, H, L, Dh)
+        out = self.proj(rearrange(out, "b h l d -> b l (h d)"))  # (B, L, D)
+        return self.proj_drop(out.view(x.shape))

@@ -61,7 +61,10 @@ class LabelEmbedding(nn.Module):
         """Labels with each one replaced by the null class with probability p (whole-sample label dropout)."""
         if p <= 0:
             return labels
-        u = torch.rand(labels.shape, generator=generator, device=generator.device if generator is not None else labels.device)
+        if generator is None:  # no generator=None: under torch.compile with a symbolic batch that overload fails
+            u = torch.rand(labels.shape, device=labels.device)
+        else:
+            u = torch.rand(labels.shape, generator=generator, device=generator.device)
         return torch.where(u.to(labels.device) < p, torch.full_like(labels, self.null_class), labels)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
