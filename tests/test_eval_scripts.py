@@ -1,0 +1,69 @@
+"""The FlexTok evaluation scripts: the out-of-distribution image sets (`eval/flextok_ood.py`) and the nested-dropout
+ablation's bookkeeping (`eval/ablate_flextok.py`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+
+import ablate_flextok  # noqa: E402
+import flextok_ood  # noqa: E402
+
+
+@pytest.mark.parametrize("name", flextok_ood.SETS)
+def test_ood_sets_are_deterministic_and_what_they_claim(name: str) -> None:
+    a, b = flextok_ood.build_set(name, 12, seed=3), flextok_ood.build_set(name, 12, seed=3)
+    assert a.dtype == np.uint8 and a.shape == (12, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)  # the same set for the same seed
+    assert not np.array_equal(a, flextok_ood.build_set(name, 12, seed=4))  # another seed, other images
+    assert len({img.tobytes() for img in a}) == 12  # no duplicates inside a set
+    if name == "gray-textures":  # grayscale: the three channels agree
+        assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+    else:
+        assert (a[..., 0] != a[..., 2]).any()
+    if name == "strokes":  # light background: most pixels bright
+        assert np.median(a) > 180
+
+
+def test_ood_sets_differ_from_each_other_and_unknown_names_fail() -> None:
+    sets = [flextok_ood.build_set(n, 8).astype(np.float64) for n in flextok_ood.SETS]
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            assert np.abs(sets[i] - sets[j]).mean() > 10
+    with pytest.raises(ValueError, match="unknown image set"):
+        flextok_ood.build_set("faces", 2)
+
+
+class _Perfect:
+    """A stand-in tokenizer whose reconstruction from k tokens is the image plus noise of std 8 / k (in uint8 units)."""
+
+    registers = 4
+
+    def reconstruct(self, images, ks, seed, steps, batch_size):
+        rng = np.random.default_rng(seed)
+        return {k: np.clip(images + rng.normal(0, 8 / k, images.shape), 0, 255).round().astype(np.uint8) for k in ks}
+
+
+def test_ladder_measures_mse_and_psnr_and_keeps_the_reconstructions(tmp_path) -> None:
+    images = flextok_ood.build_set("shapes", 16)
+    out = flextok_ood.ladder(_Perfect(), images, [1, 2, 4], seed=0, steps=None, keep=tmp_path)
+    for k in (1, 2, 4):  # expected MSE ~ (8 / k / 255)^2 (clipping and rounding move it a little)
+        assert out[k]["mse"] == pytest.approx((8 / k / 255) ** 2, rel=0.15)
+        kept = np.load(tmp_path / f"recon-k{k}.npz")["arr_0"]
+        assert kept.shape == images.shape and kept.dtype == np.uint8
+        mse = ((kept / 255 - images / 255) ** 2).mean()
+        assert out[k]["mse"] == pytest.approx(mse, rel=1e-9)
+    assert out[1]["mse"] > out[2]["mse"] > out[4]["mse"] and out[1]["psnr"] < out[4]["psnr"]
+
+
+def test_ablation_spread_is_half_the_range_for_two_seeds_and_the_std_for_more() -> None:
+    assert ablate_flextok.spread([1.0]) == (1.0, 0.0)
+    assert ablate_flextok.spread([1.0, 3.0]) == (2.0, 1.0)
+    mean, sd = ablate_flextok.spread([1.0, 2.0, 6.0])
+    assert mean == pytest.approx(3.0) and sd == pytest.approx(float(torch.tensor([1.0, 2.0, 6.0]).std()))
