@@ -386,3 +386,43 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
     state = torch.load(tmp_path / "True" / "last.pt", weights_only=False)
     assert not any("_orig_mod" in k for k in state["model"])
+
+
+# -------------------------------------------------------------------------------------------------------- dropout
+def test_cpu_dropout_is_inverted_dropout_with_the_right_rate() -> None:
+    from vistok.modules.attention import dropout
+
+    x = torch.ones(400_000)
+    assert dropout(x, 0.0) is x
+    torch.manual_seed(0)
+    y = dropout(x, 0.25)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005  # zero with probability p
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))  # the rest scaled by 1 / (1 - p)
+    assert abs(y.mean().item() - 1.0) < 0.01  # unbiased
+    torch.manual_seed(1)
+    assert not torch.equal(dropout(x, 0.25), y)  # fresh masks
+
+
+def test_attention_with_dropout_on_cpu_is_the_written_out_product() -> None:
+    """The CPU dropout path of an unmasked / block-causal call: softmax(q k^T / sqrt(d)), the keep-mask drawn from
+    uniforms in the same order, times v; and p = 0 gives SDPA's result."""
+    from vistok.modules.attention import BlockCausal, attend
+
+    q, k, v = torch.randn(3, 2, 2, 6, 8).unbind(0)
+    torch.testing.assert_close(attend(q, k, v, None, 0.0), F.scaled_dot_product_attention(q, k, v))
+    torch.manual_seed(3)
+    out = attend(q, k, v, None, 0.3)
+    torch.manual_seed(3)
+    probs = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5, dim=-1)
+    keep = torch.rand_like(probs) >= 0.3
+    torch.testing.assert_close(out, (probs * keep / 0.7) @ v)
+    # block-causal with dropout: entity e sees keys of entities <= e only (a later key's value never leaks in)
+    v2 = v.clone()
+    v2[:, :, 4:] += 100.0
+    torch.manual_seed(4)
+    a = attend(q, k, v, BlockCausal((2, 4, 6)), 0.3)
+    torch.manual_seed(4)
+    b = attend(q, k, v2, BlockCausal((2, 4, 6)), 0.3)
+    torch.testing.assert_close(a[:, :, :4], b[:, :, :4])
+    assert (a[:, :, 4:] - b[:, :, 4:]).abs().max() > 1.0

@@ -12,17 +12,20 @@ import torch.nn.functional as F
 from timm.layers import SwiGLU as _TimmGLU
 from torch import nn
 
+from vistok.modules.attention import dropout
+
 
 class _GLU(_TimmGLU):
     """timm's layer (same parameters and state-dict keys) with a leaner forward: the projections run as functional
-    calls and dropout only when it is active, which matters for the many small forwards of a sampler."""
+    calls and dropout only in training (`attention.dropout`: the same p, faster masks on the CPU), which matters for the
+    many small forwards of a sampler."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(F.linear(x, self.fc1_g.weight, self.fc1_g.bias)) * F.linear(x, self.fc1_x.weight, self.fc1_x.bias)
-        if self.training and self.drop1.p > 0:
-            h = self.drop1(h)
+        if self.training:
+            h = dropout(h, self.drop1.p)
         out = F.linear(h if isinstance(self.norm, nn.Identity) else self.norm(h), self.fc2.weight, self.fc2.bias)
-        return self.drop2(out) if self.training and self.drop2.p > 0 else out
+        return dropout(out, self.drop2.p) if self.training else out
 
 
 def glu_hidden(width: int) -> int:
