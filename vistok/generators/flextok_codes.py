@@ -35,6 +35,10 @@ from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 
 TokenGenerator = AR | XAR
+# xAR's CFG schedule on FlexTok codes (`flow.cfg_scale`): every prefix group, group 0 (the most semantic token) included,
+# at the full scale. Chosen over xAR's "linear" (group 0 unguided) and "linear-guided" by FID at k = 1 and 16 (README).
+CFG_SCHEDULE = "constant"
+SAMPLING = SampleConfig(steps=50, cfg=2.0, cfg_schedule=CFG_SCHEDULE)  # exports store theirs; this when none is stored
 
 
 def check_pairing(config: ARConfig | XARConfig, flextok: FlexTokConfig) -> None:
@@ -146,5 +150,5 @@ def sample_ids(
     return codes.to_ids(seq)
 
 
-__all__ = ["FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of", "ids_to_grid", "sample_ids",
+__all__ = ["CFG_SCHEDULE", "SAMPLING", "FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of", "ids_to_grid", "sample_ids",
            "valid_ks"]
