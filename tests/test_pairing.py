@@ -1,8 +1,9 @@
 """Generators on FlexTok tokens (FlexTok, arXiv 2502.13967, §4): the GPT over ids and xAR over FSQ codes in prefix
 groups. KV-cached GPT sampling equals recomputation; top-k/top-p/temperature stay in the vocabulary; CFG scale 1 is
-the conditional model; stopping early gives the beginning of a longer run; FSQ snapping is exact; both generators
-overfit one batch and produce decodable images at every k; exports carry their FlexTok (`vistok sample --ckpt`
-alone); the training scripts run on a token file written by `vistok encode`."""
+the conditional model; stopping early gives the beginning of a longer run; FSQ snapping is exact, xAR snaps every
+finished group before it joins the context (the cache holds the snapped codes), and the CFG schedules treat group 0 as
+documented; both generators overfit one batch and produce decodable images at every k; exports carry their FlexTok
+(`vistok sample --ckpt` alone); the training scripts run on a token file written by `vistok encode`."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def test_fsq_snap_is_exact() -> None:
     assert torch.equal(codes_side.to_ids(seq + 0.05 * torch.randn_like(seq).clamp(-1, 1)), ids)
 
 
-def codes_side(code_scale: float = 1.6) -> FlexTokCodes:
+def random_codes(code_scale: float = 1.6) -> FlexTokCodes:
+    """The tokenizer side of a random flextok-test (FSQ [8,8,8,5,5,5]) at a code scale of 1.6, as in `exports`."""
     return FlexTokCodes(FlexTok(FLEXTOK_PRESETS["flextok-test"]), torch.nn.Identity(), code_scale=code_scale)
 
 
@@ -215,7 +217,7 @@ def lattice_gap(codes: FlexTokCodes, seq: torch.Tensor) -> torch.Tensor:
 def test_snapped_xar_codes_lie_exactly_on_the_fsq_lattice(cfg) -> None:
     """Every generated code, in every group, is the scaled FSQ code of its own id, bit for bit: ids -> training
     input (`ids_to_grid`) gives back the very same tensor."""
-    codes, labels = codes_side(), torch.tensor([0, 4, 7])
+    codes, labels = random_codes(), torch.tensor([0, 4, 7])
     seq = sample_entities(deep_xar(), labels, None, steps=3, cfg=cfg, generator=image_generators(1, 0, 3),
                           snap=codes.snap)  # (3, K, 6)
     again = Partition("prefix", (1, K)).split(codes.ids_to_grid(codes.to_ids(seq)))  # ids -> scaled codes
@@ -228,7 +230,7 @@ def test_snapped_xar_codes_lie_exactly_on_the_fsq_lattice(cfg) -> None:
 def test_without_the_snap_hook_codes_are_off_the_lattice() -> None:
     """The planted bug the test above must catch: with no hook, a random model's codes sit a good fraction of a grid
     step off the lattice, and since later groups are then conditioned on other inputs, their ids change too."""
-    codes, labels, gens = codes_side(), torch.tensor([0, 4, 7]), lambda: image_generators(1, 0, 3)  # noqa: E731
+    codes, labels, gens = random_codes(), torch.tensor([0, 4, 7]), lambda: image_generators(1, 0, 3)  # noqa: E731
     raw = sample_entities(deep_xar(), labels, None, steps=3, cfg=2.0, generator=gens())
     gap = lattice_gap(codes, raw)
     assert gap.mean() > 0.1 and (gap > 0.01).float().mean() > 0.8, gap.mean()
@@ -243,7 +245,7 @@ def test_without_the_snap_hook_codes_are_off_the_lattice() -> None:
 def test_snapped_context_is_what_the_kv_cache_holds(cfg) -> None:
     """With snapping, the KV-cached sampler (context stored once) equals full recomputation (context re-fed from the
     finished entities at every step), so the cache holds the snapped codes, in both guidance branches."""
-    codes, labels = codes_side(), torch.tensor([0, 4, 7])
+    codes, labels = random_codes(), torch.tensor([0, 4, 7])
     kw = dict(steps=3, cfg=cfg, snap=codes.snap)
     cached = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), **kw)
     full = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), full_recompute=True, **kw)
@@ -254,7 +256,7 @@ def test_snapped_context_is_what_the_kv_cache_holds(cfg) -> None:
 def test_cfg_schedules_on_prefix_groups() -> None:
     """Group 0 (FlexTok's most semantic token) under each schedule: linear leaves it unguided (the conditional model),
     constant and linear-guided guide it, the latter at 1 + (w - 1) / E, which a constant run at that scale reproduces."""
-    codes, labels = codes_side(), torch.tensor([1, 6])
+    codes, labels = random_codes(), torch.tensor([1, 6])
     run = lambda cfg, sched: sample_entities(deep_xar(), labels, 1, steps=3, cfg=cfg, cfg_schedule=sched,  # noqa: E731
                                              generator=image_generators(5, 0, 2))[:, :1]
     plain = run(1.0, "linear")
