@@ -150,5 +150,5 @@ def sample_ids(
     return codes.to_ids(seq)
 
 
-__all__ = ["CFG_SCHEDULE", "SAMPLING", "FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of", "ids_to_grid", "sample_ids",
-           "valid_ks"]
+__all__ = ["CFG_SCHEDULE", "SAMPLING", "FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of",
+           "ids_to_grid", "sample_ids", "valid_ks"]

@@ -14,8 +14,10 @@ the first entity is guided too).
 
 `snap` (optional) maps every finished entity before it joins the context and the output, in both guidance branches:
 the sampler for FlexTok codes passes the FSQ lattice (`FlexTokCodes.snap`), so later groups are conditioned on exactly
-the codes training fed (the nearest grid points), not on the flow's slightly-off continuous output. Every random draw comes from one `torch.Generator` on the CPU
-(`seed` makes one), so the same seed gives the same samples on any device and batch layout of the guidance branches.
+the codes training fed (the nearest grid points), not on the flow's slightly-off continuous output.
+
+Every random draw comes from one `torch.Generator` on the CPU (`seed` makes one), so the same seed gives the same
+samples on any device and batch layout of the guidance branches.
 A list of generators, one per image, draws each image's noise from its own: an image then does not depend on which
 other images share its batch (`vistok.seeding` seeds them by (seed, image index) so any batch size gives the same images).
 `sample_entities` may stop after any entity: on FlexTok register codes (prefix groups ending at k = 1, 2, 4, ..., K)
