@@ -20,7 +20,7 @@ import torch
 
 from vistok.generators.ar import AR, PRESETS as AR_PRESETS
 from vistok.api import resolve_device
-from vistok.generators.flextok_codes import FlexTokCodes, check_pairing, sample_ids, valid_ks
+from vistok.generators.flextok_codes import CFG_SCHEDULE, FlexTokCodes, check_pairing, sample_ids, valid_ks
 from vistok.generators.sampling import ARSampleConfig, SampleConfig
 from vistok.generators.xar import XAR, PRESETS as XAR_PRESETS
 from vistok.tokenizers import flextok_sampling
@@ -60,7 +60,8 @@ def main() -> None:
     gpt, xar, flextok = build(args.preset, device)
     codes = FlexTokCodes(flextok, torch.nn.Identity(), code_scale=1.5, decoding=DecodeConfig(steps=args.decode_steps))
     labels = torch.arange(args.batch) % gpt.config.num_classes
-    settings = {"gpt": ARSampleConfig(cfg=args.cfg), "xar": SampleConfig(steps=args.steps, cfg=args.cfg)}
+    settings = {"gpt": ARSampleConfig(cfg=args.cfg),
+                "xar": SampleConfig(steps=args.steps, cfg=args.cfg, cfg_schedule=CFG_SCHEDULE)}
     bf16 = device.type == "cuda"
 
     def seconds(fn) -> float:

@@ -1,5 +1,6 @@
-"""The FlexTok evaluation scripts: the out-of-distribution image sets (`eval/flextok_ood.py`) and the nested-dropout
-ablation's bookkeeping (`eval/ablate_flextok.py`)."""
+"""The FlexTok evaluation scripts: the out-of-distribution image sets (`eval/flextok_ood.py`), the nested-dropout
+ablation's bookkeeping (`eval/ablate_flextok.py`) and the CFG-schedule sweep of xAR on FlexTok codes
+(`eval/sweep_flextok_xar_cfg.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 
 import ablate_flextok  # noqa: E402
 import flextok_ood  # noqa: E402
+import sweep_flextok_xar_cfg  # noqa: E402,F401  (imported here so a broken script fails collection)
 
 
 @pytest.mark.parametrize("name", flextok_ood.SETS)
@@ -67,3 +69,20 @@ def test_ablation_spread_is_half_the_range_for_two_seeds_and_the_std_for_more() 
     assert ablate_flextok.spread([1.0, 3.0]) == (2.0, 1.0)
     mean, sd = ablate_flextok.spread([1.0, 2.0, 6.0])
     assert mean == pytest.approx(3.0) and sd == pytest.approx(float(torch.tensor([1.0, 2.0, 6.0]).std()))
+
+
+@pytest.mark.filterwarnings("ignore:10 fake images")  # FID of 10 images: only compared with itself here
+def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root) -> None:
+    """`eval/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
+    no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored afterwards."""
+    import sweep_flextok_xar_cfg as sweep
+    import vistok.api.models as models
+
+    keep = models.sample_ids
+    rows = {(v, k): sweep.run("cifar10-flextok-xar-tiny", v, k, seed=0, num=10, cfg=2.0, batch=10)
+            for v in ("constant", "constant-nosnap") for k in (1, 2)}
+    assert models.sample_ids is keep
+    assert rows["constant", 1]["snap"] and not rows["constant-nosnap", 1]["snap"]
+    assert rows["constant", 1]["schedule"] == rows["constant-nosnap", 1]["schedule"] == "constant"
+    assert rows["constant", 1]["fid"] == rows["constant-nosnap", 1]["fid"]
+    assert rows["constant", 2]["fid"] != rows["constant-nosnap", 2]["fid"]

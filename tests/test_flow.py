@@ -89,7 +89,12 @@ def test_cfg_schedules_and_guidance() -> None:
     assert [flow.cfg_scale(3.0, s, 5, "linear") for s in range(5)] == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert [flow.cfg_scale(3.0, s, 4, "constant") for s in range(4)] == [3.0] * 4
     assert flow.cfg_scale(3.0, 0, 1, "linear") == 3.0  # one entity: full guidance
-    with pytest.raises(VistokError):
+    # linear-guided: 1 + (3 - 1)(s + 1)/5, the linear ramp shifted one step, so entity 0 is guided too
+    assert [flow.cfg_scale(3.0, s, 5, "linear-guided") for s in range(5)] == pytest.approx([1.4, 1.8, 2.2, 2.6, 3.0])
+    assert [flow.cfg_scale(2.0, s, 5, "linear-guided") for s in range(5)] == pytest.approx([1.2, 1.4, 1.6, 1.8, 2.0])
+    assert flow.cfg_scale(3.0, 0, 1, "linear-guided") == 3.0
+    assert flow.CFG_SCHEDULES == ("linear", "constant", "linear-guided")
+    with pytest.raises(VistokError, match="unknown CFG schedule 'cosine'; use one of linear, constant, linear-guided"):
         flow.cfg_scale(3.0, 0, 4, "cosine")
     with pytest.raises(VistokError):
         flow.cfg_scale(3.0, 4, 4, "linear")

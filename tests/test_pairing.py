@@ -1,8 +1,9 @@
 """Generators on FlexTok tokens (FlexTok, arXiv 2502.13967, §4): the GPT over ids and xAR over FSQ codes in prefix
 groups. KV-cached GPT sampling equals recomputation; top-k/top-p/temperature stay in the vocabulary; CFG scale 1 is
-the conditional model; stopping early gives the beginning of a longer run; FSQ snapping is exact; both generators
-overfit one batch and produce decodable images at every k; exports carry their FlexTok (`vistok sample --ckpt`
-alone); the training scripts run on a token file written by `vistok encode`."""
+the conditional model; stopping early gives the beginning of a longer run; FSQ snapping is exact, xAR snaps every
+finished group before it joins the context (the cache holds the snapped codes), and the CFG schedules treat group 0 as
+documented; both generators overfit one batch and produce decodable images at every k; exports carry their FlexTok
+(`vistok sample --ckpt` alone); the training scripts run on a token file written by `vistok encode`."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from vistok import cli, registry
+import vistok
+from vistok import cli, flow, registry
 from vistok.config import to_dict
 from vistok.engine.checkpoint import export as write_export
 from vistok.errors import VistokError
 from vistok.generators.ar import AR, ARConfig, PRESETS as AR_PRESETS
 from vistok.generators.entities import Partition
 from vistok.api import PairedGenerator, export_paired, load_paired
-from vistok.generators.flextok_codes import FlexTokCodes, check_k, check_pairing, ids_to_grid, valid_ks
+from vistok.generators.flextok_codes import FlexTokCodes, check_k, check_pairing, ids_to_grid, sample_ids, valid_ks
 from vistok.generators.sampling import (ARSampleConfig, SampleConfig, draw_tokens, filter_logits, guided_logits, sample_ar,
                                         sample_entities)
 from vistok.seeding import image_generators
@@ -189,6 +191,104 @@ def test_fsq_snap_is_exact() -> None:
     assert grid.shape == (3, 6, 1, K) and torch.equal(codes_side.ids_to_grid(ids), grid)
     seq = Partition("prefix", (1, K)).split(grid)  # (3, K, 6)
     assert torch.equal(codes_side.to_ids(seq + 0.05 * torch.randn_like(seq).clamp(-1, 1)), ids)
+
+
+def random_codes(code_scale: float = 1.6) -> FlexTokCodes:
+    """The tokenizer side of a random flextok-test (FSQ [8,8,8,5,5,5]) at a code scale of 1.6, as in `exports`."""
+    return FlexTokCodes(FlexTok(FLEXTOK_PRESETS["flextok-test"]), torch.nn.Identity(), code_scale=code_scale)
+
+
+def deep_xar() -> XAR:
+    """xar-flextok-test with depth 2 (4 blocks): later layers' cached keys depend on the context's earlier layers."""
+    torch.manual_seed(0)
+    model = XAR(dataclasses.replace(XAR_PRESETS["xar-flextok-test"], depth=2))
+    with torch.no_grad():
+        model.label_emb.table.weight.normal_(std=1.0)
+    return model.eval()
+
+
+def lattice_gap(codes: FlexTokCodes, seq: torch.Tensor) -> torch.Tensor:
+    """|seq - its re-encoding| per value, in grid steps of each channel (0 on the lattice)."""
+    fsq = codes.flextok.fsq
+    return (seq - codes.ids_to_grid(codes.to_ids(seq))[:, :, 0].transpose(1, 2)).abs() / codes.code_scale * fsq._half_width()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_snapped_xar_codes_lie_exactly_on_the_fsq_lattice(cfg) -> None:
+    """Every generated code, in every group, is the scaled FSQ code of its own id, bit for bit: ids -> training
+    input (`ids_to_grid`) gives back the very same tensor."""
+    codes, labels = random_codes(), torch.tensor([0, 4, 7])
+    seq = sample_entities(deep_xar(), labels, None, steps=3, cfg=cfg, generator=image_generators(1, 0, 3),
+                          snap=codes.snap)  # (3, K, 6)
+    again = Partition("prefix", (1, K)).split(codes.ids_to_grid(codes.to_ids(seq)))  # ids -> scaled codes
+    assert torch.equal(seq, again)
+    assert torch.equal(codes.snap(seq), seq)  # snapping is idempotent
+    ids = sample_ids(deep_xar(), codes, labels, K, SampleConfig(steps=3, cfg=cfg), image_generators(1, 0, 3))
+    assert torch.equal(ids, codes.to_ids(seq))  # the sampler for FlexTok codes snaps by default
+
+
+def test_without_the_snap_hook_codes_are_off_the_lattice() -> None:
+    """The planted bug the test above must catch: with no hook, a random model's codes sit a good fraction of a grid
+    step off the lattice, and since later groups are then conditioned on other inputs, their ids change too."""
+    codes, labels, gens = random_codes(), torch.tensor([0, 4, 7]), lambda: image_generators(1, 0, 3)  # noqa: E731
+    raw = sample_entities(deep_xar(), labels, None, steps=3, cfg=2.0, generator=gens())
+    gap = lattice_gap(codes, raw)
+    assert gap.mean() > 0.1 and (gap > 0.01).float().mean() > 0.8, gap.mean()
+    snapped = sample_ids(deep_xar(), codes, labels, K, SampleConfig(steps=3, cfg=2.0), gens())
+    late = sample_ids(deep_xar(), codes, labels, K, SampleConfig(steps=3, cfg=2.0), gens(), snap=False)  # output only
+    assert torch.equal(late, codes.to_ids(raw))
+    assert torch.equal(snapped[:, 0], late[:, 0])  # group 0 has no context: the same draw either way
+    assert (snapped[:, 2:] != late[:, 2:]).float().mean() > 0.3  # later groups see other context (here 8 of 18)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_snapped_context_is_what_the_kv_cache_holds(cfg) -> None:
+    """With snapping, the KV-cached sampler (context stored once) equals full recomputation (context re-fed from the
+    finished entities at every step), so the cache holds the snapped codes, in both guidance branches."""
+    codes, labels = random_codes(), torch.tensor([0, 4, 7])
+    kw = dict(steps=3, cfg=cfg, snap=codes.snap)
+    cached = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), **kw)
+    full = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), full_recompute=True, **kw)
+    assert torch.equal(cached, full), (cached - full).abs().max()
+    assert lattice_gap(codes, cached).max() == 0
+
+
+def test_cfg_schedules_on_prefix_groups() -> None:
+    """Group 0 (FlexTok's most semantic token) under each schedule: linear leaves it unguided (the conditional model),
+    constant and linear-guided guide it, the latter at 1 + (w - 1) / E, which a constant run at that scale reproduces."""
+    codes, labels = random_codes(), torch.tensor([1, 6])
+    run = lambda cfg, sched: sample_entities(deep_xar(), labels, 1, steps=3, cfg=cfg, cfg_schedule=sched,  # noqa: E731
+                                             generator=image_generators(5, 0, 2))[:, :1]
+    plain = run(1.0, "linear")
+    torch.testing.assert_close(run(3.0, "linear"), plain, rtol=0, atol=1e-5)  # guided batch vs plain: rounding only
+    assert (run(3.0, "constant") - plain).abs().max() > 1e-3
+    E = deep_xar().partition.num_entities  # 4 groups over 8 registers
+    torch.testing.assert_close(run(3.0, "linear-guided"), run(1.0 + 2.0 / E, "constant"), rtol=0, atol=1e-5)
+    assert (run(3.0, "linear-guided") - plain).abs().max() > 1e-3
+    with pytest.raises(VistokError, match="unknown CFG schedule 'cosine'"):
+        sample_entities(deep_xar(), labels, 1, steps=2, cfg=2.0, cfg_schedule="cosine", snap=codes.snap)
+    with pytest.raises(VistokError, match="unknown CFG schedule 'cosine'; use one of linear, constant, linear-guided"):
+        SampleConfig(cfg_schedule="cosine")
+    with pytest.raises(VistokError, match="unknown sampling method 'heun'"):
+        SampleConfig(method="heun")
+
+
+def test_api_and_cli_take_every_cfg_schedule(exports, tmp_path, capsys) -> None:
+    gen = vistok.load(exports["xar"])
+    images = {s: gen.sample([2, 5], tokens=2, seed=0, cfg=3.0, cfg_schedule=s) for s in ("linear", "linear-guided")}
+    assert images["linear"].shape == (2, 32, 32, 3) and not np.array_equal(images["linear"], images["linear-guided"])
+    with pytest.raises(VistokError, match="unknown CFG schedule 'ramp'") as err:
+        gen.sample([2], cfg_schedule="ramp")
+    assert "\n" not in str(err.value)
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", "--ckpt", str(exports["xar"]), "--num", "2", "--tokens", "2", "--out", str(out),
+                     "--cfg-schedule", "linear-guided"]) == 0 and out.is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["sample", "--ckpt", str(exports["xar"]), "--out", str(out), "--cfg-schedule", "ramp"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "invalid choice: 'ramp'" in err[0], err
+    assert cli.CFG_SCHEDULES == flow.CFG_SCHEDULES
 
 
 # ------------------------------------------------------------------------------------------------------ training

@@ -3,19 +3,38 @@ FID pipeline moves these numbers.
 
 The recorded values were measured on the CPU in fp32 (`pytest tests/test_shipped.py` prints them on failure). Sampling
 is seeded per image, so another CPU reproduces them up to BLAS rounding; the tolerances allow for that and no more:
-each test also shows that a plainly worse sampler lands outside its tolerance.
+each test also shows that a plainly worse sampler lands outside its tolerance, or pairs the recorded value with a check
+that does not depend on it (a bound, or a deliberately degraded comparator of the same model).
+
+After retraining a shipped model, print the new recorded values (the independent checks still run) with
+
+    VISTOK_REGENERATE_GOLDENS=1 python -m pytest -q -s tests/test_shipped.py
+
+and paste them over the constants of that model below (NET_ACC, GPT_IDS, XAR_IDS); the FID and MSE goldens above
+them print their values in the failure message instead.
 """
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 import pytest
+import torch
 
 import vistok
+from vistok.api import load_paired
 from vistok.data.sources import load_images
+from vistok.generators.flextok_codes import sample_ids
+from vistok.generators.sampling import ARSampleConfig, SampleConfig
+from vistok.generators.xar import XAR
 from vistok.metrics import fid
 from vistok.metrics.recon import image_metrics
+from vistok.seeding import image_generators
 from vistok.tokenizers.flextok_sampling import k_ladder
+
+REGENERATE = os.environ.get("VISTOK_REGENERATE_GOLDENS") == "1"
 
 # cifar10-xar-tiny: 300 samples (30 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear)
 XAR_NUM, XAR_FID, XAR_TOL = 300, 186.159, 5.0
@@ -55,3 +74,106 @@ def test_flextok_tiny_reconstruction_error_matches_and_falls_with_k(data_root):
     assert values[-1] <= 0.5 * values[0], f"MSE at k = K must be at most half of MSE at k = 1: {mse}"
     fewer = flextok_mse(steps=2)  # another decoder setting (blurrier, lower MSE), for scale
     assert all(abs(fewer[k] / FLEXTOK_MSE[k] - 1) > 3 * FLEXTOK_RTOL for k in fewer), fewer
+
+
+def golden(name: str, value, recorded, close: bool) -> None:
+    """Assert a recorded value (or, with VISTOK_REGENERATE_GOLDENS=1, print the line that records the new one)."""
+    if REGENERATE:
+        print(f"\n{name} = {value!r}")
+        return
+    assert close, f"{name}: got {value!r}, recorded {recorded!r} (see the module docstring to regenerate)"
+
+
+# cifar10-net: top-1 accuracy on 1,000 CIFAR-10 test images (`load_images("cifar10-test", 32, 1000)`: every 10th
+# image, 100 per class; the first 1,000 of the class-sorted set would all be airplanes). Retraining moves it.
+NET_NUM, NET_ACC, NET_TOL = 1000, 0.828, 0.004  # tolerance: 4 images of 1,000
+
+
+def test_cifar10_net_accuracy_matches_and_beats_degraded_copies(data_root):
+    torch.set_num_threads(1)
+    net = vistok.load("cifar10-net")
+    images, labels = load_images("cifar10-test", 32, NET_NUM)
+    predicted = net.classify(images)
+    correct = predicted == labels
+    acc = float(correct.mean())
+    golden("NET_ACC", round(acc, 4), NET_ACC, abs(acc - NET_ACC) <= NET_TOL)
+    # independent of the recorded value: far above chance, and far above the same predictions scored against shuffled
+    # labels and the same network with noise (half each tensor's std) on every weight
+    assert acc > 0.75, acc
+    shuffled = float((predicted == np.random.default_rng(0).permutation(labels)).mean())
+    assert shuffled < 0.2 and acc - shuffled > 0.5, (acc, shuffled)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.model.parameters():
+            if p.ndim > 1:
+                p.add_(torch.randn(p.shape, generator=g) * p.std() * 0.5)
+    some = slice(0, NET_NUM, 3)  # a third of the images is enough for the degraded copy
+    noisy = float((net.classify(images[some]) == labels[some]).mean())
+    assert float(correct[some].mean()) - noisy > 10 * NET_TOL, (float(correct[some].mean()), noisy)
+
+
+@pytest.fixture(scope="module")
+def real_tokens(data_root) -> tuple[torch.Tensor, torch.Tensor]:
+    """(100, 16) cifar10-flextok-tiny ids of 100 CIFAR-10 test images (10 per class) and their labels."""
+    images, labels = load_images("cifar10-test", 32, 100)
+    return torch.from_numpy(vistok.load("cifar10-flextok-tiny").encode(images)), torch.from_numpy(labels)
+
+
+GOLDEN_LABELS = [0, 3, 5, 9]  # the sampled images of the two goldens below: image i has seed (0, i) and this label
+# cifar10-flextok-gpt-tiny: ids of the 16 tokens of each image, the export's sampler (cfg 2.0, temperature 1, no top-k/p)
+GPT_IDS = [[60569, 17873, 63064, 44258, 60000, 63144, 21392, 50283, 31453, 22620, 19346, 6987, 50906, 30877, 19905, 61459],
+           [1324, 46370, 4938, 55075, 56993, 52459, 45348, 4900, 28876, 7435, 32149, 32492, 1885, 41492, 59163, 40138],
+           [12166, 62188, 17893, 62827, 58863, 19925, 61227, 20381, 16601, 7591, 30483, 4436, 24901, 13986, 60069, 27621],
+           [24615, 41052, 36972, 14218, 265, 15515, 25794, 49317, 16093, 24109, 28389, 4174, 50350, 18076, 26330, 2770]]
+# cifar10-flextok-xar-tiny: ids of the snapped codes of each image, the export's sampler (50 SDE steps, cfg 2.0 constant)
+XAR_IDS = [[1185, 6480, 1240, 13941, 13984, 1232, 5752, 1232, 43798, 1224, 5792, 1193, 1744, 44246, 6312, 1168],
+           [20061, 59546, 63222, 201, 12932, 26317, 51930, 1284, 12950, 24726, 60135, 27166, 27286, 28318, 56419, 57054],
+           [6251, 38699, 8353, 59628, 13075, 13011, 57139, 19034, 28892, 6299, 44330, 16940, 3243, 25756, 57130, 13083],
+           [10842, 33218, 24715, 60774, 52830, 32013, 57739, 24203, 172, 36955, 26468, 10842, 36395, 227, 22468, 53013]]
+
+
+def sampled_ids(name: str, **overrides) -> list[list[int]]:
+    torch.set_num_threads(1)
+    model, codes, meta = load_paired(name)
+    kind = ARSampleConfig if "gpt" in name else SampleConfig
+    ids = sample_ids(model, codes, torch.tensor(GOLDEN_LABELS), codes.registers, kind(**meta["sample"]),
+                     image_generators(0, 0, len(GOLDEN_LABELS)), **overrides)
+    return ids.tolist()
+
+
+def test_gpt_samples_match_and_its_nll_beats_a_uniform_guess_and_shuffled_embeddings(real_tokens):
+    ids = sampled_ids("cifar10-flextok-gpt-tiny")
+    golden("GPT_IDS", ids, GPT_IDS, ids == GPT_IDS)  # discrete draws: exact (threads and batch layout do not move them)
+    # independent: next-token NLL (nats) of real test images, far below a uniform guess over the 64,000 ids, and far
+    # below the same model with its vocabulary permuted (= embedding table and logit rows shuffled)
+    model, _, _ = load_paired("cifar10-flextok-gpt-tiny")
+    tokens, labels = real_tokens
+    perm = torch.randperm(model.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        nll, shuffled = model(tokens, labels).item(), model(perm[tokens], labels).item()
+    assert nll < math.log(model.config.vocab_size) - 2.0, nll
+    assert shuffled - nll > 5.0, (nll, shuffled)
+
+
+def test_xar_samples_match_and_its_flow_loss_beats_untrained_and_random_codes(real_tokens):
+    ids = sampled_ids("cifar10-flextok-xar-tiny")
+    golden("XAR_IDS", ids, XAR_IDS, ids == XAR_IDS)  # snapped codes: exact
+    if not REGENERATE:  # the golden catches a sampler that stops snapping the context (only the output snapped)
+        late = np.array(sampled_ids("cifar10-flextok-xar-tiny", snap=False))
+        assert (late[:, 0] == np.array(XAR_IDS)[:, 0]).all() and (late != np.array(XAR_IDS)).mean() > 0.3
+    # independent: the flow-matching loss on the real test codes (fixed noise levels and noise, 4 draws per image) is
+    # far below the loss of an untrained model of the same config and of the shipped model on uniformly random ids
+    model, codes, _ = load_paired("cifar10-flextok-xar-tiny")
+    tokens, labels = real_tokens
+    g, reps = torch.Generator().manual_seed(0), 4
+    grid, labels = codes.ids_to_grid(tokens).repeat(reps, 1, 1, 1), labels.repeat(reps)  # (400, 6, 1, 16)
+    t = torch.sigmoid(torch.randn(grid.shape[0], model.partition.num_entities, generator=g))  # logit-normal, as trained
+    noise = torch.randn(grid.shape[0], codes.registers, model.config.in_channels, generator=g)
+    random_grid = codes.ids_to_grid(torch.randint(0, 64_000, tokens.shape, generator=g)).repeat(reps, 1, 1, 1)
+    torch.manual_seed(0)
+    untrained = XAR(model.config).eval()
+    with torch.no_grad():
+        loss = model(grid, labels, t=t, noise=noise).item()
+        fresh = untrained(grid, labels, t=t, noise=noise).item()
+        random = model(random_grid, labels, t=t, noise=noise).item()
+    assert loss < 0.5 * fresh and loss < 0.5 * random, (loss, fresh, random)

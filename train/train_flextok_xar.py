@@ -24,7 +24,7 @@ from vistok.data import build_loader
 from vistok.data.tokens import TokenDataConfig
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
-from vistok.generators.flextok_codes import code_scale_of, ids_to_grid
+from vistok.generators.flextok_codes import SAMPLING, code_scale_of, ids_to_grid
 from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
 from vistok.modules.fsq import FSQ
@@ -43,7 +43,7 @@ class Config:
     model: XARConfig = field(default_factory=lambda: PRESETS["xar-flextok-tiny"])
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=50, cfg=2.0))  # stored in the export
+    sample: SampleConfig = field(default_factory=lambda: SAMPLING)  # stored in the export (cfg 2.0, constant schedule)
     preview_per_class: int = 1  # columns per class in RUN/export/preview.png, one row per k (0: none)
 
 

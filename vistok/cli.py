@@ -113,6 +113,9 @@ SAMPLE_FLAGS = {"steps": "--steps", "cfg": "--cfg", "cfg_schedule": "--cfg-sched
                 "top_k": "--top-k", "top_p": "--top-p"}
 
 
+CFG_SCHEDULES = ("linear", "constant", "linear-guided")  # flow.CFG_SCHEDULES, without importing torch for --help
+
+
 def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="class-conditional samples from a generator: PNGs, a grid and an .npz for FID")
     _common(p, "generator export")
@@ -125,7 +128,9 @@ def add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same images, whatever the batch size (default 0)")
     p.add_argument("--labels", nargs="+", help="class indices or names (spaces or commas), cycled over the images "
                                                "(default: round-robin over the classes)")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance over AR steps (default: the export's)")
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES,
+                   help="guidance scale over AR steps: linear (first entity unguided), constant, linear-guided (every "
+                        "entity guided, rising to --cfg); default: the export's")
     p.add_argument("--method", choices=("sde", "ode"), help="Euler-Maruyama SDE or Euler ODE (default: the export's)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first batch, faster after)")

@@ -13,9 +13,13 @@ N = 1 there is no stochastic step at all and the single deterministic step 1 -> 
 returns the predicted x0 (the drift's mean step over the whole interval would return x0 - eps).
 
 Classifier-free guidance combines the conditional and unconditional velocities, v_u + w (v_c - v_u). Because the SDE
-drift is affine in v with the same x_t for both branches, guiding v is the same as guiding the drift. The scale w can be
-constant or linear in the autoregressive step, w_s = 1 + (w - 1) s / (S - 1): the first entity is unguided and the last
-one gets the full scale (xAR's schedule).
+drift is affine in v with the same x_t for both branches, guiding v is the same as guiding the drift. The scale w_s at
+autoregressive step s of S (`cfg_scale`) is one of
+- "linear": w_s = 1 + (w - 1) s / (S - 1): the first entity is unguided and the last one gets the full scale (xAR's
+  schedule, for pixel or latent cells);
+- "constant": w_s = w at every step;
+- "linear-guided": w_s = 1 + (w - 1) (s + 1) / S: the same ramp shifted by one step, so the first entity is guided too
+  (1 + (w - 1) / S) and the last gets w. Meant for FlexTok's prefix groups, whose first token is the most semantic.
 
 Adaptive projected guidance (`apg`, Sadat et al., arXiv 2410.02416; FlexTok's sampler default) damps the guidance
 term with momentum, clips its norm and drops its component parallel to the conditional velocity.
@@ -35,7 +39,8 @@ from torch import nn
 
 from vistok.errors import require
 
-CfgSchedule = Literal["linear", "constant"]
+CfgSchedule = Literal["linear", "constant", "linear-guided"]
+CFG_SCHEDULES: tuple[str, ...] = ("linear", "constant", "linear-guided")
 
 
 def logit_normal(
@@ -107,12 +112,20 @@ def cfg_scale(scale: float, step: int, num_steps: int, schedule: CfgSchedule = "
 
     linear: 1 + (scale - 1) * step / (num_steps - 1), so step 0 is unguided (with one step only, the full scale).
     constant: `scale` at every step.
+    linear-guided: 1 + (scale - 1) * (step + 1) / num_steps, so step 0 is guided too and the last step gets `scale`.
     """
-    require(schedule in ("linear", "constant"), f"unknown CFG schedule {schedule!r}; use linear or constant")
+    check_cfg_schedule(schedule)
     require(0 <= step < num_steps, f"step {step} is outside 0..{num_steps - 1}")
     if schedule == "constant" or num_steps == 1:
         return float(scale)
+    if schedule == "linear-guided":
+        return 1.0 + (scale - 1.0) * (step + 1) / num_steps
     return 1.0 + (scale - 1.0) * step / (num_steps - 1)
+
+
+def check_cfg_schedule(schedule: str) -> None:
+    """A one-line VistokError unless `schedule` is one of CFG_SCHEDULES."""
+    require(schedule in CFG_SCHEDULES, f"unknown CFG schedule {schedule!r}; use one of {', '.join(CFG_SCHEDULES)}")
 
 
 def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -22,6 +22,7 @@ from vistok.api.exports import (export_paired, is_paired, load_flextok, load_gen
 from vistok.api.models import FeatureNet, Generator, PairedGenerator, Segmenter, Tokenizer, as_images
 from vistok.errors import VistokError, require
 from vistok.generators.ar import AR
+from vistok.generators.flextok_codes import CFG_SCHEDULE
 from vistok.generators.sampling import ARSampleConfig, SampleConfig
 
 Loaded = Generator | PairedGenerator | Tokenizer | Segmenter | FeatureNet
@@ -44,8 +45,11 @@ def load(source: str | Path, device: str | torch.device = "cpu") -> Loaded:
     family, name = meta.get("family"), str(source)
     if is_paired(meta):
         model, codes, meta = load_paired(folder, device)
-        kind = ARSampleConfig if isinstance(model, AR) else SampleConfig
-        return PairedGenerator(model, codes, settings(kind, meta.get("sample", {})), meta["classes"], name)
+        if isinstance(model, AR):
+            sampling = settings(ARSampleConfig, meta.get("sample", {}))
+        else:  # an export that stores no schedule gets the one for FlexTok codes, not xAR's linear
+            sampling = settings(SampleConfig, {"cfg_schedule": CFG_SCHEDULE, **meta.get("sample", {})})
+        return PairedGenerator(model, codes, sampling, meta["classes"], name)
     if family == "xar":
         model, tokenizer, meta = load_generator(folder, device)
         return Generator(model, tokenizer, settings(SampleConfig, meta.get("sample", {})), meta["classes"], name)

@@ -27,6 +27,7 @@ from torch import nn
 from vistok.data.images import to_float, to_uint8
 from vistok.errors import VistokError, require
 from vistok.generators.ar import AR
+from vistok.generators.flextok_codes import SAMPLING as FLEXTOK_SAMPLING
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_k, sample_ids, valid_ks
 from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_xar
 from vistok.generators.xar import XAR
@@ -202,7 +203,7 @@ class PairedGenerator(Generator):
     def __init__(self, model: TokenGenerator, codes: FlexTokCodes, sampling: SampleConfig | ARSampleConfig | None = None,
                  classes: Sequence[str] | None = None, source: str = "generator") -> None:
         gpt = isinstance(model, AR)
-        super().__init__(model, codes, sampling if sampling is not None else ARSampleConfig() if gpt else SampleConfig(),
+        super().__init__(model, codes, sampling if sampling is not None else ARSampleConfig() if gpt else FLEXTOK_SAMPLING,
                          classes, source)
         self.codes, self.kind = codes, "GPT" if gpt else "xAR"
         if gpt:

@@ -5,8 +5,13 @@ turns an image into K ordered register tokens, any prefix of which decodes. Two 
 - the GPT (`ar.py`, FlexTok §4) over the integer ids, vocabulary prod(FSQ levels);
 - xAR (`xar.py`, Ren et al., arXiv 2502.20388) over the continuous FSQ codes (dimension len(levels)), held as a
   (B, C, 1, K) grid and predicted in prefix groups 1, 1, 2, 4, ..., K/2 (`entities.py`), times `code_scale` so they
-  have about unit variance like the flow's noise (FSQ codes lie in [-1, 1]). Its output is divided by the scale and
-  snapped to the nearest FSQ grid point per channel (`FSQ.snap`), which gives the ids.
+  have about unit variance like the flow's noise (FSQ codes lie in [-1, 1]). Each group, once its flow steps end, is
+  snapped to the nearest FSQ grid point per channel (`FlexTokCodes.snap`: `FSQ.snap` between dividing and multiplying
+  by the scale) *before* it joins the context of the later groups and the output, so the model is conditioned on
+  exactly the codes it saw in training (without it, generated codes sit a fraction of a grid step off the lattice and
+  every later group sees inputs it never trained on). `sample_ids(..., snap=False)` turns this off, for comparison.
+  The snapped codes give the ids. The exports' CFG schedule is "constant" (every group at the full scale; chosen by a
+  sweep, see the README), not xAR's "linear", which would leave group 0, FlexTok's most semantic token, unguided.
 Both stop after any k they allow (GPT: 1..K; xAR: a group end 1, 2, 4, ..., K), and FlexTok decodes the k ids.
 Loading such an export (its FlexTok copy in `tokenizer/`) and the batched, per-image-seeded generation loop live in
 `vistok.api`.
@@ -30,6 +35,10 @@ from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 
 TokenGenerator = AR | XAR
+# xAR's CFG schedule on FlexTok codes (`flow.cfg_scale`): every prefix group, group 0 (the most semantic token) included,
+# at the full scale. Chosen over xAR's "linear" (group 0 unguided) and "linear-guided" by FID at k = 1 and 16 (README).
+CFG_SCHEDULE = "constant"
+SAMPLING = SampleConfig(steps=50, cfg=2.0, cfg_schedule=CFG_SCHEDULE)  # exports store theirs; this when none is stored
 
 
 def check_pairing(config: ARConfig | XARConfig, flextok: FlexTokConfig) -> None:
@@ -86,6 +95,12 @@ class FlexTokCodes(nn.Module):
         """(B, K) ids -> (B, C, 1, K) scaled FSQ codes, xAR's training input."""
         return ids_to_grid(ids.to(self.device), self.flextok.fsq, self.code_scale)
 
+    def snap(self, seq: torch.Tensor) -> torch.Tensor:
+        """(..., C) generated (scaled) codes -> the nearest FSQ lattice points, scaled (float32, on seq's device):
+        bit for bit the training input `ids_to_grid(to_ids(seq))`."""
+        fsq = self.flextok.fsq
+        return (fsq.snap(seq.float().to(self.device) / self.code_scale) * self.code_scale).to(seq.device)
+
     def to_ids(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, k, C) generated (scaled) codes -> (B, k) ids of the nearest FSQ grid points."""
         fsq = self.flextok.fsq
@@ -121,18 +136,19 @@ def check_k(model: TokenGenerator, k: int | None) -> int:
 @torch.no_grad()
 def sample_ids(
     model: TokenGenerator, codes: FlexTokCodes, labels: torch.Tensor, k: int, sampling: SampleConfig | ARSampleConfig,
-    generator: flextok_sampling.Generators = None,
+    generator: flextok_sampling.Generators = None, snap: bool = True,
 ) -> torch.Tensor:
-    """(B,) labels -> (B, k) FlexTok ids from the GPT, or from xAR's codes snapped to the FSQ grid."""
+    """(B,) labels -> (B, k) FlexTok ids from the GPT, or from xAR's codes snapped to the FSQ grid. snap (xAR): each
+    finished group is snapped before it joins the context (False: only the final codes are, to read off the ids)."""
     k = check_k(model, k)
     if isinstance(model, AR):
         return sample_ar(model, labels, k, sampling.cfg, sampling.temperature, sampling.top_k, sampling.top_p,
                          generator=generator)
     entities = valid_ks(model).index(k) + 1
     seq = sample_entities(model, labels, entities, sampling.steps, sampling.cfg, sampling.cfg_schedule, sampling.method,
-                          generator=generator)  # (B, k, C) in prefix order
+                          generator=generator, snap=codes.snap if snap else None)  # (B, k, C) in prefix order
     return codes.to_ids(seq)
 
 
-__all__ = ["FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of", "ids_to_grid", "sample_ids",
-           "valid_ks"]
+__all__ = ["CFG_SCHEDULE", "SAMPLING", "FlexTokCodes", "TokenGenerator", "check_k", "check_pairing", "code_scale_of",
+           "ids_to_grid", "sample_ids", "valid_ks"]

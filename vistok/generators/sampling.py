@@ -8,9 +8,16 @@ step runs the transformer on the current entity's tokens only. `full_recompute=T
 step instead (no cache): the same numbers, slower; it exists to test the cache.
 
 Classifier-free guidance runs the conditional and the null-class branch in one doubled batch (each with its own
-cache) and guides the velocity at every flow step, with a scale linear in the autoregressive step (the first entity is
-unguided, the last gets the full scale) or constant. Every random draw comes from one `torch.Generator` on the CPU
-(`seed` makes one), so the same seed gives the same samples on any device and batch layout of the guidance branches.
+cache) and guides the velocity at every flow step, with a scale per autoregressive step from `flow.cfg_scale`: linear
+(the first entity unguided, the last at the full scale; xAR's), constant, or linear-guided (the linear ramp shifted so
+the first entity is guided too).
+
+`snap` (optional) maps every finished entity before it joins the context and the output, in both guidance branches:
+the sampler for FlexTok codes passes the FSQ lattice (`FlexTokCodes.snap`), so later groups are conditioned on exactly
+the codes training fed (the nearest grid points), not on the flow's slightly-off continuous output.
+
+Every random draw comes from one `torch.Generator` on the CPU (`seed` makes one), so the same seed gives the same
+samples on any device and batch layout of the guidance branches.
 A list of generators, one per image, draws each image's noise from its own: an image then does not depend on which
 other images share its batch (`vistok.seeding` seeds them by (seed, image index) so any batch size gives the same images).
 `sample_entities` may stop after any entity: on FlexTok register codes (prefix groups ending at k = 1, 2, 4, ..., K)
@@ -27,7 +34,7 @@ Generation stops at any k <= K.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,11 +56,13 @@ class SampleConfig:
 
     steps: int = 50  # network evaluations per entity
     cfg: float = 1.0  # guidance scale (1: no guidance)
-    cfg_schedule: Literal["linear", "constant"] = "linear"
+    cfg_schedule: flow.CfgSchedule = "linear"  # see flow.cfg_scale; exports on FlexTok codes store "constant"
     method: Method = "sde"
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, f"sampling steps must be at least 1, got {self.steps}")
+        flow.check_cfg_schedule(self.cfg_schedule)
+        require(self.method in ("sde", "ode"), f"unknown sampling method {self.method!r}; use sde or ode")
         require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
 
 
@@ -76,6 +85,7 @@ class ARSampleConfig:
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+Snap = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
@@ -90,6 +100,7 @@ def sample_xar(
     model: XAR, labels: torch.Tensor, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
     generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
+    snap: Snap | None = None,
 ) -> torch.Tensor:
     """Class-conditional samples: labels (B,) -> (B, C, h, w) token grid (decode with the model's tokenizer).
 
@@ -98,10 +109,11 @@ def sample_xar(
     steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)). seed / generator: the source of every random draw
     (neither: torch's global RNG); `generator` may be a list of B generators, one per image. compile: run the
     transformer stack through `torch.compile` (`XAR.compile_stack`; compiled once per model, the same numbers up
-    to float rounding).
+    to float rounding). snap: a map (B', len, C) -> (B', len, C) applied to every finished entity before it joins the
+    context and the output (None: the flow's output as it is).
     """
     seq = sample_entities(model, labels, None, steps, cfg, cfg_schedule, method, seed, generator, t_last, full_recompute,
-                          compile)
+                          compile, snap)
     return model.partition.merge(seq)  # (B, C, h, w)
 
 
@@ -110,11 +122,13 @@ def sample_entities(
     model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float = 1.0,
     cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
     generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
+    snap: Snap | None = None,
 ) -> torch.Tensor:
     """The first `entities` entities (None: all) of class-conditional samples, as a (B, L', C) float sequence in
     entity order (L' = their tokens). The CFG schedule runs over all the model's entities, so stopping early gives
     exactly the beginning of a full run. Other arguments as in `sample_xar`."""
     require(method in ("sde", "ode"), f"unknown sampling method {method!r}; use sde or ode")
+    flow.check_cfg_schedule(cfg_schedule)
     require(labels.ndim == 1, f"labels must be a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
     if isinstance(generator, Sequence):
         require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
@@ -150,7 +164,8 @@ def sample_entities(
                 else:  # the last step (t_last -> 0) is deterministic
                     noise = _randn(x.shape, generator, device) if t_next > 0 else None
                     x = flow.euler_maruyama_step(x, v, t, t_next, noise)
-            done.append((torch.cat([x, x]) if guided else x).to(dtype))
+            x = snap(x) if snap is not None else x  # e.g. onto the FSQ lattice, before the context and the output
+            done.append((torch.cat([x, x]) if guided else x).to(dtype))  # both branches continue from the same entity
     return torch.cat(done, dim=1)[:batch].float()  # (B, L', C)
 
 
