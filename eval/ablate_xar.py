@@ -3,15 +3,17 @@
 Autoregressive Visual Generation", arXiv 2502.20388, Tables 1 and 3 (there on ImageNet 256 with xAR-B; here the tiny
 CIFAR-10 preset on 32x32 pixel tokens, so only the ranking is comparable).
 
-    OMP_NUM_THREADS=1 python eval/ablate_xar.py --out runs/xar_ablation            # the README table
-    python eval/ablate_xar.py --out runs/xar_ablation --train-steps 100 --num 100   # a quick look
+    OMP_NUM_THREADS=1 python eval/ablate_xar.py --out runs/xar_ablation --seeds 0,1   # the README table
+    python eval/ablate_xar.py --out runs/xar_ablation --train-steps 100 --num 100    # a quick look (seed 0)
 
 Every variant is `train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml` with the same steps, batch, LR
-schedule and seed, and only `model.entity` / `model.entity_size` / `model.context` changed; a variant whose run folder
-already holds an export is not trained again (rerunning resumes an interrupted run). Then each export samples `--num`
-images (round-robin classes, fixed seed) with the same sampler settings, FID with `cifar10-net` against the shipped
-`cifar10-train` statistics, and the wall time of sampling (decode included). A markdown table goes to stdout and
-OUT/ablation.json.
+schedule, and only `model.entity` / `model.entity_size` / `model.context` changed. Seed s trains with
+`train.seed=s` and samples with seed s, in OUT/seed{s}/; a variant whose run folder already holds an export is not
+trained again and one already scored is not sampled again (rerunning resumes an interrupted run). Each export samples
+`--num` images (round-robin classes) with the same sampler settings, FID with `cifar10-net` against the shipped
+`cifar10-train` statistics (the samples stay in the run folder for re-scoring), and the wall time of sampling (decode
+included). Per seed OUT/seed{s}/ablation.json; a markdown table of every seed and of mean +- spread (half the range for
+two seeds, the standard deviation for more) goes to stdout.
 """
 
 from __future__ import annotations
@@ -81,39 +83,60 @@ def main() -> None:
     p.add_argument("--num", type=int, default=500, help="samples per variant for FID")
     p.add_argument("--steps", type=int, default=None, help="flow steps per entity (default: the export's, 50)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the export's, 2.0, linear)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma list of seeds (training and sampling)")
     p.add_argument("--batch-size", type=int, default=250, help="sampling batch")
     p.add_argument("--only", help="comma list of variant slugs to run (e.g. token-noisy); default all")
     p.add_argument("overrides", nargs="*", help="extra key=value for every variant's training (e.g. data.root=...)")
     args = p.parse_args()
-    out = Path(args.out)
-    rows = {}
+    seeds = [int(v) for v in args.seeds.split(",")]
+    by_seed = {seed: run_seed(args, seed) for seed in seeds}
+    names = [n for n in VARIANTS if all(n in rows for rows in by_seed.values())]
+    print(f"\nxAR ablation, {args.train_steps} steps x batch {args.train_batch} per variant, FID (cifar10-net, "
+          f"{args.num} samples vs cifar10-train statistics), seeds {seeds}\n")
+    print("| variant | entities | " + " | ".join(f"FID seed {s}" for s in seeds) + " | FID mean +- spread | sampling img/s |\n"
+          "|---|---|" + "---|" * (len(seeds) + 2))
+    for name in names:
+        fids = [by_seed[s][name]["fid"] for s in seeds]
+        mean, sd = spread(fids)
+        speed = np.mean([by_seed[s][name]["img_per_s"] for s in seeds])
+        print(f"| {name} | {by_seed[seeds[0]][name]['entities']} | " + " | ".join(f"{v:.1f}" for v in fids)
+              + f" | {mean:.1f} +- {sd:.1f} | {speed:.2f} |")
+    if names:
+        s = by_seed[seeds[0]][names[0]]["sampling"]
+        print(f"\nsampling: {s['steps']} {s['method']} steps per entity, cfg {s['cfg']} ({s['cfg_schedule']}), "
+              f"batch {args.batch_size}, one process, {torch.get_num_threads()} thread(s)")
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and spread: half the range for two values, the sample standard deviation for more, 0 for one."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), float((v.max() - v.min()) / 2 if len(v) == 2 else v.std(ddof=1))
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """Train (or resume) and score every chosen variant with this seed; {variant: result} of OUT/seed{seed}."""
+    out = Path(args.out) / f"seed{seed}"
     results_path = out / "ablation.json"
-    if results_path.is_file():
-        rows = json.loads(results_path.read_text())["rows"]
+    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    rows = saved.get("rows", {})
     for name in VARIANTS:
         if args.only and slug(name) not in args.only.split(","):
             continue
         run_dir = out / slug(name)
-        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup, args.overrides)
-        result = score(run_dir, args.num, args.steps, args.cfg, args.seed, args.batch_size)
+        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup, [f"train.seed={seed}", *args.overrides])
+        if name in rows and rows[name].get("num", saved.get("num")) == args.num and train_s == 0.0:
+            continue  # already scored with these settings
+        result = score(run_dir, args.num, args.steps, args.cfg, seed, args.batch_size)
         if train_s == 0.0 and name in rows:
             train_s = rows[name].get("train_s", 0.0)
-        rows[name] = {**result, "train_s": train_s}
-        print(f"[{name}] FID {result['fid']:.2f}, sampling {result['img_per_s']:.2f} img/s", flush=True)
+        rows[name] = {**result, "train_s": train_s, "num": args.num}
+        print(f"[{name}, seed {seed}] FID {result['fid']:.2f}, sampling {result['img_per_s']:.2f} img/s", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps({"train_steps": args.train_steps, "train_batch": args.train_batch,
-                                            "num": args.num, "seed": args.seed, "rows": rows}, indent=2))
-    print(f"\nxAR ablation, {args.train_steps} steps x batch {args.train_batch} per variant, FID (cifar10-net, "
-          f"{args.num} samples vs cifar10-train statistics)\n")
-    print("| variant | entities | FID | sampling img/s | sampling s | training s |\n|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        s = r["sampling"]
-        print(f"| {name} | {r['entities']} | {r['fid']:.2f} | {r['img_per_s']:.2f} | {r['sample_s']:.0f} | "
-              f"{r['train_s']:.0f} |")
-    print(f"\nsampling: {s['steps']} {s['method']} steps per entity, cfg {s['cfg']} ({s['cfg_schedule']}), "
-          f"batch {args.batch_size}, one process, {torch.get_num_threads()} thread(s)")
-
+                                            "num": args.num, "seed": seed, "rows": rows}, indent=2))
+    return rows
 
 if __name__ == "__main__":
     main()
