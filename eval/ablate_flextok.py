@@ -3,11 +3,13 @@
 Images into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Sec. 3 (nested dropout orders the registers
 coarse to fine); here the tiny CIFAR-10 recipe, so only the comparison is meaningful.
 
-    OMP_NUM_THREADS=1 python eval/ablate_flextok.py --out runs/flextok_ablation                 # the README table
+    OMP_NUM_THREADS=1 python eval/ablate_flextok.py --out runs/flextok_ablation --fid           # the README table
     python eval/ablate_flextok.py --out runs/flextok_ablation --train-steps 50 --num 32 --seeds 0  # a quick look
 
 Every variant is `train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml` with the same steps,
-batch, LR schedule (warm-up scaled with the budget) and per-seed `train.seed`, and only `model.nested_dropout` changed;
+batch, LR schedule (warm-up scaled with the budget) and per-seed `train.seed`, and only `model.nested_dropout` changed
+(the default budget is the shipped recipe's: at 2,000 steps the decoder has not yet learned to use the later tokens,
+MSE falls only 5% from k = 1 to 16 even with nested dropout, so no variant can be told apart);
 a run folder that already holds an export is not trained again (rerunning resumes). Each export then reconstructs the
 first `--num` CIFAR-10 test images (evenly over the classes) from their first k tokens (same decoder noise at every
 k, the export's 25 Euler steps, no guidance): MSE and PSNR per k, and with `--fid` the FID of the reconstructions
@@ -76,7 +78,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/flextok_ablation", help="folder of the runs and ablation.json")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1", help="comma list of training seeds")
-    p.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per run (the equal budget)")
+    p.add_argument("--train-steps", type=int, default=12000,
+                   help="optimizer steps per run (default: the shipped recipe's 12,000, about 65 CPU-minutes per run)")
     p.add_argument("--num", type=int, default=500, help="CIFAR-10 test images to reconstruct")
     p.add_argument("--fid", action="store_true", help="also FID of the reconstructions at every k")
     p.add_argument("--fid-stats", default="cifar10-train", help="reference statistics for --fid")
