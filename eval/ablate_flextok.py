@@ -94,7 +94,7 @@ def main() -> None:
     runs = json.loads(results_path.read_text())["runs"] if results_path.is_file() else {}
     for seed in seeds:
         for variant in variants:
-            key, run_dir = f"{variant}/seed{seed}", out / f"{variant}-seed{seed}"
+            key, run_dir = f"{variant}/seed{seed}", out / f"{variant}-seed{seed}-{args.train_steps}steps"
             if key in runs and runs[key]["train_steps"] == args.train_steps and runs[key]["num"] == args.num \
                     and (not args.fid or "fid" in runs[key]["ladder"]["1"]):
                 continue
