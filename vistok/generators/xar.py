@@ -40,7 +40,7 @@ from torch import nn
 from vistok import flow
 from vistok.errors import VistokError, require
 from vistok.generators.entities import ALL_KINDS, EntityKind, Partition, clean_context_mask
-from vistok.modules.attention import Attention, BlockCausal, KVCache, Mask, flex_block_mask, rope_tables
+from vistok.modules.attention import Attention, BlockCausal, KVCache, Mask, flex_block_mask, rope_tables, rope_turn
 from vistok.modules.embeddings import LabelEmbedding, TimestepEmbedding
 from vistok.modules.mlp import GEGLU, glu_hidden
 
@@ -96,7 +96,7 @@ class GroupAdaLNBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+        self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | None, rope: tuple[torch.Tensor, ...],
         mask: Mask, cache: KVCache | None, layer: int, store: bool, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """cond (B, G, D): one condition per group. x (B, G, n, D) when the groups are G runs of n tokens (groups
@@ -215,6 +215,8 @@ class XAR(nn.Module):
         mask: Mask = None, cache: KVCache | None = None, store: bool = False, static: bool = False,
     ) -> torch.Tensor:
         rope = (self.rope_cos[index], self.rope_sin[index])  # (L', Dh) each
+        if not torch.compiler.is_compiling():
+            rope = (*rope, rope_turn(*rope))  # the complex rotations once for every layer (eager fast path)
         slots = index if static else None  # cache slots are sequence positions
         # G equal runs of n tokens: the stack works on (B, G, n, D), so each block's modulation is a broadcast
         runs = isinstance(groups, int)

@@ -92,12 +92,19 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., L, Dh) queries or keys by (L, Dh) tables; computed in float32, returned in x's dtype."""
+def rope_turn(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(L, Dh) tables -> (L, Dh/2) complex rotations cos + i sin of each pair (the eager fast path of `apply_rope`;
+    build it once per forward and pass it to every layer)."""
+    return torch.complex(cos[..., 0::2], sin[..., 0::2])
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, turn: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate (..., L, Dh) queries or keys by (L, Dh) tables; computed in float32, returned in x's dtype. `turn`:
+    `rope_turn(cos, sin)`, if the caller has it already."""
     if not torch.compiler.is_compiling() and x.stride(-1) == 1 and all(s % 2 == 0 for s in x.stride()[:-1]) \
             and x.storage_offset() % 2 == 0 and x.dtype == torch.float32:
         # one complex product: (x0 + i x1)(cos + i sin) = (x0 cos - x1 sin) + i (x1 cos + x0 sin)
-        turn = torch.complex(cos[..., 0::2], sin[..., 0::2])  # (L, Dh/2)
+        turn = rope_turn(cos, sin) if turn is None else turn  # (L, Dh/2)
         pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., L, Dh/2), a view
         return torch.view_as_real(pairs * turn).flatten(-2)
     pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
@@ -234,11 +241,12 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)  # applied through `dropout` (same p, faster masks on the CPU)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, mask: Mask = None,
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None = None, mask: Mask = None,
         cache: KVCache | None = None, layer: int = 0, store: bool = False, slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, ..., D) -> the same shape: the middle axes, flattened in order, are the L tokens (so a caller may keep
-        its tokens grouped, e.g. xAR's (B, entities, tokens, D)). `rope` holds (cos, sin) for the L new positions;
+        its tokens grouped, e.g. xAR's (B, entities, tokens, D)). `rope` holds (cos, sin) for the L new positions (and
+        optionally their `rope_turn`, built once for all layers);
         `mask` (see `Mask`) covers the S cached and L new keys (a tensor one is (L, S + L)); `store` keeps these
         tokens' keys/values in `cache`. `slots` (L,): the static-shape cache path (`KVCache.write`), for mask None
         (the new tokens see each other and every earlier slot) or "causal" (each sees the slots up to its own)."""
