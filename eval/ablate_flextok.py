@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchtools import spread  # eval/benchtools.py
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/flextok_cifar10_tiny.yaml"
 VARIANTS = ("pow2", "uniform", "off")
@@ -63,14 +65,6 @@ def evaluate(run_dir: Path, num: int, fid_stats: str | None) -> dict[int, dict[s
         for k in ks:
             result[k]["fid"] = fid.calculate(run_dir / f"recon-k{k}.npz", fid_stats)["fid"]
     return result
-
-
-def spread(values: list[float]) -> tuple[float, float]:
-    """Mean and spread: half the range for two values, the sample standard deviation for more, 0 for one."""
-    v = np.asarray(values, np.float64)
-    if len(v) < 2:
-        return float(v.mean()), 0.0
-    return float(v.mean()), float((v.max() - v.min()) / 2 if len(v) == 2 else v.std(ddof=1))
 
 
 def main() -> None:

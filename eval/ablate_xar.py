@@ -33,6 +33,8 @@ import torch
 import vistok
 from vistok.metrics import fid
 
+from benchtools import spread  # eval/benchtools.py
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/xar_cifar10_tiny.yaml"
 # name -> overrides of the shipped config; "cell, noisy" is the shipped model's recipe (the paper's choice)
@@ -105,14 +107,6 @@ def main() -> None:
         s = by_seed[seeds[0]][names[0]]["sampling"]
         print(f"\nsampling: {s['steps']} {s['method']} steps per entity, cfg {s['cfg']} ({s['cfg_schedule']}), "
               f"batch {args.batch_size}, one process, {torch.get_num_threads()} thread(s)")
-
-
-def spread(values: list[float]) -> tuple[float, float]:
-    """Mean and spread: half the range for two values, the sample standard deviation for more, 0 for one."""
-    v = np.asarray(values, np.float64)
-    if len(v) < 2:
-        return float(v.mean()), 0.0
-    return float(v.mean()), float((v.max() - v.min()) / 2 if len(v) == 2 else v.std(ddof=1))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:

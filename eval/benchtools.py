@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -27,3 +28,11 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and spread of a metric over seeds: half the range for two values, the sample standard deviation for
+    more, 0 for one (the README's "mean +- spread")."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), float((v.max() - v.min()) / 2 if len(v) == 2 else v.std(ddof=1))
