@@ -13,8 +13,8 @@ MSE falls only 5% from k = 1 to 16 even with nested dropout, so no variant can b
 a run folder that already holds an export is not trained again (rerunning resumes). Each export then reconstructs the
 first `--num` CIFAR-10 test images (evenly over the classes) from their first k tokens (same decoder noise at every
 k, the export's 25 Euler steps, no guidance): MSE and PSNR per k, and with `--fid` the FID of the reconstructions
-(`cifar10-net` against the `cifar10-train` statistics; the reconstructions are kept as RUN/recon-k*.npz so they can
-be re-scored). A markdown table of mean +- spread over seeds (half the range for two seeds, the standard deviation for
+(`cifar10-net` against the `cifar10-train` statistics; the reconstructions are kept as RUN/recon-k*.npz, and a run
+scored by an older `cifar10-net` is re-scored from them on the next call, without decoding again). A markdown table of mean +- spread over seeds (half the range for two seeds, the standard deviation for
 more) goes to stdout and OUT/ablation.json.
 """
 
@@ -67,6 +67,27 @@ def evaluate(run_dir: Path, num: int, fid_stats: str | None) -> dict[int, dict[s
     return result
 
 
+def fingerprint() -> str:
+    """The current `cifar10-net` weights' fingerprint, recorded with every FID."""
+    from vistok.metrics import fid
+
+    return fid.extractor_fingerprint("cifar10-net", None)
+
+
+def rescore(run_dir: Path, run: dict, fid_stats: str) -> bool:
+    """Recompute a run's FIDs from its kept reconstructions if another feature network scored them; True if done."""
+    from vistok.metrics import fid
+
+    current = fingerprint()
+    paths = {k: run_dir / f"recon-k{k}.npz" for k in run["ladder"]}
+    if run.get("extractor") == current or not all(p.is_file() for p in paths.values()):
+        return False
+    for k, path in paths.items():
+        run["ladder"][k]["fid"] = fid.calculate(path, fid_stats)["fid"]
+    run["extractor"] = current
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/flextok_ablation", help="folder of the runs and ablation.json")
@@ -91,11 +112,17 @@ def main() -> None:
             key, run_dir = f"{variant}/seed{seed}", out / f"{variant}-seed{seed}-{args.train_steps}steps"
             if key in runs and runs[key]["train_steps"] == args.train_steps and runs[key]["num"] == args.num \
                     and (not args.fid or "fid" in runs[key]["ladder"]["1"]):
+                if args.fid and rescore(run_dir, runs[key], args.fid_stats):
+                    print(f"[{key}] re-scored with the current cifar10-net: FID " + ", ".join(
+                        f"k={k} {v['fid']:.1f}" for k, v in runs[key]["ladder"].items()), flush=True)
+                    results_path.write_text(json.dumps({"runs": runs}, indent=2))
                 continue
             train_s = train(variant, seed, run_dir, args.train_steps, args.overrides)
             ladder = evaluate(run_dir, args.num, args.fid_stats if args.fid else None)
             runs[key] = {"variant": variant, "seed": seed, "train_steps": args.train_steps, "num": args.num,
                          "train_s": train_s, "ladder": {str(k): v for k, v in ladder.items()}}
+            if args.fid:
+                runs[key]["extractor"] = fingerprint()
             print(f"[{key}] MSE " + ", ".join(f"k={k} {v['mse']:.4f}" for k, v in ladder.items()), flush=True)
             out.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps({"runs": runs}, indent=2))

@@ -11,8 +11,9 @@ schedule, and only `model.entity` / `model.entity_size` / `model.context` change
 `train.seed=s` and samples with seed s, in OUT/seed{s}/; a variant whose run folder already holds an export is not
 trained again and one already scored is not sampled again (rerunning resumes an interrupted run). Each export samples
 `--num` images (round-robin classes) with the same sampler settings, FID with `cifar10-net` against the shipped
-`cifar10-train` statistics (the samples stay in the run folder for re-scoring), and the wall time of sampling (decode
-included). Per seed OUT/seed{s}/ablation.json; a markdown table of every seed and of mean +- spread (half the range for
+`cifar10-train` statistics (the samples stay in the run folder), and the wall time of sampling (decode included).
+Each score records the fingerprint of the `cifar10-net` weights: after the feature network is retrained, a rerun
+re-scores the kept samples against the new statistics without training or sampling again. Per seed OUT/seed{s}/ablation.json; a markdown table of every seed and of mean +- spread (half the range for
 two seeds, the standard deviation for more) goes to stdout.
 """
 
@@ -63,6 +64,19 @@ def train(name: str, run_dir: Path, steps: int, batch: int, warmup: int, extra: 
     return time.perf_counter() - start
 
 
+def extractor() -> str:
+    """Fingerprint of the FID feature network the scores were computed with."""
+    return fid.extractor_fingerprint("cifar10-net", None)
+
+
+def rescore(run_dir: Path, row: dict, seed: int) -> dict | None:
+    """The row with its FID recomputed from the kept samples if they were scored by another feature network."""
+    path = run_dir / f"samples-{row['num']}-seed{seed}.npz"
+    if row.get("extractor") == extractor() or not path.is_file():
+        return None
+    return {**row, "fid": fid.calculate(path, "cifar10-train")["fid"], "extractor": extractor()}
+
+
 def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: int, batch: int) -> dict:
     gen = vistok.load(run_dir / "export")
     sampling, labels = gen.settings(steps=steps, cfg=cfg), gen.labels(num=num)
@@ -72,7 +86,7 @@ def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: i
     path = run_dir / f"samples-{num}-seed{seed}.npz"
     np.savez(path, arr_0=images, labels=labels)
     value = fid.calculate(path, "cifar10-train")["fid"]
-    return {"fid": value, "sample_s": seconds, "img_per_s": num / seconds, "entities": gen.model.config.partition.num_entities,
+    return {"fid": value, "extractor": extractor(), "sample_s": seconds, "img_per_s": num / seconds, "entities": gen.model.config.partition.num_entities,
             "sampling": dataclasses.asdict(sampling)}
 
 
@@ -121,7 +135,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         run_dir = out / slug(name)
         train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup, [f"train.seed={seed}", *args.overrides])
         if name in rows and rows[name].get("num", saved.get("num")) == args.num and train_s == 0.0:
-            continue  # already scored with these settings
+            rows[name].setdefault("num", args.num)
+            fresh = rescore(run_dir, rows[name], seed)  # already sampled with these settings
+            if fresh is not None:
+                print(f"[{name}, seed {seed}] re-scored with the current cifar10-net: FID {rows[name]['fid']:.2f} -> "
+                      f"{fresh['fid']:.2f}", flush=True)
+                rows[name] = fresh
+                results_path.write_text(json.dumps({**saved, "rows": rows}, indent=2))
+            continue
         result = score(run_dir, args.num, args.steps, args.cfg, seed, args.batch_size)
         if train_s == 0.0 and name in rows:
             train_s = rows[name].get("train_s", 0.0)

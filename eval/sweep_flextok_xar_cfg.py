@@ -28,7 +28,7 @@ from vistok.generators.flextok_codes import sample_ids
 from vistok.metrics import fid
 
 
-def run(ckpt: str, variant: str, k: int, seed: int, num: int, cfg: float, batch: int) -> dict:
+def run(ckpt: str, variant: str, k: int, seed: int, num: int, cfg: float, batch: int, keep_dir: str | None = None) -> dict:
     import vistok.api.models as models  # the paired generator's sampler, to switch snapping off for a `-nosnap` run
 
     schedule, snap = (variant.removesuffix("-nosnap"), False) if variant.endswith("-nosnap") else (variant, True)
@@ -40,8 +40,10 @@ def run(ckpt: str, variant: str, k: int, seed: int, num: int, cfg: float, batch:
     finally:
         models.sample_ids = keep
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "samples.npz", arr_0=images)
-        value = fid.calculate(Path(tmp) / "samples.npz", "cifar10-train")["fid"]
+        path = Path(keep_dir or tmp) / f"{variant}-k{k}-seed{seed}-{num}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, arr_0=images)
+        value = fid.calculate(path, "cifar10-train")["fid"]
     return dict(schedule=schedule, snap=snap, k=k, seed=seed, num=num, cfg=cfg, fid=round(value, 2),
                 seconds=round(time.time() - start, 1))
 
@@ -57,13 +59,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="append the JSON lines to this file too")
+    p.add_argument("--keep", help="keep the samples in this folder (VARIANT-kK-seedS-NUM.npz), e.g. to re-score them")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for variant in args.variants:
         for k in args.ks:
             for seed in args.seeds:
-                rows.append(run(args.ckpt, variant, k, seed, args.num, args.cfg, args.batch))
+                rows.append(run(args.ckpt, variant, k, seed, args.num, args.cfg, args.batch, args.keep))
                 print(json.dumps(rows[-1]), flush=True)
                 if args.out:
                     with open(args.out, "a") as f:

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 
 import ablate_flextok  # noqa: E402
+import ablate_xar  # noqa: E402
 import flextok_ood  # noqa: E402
 import sweep_flextok_xar_cfg  # noqa: E402,F401  (imported here so a broken script fails collection)
 
@@ -72,17 +73,45 @@ def test_ablation_spread_is_half_the_range_for_two_seeds_and_the_std_for_more() 
 
 
 @pytest.mark.filterwarnings("ignore:10 fake images")  # FID of 10 images: only compared with itself here
-def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root) -> None:
+def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root, tmp_path) -> None:
     """`eval/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
     no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored afterwards."""
     import sweep_flextok_xar_cfg as sweep
     import vistok.api.models as models
 
     keep = models.sample_ids
-    rows = {(v, k): sweep.run("cifar10-flextok-xar-tiny", v, k, seed=0, num=10, cfg=2.0, batch=10)
+    rows = {(v, k): sweep.run("cifar10-flextok-xar-tiny", v, k, seed=0, num=10, cfg=2.0, batch=10, keep_dir=tmp_path)
             for v in ("constant", "constant-nosnap") for k in (1, 2)}
+    kept = np.load(tmp_path / "constant-nosnap-k2-seed0-10.npz")["arr_0"]  # the samples stay for re-scoring
+    assert kept.shape == (10, 32, 32, 3) and kept.dtype == np.uint8 and len(list(tmp_path.glob("*.npz"))) == 4
     assert models.sample_ids is keep
     assert rows["constant", 1]["snap"] and not rows["constant-nosnap", 1]["snap"]
     assert rows["constant", 1]["schedule"] == rows["constant-nosnap", 1]["schedule"] == "constant"
     assert rows["constant", 1]["fid"] == rows["constant-nosnap", 1]["fid"]
     assert rows["constant", 2]["fid"] != rows["constant-nosnap", 2]["fid"]
+
+
+@pytest.mark.filterwarnings("ignore:.*fake images")  # FID of 20 images: only compared with itself here
+def test_ablations_rescore_kept_samples_once_when_the_feature_network_changes(tmp_path, data_root) -> None:
+    """A score recorded by another `cifar10-net` (another fingerprint) is recomputed from the kept files, and only
+    then: a second call, or a row of the current network, leaves the recorded value alone."""
+    from vistok.metrics import fid
+
+    images = flextok_ood.build_set("shapes", 20)
+    for k in (1, 2):
+        np.savez(tmp_path / f"recon-k{k}.npz", arr_0=images if k == 1 else images[::-1] // 2)
+    np.savez(tmp_path / "samples-20-seed3.npz", arr_0=images)
+    truth = {k: fid.calculate(tmp_path / f"recon-k{k}.npz", "cifar10-train")["fid"] for k in (1, 2)}
+    assert truth[1] != truth[2]
+
+    run = {"ladder": {"1": {"mse": 0.1, "fid": -1.0}, "2": {"mse": 0.05, "fid": -2.0}}, "extractor": "older"}
+    assert ablate_flextok.rescore(tmp_path, run, "cifar10-train")
+    assert run["ladder"]["1"]["fid"] == pytest.approx(truth[1]) and run["ladder"]["2"]["fid"] == pytest.approx(truth[2])
+    assert run["ladder"]["1"]["mse"] == 0.1 and run["extractor"] == ablate_flextok.fingerprint()
+    assert not ablate_flextok.rescore(tmp_path, run, "cifar10-train")  # now current: nothing to do
+
+    row = {"fid": -1.0, "num": 20, "sample_s": 9.0}  # scored before fingerprints were recorded
+    fresh = ablate_xar.rescore(tmp_path, row, seed=3)
+    assert fresh["fid"] == pytest.approx(truth[1]) and fresh["sample_s"] == 9.0
+    assert ablate_xar.rescore(tmp_path, fresh, seed=3) is None
+    assert ablate_xar.rescore(tmp_path, {**row, "num": 21}, seed=3) is None  # no kept samples: the row stays
