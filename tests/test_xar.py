@@ -169,6 +169,30 @@ def test_linear_schedule_leaves_the_first_entity_unguided() -> None:
     assert (run(4.0, "constant")[:, :4] - weak[:, :4]).abs().max() > 1e-3  # constant guides entity 0 too
 
 
+def test_an_unguided_first_entity_skips_the_null_branch_but_the_cache_still_gets_it() -> None:
+    """Linear CFG: entity 0 (scale 1, no context) runs the conditional rows alone, bit-equal to the unguided
+    sampler; its store and every later entity run both branches. Constant CFG runs both from the start."""
+    model = loud_labels(tiny(depth=2))
+    part, labels, calls = model.partition, torch.tensor([1, 6]), []
+    predict = model.predict
+
+    def counting(x, labels_in, t, first=0, cache=None, store=False):
+        calls.append((first, x.shape[0], store))
+        return predict(x, labels_in, t, first=first, cache=cache, store=store)
+
+    model.predict = counting
+    strong = part.split(sample_xar(model, labels, steps=4, cfg=4.0, cfg_schedule="linear", seed=11))
+    flow_rows = [(first, rows) for first, rows, store in calls if not store]
+    assert flow_rows[:4] == [(0, 2)] * 4  # entity 0: 4 flow steps on B rows
+    assert all(rows == 4 for _, rows in flow_rows[4:]) and len(flow_rows) == 4 * part.num_entities
+    assert [(first, rows) for first, rows, store in calls if store] == [(e, 4) for e in range(part.num_entities - 1)]
+    weak = part.split(sample_xar(model, labels, steps=4, cfg=1.0, seed=11))
+    assert torch.equal(strong[:, :4], weak[:, :4])
+    calls.clear()
+    sample_xar(model, labels, steps=4, cfg=4.0, cfg_schedule="constant", seed=11)
+    assert all(rows == 4 for _, rows, _ in calls)
+
+
 def test_same_seed_same_samples() -> None:
     model = tiny().train()
     labels = torch.tensor([1, 2, 3])
