@@ -58,7 +58,7 @@ def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str 
     model = XAR(cfg).to(device).train()
     if compile:
         model.compile()
-    optimizer = build_optimizer(model, 1e-4, 0.02, (0.9, 0.96), fused=device.type == "cuda")
+    optimizer = build_optimizer(model, 1e-4, 0.02, (0.9, 0.96))  # fused AdamW (CPU and CUDA)
     tokens = torch.randn(batch, cfg.in_channels, *cfg.grid, device=device)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
 

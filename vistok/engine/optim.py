@@ -37,13 +37,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool = False,
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None,
     kind: str = "adamw",
 ) -> torch.optim.Optimizer:
     """AdamW (the default), or plain SGD without momentum (`kind="sgd"`: an update proportional to the gradient, which
-    the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks)."""
+    the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks).
+
+    fused: AdamW's fused kernel (one pass over all parameters; on the CPU it replaces PyTorch's default per-tensor
+    Python loop, 4x faster). None picks it when every parameter is a plain CPU or CUDA tensor (FSDP2's DTensor shards
+    keep PyTorch's default)."""
     if kind == "adamw":
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+        groups = param_groups(model, weight_decay)
+        if fused is None:
+            fused = all(type(p) in (torch.Tensor, nn.Parameter) and p.device.type in ("cpu", "cuda")
+                        for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
     if kind == "sgd":
         return torch.optim.SGD(param_groups(model, weight_decay), lr=lr)
     raise VistokError(f"unknown optimizer {kind!r}; use adamw or sgd")
