@@ -37,7 +37,7 @@ from vistok.tokenizers.flextok_sampling import k_ladder
 REGENERATE = os.environ.get("VISTOK_REGENERATE_GOLDENS") == "1"
 
 # cifar10-xar-tiny: 300 samples (30 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear)
-XAR_NUM, XAR_FID, XAR_TOL = 300, 186.159, 5.0
+XAR_NUM, XAR_FID, XAR_TOL = 300, 187.381, 5.0
 # cifar10-flextok-tiny: MSE (pixels in [0, 1]) of 100 CIFAR-10 test images from their first k tokens, 25 Euler steps
 FLEXTOK_NUM, FLEXTOK_RTOL = 100, 0.03
 FLEXTOK_MSE = {1: 0.074883, 2: 0.061725, 4: 0.050655, 8: 0.040708, 16: 0.034118}
@@ -86,7 +86,7 @@ def golden(name: str, value, recorded, close: bool) -> None:
 
 # cifar10-net: top-1 accuracy on 1,000 CIFAR-10 test images (`load_images("cifar10-test", 32, 1000)`: every 10th
 # image, 100 per class; the first 1,000 of the class-sorted set would all be airplanes). Retraining moves it.
-NET_NUM, NET_ACC, NET_TOL = 1000, 0.828, 0.004  # tolerance: 4 images of 1,000
+NET_NUM, NET_ACC, NET_TOL = 1000, 0.875, 0.004  # tolerance: 4 images of 1,000
 
 
 def test_cifar10_net_accuracy_matches_and_beats_degraded_copies(data_root):
@@ -97,9 +97,9 @@ def test_cifar10_net_accuracy_matches_and_beats_degraded_copies(data_root):
     correct = predicted == labels
     acc = float(correct.mean())
     golden("NET_ACC", round(acc, 4), NET_ACC, abs(acc - NET_ACC) <= NET_TOL)
-    # independent of the recorded value: far above chance, and far above the same predictions scored against shuffled
-    # labels and the same network with noise (half each tensor's std) on every weight
-    assert acc > 0.75, acc
+    # independent of the recorded value: the 85% the network is trained to reach, far above the same predictions scored
+    # against shuffled labels and above the same network with noise (half each tensor's std) on every weight
+    assert acc >= 0.85, acc
     shuffled = float((predicted == np.random.default_rng(0).permutation(labels)).mean())
     assert shuffled < 0.2 and acc - shuffled > 0.5, (acc, shuffled)
     g = torch.Generator().manual_seed(0)
