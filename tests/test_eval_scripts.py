@@ -115,3 +115,27 @@ def test_ablations_rescore_kept_samples_once_when_the_feature_network_changes(tm
     assert fresh["fid"] == pytest.approx(truth[1]) and fresh["sample_s"] == 9.0
     assert ablate_xar.rescore(tmp_path, fresh, seed=3) is None
     assert ablate_xar.rescore(tmp_path, {**row, "num": 21}, seed=3) is None  # no kept samples: the row stays
+
+
+def test_loss_curve_windows_and_clear_errors(tmp_path) -> None:
+    """`eval/plot_loss.py`: one value per step (a repeated step's later row), window means over steps 1..w, w+1..2w,
+    ... with non-finite values left out, and one-line errors for a folder without a log or a key it does not hold."""
+    import json
+
+    import plot_loss
+
+    from vistok.errors import VistokError
+
+    rows = [{"step": s, "loss": float(s), "lr": 0.1} for s in range(10, 51, 10)]
+    rows += [{"step": 40, "loss": 400.0}, {"step": 60, "loss": float("nan")}, {"step": 70, "loss": 7.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    points = plot_loss.curve(tmp_path)
+    assert [s for s, _ in points] == [10, 20, 30, 40, 50, 60, 70] and dict(points)[40] == 400.0
+    table = plot_loss.windows(points, 30)
+    assert [(a, b) for a, b, _ in table] == [(10, 30), (40, 60), (70, 70)]
+    assert table[0][2] == pytest.approx(20.0) and table[1][2] == pytest.approx(225.0) and table[2][2] == 7.0
+    assert plot_loss.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    with pytest.raises(VistokError, match="has no metrics.jsonl"):
+        plot_loss.curve(tmp_path / "nope")
+    with pytest.raises(VistokError, match=r"no 'flow' values; it logs loss, lr"):
+        plot_loss.curve(tmp_path, "flow")
