@@ -14,8 +14,9 @@ a run folder that already holds an export is not trained again (rerunning resume
 first `--num` CIFAR-10 test images (evenly over the classes) from their first k tokens (same decoder noise at every
 k, the export's 25 Euler steps, no guidance): MSE and PSNR per k, and with `--fid` the FID of the reconstructions
 (`cifar10-net` against the `cifar10-train` statistics; the reconstructions are kept as RUN/recon-k*.npz, and a run
-scored by an older `cifar10-net` is re-scored from them on the next call, without decoding again). A markdown table of mean +- spread over seeds (half the range for two seeds, the standard deviation for
-more) goes to stdout and OUT/ablation.json.
+scored by an older `cifar10-net` is re-scored from them on the next call, without decoding again). A markdown table
+of mean +- spread over seeds (half the range for two seeds, the standard deviation for more) goes to stdout and
+OUT/ablation.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchtools import spread  # eval/benchtools.py
+from benchtools import fid_net_fingerprint, spread  # eval/benchtools.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/flextok_cifar10_tiny.yaml"
@@ -67,18 +68,11 @@ def evaluate(run_dir: Path, num: int, fid_stats: str | None) -> dict[int, dict[s
     return result
 
 
-def fingerprint() -> str:
-    """The current `cifar10-net` weights' fingerprint, recorded with every FID."""
-    from vistok.metrics import fid
-
-    return fid.extractor_fingerprint("cifar10-net", None)
-
-
 def rescore(run_dir: Path, run: dict, fid_stats: str) -> bool:
     """Recompute a run's FIDs from its kept reconstructions if another feature network scored them; True if done."""
     from vistok.metrics import fid
 
-    current = fingerprint()
+    current = fid_net_fingerprint()
     paths = {k: run_dir / f"recon-k{k}.npz" for k in run["ladder"]}
     if run.get("extractor") == current or not all(p.is_file() for p in paths.values()):
         return False
@@ -122,7 +116,7 @@ def main() -> None:
             runs[key] = {"variant": variant, "seed": seed, "train_steps": args.train_steps, "num": args.num,
                          "train_s": train_s, "ladder": {str(k): v for k, v in ladder.items()}}
             if args.fid:
-                runs[key]["extractor"] = fingerprint()
+                runs[key]["extractor"] = fid_net_fingerprint()
             print(f"[{key}] MSE " + ", ".join(f"k={k} {v['mse']:.4f}" for k, v in ladder.items()), flush=True)
             out.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps({"runs": runs}, indent=2))

@@ -13,8 +13,9 @@ trained again and one already scored is not sampled again (rerunning resumes an 
 `--num` images (round-robin classes) with the same sampler settings, FID with `cifar10-net` against the shipped
 `cifar10-train` statistics (the samples stay in the run folder), and the wall time of sampling (decode included).
 Each score records the fingerprint of the `cifar10-net` weights: after the feature network is retrained, a rerun
-re-scores the kept samples against the new statistics without training or sampling again. Per seed OUT/seed{s}/ablation.json; a markdown table of every seed and of mean +- spread (half the range for
-two seeds, the standard deviation for more) goes to stdout.
+re-scores the kept samples against the new statistics without training or sampling again. Per seed
+OUT/seed{s}/ablation.json; a markdown table of every seed and of mean +- spread (half the range for two seeds, the
+standard deviation for more) goes to stdout.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 import vistok
 from vistok.metrics import fid
 
-from benchtools import spread  # eval/benchtools.py
+from benchtools import fid_net_fingerprint, spread  # eval/benchtools.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/xar_cifar10_tiny.yaml"
@@ -64,17 +65,12 @@ def train(name: str, run_dir: Path, steps: int, batch: int, warmup: int, extra: 
     return time.perf_counter() - start
 
 
-def extractor() -> str:
-    """Fingerprint of the FID feature network the scores were computed with."""
-    return fid.extractor_fingerprint("cifar10-net", None)
-
-
 def rescore(run_dir: Path, row: dict, seed: int) -> dict | None:
     """The row with its FID recomputed from the kept samples if they were scored by another feature network."""
     path = run_dir / f"samples-{row['num']}-seed{seed}.npz"
-    if row.get("extractor") == extractor() or not path.is_file():
+    if row.get("extractor") == fid_net_fingerprint() or not path.is_file():
         return None
-    return {**row, "fid": fid.calculate(path, "cifar10-train")["fid"], "extractor": extractor()}
+    return {**row, "fid": fid.calculate(path, "cifar10-train")["fid"], "extractor": fid_net_fingerprint()}
 
 
 def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: int, batch: int) -> dict:
@@ -86,8 +82,8 @@ def score(run_dir: Path, num: int, steps: int | None, cfg: float | None, seed: i
     path = run_dir / f"samples-{num}-seed{seed}.npz"
     np.savez(path, arr_0=images, labels=labels)
     value = fid.calculate(path, "cifar10-train")["fid"]
-    return {"fid": value, "extractor": extractor(), "sample_s": seconds, "img_per_s": num / seconds, "entities": gen.model.config.partition.num_entities,
-            "sampling": dataclasses.asdict(sampling)}
+    return {"fid": value, "extractor": fid_net_fingerprint(), "sample_s": seconds, "img_per_s": num / seconds,
+            "entities": gen.model.config.partition.num_entities, "sampling": dataclasses.asdict(sampling)}
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -36,3 +37,12 @@ def spread(values: list[float]) -> tuple[float, float]:
     if len(v) < 2:
         return float(v.mean()), 0.0
     return float(v.mean()), float((v.max() - v.min()) / 2 if len(v) == 2 else v.std(ddof=1))
+
+
+@functools.cache
+def fid_net_fingerprint() -> str:
+    """Fingerprint of the shipped `cifar10-net` weights (hashed once per process), recorded with every FID an
+    ablation writes so that scores from an older network are recognised and re-scored."""
+    from vistok.metrics import fid
+
+    return fid.extractor_fingerprint("cifar10-net", None)

@@ -107,7 +107,7 @@ def test_ablations_rescore_kept_samples_once_when_the_feature_network_changes(tm
     run = {"ladder": {"1": {"mse": 0.1, "fid": -1.0}, "2": {"mse": 0.05, "fid": -2.0}}, "extractor": "older"}
     assert ablate_flextok.rescore(tmp_path, run, "cifar10-train")
     assert run["ladder"]["1"]["fid"] == pytest.approx(truth[1]) and run["ladder"]["2"]["fid"] == pytest.approx(truth[2])
-    assert run["ladder"]["1"]["mse"] == 0.1 and run["extractor"] == ablate_flextok.fingerprint()
+    assert run["ladder"]["1"]["mse"] == 0.1 and run["extractor"] == ablate_flextok.fid_net_fingerprint()
     assert not ablate_flextok.rescore(tmp_path, run, "cifar10-train")  # now current: nothing to do
 
     row = {"fid": -1.0, "num": 20, "sample_s": 9.0}  # scored before fingerprints were recorded

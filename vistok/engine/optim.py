@@ -44,7 +44,7 @@ def build_optimizer(
     the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks).
 
     fused: AdamW's fused kernel (one pass over all parameters; on the CPU it replaces PyTorch's default per-tensor
-    Python loop, 4x faster). None picks it when every parameter is a plain CPU or CUDA tensor (FSDP2's DTensor shards
+    Python loop). None picks it when every parameter is a plain CPU or CUDA tensor (FSDP2's DTensor shards
     keep PyTorch's default)."""
     if kind == "adamw":
         groups = param_groups(model, weight_decay)

@@ -10,9 +10,9 @@ step instead (no cache): the same numbers, slower; it exists to test the cache.
 Classifier-free guidance runs the conditional and the null-class branch in one doubled batch (each with its own
 cache) and guides the velocity at every flow step, with a scale per autoregressive step from `flow.cfg_scale`: linear
 (the first entity unguided, the last at the full scale; xAR's), constant, or linear-guided (the linear ramp shifted so
-the first entity is guided too). An unguided first entity is integrated by the conditional branch alone: with no
-context and a scale of 1, the null branch cannot change it, so the linear schedule skips an eighth of the work of
-four entities (the null branch's cache still receives the finished entity, as it must for the next ones).
+the first entity is guided too). At a scale of 1 the null branch does not change the velocity, so an unguided first
+entity (the linear schedule's) is integrated by the conditional rows alone: it has no cached context to slice, and
+the null branch's cache still receives the finished entity, as the next entities need.
 
 `snap` (optional) maps every finished entity before it joins the context and the output, in both guidance branches:
 the sampler for FlexTok codes passes the FSQ lattice (`FlexTokCodes.snap`), so later groups are conditioned on exactly
@@ -155,14 +155,14 @@ def sample_entities(
             if cache is not None and s > 0:  # the previous entity joins the context clean, at t = 0, once
                 model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1, cache=cache, store=True)
             scale = flow.cfg_scale(cfg, s, part.num_entities, cfg_schedule) if guided else 1.0
-            # an unguided first entity (xAR's linear schedule) has no context: the null branch would not change it
+            # scale 1: the null branch would not change v; for entity 0 (no cached rows to slice) it is skipped
             both = guided and not (s == 0 and scale == 1.0)
             x = _randn((batch, length, model.config.in_channels), generator, device)  # (B, len_s, C) at t = 1
             for t, t_next in zip(grid[:-1], grid[1:]):
                 if both:
                     v = _velocity(model, x.repeat(2, 1, 1).to(dtype), labels_in, s, t, done, cache).float()  # (B', len_s, C)
                     v = flow.guide(*v.chunk(2), scale)
-                else:  # the conditional branch alone (its cache rows are empty for the first entity)
+                else:  # the conditional rows alone (no guidance, or the unguided entity 0 without a cache)
                     v = _velocity(model, x.to(dtype), labels, s, t, done, cache if s > 0 else None).float()
                 if method == "ode":
                     x = flow.euler_step(x, v, t, t_next)
