@@ -16,7 +16,8 @@ k, the export's 25 Euler steps, no guidance): MSE and PSNR per k, and with `--fi
 (`cifar10-net` against the `cifar10-train` statistics; the reconstructions are kept as RUN/recon-k*.npz, and a run
 scored by an older `cifar10-net` is re-scored from them on the next call, without decoding again). A markdown table
 of mean +- spread over seeds (half the range for two seeds, the standard deviation for more) goes to stdout and
-OUT/ablation.json.
+OUT/ablation.json. Calls over disjoint variants or seeds may run at once on one --out (one per core: each merges its
+runs into the file), and a last call over everything prints the whole table.
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ def rescore(run_dir: Path, run: dict, fid_stats: str) -> bool:
     return True
 
 
+def save(results_path: Path, key: str, run: dict) -> dict:
+    """Merge one run into OUT/ablation.json and return all runs; re-read first and replace atomically, so that
+    several calls over disjoint variants or seeds (one per core) can share one folder."""
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(results_path.read_text())["runs"] if results_path.is_file() else {}
+    runs[key] = run
+    tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"runs": runs}, indent=2))
+    tmp.replace(results_path)
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/flextok_ablation", help="folder of the runs and ablation.json")
@@ -109,7 +122,7 @@ def main() -> None:
                 if args.fid and rescore(run_dir, runs[key], args.fid_stats):
                     print(f"[{key}] re-scored with the current cifar10-net: FID " + ", ".join(
                         f"k={k} {v['fid']:.1f}" for k, v in runs[key]["ladder"].items()), flush=True)
-                    results_path.write_text(json.dumps({"runs": runs}, indent=2))
+                    runs = save(results_path, key, runs[key])
                 continue
             train_s = train(variant, seed, run_dir, args.train_steps, args.overrides)
             ladder = evaluate(run_dir, args.num, args.fid_stats if args.fid else None)
@@ -118,8 +131,7 @@ def main() -> None:
             if args.fid:
                 runs[key]["extractor"] = fid_net_fingerprint()
             print(f"[{key}] MSE " + ", ".join(f"k={k} {v['mse']:.4f}" for k, v in ladder.items()), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps({"runs": runs}, indent=2))
+            runs = save(results_path, key, runs[key])
     ks = sorted({int(k) for r in runs.values() for k in r["ladder"]})
     metrics = ["mse", "psnr"] + (["fid"] if args.fid else [])
     print(f"\nFlexTok nested dropout, {args.train_steps} steps x batch 64 per run, seeds {seeds}, {args.num} CIFAR-10 test "

@@ -4,6 +4,7 @@ ablation's bookkeeping (`eval/ablate_flextok.py`) and the CFG-schedule sweep of 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,6 +71,19 @@ def test_ablation_spread_is_half_the_range_for_two_seeds_and_the_std_for_more() 
     assert ablate_flextok.spread([1.0, 3.0]) == (2.0, 1.0)
     mean, sd = ablate_flextok.spread([1.0, 2.0, 6.0])
     assert mean == pytest.approx(3.0) and sd == pytest.approx(float(torch.tensor([1.0, 2.0, 6.0]).std()))
+
+
+def test_ablation_lanes_sharing_one_folder_keep_each_others_runs(tmp_path) -> None:
+    """Two calls over disjoint variants write one OUT/ablation.json: each write merges into what is on disk, so a
+    lane that loaded the file before the other lane's run finished does not drop it, and no temporary file stays."""
+    path = tmp_path / "out" / "ablation.json"
+    lane_a = ablate_flextok.save(path, "pow2/seed0", {"seed": 0})
+    lane_b = ablate_flextok.save(path, "uniform/seed0", {"seed": 0})  # lane B never saw lane A's dict
+    assert set(lane_a) == {"pow2/seed0"} and set(lane_b) == {"pow2/seed0", "uniform/seed0"}
+    ablate_flextok.save(path, "pow2/seed0", {"seed": 0, "rescored": True})  # a re-score replaces only its key
+    runs = json.loads(path.read_text())["runs"]
+    assert runs == {"pow2/seed0": {"seed": 0, "rescored": True}, "uniform/seed0": {"seed": 0}}
+    assert [p.name for p in path.parent.iterdir()] == ["ablation.json"]
 
 
 @pytest.mark.filterwarnings("ignore:10 fake images")  # FID of 10 images: only compared with itself here
