@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from vistok.data import build_image_dataset, build_loader, resolve_data_root, subset, to_float, to_uint8
-from vistok.data.images import CIFAR10_CLASSES, ImageFolderDataset, load_rgb
+from vistok.data.images import CIFAR10_CLASSES, ImageDataConfig, ImageFolderDataset, load_rgb, mixed_dataset
 from vistok.data.loader import Augmented, StepBatchSampler
+from vistok.data.procedural import DeadLeaves
 from vistok.errors import VistokError
 
 
@@ -365,6 +366,59 @@ def test_augmentations_deterministic_per_seed_epoch_index(shared_image_folder):
     kept = sum(torch.equal(o, ds[i][0]) for i, o in enumerate(outs))
     assert flipped + kept == 32 and 4 <= flipped <= 28
     assert torch.equal(Augmented(ds)[(3, 1)][0], ds[3][0])  # no augmentation asked: the image itself
+
+
+def test_grayscale_augmentation_leaves_the_other_draws_alone(shared_image_folder):
+    """gray_p converts that share of visits to the channel mean; its draw comes after the crop and flip draws, so
+    a run without it (every run before it existed) sees the same crops and flips as before."""
+    ds = build_image_dataset(str(shared_image_folder))
+    plain, gray = Augmented(ds, seed=5, hflip=True, crop_pad=4), Augmented(ds, seed=5, hflip=True, crop_pad=4, gray_p=0.5)
+    converted = 0
+    for i in range(40):
+        a, b = plain[(i, 1)][0], gray[(i, 1)][0]
+        if torch.equal(a, b):
+            continue
+        converted += 1
+        assert torch.allclose(b, a.mean(0, keepdim=True).expand_as(a)) and torch.equal(b[0], b[2])
+    assert 8 <= converted <= 32  # about half of 40 (and the colour images are not gray already)
+    always = Augmented(ds, gray_p=1.0)[(3, 0)][0]
+    assert torch.allclose(always, ds[3][0].mean(0, keepdim=True).expand(3, -1, -1))
+
+
+def test_dead_leaves_are_a_deterministic_varied_image_set():
+    a, b = DeadLeaves(40, 32, seed=1), DeadLeaves(40, 32, seed=1)
+    imgs = torch.stack([a.uint8(i) for i in range(40)])  # (40, 3, 32, 32)
+    assert imgs.dtype == torch.uint8 and imgs.shape == (40, 3, 32, 32)
+    assert torch.equal(imgs[7], b.uint8(7)) and not torch.equal(imgs[7], DeadLeaves(40, 32, seed=2).uint8(7))
+    assert len({bytes(x.numpy()) for x in imgs}) == 40
+    gray = (imgs[:, 0] == imgs[:, 1]).all(dim=(1, 2)) & (imgs[:, 1] == imgs[:, 2]).all(dim=(1, 2))
+    assert 3 <= int(gray.sum()) <= 25  # 30% grayscale
+    assert (imgs.float().std(dim=(1, 2, 3)) > 10).all()  # occluding leaves, never a flat image
+    x, label = a[0]
+    assert label == -1 and x.dtype == torch.float32 and torch.equal(x, imgs[0].float() / 127.5 - 1)
+    with pytest.raises(IndexError):
+        a.uint8(40)
+
+
+def test_mixed_dataset_holds_the_asked_share_of_procedural_images(shared_image_folder):
+    ds = build_image_dataset(str(shared_image_folder))
+    assert mixed_dataset(ImageDataConfig(), ds) is ds
+    mixed = mixed_dataset(ImageDataConfig(mix="dead-leaves", mix_frac=0.25), ds, seed=3)
+    extra = len(mixed) - len(ds)
+    assert extra == round(len(ds) / 3) and torch.equal(mixed[0][0], ds[0][0])
+    assert mixed[len(ds)][1] == -1 and torch.equal(mixed[len(ds)][0], DeadLeaves(extra, 32, seed=3)[0][0])
+    labels = torch.cat([lab for _, (_, lab) in zip(range(8), build_loader(mixed, 8, seed=0))])
+    assert 0 < (labels == -1).float().mean() < 0.6  # mixed into the batches, not appended after an epoch
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mix="leaves"), "data.mix='leaves' is not a procedural source; use one of dead-leaves"),
+    (dict(mix="dead-leaves", mix_frac=1.0), "data.mix_frac=1.0 must be between 0 and 1"),
+    (dict(gray_p=1.5), "data.gray_p=1.5 must be a probability"),
+])
+def test_image_data_config_refuses_impossible_mixes(kwargs, message):
+    with pytest.raises(VistokError, match=message):
+        ImageDataConfig(**kwargs)
 
 
 def test_loader_same_batches_for_any_world_size_and_workers(shared_image_folder):

@@ -115,6 +115,37 @@ def test_rerun_resumes_and_trains_on(run_dir, tmp_path):
     assert not (resumed / "export" / "preview.png").exists()
 
 
+def test_training_on_a_procedural_mix_records_it_in_the_export(run_dir, tmp_path):
+    """data.mix adds dead-leaves images (half the set here): they are in the training set (the preview's evenly
+    spaced rows reach them) and change the batches; data.gray_p alone changes them too; the export says what
+    widened its data."""
+    from vistok.data.procedural import DeadLeaves
+
+    losses = {}
+    for name, extra in {"mix": ["data.mix=dead-leaves", "data.mix_frac=0.5"], "gray": ["data.gray_p=0.5"]}.items():
+        out = tmp_path / name
+        check_ok(run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={out}", *TINY, "train.total_steps=1",
+                     *extra))
+        losses[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    meta = json.loads((tmp_path / "mix" / "export" / "config.json").read_text())
+    assert meta["data_mix"] == {"mix": "dead-leaves", "mix_frac": 0.5, "gray_p": 0.0} and meta["data"] == "cifar10-train"
+    assert json.loads((tmp_path / "gray" / "export" / "config.json").read_text())["data_mix"]["gray_p"] == 0.5
+    assert json.loads((run_dir / "export" / "config.json").read_text())["data_mix"] is None
+    preview = np.asarray(Image.open(tmp_path / "mix" / "export" / "preview.png"))  # rows: images 0 and 32 of 64
+    leaf = DeadLeaves(32, 32, seed=0).uint8(0).permute(1, 2, 0).numpy()
+    assert np.array_equal(preview[36:68, 2:34], leaf)  # second row's input: the first dead-leaves image
+    plain = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert losses["mix"] != plain and losses["gray"] != plain and losses["mix"] != losses["gray"]
+
+
+@pytest.mark.parametrize("script_name, config", [("train_xar.py", "xar_cifar10_tiny.yaml"), ("train_fid_net.py", "fid_net.yaml")])
+def test_class_conditional_trainers_refuse_unlabelled_mixes(script_name, config, tmp_path):
+    proc = run(f"train/{script_name}", "--config", f"train/configs/{config}", f"train.run_dir={tmp_path / 'r'}",
+               "data.mix=dead-leaves", "train.device=cpu")
+    assert "data.mix=dead-leaves adds unlabelled images" in one_line_error(proc)
+    assert not (tmp_path / "r").exists()  # refused before the run folder or the data were touched
+
+
 def test_encode_decode_via_the_cli(random_export, data_root, tmp_path, capsys):
     tokens = tmp_path / "tokens.npz"
     assert cli.main(["encode", "--ckpt", str(random_export), "--input", "cifar10-test", "--num", "6",

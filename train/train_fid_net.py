@@ -18,6 +18,7 @@ from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subs
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.config import to_dict
+from vistok.errors import require
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
 
 
@@ -48,14 +49,17 @@ def accuracy(model: torch.nn.Module, dataset, env: dist.DistEnv, batch: int = 50
 def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
+    require(not cfg.data.mix, f"data.mix={cfg.data.mix} adds unlabelled images, but the FID net is a classifier; "
+                              "drop data.mix")
 
     model = FidNet(cfg.model).to(env.device)
     run = Trainer(model, cfg, env)  # wraps, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
     train_set = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
-    loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed,
-                          start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
+    loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed, start_step=run.step,
+                          num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad,
+                          gray_p=cfg.data.gray_p)
 
     batches = iter(loader)
     with run.logging():

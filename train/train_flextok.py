@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.config import to_dict
-from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset, to_float, to_uint8
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
 from vistok.engine import checkpoint, dist
 from vistok.engine.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
@@ -86,6 +86,8 @@ def check_config(cfg: Config) -> None:
     require(not (cfg.data.latents and cfg.tokenizer != "vae"), "data.latents needs tokenizer=vae (pixels need no cache)")
     require(not (cfg.data.latents and cfg.data.limit), "data.limit does not apply to a latent cache (it holds its "
                                                        "whole folder)")
+    require(not (cfg.data.latents and (cfg.data.mix or cfg.data.gray_p)), "data.mix and data.gray_p change the images, "
+            "which a latent cache has already encoded; train from images (drop data.latents) to use them")
     require(bool(cfg.repa.teacher) == (cfg.model.repa_dim > 0),
             f"REPA needs both a teacher and a projector: got repa.teacher={cfg.repa.teacher!r} and model.repa_dim="
             f"{cfg.model.repa_dim}; set both (e.g. repa.teacher=conv model.repa_dim={cfg.repa.conv_dim}) or neither")
@@ -161,6 +163,7 @@ def main() -> None:
     )).to(env.device) if cfg.repa.teacher else None
     check_pairing(cfg, tokenizer, teacher.dim if teacher is not None else 0)
     images = subset(build_image_dataset(cfg.data.name, cfg.data.root or None, cfg.data.resolution), cfg.data.limit)
+    images = mixed_dataset(cfg.data, images, tc.seed)  # + procedural images with data.mix (labels unused here)
     cached = bool(cfg.data.latents)
     train_set = latent_dataset(cfg, teacher is not None) if cached else images
 
@@ -172,7 +175,8 @@ def main() -> None:
         loader = latent_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed, run.step, tc.num_workers)
     else:
         loader = build_loader(train_set, tc.batch_size, env.rank, env.world_size, tc.seed, start_step=run.step,
-                              num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad)
+                              num_workers=tc.num_workers, hflip=cfg.data.hflip, crop_pad=cfg.data.crop_pad,
+                              gray_p=cfg.data.gray_p)
 
     batches = iter(loader)
     with run.logging():
@@ -197,10 +201,12 @@ def main() -> None:
     ema_model = export_model(cfg, run.ema_state(), env.device)
     if env.is_main:
         tok = tokenizer_spec(cfg)
+        mix = {"mix": cfg.data.mix, "mix_frac": cfg.data.mix_frac, "gray_p": cfg.data.gray_p} \
+            if cfg.data.mix or cfg.data.gray_p else None  # what widened the training images, if anything
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
             resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
-            nested_dropout=cfg.model.nested_dropout, repa_teacher=cfg.repa.teacher)
+            data_mix=mix, nested_dropout=cfg.model.nested_dropout, repa_teacher=cfg.repa.teacher)
         print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
               f"--num 100 --out DIR")
         if cfg.preview_images:

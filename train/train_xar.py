@@ -68,6 +68,8 @@ def encode(tokenizer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
+    require(not cfg.data.mix, f"data.mix={cfg.data.mix} adds unlabelled images, but xAR is class-conditional; "
+                              "only the tokenizer (train_flextok.py) can mix them in")
 
     cached = bool(cfg.data.latents)
     if cached:  # the cache's VAE decodes previews and samples; it never runs in the loop
@@ -93,7 +95,7 @@ def main() -> None:
     else:
         loader = build_loader(subset(dataset, cfg.data.limit), tc.batch_size, env.rank, env.world_size, tc.seed,
                               start_step=run.step, num_workers=tc.num_workers, hflip=cfg.data.hflip,
-                              crop_pad=cfg.data.crop_pad)
+                              crop_pad=cfg.data.crop_pad, gray_p=cfg.data.gray_p)
 
     batches = iter(loader)
     with run.logging():

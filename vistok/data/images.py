@@ -275,7 +275,9 @@ def build_image_dataset(name: str, root: str | Path | None = None, resolution: i
 class ImageDataConfig:
     """Which images a run trains on. `limit` keeps N evenly spaced samples (0 keeps all), for quick runs and tests.
     `latents` names a latent cache folder (`vistok cache-latents`, `vistok.data.latents`): a VAE-based run then trains
-    on fresh posterior samples of the cached moments instead of decoding and encoding images."""
+    on fresh posterior samples of the cached moments instead of decoding and encoding images. `mix` (`dead-leaves`)
+    adds procedural images (`vistok.data.procedural`) so that they make up `mix_frac` of the training set, for
+    trainers that ignore labels; `gray_p` converts that share of the training images to grayscale, per visit."""
 
     name: str = "cifar10-train"
     root: str = ""
@@ -284,10 +286,33 @@ class ImageDataConfig:
     crop_pad: int = 0
     limit: int = 0
     latents: str = ""
+    mix: str = ""
+    mix_frac: float = 0.25
+    gray_p: float = 0.0
 
     def __post_init__(self) -> None:
         if self.resolution < 8:
             raise VistokError(f"data.resolution must be at least 8, got {self.resolution}")
+        if self.mix not in MIXES:
+            raise VistokError(f"data.mix={self.mix!r} is not a procedural source; use one of {', '.join(MIXES[1:])} or leave it empty")
+        if self.mix and not 0 < self.mix_frac < 1:
+            raise VistokError(f"data.mix_frac={self.mix_frac} must be between 0 and 1 (the share of procedural images)")
+        if not 0 <= self.gray_p <= 1:
+            raise VistokError(f"data.gray_p={self.gray_p} must be a probability in [0, 1]")
+
+
+MIXES = ("", "dead-leaves")
+
+
+def mixed_dataset(data: ImageDataConfig, dataset: Dataset, seed: int = 0) -> Dataset:
+    """`dataset` plus `data.mix`'s procedural images, sized so that they are `data.mix_frac` of the union (the
+    sampler's permutation then mixes them into every batch at that rate); `dataset` itself without a mix."""
+    if not data.mix:
+        return dataset
+    from vistok.data.procedural import DeadLeaves
+
+    extra = round(len(dataset) * data.mix_frac / (1 - data.mix_frac))
+    return torch.utils.data.ConcatDataset([dataset, DeadLeaves(extra, data.resolution, seed)])
 
 
 def subset(dataset: Dataset, limit: int) -> Dataset:

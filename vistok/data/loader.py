@@ -50,10 +50,11 @@ class StepBatchSampler:
 
 
 class Augmented(Dataset):
-    """Wraps a dataset of (image in [-1, 1], label); indexed by (index, epoch); random crop with padding and flips."""
+    """Wraps a dataset of (image in [-1, 1], label); indexed by (index, epoch); random crop with padding, flips and
+    conversion to grayscale (the channel mean) with probability `gray_p`."""
 
-    def __init__(self, dataset: Dataset, seed: int = 0, hflip: bool = False, crop_pad: int = 0) -> None:
-        self.dataset, self.seed, self.hflip, self.crop_pad = dataset, seed, hflip, crop_pad
+    def __init__(self, dataset: Dataset, seed: int = 0, hflip: bool = False, crop_pad: int = 0, gray_p: float = 0.0) -> None:
+        self.dataset, self.seed, self.hflip, self.crop_pad, self.gray_p = dataset, seed, hflip, crop_pad, gray_p
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -61,7 +62,7 @@ class Augmented(Dataset):
     def __getitem__(self, key: tuple[int, int] | int):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         image, label = self.dataset[index]
-        if not (self.hflip or self.crop_pad):
+        if not (self.hflip or self.crop_pad or self.gray_p):
             return image, label
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63)
         if self.crop_pad:
@@ -71,16 +72,18 @@ class Augmented(Dataset):
             image = padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
         if self.hflip and torch.rand((), generator=g) < 0.5:
             image = image.flip(-1)
+        if self.gray_p and torch.rand((), generator=g) < self.gray_p:
+            image = image.mean(0, keepdim=True).expand_as(image).contiguous()
         return image, label
 
 
 def build_loader(
     dataset: Dataset, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, start_step: int = 0,
-    num_workers: int = 0, shuffle: bool = True, hflip: bool = False, crop_pad: int = 0,
+    num_workers: int = 0, shuffle: bool = True, hflip: bool = False, crop_pad: int = 0, gray_p: float = 0.0,
 ) -> DataLoader:
     """An infinite loader of per-rank batches, deterministic in (seed, step) and resumable at `start_step`."""
     sampler = StepBatchSampler(len(dataset), global_batch, rank, world_size, seed, shuffle, start_step)
     return DataLoader(
-        Augmented(dataset, seed, hflip, crop_pad), batch_sampler=sampler, num_workers=num_workers,
+        Augmented(dataset, seed, hflip, crop_pad, gray_p), batch_sampler=sampler, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
     )
