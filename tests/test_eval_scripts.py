@@ -5,6 +5,8 @@ ablation's bookkeeping (`eval/ablate_flextok.py`) and the CFG-schedule sweep of 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,27 +23,40 @@ import sweep_flextok_xar_cfg  # noqa: E402,F401  (imported here so a broken scri
 
 
 @pytest.mark.parametrize("name", flextok_ood.SETS)
-def test_ood_sets_are_deterministic_and_what_they_claim(name: str) -> None:
+def test_ood_sets_are_deterministic_and_what_they_claim(name: str, data_root) -> None:
     a, b = flextok_ood.build_set(name, 12, seed=3), flextok_ood.build_set(name, 12, seed=3)
     assert a.dtype == np.uint8 and a.shape == (12, 32, 32, 3)
     np.testing.assert_array_equal(a, b)  # the same set for the same seed
     assert not np.array_equal(a, flextok_ood.build_set(name, 12, seed=4))  # another seed, other images
     assert len({img.tobytes() for img in a}) == 12  # no duplicates inside a set
-    if name == "gray-textures":  # grayscale: the three channels agree
+    if name in flextok_ood.GRAY:  # grayscale: the three channels agree
         assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
     else:
         assert (a[..., 0] != a[..., 2]).any()
-    if name == "strokes":  # light background: most pixels bright
-        assert np.median(a) > 180
+    if name in ("strokes", "text"):  # dark lines or glyphs on a light background: most pixels bright
+        assert np.median(a) > 120
+    if name == "mnist":  # light digits on black
+        assert np.median(a) < 30 and a.max() > 200
+    assert a.std(axis=(1, 2, 3)).min() > 3  # every image has content, not a flat crop
 
 
-def test_ood_sets_differ_from_each_other_and_unknown_names_fail() -> None:
+def test_ood_sets_differ_from_each_other_and_unknown_names_fail(data_root) -> None:
     sets = [flextok_ood.build_set(n, 8).astype(np.float64) for n in flextok_ood.SETS]
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
             assert np.abs(sets[i] - sets[j]).mean() > 10
     with pytest.raises(ValueError, match="unknown image set"):
         flextok_ood.build_set("faces", 2)
+
+
+def test_ood_script_stops_on_a_missing_data_file_before_any_decoding(tmp_path) -> None:
+    """Every set is built before the tokenizer loads, so a missing file is one line and nothing else runs."""
+    env = {**os.environ, "VISTOK_DATA": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(Path(flextok_ood.__file__)), "--sets", "shapes,em", "--num", "2",
+                           "--ckpt", str(tmp_path / "no-such-export")], env=env, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the em set reads" in lines[0] and "VISTOK_DATA" in lines[0] and not proc.stdout
 
 
 class _Perfect:
