@@ -138,6 +138,27 @@ def test_training_on_a_procedural_mix_records_it_in_the_export(run_dir, tmp_path
     assert losses["mix"] != plain and losses["gray"] != plain and losses["mix"] != losses["gray"]
 
 
+def test_init_from_an_export_starts_from_its_weights(run_dir, tmp_path):
+    """A fine-tune starts from the export's weights: with the learning rate at 0 one step changes nothing, so its
+    export is the init export bit for bit (a from-scratch start would differ everywhere); the export names its init."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ft"
+    check_ok(run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={out}", *TINY, "train.total_steps=1",
+                 "train.lr=0", "preview_images=0", f"init_from={run_dir / 'export'}", "model.nested_dropout=uniform"))
+    init, tuned = (load_file(d / "export" / "model.safetensors") for d in (run_dir, out))
+    assert init.keys() == tuned.keys() and all(torch.equal(init[k], tuned[k]) for k in init)
+    meta = json.loads((out / "export" / "config.json").read_text())
+    assert meta["init_from"] == str(run_dir / "export") and meta["nested_dropout"] == "uniform"
+
+
+def test_init_from_another_architecture_is_one_line_before_any_work(run_dir, tmp_path):
+    proc = run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={tmp_path / 'r'}", *TINY,
+               f"init_from={run_dir / 'export'}", "model.dec_width=64")
+    assert "has another architecture (model.dec_width=32); set those model keys to match it" in one_line_error(proc)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("script_name, config", [("train_xar.py", "xar_cifar10_tiny.yaml"), ("train_fid_net.py", "fid_net.yaml")])
 def test_class_conditional_trainers_refuse_unlabelled_mixes(script_name, config, tmp_path):
     proc = run(f"train/{script_name}", "--config", f"train/configs/{config}", f"train.run_dir={tmp_path / 'r'}",

@@ -4,6 +4,7 @@ arXiv 2502.13967): encoder with causal registers -> FSQ -> rectified-flow decode
     torchrun --nproc_per_node=N train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml [key=value ...]
     python train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
     python train/train_flextok.py --config ... model.nested_dropout=off train.run_dir=...  # the no-ordering ablation
+    python train/train_flextok.py --config ... init_from=cifar10-flextok-tiny data.mix=dead-leaves  # fine-tune an export
 
 images -> tokenizer (pixels, or a frozen VAE, or a latent cache of one: `data.latents=CACHE` from `vistok cache-latents`,
 a fresh posterior sample of each image or its cached flip per step) -> (B, C, h, w) grid -> FlexTok's
@@ -12,6 +13,8 @@ conv, fid-net or dinov2) when `model.repa_dim` > 0. Running the same command aga
 the EMA weights are exported to RUN/export with the model config (the training-only REPA projector left out), the
 tokenizer and the decoding settings, so `vistok reconstruct|encode|decode --ckpt RUN/export` needs nothing else; a
 reconstruction grid (rows: images, columns: input then k = 1, 2, 4, ..., K) is written next to them.
+`init_from` (an export folder, shipped name or hf://) starts from another FlexTok's weights with a fresh optimizer and
+schedule: a fine-tune, e.g. on other data; its architecture keys and grid tokenizer must match this run's.
 """
 
 from __future__ import annotations
@@ -65,6 +68,25 @@ class Config:
     repa: RepaConfig = field(default_factory=RepaConfig)
     sample: DecodeConfig = field(default_factory=DecodeConfig)  # decoding defaults stored in the export
     preview_images: int = 8  # rows of RUN/export/preview.png (0: none)
+    init_from: str = ""  # a FlexTok export to fine-tune (fresh optimizer and schedule); empty: from scratch
+
+
+TRAINING_ONLY = ("nested_dropout", "null_cond_p", "t_mean", "t_std", "repa_dim", "repa_hidden", "repa_layer", "repa_weight")
+
+
+def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The weights of the export `cfg.init_from` (encoder, FSQ, decoder), checked against this run before any work:
+    its architecture and grid tokenizer must be this run's; training-only keys (nested dropout, REPA, ...) may differ."""
+    from vistok.api.exports import load_flextok
+
+    init, _, meta = load_flextok(cfg.init_from)
+    theirs, ours = to_dict(init.config), to_dict(cfg.model)
+    differ = [f"model.{k}={theirs[k]}" for k in ours if k not in TRAINING_ONLY and theirs[k] != ours[k]]
+    require(not differ, f"init_from={cfg.init_from} has another architecture ({', '.join(differ)}); set those model "
+                        "keys to match it")
+    require(meta["tokenizer"] == tokenizer_spec(cfg), f"init_from={cfg.init_from} was trained on another grid tokenizer "
+                                                      f"({meta['tokenizer']}); configure the same tokenizer")
+    return init.state_dict()
 
 
 def tokenizer_spec(cfg: Config) -> dict:
@@ -155,6 +177,7 @@ def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
     check_config(cfg)
+    init = init_weights(cfg) if cfg.init_from else None  # a bad export fails here, before data or models are built
 
     tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
     fid_net = load_fid_net(cfg.repa.weights or "cifar10-net") if cfg.repa.teacher == "fid-net" else None
@@ -168,6 +191,9 @@ def main() -> None:
     train_set = latent_dataset(cfg, teacher is not None) if cached else images
 
     model = FlexTok(cfg.model).to(env.device)
+    if init is not None:  # before the Trainer: the EMA starts from these weights (a resumed run then loads RUN/last.pt)
+        missing, unexpected = model.load_state_dict(init, strict=False)
+        assert not unexpected and all(k.startswith("repa_proj.") for k in missing), (missing, unexpected)
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
 
@@ -206,7 +232,8 @@ def main() -> None:
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
             resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
-            data_mix=mix, nested_dropout=cfg.model.nested_dropout, repa_teacher=cfg.repa.teacher)
+            data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
+            repa_teacher=cfg.repa.teacher)
         print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
               f"--num 100 --out DIR")
         if cfg.preview_images:
