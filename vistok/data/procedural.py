@@ -28,8 +28,8 @@ def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     img = np.empty((size, size, 3))
     img[:] = rng.uniform(0, 1, 3)  # background
+    lo, hi = (R_MIN * s) ** -2, (R_MAX * s) ** -2  # inverse-CDF draw of p(r) ~ r^-3 on [R_MIN, R_MAX]
     for _ in range(rng.integers(15, 61)):  # later leaves fall on top
-        lo, hi = (R_MIN * s) ** -2, (R_MAX * s) ** -2  # inverse-CDF draw of p(r) ~ r^-3 on [R_MIN, R_MAX]
         r = (lo - rng.uniform() * (lo - hi)) ** -0.5
         cy, cx = rng.uniform(-r / 2, size + r / 2, 2)
         shape = rng.integers(3)  # disc, square, thin rectangle
