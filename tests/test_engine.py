@@ -8,6 +8,9 @@ import math
 import os
 import random
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -505,7 +508,10 @@ def test_atomic_write_turns_a_full_disk_into_one_line_and_cleans_stale_temps(tmp
 
     target = tmp_path / "out.bin"
     atomic.atomic_write_bytes(target, b"old")
-    (tmp_path / ".out.bin.abc123.tmp").write_bytes(b"left by a killed writer")
+    (tmp_path / ".out.bin.abc123.tmp").write_bytes(b"left by a killed writer of an older version")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: its writer was killed
+    (tmp_path / f".out.bin.h-{atomic._host()}.p-{dead.pid}.x1_y.tmp").write_bytes(b"left by a killed writer")
 
     def full(f):
         f.write(b"new")
@@ -515,6 +521,65 @@ def test_atomic_write_turns_a_full_disk_into_one_line_and_cleans_stale_temps(tmp
         atomic.atomic_write(target, full)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and target.read_bytes() == b"old"
+
+
+def test_atomic_writers_of_one_target_never_delete_each_others_temporary_files(tmp_path):
+    """Two processes building the same cache at once: the second one's clean-up must not remove the first one's
+    temporary file (it did: the first then failed with 'No such file or directory'), and the later rename wins."""
+    target = tmp_path / "cache.npz"
+
+    def slow_writer(f):
+        f.write(b"first ")
+        atomic.atomic_write_bytes(target, b"second")  # a second writer (same process: its pid is alive) meanwhile
+        f.write(b"writer")
+
+    atomic.atomic_write(target, slow_writer)
+    assert target.read_bytes() == b"first writer" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+    # in another process, alive while we write: its temporary file stays
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = tmp_path / f".cache.npz.h-{atomic._host()}.p-{live.pid}.abc.tmp"
+        theirs.write_bytes(b"in progress")
+        atomic.atomic_write_bytes(target, b"mine")
+        with atomic.atomic_folder(tmp_path / "export") as folder:
+            (folder / "a.txt").write_text("1")
+        assert theirs.read_bytes() == b"in progress"
+    finally:
+        live.kill()
+        live.wait()
+    atomic.atomic_write_bytes(target, b"again")  # now its writer is gone: cleaned up
+    assert not theirs.exists()
+    # another host's temporary file: kept while fresh, removed after a day without a change
+    foreign = tmp_path / ".cache.npz.h-other-node.p-1.abc.tmp"
+    foreign.write_bytes(b"theirs")
+    atomic.atomic_write_bytes(target, b"x")
+    assert foreign.exists()
+    os.utime(foreign, (time.time() - 2 * atomic.FOREIGN_STALE_S,) * 2)
+    atomic.atomic_write_bytes(target, b"x")
+    assert not foreign.exists()
+    # a temporary file of another target whose name extends this one is never touched
+    other = tmp_path / ".cache.npz.bak.abc.tmp"
+    other.write_bytes(b"not ours")
+    atomic.atomic_write_bytes(target, b"x")
+    assert other.exists()
+
+
+def test_atomic_folder_keeps_a_killed_writers_moved_aside_folder_until_its_own_rename(tmp_path, monkeypatch):
+    """A writer killed between its two renames left the only complete copy as a temporary folder; a new write that
+    then fails must not have removed it."""
+    out = tmp_path / "export"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".export.h-{atomic._host()}.p-{dead.pid}.abc.tmp"
+    aside.mkdir()
+    (aside / "a.txt").write_text("complete")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(out):
+            raise RuntimeError("killed half way")
+    assert (aside / "a.txt").read_text() == "complete"
+    with atomic.atomic_folder(out) as folder:
+        (folder / "a.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):

@@ -3,15 +3,20 @@
 Every result vistok writes (checkpoints, exports, token files, FID statistics, `samples.npz`, segmentations) goes
 through `atomic_write` (one file) or `atomic_folder` (several files that must appear together), so a crash, a SIGKILL
 or a full disk at any moment leaves either the old result or the new one, never a torn file. Temporary files are named
-`.NAME.*.tmp`; a later write of the same target removes the ones a killed process left behind.
+`.NAME.h-HOST.p-PID.*.tmp` after their writer; a later write of the same target removes the ones whose writer is gone
+(a dead process on this host, or a day's silence from another host), never those of a writer still at work: two
+processes that build the same cache at once must not delete each other's temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +24,8 @@ from typing import BinaryIO
 from vistok.errors import VistokError
 
 TMP_SUFFIX = ".tmp"
+FOREIGN_STALE_S = 24 * 3600  # another host's temporary file counts as abandoned after a day without a change
+_RANDOM = r"[a-z0-9_]+"  # tempfile's random part: no dots, so `.out.bin.*` never reads as a temporary file of `out`
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -35,12 +42,50 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.NAME.h-HOST.p-PID.`: the writer of a temporary file can be told from its name."""
+    return f".{path.name}.h-{_host()}.p-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there: count it as alive, the age rule still applies
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def _abandoned(tmp: Path, name: str) -> bool:
+    """Whether `tmp` is a temporary file of target `name` whose writer is gone. Temporary files without an owner
+    (older vistok versions) count as abandoned; files that are not temporary files of `name` never do."""
+    escaped = re.escape(name)
+    if re.fullmatch(rf"\.{escaped}\.{_RANDOM}{re.escape(TMP_SUFFIX)}", tmp.name):
+        return True
+    owner = re.fullmatch(rf"\.{escaped}\.h-(?P<host>[A-Za-z0-9-]*)\.p-(?P<pid>[0-9]+)\.{_RANDOM}{re.escape(TMP_SUFFIX)}",
+                         tmp.name)
+    if owner is None:
+        return False
+    if owner["host"] == _host() and os.name != "nt":
+        return not _pid_alive(int(owner["pid"]))
+    return time.time() - tmp.stat().st_mtime > FOREIGN_STALE_S
+
+
 def clean_stale_temps(path: str | Path) -> None:
-    """Remove `.NAME.*.tmp` leftovers of `path` that a killed writer could not remove itself."""
+    """Remove `.NAME.*.tmp` leftovers of `path` whose writer was killed; a live writer's temporary file is kept."""
     path = Path(path)
     if path.parent.is_dir():
         for stale in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
+                if not _abandoned(stale, path.name):
+                    continue
                 if stale.is_dir():
                     shutil.rmtree(stale)
                 else:
@@ -65,7 +110,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise _explain(err, path) from None
     try:
@@ -99,8 +144,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent))
     except OSError as err:
         raise _explain(err, path) from None
     try:
@@ -114,13 +158,14 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         if path.exists():
             if not path.is_dir():
                 raise VistokError(f"{path} exists and is not a folder; choose another output path")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent))
             old.rmdir()
             os.replace(path, old)
         os.replace(tmp, path)
         fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        clean_stale_temps(path)  # only now: a killed writer's moved-aside folder may have been the one complete copy
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _explain(err, path) from None
