@@ -61,7 +61,7 @@ class FlexTokConfig:
     dec_width: int = 1152
     dec_depth: int = 18
     head_dim: int = 64
-    nested_dropout: NestedDropout = "pow2"  # k ~ U{1, 2, 4, ..., K} | U{1..K} | off (always K: the ablation)
+    nested_dropout: NestedDropout = "pow2"  # U{1, 2, 4, ..., K} | U{1..K} | always K (README: pow2 best at k <= 4)
     null_cond_p: float = 0.1  # probability of a null-conditioned (all registers nulled) training sample, for CFG
     t_mean: float = 0.0  # logit-normal t = sigmoid(N(t_mean, t_std^2))
     t_std: float = 1.0
