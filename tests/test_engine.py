@@ -564,7 +564,7 @@ def test_atomic_writers_of_one_target_never_delete_each_others_temporary_files(t
     assert other.exists()
 
 
-def test_atomic_folder_keeps_a_killed_writers_moved_aside_folder_until_its_own_rename(tmp_path, monkeypatch):
+def test_atomic_folder_keeps_a_killed_writers_moved_aside_folder_until_its_own_rename(tmp_path):
     """A writer killed between its two renames left the only complete copy as a temporary folder; a new write that
     then fails must not have removed it."""
     out = tmp_path / "export"

@@ -52,8 +52,6 @@ def _temp_prefix(path: Path) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would terminate the process there: count it as alive, the age rule still applies
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,15 +64,14 @@ def _pid_alive(pid: int) -> bool:
 def _abandoned(tmp: Path, name: str) -> bool:
     """Whether `tmp` is a temporary file of target `name` whose writer is gone. Temporary files without an owner
     (older vistok versions) count as abandoned; files that are not temporary files of `name` never do."""
-    escaped = re.escape(name)
-    if re.fullmatch(rf"\.{escaped}\.{_RANDOM}{re.escape(TMP_SUFFIX)}", tmp.name):
-        return True
-    owner = re.fullmatch(rf"\.{escaped}\.h-(?P<host>[A-Za-z0-9-]*)\.p-(?P<pid>[0-9]+)\.{_RANDOM}{re.escape(TMP_SUFFIX)}",
-                         tmp.name)
-    if owner is None:
+    found = re.fullmatch(rf"\.{re.escape(name)}\.(?:h-(?P<host>[A-Za-z0-9-]*)\.p-(?P<pid>[0-9]+)\.)?{_RANDOM}"
+                         rf"{re.escape(TMP_SUFFIX)}", tmp.name)
+    if found is None:
         return False
-    if owner["host"] == _host() and os.name != "nt":
-        return not _pid_alive(int(owner["pid"]))
+    if found["pid"] is None:
+        return True
+    if found["host"] == _host() and os.name != "nt":  # on Windows os.kill(pid, 0) would end the process: age rule
+        return not _pid_alive(int(found["pid"]))
     return time.time() - tmp.stat().st_mtime > FOREIGN_STALE_S
 
 
