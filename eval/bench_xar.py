@@ -57,7 +57,7 @@ def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str 
     """A closure running one optimizer step (forward, loss, backward, clip, AdamW) on fixed random latents."""
     model = XAR(cfg).to(device).train()
     if compile:
-        model.compile()
+        model.compile(dynamic=False)  # as `train.compile=true`: static shapes, each row its own graph
     optimizer = build_optimizer(model, 1e-4, 0.02, (0.9, 0.96))  # fused AdamW (CPU and CUDA)
     tokens = torch.randn(batch, cfg.in_channels, *cfg.grid, device=device)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device)

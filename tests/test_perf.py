@@ -272,6 +272,25 @@ def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step(exact_s
     assert backend.compiles <= (2 * first if exact_shapes else first + 1)  # static: the batch size becomes dynamic once
 
 
+def test_xar_compiled_sampling_keeps_compiling_for_several_batch_sizes() -> None:
+    """Exact-shape graphs come per (batch size, cache length): two batch sizes (a last partial batch, a second model)
+    need two sets, 14 graphs for 4 entities, beyond torch's default recompile limit of 8 (and the 10 this model
+    allowed before), past which dynamo silently runs eager."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model, backend = tiny_xar().eval(), CountingBackend()
+    model.compile_stack(backend=backend, exact_shapes=True)
+    per_batch = []
+    for batch in (1, 2):
+        before = backend.compiles
+        labels = torch.arange(batch)
+        out = sample_xar(model, labels, steps=2, cfg=2.0, seed=batch, compile=True)
+        torch.testing.assert_close(out, sample_xar(tiny_xar().eval(), labels, steps=2, cfg=2.0, seed=batch), rtol=1e-5, atol=1e-5)
+        per_batch.append(backend.compiles - before)
+    assert per_batch == [2 * model.partition.num_entities - 1] * 2, per_batch
+
+
 def test_gpt_compiled_sampling_equals_eager() -> None:
     import torch._dynamo
 
@@ -355,7 +374,7 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
     real_compile, compiled = torch.nn.Module.compile, []
 
     def fast_compile(self, *args, **kwargs):  # aot_eager: dynamo + AOTAutograd without inductor's C++ build
-        compiled.append(type(self).__name__)
+        compiled.append((type(self).__name__, kwargs))
         return real_compile(self, backend="aot_eager")
 
     monkeypatch.setattr(torch.nn.Module, "compile", fast_compile)
@@ -382,7 +401,7 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
                 losses[flag].append(loss.item())
                 run.finish_step()
         assert (model._compiled_call_impl is not None) == flag
-    assert compiled == ["XAR"]
+    assert compiled == [("XAR", {"dynamic": False})]  # static shapes: a new batch size never turns the steps symbolic
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
     state = torch.load(tmp_path / "True" / "last.pt", weights_only=False)
     assert not any("_orig_mod" in k for k in state["model"])

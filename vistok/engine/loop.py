@@ -173,7 +173,10 @@ class Trainer:
         self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
         self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
         if tc.compile:
-            model.compile()  # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys
+            # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys. Static shapes: another batch
+            # size (an evaluation, a last batch) gets its own graph instead of a symbolic one that every later
+            # training step would then run (slower kernels)
+            model.compile(dynamic=False)
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
         self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)  # after wrapping: under FSDP2 its entries are shards too
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)
