@@ -7,10 +7,15 @@
     python eval/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
     python eval/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
     python eval/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
+    python eval/bench_xar.py --baseline /tmp/v0 [--compile]   # alternating with it: the machine-corrected ratios
+    python eval/bench_xar.py --malloc-default    # without vistok's host-memory setting (vistok.engine.host_memory)
 
 --code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
 parity with the official implementation), alternating runs of both measure how much faster this machine is than the
-one the official column came from, so the ratios can be read on equal terms.
+one the official column came from, so the ratios can be read on equal terms. `--baseline DIR` does the alternation
+itself (`--rounds` times: the other checkout's rows, then this one's, each in a fresh process) and prints, per row, the median
+and range over rounds of vistok / baseline and of the corrected ratio (vistok / baseline) x (the issue's vistok /
+official), the figure issue #12's 0.7x target is read against.
 
 The official column holds the official code's medians from issue #12, measured at this configuration: width 64,
 2+2 blocks, 4 heads, 16x16x16 latents, 4 cells of 8x8, 1000 classes, fp32, 2 threads, random weights. Training
@@ -24,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
-import time
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
 import torch
@@ -51,6 +59,8 @@ ROWS = {
     "s8": ("sample 8 images, 10 steps per cell, CFG 2.0 linear, no VAE", 816, ("sample", 8, 0.0)),
     "s32": ("sample 32 images, same", 2785, ("sample", 32, 0.0)),
 }
+# the vistok column of issue #12: the code it timed (16bc730) against the official code in the same runs
+ISSUE_VISTOK = {"t32": 408, "t8": 144, "t32d": 1084, "t8d": 235, "s8": 829, "s32": 2920}
 
 
 def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", compile: bool = False) -> Callable[[], None]:
@@ -86,9 +96,9 @@ def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_sc
     return run
 
 
-def issue_rows(keys: list[str], repeats: int, compile: bool) -> list[tuple]:
-    cpu = torch.device("cpu")
-    runs = {}
+def build_runs(keys: list[str], compile: bool) -> dict[str, Callable[[], None]]:
+    """One closure per issue row, warmed up (and compiled with `compile`)."""
+    cpu, runs = torch.device("cpu"), {}
     for key in keys:
         kind, batch, drop = ROWS[key][2]
         cfg = dataclasses.replace(ISSUE, dropout=drop, attn_dropout=drop)
@@ -98,27 +108,83 @@ def issue_rows(keys: list[str], repeats: int, compile: bool) -> list[tuple]:
         if kind == "train":
             runs[key]()
         print(f"  warmed up {key} ({time.perf_counter() - start:.1f} s)", flush=True)
-    wall: dict[str, list[float]] = {k: [] for k in keys}
-    cpu_time: dict[str, list[float]] = {k: [] for k in keys}
+    return runs
+
+
+def time_rows(runs: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Wall and process CPU ms per row over `repeats` interleaved rounds (every row once per round), and the load."""
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu_time: dict[str, list[float]] = {k: [] for k in runs}
     loads = []
-    for _ in range(repeats):  # interleaved: every row once per round
-        for key in keys:
+    for _ in range(repeats):
+        for key, run in runs.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            runs[key]()
-            wall[key].append(time.perf_counter() - t0)
-            cpu_time[key].append(time.process_time() - c0)
+            run()
+            wall[key].append(1000 * (time.perf_counter() - t0))
+            cpu_time[key].append(1000 * (time.process_time() - c0))
         loads.append(os.getloadavg()[0])
+    return wall, cpu_time, loads
+
+
+def report_load(loads: list[float]) -> None:
+    print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
+    if max(loads) > (os.cpu_count() or 1) + 0.5:  # the load counts this process's own threads too
+        print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, so "
+              "these times are not comparable to the official column (use --threads 1 for a relative check)", flush=True)
+
+
+def issue_rows(keys: list[str], repeats: int, compile: bool, json_out: str | None = None) -> list[tuple]:
+    wall, cpu_time, loads = time_rows(build_runs(keys, compile), repeats)
+    report_load(loads)
+    if json_out:  # the medians, for `--baseline` (which runs this script on the other checkout)
+        with open(json_out, "w") as f:
+            json.dump({k: statistics.median(v) for k, v in wall.items()}, f)
     rows = []
     for key in keys:
         label, official, _ = ROWS[key]
-        ms = [1000 * s for s in wall[key]]
+        ms = wall[key]
         med = statistics.median(ms)
         rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
-                     f"{1000 * statistics.median(cpu_time[key]):,.0f}", f"{med / official:.2f}"))
-    print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
-    if max(loads) > (os.cpu_count() or 1) - torch.get_num_threads() + 1:
-        print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, so "
-              "these times are not comparable to the official column (use --threads 1 for a relative check)", flush=True)
+                     f"{statistics.median(cpu_time[key]):,.0f}", f"{med / official:.2f}"))
+    return rows
+
+
+def baseline_rows(keys: list[str], rounds: int, repeats: int, compile: bool, baseline: str, threads: int,
+                  malloc_default: bool = False) -> list[tuple]:
+    """This checkout against another one on this machine, alternating: each round runs the other checkout's rows
+    (`--code`, eager) and then this one's (with `compile` if asked), each in a fresh subprocess so neither side runs
+    in a process that has aged for longer; per row, the ratio of the two medians of every round. The issue's own
+    ratio of the code it measured to the official column (ISSUE_VISTOK) makes a baseline of that code (16bc730)
+    comparable: corrected = (now / baseline) x (baseline / official)."""
+    ratios: dict[str, list[float]] = {k: [] for k in keys}
+    now_ms: dict[str, list[float]] = {k: [] for k in keys}
+    base_ms: dict[str, list[float]] = {k: [] for k in keys}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        def medians(*extra: str) -> dict[str, float]:
+            cmd = [sys.executable, os.path.abspath(__file__), "--rows", ",".join(keys), "--repeats", str(repeats),
+                   "--threads", str(threads), "--json", out, *extra]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                return json.load(f)
+
+        for r in range(rounds):
+            base = medians("--code", baseline)
+            now = medians(*(["--compile"] if compile else []), *(["--malloc-default"] if malloc_default else []))  # compiled graphs: inductor's disk cache
+            for key in keys:
+                now_ms[key].append(now[key])
+                base_ms[key].append(base[key])
+                ratios[key].append(now[key] / base[key])
+            print(f"  round {r + 1}/{rounds}, load {os.getloadavg()[0]:.1f}: "
+                  + ", ".join(f"{k} {ratios[k][-1]:.2f}" for k in keys), flush=True)
+    rows = []
+    for key in keys:
+        label, official, _ = ROWS[key]
+        ratio = statistics.median(ratios[key])
+        factor = ISSUE_VISTOK[key] / official
+        rows.append((label, f"{official:,}", f"{ISSUE_VISTOK[key]:,}", f"{statistics.median(base_ms[key]):,.0f}",
+                     f"{statistics.median(now_ms[key]):,.0f}", f"{ratio:.2f} ({min(ratios[key]):.2f}-{max(ratios[key]):.2f})",
+                     f"{ratio * factor:.2f} ({min(ratios[key]) * factor:.2f}-{max(ratios[key]) * factor:.2f})"))
     return rows
 
 
@@ -212,7 +278,17 @@ def main() -> None:
     parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
     parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
+    parser.add_argument("--baseline", metavar="DIR", help="alternate with this checkout (e.g. 16bc730) and print the "
+                        "machine-corrected ratio to the official column (see the docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline (default 3)")
+    parser.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc thresholds alone (vistok's "
+                        "training loop and CLI keep freed host memory for reuse: vistok.engine.host_memory)")
+    parser.add_argument("--json", metavar="PATH", help=argparse.SUPPRESS)  # row medians, for --baseline
     args = parser.parse_args()
+    if not args.code and not args.malloc_default:  # as `vistok` and every training script run (an older checkout: not)
+        from vistok.engine.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.gpu_only:
@@ -227,9 +303,15 @@ def main() -> None:
         unknown = [k for k in keys if k not in ROWS]
         if unknown:
             parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-        rows = issue_rows(keys, args.repeats, args.compile)
-        table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
-               "official ms", "vistok ms (min-max)", "process CPU ms", "vistok / official"), rows)
+        if args.baseline:
+            rows = baseline_rows(keys, args.rounds, args.repeats, args.compile, args.baseline, args.threads, args.malloc_default)
+            table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
+                   "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms", "vistok / baseline (min-max)",
+                   "vistok / official, corrected (min-max)"), rows)
+        else:
+            rows = issue_rows(keys, args.repeats, args.compile, args.json)
+            table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
+                   "official ms", "vistok ms (min-max)", "process CPU ms", "vistok / official"), rows)
     import vistok
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vistok.engine.host_memory import keep_freed_memory
 from vistok.errors import VistokError
 
 
@@ -474,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # this process's tensors reuse freed host memory (see vistok.engine.host_memory)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -25,6 +25,7 @@ from vistok.engine import dist as vdist
 from vistok.engine.checkpoint import Checkpointer
 from vistok.engine.dist import DistEnv
 from vistok.engine.flops import count_flops, mfu, peak_flops
+from vistok.engine.host_memory import keep_freed_memory
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.errors import VistokError
@@ -172,6 +173,8 @@ class Trainer:
         tc = cfg.train
         self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
         self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
+        if env.device.type == "cpu":
+            keep_freed_memory()  # every step allocates the same activations: no page faults on reusing them
         if tc.compile:
             # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys. Static shapes: another batch
             # size (an evaluation, a last batch) gets its own graph instead of a symbolic one that every later
