@@ -349,6 +349,23 @@ def test_bench_xar_gpu_rows_run_on_cpu() -> None:
     assert "sampling, bf16, batch 4, 2 steps" in proc.stdout and "images/s" in proc.stdout
 
 
+def test_bench_xar_baseline_corrects_by_the_issues_own_ratio() -> None:
+    """--baseline against this very checkout (one round, one row): both sides run in their own processes, and the
+    corrected column is vistok / baseline times the issue's 144 / 138 for the B=8 training row."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline", str(root))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| train step B=8"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["138", "144"], cells
+    ratio, corrected = (float(re.match(r"[0-9.]+", c).group()) for c in cells[5:7])
+    assert abs(float(cells[4].replace(",", "")) / float(cells[3].replace(",", "")) - ratio) < 0.02, cells
+    assert abs(corrected - ratio * 144 / 138) < 0.011, cells
+
+
 def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
     import json
 
