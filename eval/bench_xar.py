@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,19 +112,22 @@ def build_runs(keys: list[str], compile: bool) -> dict[str, Callable[[], None]]:
     return runs
 
 
-def time_rows(runs: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
-    """Wall and process CPU ms per row over `repeats` interleaved rounds (every row once per round), and the load."""
+def time_rows(runs: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]], list[float]]:
+    """Wall and process CPU ms and minor page faults per row over `repeats` interleaved rounds (every row once per
+    round), and the load."""
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu_time: dict[str, list[float]] = {k: [] for k in runs}
+    faults: dict[str, list[int]] = {k: [] for k in runs}
     loads = []
     for _ in range(repeats):
         for key, run in runs.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             run()
             wall[key].append(1000 * (time.perf_counter() - t0))
             cpu_time[key].append(1000 * (time.process_time() - c0))
+            faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         loads.append(os.getloadavg()[0])
-    return wall, cpu_time, loads
+    return wall, cpu_time, faults, loads
 
 
 def report_load(loads: list[float]) -> None:
@@ -134,7 +138,7 @@ def report_load(loads: list[float]) -> None:
 
 
 def issue_rows(keys: list[str], repeats: int, compile: bool, json_out: str | None = None) -> list[tuple]:
-    wall, cpu_time, loads = time_rows(build_runs(keys, compile), repeats)
+    wall, cpu_time, faults, loads = time_rows(build_runs(keys, compile), repeats)
     report_load(loads)
     if json_out:  # the medians, for `--baseline` (which runs this script on the other checkout)
         with open(json_out, "w") as f:
@@ -142,10 +146,9 @@ def issue_rows(keys: list[str], repeats: int, compile: bool, json_out: str | Non
     rows = []
     for key in keys:
         label, official, _ = ROWS[key]
-        ms = wall[key]
-        med = statistics.median(ms)
+        ms, med = wall[key], statistics.median(wall[key])
         rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
-                     f"{statistics.median(cpu_time[key]):,.0f}", f"{med / official:.2f}"))
+                     f"{statistics.median(cpu_time[key]):,.0f}", f"{statistics.median(faults[key]):,.0f}", f"{med / official:.2f}"))
     return rows
 
 
@@ -161,6 +164,7 @@ def baseline_rows(keys: list[str], rounds: int, repeats: int, compile: bool, bas
     base_ms: dict[str, list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rows.json")
+
         def medians(*extra: str) -> dict[str, float]:
             cmd = [sys.executable, os.path.abspath(__file__), "--rows", ",".join(keys), "--repeats", str(repeats),
                    "--threads", str(threads), "--json", out, *extra]
@@ -311,7 +315,7 @@ def main() -> None:
         else:
             rows = issue_rows(keys, args.repeats, args.compile, args.json)
             table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
-                   "official ms", "vistok ms (min-max)", "process CPU ms", "vistok / official"), rows)
+                   "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
     import vistok
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"

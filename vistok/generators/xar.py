@@ -188,8 +188,7 @@ class XAR(nn.Module):
         static = cache is not None and mask is None and not self.__dict__["_exact_shapes"]
         if cache is not None:  # allocated outside the graph, so the first call does not trace an allocation
             cache.reserve(x, self.config.heads, self.config.width // self.config.heads)
-        # exact shapes: 2E - 1 graphs per batch size (and the sampler runs two: the conditional half alone for an
-        # unguided first entity, then the CFG batch), for a few batch sizes (a last partial batch) and models
+        # exact shapes: 2E - 1 graphs per batch size, with room for several batch sizes (a last partial batch) and models
         with torch._dynamo.config.patch(recompile_limit=max(32, 8 * self.partition.num_entities + 8)):
             out = compiled(x, cond, groups, index, mask, cache, store, static)
         if static and store:
