@@ -5,11 +5,14 @@
 
 Rows (issue #12): xar-b (Ren et al., arXiv 2502.20388) training step time and MFU at batch 64 per GPU in bf16 (model
 FLOPs of forward + backward counted once with torch.utils.flop_counter, over the device's dense bf16 peak, or
-$VISTOK_PEAK_TFLOPS); xar-b sampling images/s at batch 256, 50 steps, CFG, bf16, eager and with `torch.compile`;
+$VISTOK_PEAK_TFLOPS) and sampling images/s at batch 256, 50 steps, CFG, bf16, each eager and with `torch.compile`;
 FlexTok d18-d18 (Bachmann et al., arXiv 2502.13967) decode images/s at batch 64, 20 steps, CFG (latents, random
 weights); the selective scan (Gu & Dao, arXiv 2312.00752) forward + backward against mamba_ssm's CUDA kernel when
 mamba_ssm is installed. Checks: xAR's FlexAttention block mask against SDPA with the same mask (and FlexTok's register
-mask), compiled, on the device. With `--device cpu` every row runs at tiny sizes, so the script itself is tested.
+mask), the model eager and compiled, and xAR's training gradients; xAR sampling with the static KV cache against full
+recompute, eager and compiled; all on the device. Every stage runs on its own (a
+failure becomes a row, and the exit status says so) and the JSON file is rewritten after each one. With `--device
+cpu` every row runs at tiny sizes, so the script itself is tested.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,15 +92,18 @@ def scan_row(device: torch.device, batch: int, length: int, d_inner: int, d_stat
     return row
 
 
-@torch.no_grad()
 def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
-    """FlexAttention (compiled) against SDPA with the same mask, on the device: xAR's block-causal mask, FlexTok's
-    register mask. One row each with the largest difference."""
+    """FlexAttention against SDPA with the same mask, on the device, in float32 (TF32 off): xAR's block-causal mask
+    and FlexTok's register mask, with the model compiled and eager (on CUDA the eager model calls the separately
+    compiled kernel), and on CUDA xAR's training gradients (the path `train.compile=false` takes there; FlexAttention
+    has no backward on the CPU). One row each with the largest difference."""
     from vistok.generators.xar import PRESETS as XAR_PRESETS
     from vistok.generators.xar import XAR
     from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
     from vistok.tokenizers.flextok import FlexTok
 
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
     torch.manual_seed(0)
     xar = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], entity_size=2)).to(device).eval()
@@ -106,23 +113,74 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
     flextok = FlexTok(FLEXTOK_PRESETS["flextok-test"]).to(device).eval()
     torch.nn.init.normal_(flextok.encoder.head.weight)
     images = torch.randn(2, flextok.config.in_channels, *flextok.config.grid, device=device)
-    for name, model, fn in (("xAR block-causal mask", xar, lambda m: m(tokens, labels, t=t, noise=noise)),
-                            ("FlexTok register mask", flextok, lambda m: m.encode(images))):
-        set_attention_backend(model, "sdpa")
-        ref = fn(model)
-        set_attention_backend(model, "flex")
-        note = "compiled FlexAttention"
-        try:
-            if not compile:
-                raise RuntimeError("--no-flex-compile")
-            out = torch.compile(fn, dynamic=False)(model)
-        except Exception as err:  # noqa: BLE001 - reported in the table, not fatal
-            out = fn(model)  # FlexAttention's eager (unfused) path
-            note = f"eager FlexAttention ({type(err).__name__}: {str(err)[:80]})"
-        diff = (out.float() - ref.float()).abs().max().item()
-        rows.append(dict(row=f"FlexAttention vs SDPA: {name}", value=diff, unit="max |diff|", note=note, ok=diff < 1e-4))
-        set_attention_backend(model, "auto")
+    try:
+        for name, model, fn in (("xAR block-causal mask", xar, lambda m: m(tokens, labels, t=t, noise=noise)),
+                                ("FlexTok register mask", flextok, lambda m: m.encode(images))):
+            with torch.no_grad():
+                set_attention_backend(model, "sdpa")
+                ref = fn(model)
+                set_attention_backend(model, "flex")
+                kernel = "fused kernel" if device.type == "cuda" else "unfused reference"
+                outs = [(f"eager model, {kernel}", fn(model))]
+                if compile:  # a failure here fails the stage (a row saying so)
+                    outs.append(("compiled model", torch.compile(fn, dynamic=False)(model)))
+            for label, out in outs:
+                diff = (out.float() - ref.float()).abs().max().item()
+                rows.append(dict(row=f"FlexAttention vs SDPA: {name}, {label}", value=diff, unit="max |diff|", ok=diff < 1e-4))
+        if device.type != "cuda":
+            return rows  # FlexAttention has no backward on the CPU
+        xar.train()
+        grads = {}
+        for backend in ("sdpa", "flex"):  # the training loss of one fixed draw, then every gradient
+            set_attention_backend(xar, backend)
+            xar.zero_grad(set_to_none=True)
+            xar(tokens, labels, t=t, noise=noise).backward()
+            grads[backend] = [p.grad.clone() for p in xar.parameters() if p.grad is not None]
+        diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(grads["flex"], grads["sdpa"]))
+        rows.append(dict(row="FlexAttention vs SDPA: xAR training gradients, eager model", value=diff,
+                         unit="max rel. |diff|", tensors=len(grads["sdpa"]), ok=diff < 1e-4))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for model in (xar, flextok):
+            set_attention_backend(model, "auto")
     return rows
+
+
+@torch.no_grad()
+def kv_cache_checks(device: torch.device, compile: bool = True) -> list[dict]:
+    """xAR sampling with the static KV cache (eager, and with the compiled stack) against full recompute, in float32
+    with TF32 off, 2+2 blocks, 4 heads, 4 cells, CFG: the largest difference over the samples."""
+    from vistok.generators.sampling import sample_xar
+    from vistok.generators.xar import PRESETS as XAR_PRESETS
+    from vistok.generators.xar import XAR
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        model = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], depth=2, entity_size=2)).to(device).eval()
+        labels = torch.tensor([0, 3, 7], device=device)
+        run = lambda **kw: sample_xar(model, labels, steps=3, cfg=2.0, seed=0, **kw)  # noqa: E731
+        ref, rows = run(full_recompute=True), []
+        for label, kw in (("eager", {}), ("compiled stack", {"compile": True}))[: 2 if compile else 1]:
+            diff = (run(**kw) - ref).abs().max().item()
+            rows.append(dict(row=f"static KV cache vs full recompute: xAR sampling, {label}", value=diff,
+                             unit="max |diff|", scale=ref.abs().max().item(), ok=diff < 1e-3))
+        return rows
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def stages(device: torch.device, sizes: dict, args: argparse.Namespace) -> list[tuple[str, Callable[[], list[dict]]]]:
+    """The checks in the order they run (the cheapest and most telling first), each a thunk returning rows."""
+    out = [("FlexAttention checks", lambda: flex_checks(device, compile=not args.no_flex_compile)),
+           ("xar-b eager", lambda: bench_xar.gpu_rows(device)),
+           ("FlexTok decode", lambda: [flextok_decode_row(device, sizes["flextok"], sizes["flex_batch"], sizes["flex_steps"])]),
+           ("selective scan", lambda: [scan_row(device, *sizes["scan"])]),
+           ("KV cache checks", lambda: kv_cache_checks(device, compile=not args.no_flex_compile))]
+    if not args.no_compile:
+        out.append(("xar-b compiled", lambda: bench_xar.gpu_rows(device, compile=True)))
+    return out
 
 
 def main() -> None:
@@ -130,31 +188,44 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     parser.add_argument("--out", default="gpu_check.json", help="JSON file of all rows (default gpu_check.json)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled sampling row (slow to build on a CPU)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled xar-b rows (slow to build on a CPU)")
     parser.add_argument("--no-flex-compile", action="store_true", help="check FlexAttention eagerly (no inductor build)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    sizes = SIZES[device.type]
-    start = time.perf_counter()
-    rows = bench_xar.gpu_rows(device)
-    if not args.no_compile:
-        rows.append(bench_xar.gpu_rows(device, compile=True)[1])
-    rows.append(flextok_decode_row(device, sizes["flextok"], sizes["flex_batch"], sizes["flex_steps"]))
-    rows.append(scan_row(device, *sizes["scan"]))
-    rows += flex_checks(device, compile=not args.no_flex_compile)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here; use --device cpu for the tiny sizes")
+    start, rows = time.perf_counter(), []
+    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
+                tiny_sizes=device.type != "cuda")
+    for name, run in stages(device, SIZES[device.type], args):
+        t0 = time.perf_counter()
+        try:
+            new = run()
+        except Exception as err:  # noqa: BLE001 - one failing stage must not cost the others (a GPU lease is short)
+            new = [dict(row=f"{name}: failed", value=float("nan"), unit="", error=f"{type(err).__name__}: {str(err)[:300]}", ok=False)]
+        rows += new
+        for line in format_rows(new):
+            print(line, flush=True)
+        print(f"  ({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        meta["seconds"] = time.perf_counter() - start  # the file is rewritten after every stage: a killed run keeps its rows
+        atomic_write_bytes(Path(args.out), json.dumps(dict(meta=meta, rows=rows), indent=1, default=str).encode())
     print("\n| check | measured | details |\n|---|---|---|")
+    for line in format_rows(rows):
+        print(line)
+    print(f"\n{meta['device']}, torch {torch.__version__}; wrote {args.out}")
+    if not all(r.get("ok", True) for r in rows):
+        raise SystemExit("a check failed or FlexAttention and SDPA disagree (see the table)")
+
+
+def format_rows(rows: list[dict]) -> list[str]:
+    out = []
     for r in rows:
         details = {k: v for k, v in r.items() if k not in ("row", "value", "unit") and v is not None}
         text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in details.items())
-        print(f"| {r['row']} | {r['value']:,.4g} {r['unit']} | {text} |")
-    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
-                seconds=time.perf_counter() - start, tiny_sizes=device.type != "cuda")
-    atomic_write_bytes(Path(args.out), json.dumps(dict(meta=meta, rows=rows), indent=1, default=str).encode())
-    print(f"\n{meta['device']}, torch {torch.__version__}; wrote {args.out}")
-    if not all(r.get("ok", True) for r in rows):
-        raise SystemExit("FlexAttention and SDPA disagree (see the table)")
+        out.append(f"| {r['row']} | {r['value']:,.4g} {r['unit']} | {text} |")
+    return out
 
 
 if __name__ == "__main__":

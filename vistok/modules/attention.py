@@ -4,8 +4,9 @@ and a static KV cache.
 - Masks: None (attend to everything), a boolean (True = may attend) or additive float tensor broadcastable to
   (B, heads, L_query, L_key), `causal` (each new token sees every cached token and the new tokens up to itself;
   SDPA's `is_causal` path when nothing is cached), a `BlockCausal` run of entities (xAR), or a FlexAttention
-  `BlockMask` (Dong et al., "Flex Attention", arXiv 2412.05496), the fast path for structured masks on CUDA. With a KV
-  cache the key axis is [cached keys, new keys].
+  `BlockMask` (Dong et al., "Flex Attention", arXiv 2412.05496), the fast path for structured masks on CUDA (compiled
+  on its own when the model is not, so eager models get the fused kernels too). With a KV cache the key axis is
+  [cached keys, new keys].
 - `BlockCausal` (xAR's entity mask: full attention inside an entity, causal across entities) runs one mask-free SDPA
   call per entity against the keys of that entity and all earlier ones, so the masked-out blocks are never computed
   (10 of 16 blocks for 4 cells) and SDPA keeps its fused kernels; with attention dropout (SDPA's math path) the
@@ -27,6 +28,7 @@ and a static KV cache.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -66,7 +68,8 @@ def flex_block_mask(mask_mod, q_len: int, kv_len: int, device: torch.device | st
 
 def set_attention_backend(model: nn.Module, backend: Backend) -> nn.Module:
     """Choose how `model` (and every submodule that builds structured masks: xAR, FlexTok) attends: `sdpa` (the
-    mask as SDPA calls / a dense tensor), `flex` (FlexAttention block masks; fused kernels under `torch.compile`),
+    mask as SDPA calls / a dense tensor), `flex` (FlexAttention block masks; fused kernels on CUDA and under
+    `torch.compile`, the unfused reference in an eager model on the CPU),
     or `auto` (flex on CUDA, sdpa elsewhere and with attention dropout in training). Returns the model."""
     require(backend in ("auto", "sdpa", "flex"), f"unknown attention backend {backend!r}; use auto, sdpa or flex")
     if backend == "flex":
@@ -197,6 +200,21 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -
     return torch.matmul(dropout(probs, dropout_p), v)
 
 
+@functools.cache
+def _fused_flex():
+    """FlexAttention compiled on its own (static shapes), so that an eager model still gets its fused kernels."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(device: torch.device):
+    """The FlexAttention callable for `device`: plain `flex_attention` inside a compiled model (dynamo fuses it there)
+    and on the CPU (eager: the unfused reference, as tested in CI); the separately compiled kernel on CUDA, where the
+    unfused path materialises every score and runs many times slower."""
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention
+    return _fused_flex()
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropout: float = 0.0) -> torch.Tensor:
     """Attention of queries (B, H, L, Dh) over keys/values (B, H, S + L, Dh) (the last L keys are the queries' own
     tokens) under any `Mask` -> (B, H, L, Dh)."""
@@ -220,7 +238,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout)
     if BlockMask is not None and isinstance(mask, BlockMask):
         require(dropout == 0.0, "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
-        return flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
+        require(q.device.type != "cpu" or not (torch.is_grad_enabled() and q.requires_grad),
+                "FlexAttention has no backward on the CPU; train there with attention backend sdpa (or auto)")
+        return _flex(q.device)(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
     if mask is None:
         return _sdpa(q, k, v, dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
