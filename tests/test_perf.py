@@ -201,18 +201,22 @@ def test_flex_training_on_cpu_fails_in_one_line_and_cuda_gets_the_compiled_kerne
 
 @needs_flex
 def test_flex_attention_compiled_on_cpu_equals_sdpa() -> None:
-    """Inference through torch.compile, FlexAttention's fused path; skipped where inductor cannot build it."""
+    """Inference through the separately compiled FlexAttention that eager CUDA models call (`attention._fused_flex`),
+    FlexAttention's fused path, at two sequence lengths (one graph each); skipped where inductor cannot build it."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    ids = torch.arange(64) // 16  # four entities of 16 tokens
-    block = create_block_mask(lambda b, h, q, kv: ids[kv] <= ids[q], None, None, 64, 64, device="cpu")
-    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
-    try:
-        out = torch.compile(flex_attention)(q, k, v, block_mask=block)
-    except Exception as err:  # noqa: BLE001 - any inductor/toolchain failure is a reason to skip, named below
-        pytest.skip(f"compiled FlexAttention does not run on this CPU build: {type(err).__name__}: {str(err)[:200]}")
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[None, :] <= ids[:, None])
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    from vistok.modules import attention
+
+    for length in (64, 96):
+        ids = torch.arange(length) // 16  # entities of 16 tokens
+        block = create_block_mask(lambda b, h, q, kv: ids[kv] <= ids[q], None, None, length, length, device="cpu")
+        q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
+        try:
+            out = attention._fused_flex()(q, k, v, block_mask=block)
+        except Exception as err:  # noqa: BLE001 - any inductor/toolchain failure is a reason to skip, named below
+            pytest.skip(f"compiled FlexAttention does not run on this CPU build: {type(err).__name__}: {str(err)[:200]}")
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[None, :] <= ids[:, None])
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------------------- compile

@@ -202,7 +202,9 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -
 
 @functools.cache
 def _fused_flex():
-    """FlexAttention compiled on its own (static shapes), so that an eager model still gets its fused kernels."""
+    """FlexAttention compiled on its own, so that an eager model still gets its fused kernels: one static graph per
+    shape (a model meets few: xAR's training sequence, FlexTok's encoder per batch size; xAR's sampler attends one
+    entity at a time, with no block mask)."""
     return torch.compile(flex_attention, dynamic=False)
 
 
