@@ -134,6 +134,7 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
         for backend in ("sdpa", "flex"):  # the training loss of one fixed draw, then every gradient
             set_attention_backend(xar, backend)
             xar.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same label drop (CFG training) for both
             xar(tokens, labels, t=t, noise=noise).backward()
             grads[backend] = [p.grad.clone() for p in xar.parameters() if p.grad is not None]
         diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(grads["flex"], grads["sdpa"]))
