@@ -307,15 +307,14 @@ def main() -> None:
         unknown = [k for k in keys if k not in ROWS]
         if unknown:
             parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        title = "xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else "")
         if args.baseline:
             rows = baseline_rows(keys, args.rounds, args.repeats, args.compile, args.baseline, args.threads, args.malloc_default)
-            table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
-                   "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms", "vistok / baseline (min-max)",
+            table((title, "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms", "vistok / baseline (min-max)",
                    "vistok / official, corrected (min-max)"), rows)
         else:
             rows = issue_rows(keys, args.repeats, args.compile, args.json)
-            table(("xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else ""),
-                   "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
+            table((title, "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
     import vistok
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"

@@ -18,6 +18,7 @@ cpu` every row runs at tiny sizes, so the script itself is tested.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -92,6 +93,18 @@ def scan_row(device: torch.device, batch: int, length: int, d_inner: int, d_stat
     return row
 
 
+@contextlib.contextmanager
+def fp32_matmuls():
+    """CUDA matmuls in full float32 (TF32 off, as the timed rows leave it on) for the equivalence checks."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@fp32_matmuls()
 def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
     """FlexAttention against SDPA with the same mask, on the device, in float32 (TF32 off): xAR's block-causal mask
     and FlexTok's register mask, with the model compiled and eager (on CUDA the eager model calls the separately
@@ -102,8 +115,6 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
     from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
     from vistok.tokenizers.flextok import FlexTok
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
     torch.manual_seed(0)
     xar = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], entity_size=2)).to(device).eval()
@@ -113,41 +124,37 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
     flextok = FlexTok(FLEXTOK_PRESETS["flextok-test"]).to(device).eval()
     torch.nn.init.normal_(flextok.encoder.head.weight)
     images = torch.randn(2, flextok.config.in_channels, *flextok.config.grid, device=device)
-    try:
-        for name, model, fn in (("xAR block-causal mask", xar, lambda m: m(tokens, labels, t=t, noise=noise)),
-                                ("FlexTok register mask", flextok, lambda m: m.encode(images))):
-            with torch.no_grad():
-                set_attention_backend(model, "sdpa")
-                ref = fn(model)
-                set_attention_backend(model, "flex")
-                kernel = "fused kernel" if device.type == "cuda" else "unfused reference"
-                outs = [(f"eager model, {kernel}", fn(model))]
-                if compile:  # a failure here fails the stage (a row saying so)
-                    outs.append(("compiled model", torch.compile(fn, dynamic=False)(model)))
-            for label, out in outs:
-                diff = (out.float() - ref.float()).abs().max().item()
-                rows.append(dict(row=f"FlexAttention vs SDPA: {name}, {label}", value=diff, unit="max |diff|", ok=diff < 1e-4))
-        if device.type != "cuda":
-            return rows  # FlexAttention has no backward on the CPU
-        xar.train()
-        grads = {}
-        for backend in ("sdpa", "flex"):  # the training loss of one fixed draw, then every gradient
-            set_attention_backend(xar, backend)
-            xar.zero_grad(set_to_none=True)
-            torch.manual_seed(1)  # the same label drop (CFG training) for both
-            xar(tokens, labels, t=t, noise=noise).backward()
-            grads[backend] = [p.grad.clone() for p in xar.parameters() if p.grad is not None]
-        diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(grads["flex"], grads["sdpa"]))
-        rows.append(dict(row="FlexAttention vs SDPA: xAR training gradients, eager model", value=diff,
-                         unit="max rel. |diff|", tensors=len(grads["sdpa"]), ok=diff < 1e-4))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        for model in (xar, flextok):
-            set_attention_backend(model, "auto")
+    for name, model, fn in (("xAR block-causal mask", xar, lambda m: m(tokens, labels, t=t, noise=noise)),
+                            ("FlexTok register mask", flextok, lambda m: m.encode(images))):
+        with torch.no_grad():
+            set_attention_backend(model, "sdpa")
+            ref = fn(model)
+            set_attention_backend(model, "flex")
+            kernel = "fused kernel" if device.type == "cuda" else "unfused reference"
+            outs = [(f"eager model, {kernel}", fn(model))]
+            if compile:  # a failure here fails the stage (a row saying so)
+                outs.append(("compiled model", torch.compile(fn, dynamic=False)(model)))
+        for label, out in outs:
+            diff = (out.float() - ref.float()).abs().max().item()
+            rows.append(dict(row=f"FlexAttention vs SDPA: {name}, {label}", value=diff, unit="max |diff|", ok=diff < 1e-4))
+    if device.type != "cuda":
+        return rows  # FlexAttention has no backward on the CPU
+    xar.train()
+    grads = {}
+    for backend in ("sdpa", "flex"):  # the training loss of one fixed draw, then every gradient
+        set_attention_backend(xar, backend)
+        xar.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same label drop (CFG training) for both
+        xar(tokens, labels, t=t, noise=noise).backward()
+        grads[backend] = [p.grad.clone() for p in xar.parameters() if p.grad is not None]
+    diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(grads["flex"], grads["sdpa"]))
+    rows.append(dict(row="FlexAttention vs SDPA: xAR training gradients, eager model", value=diff,
+                     unit="max rel. |diff|", tensors=len(grads["sdpa"]), ok=diff < 1e-4))
     return rows
 
 
 @torch.no_grad()
+@fp32_matmuls()
 def kv_cache_checks(device: torch.device, compile: bool = True) -> list[dict]:
     """xAR sampling with the static KV cache (eager, and with the compiled stack) against full recompute, in float32
     with TF32 off, 2+2 blocks, 4 heads, 4 cells, CFG: the largest difference over the samples."""
@@ -155,21 +162,16 @@ def kv_cache_checks(device: torch.device, compile: bool = True) -> list[dict]:
     from vistok.generators.xar import PRESETS as XAR_PRESETS
     from vistok.generators.xar import XAR
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        torch.manual_seed(0)
-        model = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], depth=2, entity_size=2)).to(device).eval()
-        labels = torch.tensor([0, 3, 7], device=device)
-        run = lambda **kw: sample_xar(model, labels, steps=3, cfg=2.0, seed=0, **kw)  # noqa: E731
-        ref, rows = run(full_recompute=True), []
-        for label, kw in (("eager", {}), ("compiled stack", {"compile": True}))[: 2 if compile else 1]:
-            diff = (run(**kw) - ref).abs().max().item()
-            rows.append(dict(row=f"static KV cache vs full recompute: xAR sampling, {label}", value=diff,
-                             unit="max |diff|", scale=ref.abs().max().item(), ok=diff < 1e-3))
-        return rows
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.manual_seed(0)
+    model = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], depth=2, entity_size=2)).to(device).eval()
+    labels = torch.tensor([0, 3, 7], device=device)
+    run = lambda **kw: sample_xar(model, labels, steps=3, cfg=2.0, seed=0, **kw)  # noqa: E731
+    ref, rows = run(full_recompute=True), []
+    for label, kw in (("eager", {}), ("compiled stack", {"compile": True}))[: 2 if compile else 1]:
+        diff = (run(**kw) - ref).abs().max().item()
+        rows.append(dict(row=f"static KV cache vs full recompute: xAR sampling, {label}", value=diff,
+                         unit="max |diff|", scale=ref.abs().max().item(), ok=diff < 1e-3))
+    return rows
 
 
 def stages(device: torch.device, sizes: dict, args: argparse.Namespace) -> list[tuple[str, Callable[[], list[dict]]]]:
