@@ -67,8 +67,10 @@ ISSUE_VISTOK = {"t32": 408, "t8": 144, "t32d": 1084, "t8d": 235, "s8": 829, "s32
 def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", compile: bool = False) -> Callable[[], None]:
     """A closure running one optimizer step (forward, loss, backward, clip, AdamW) on fixed random latents."""
     model = XAR(cfg).to(device).train()
-    if compile:
-        model.compile(dynamic=False)  # as `train.compile=true`: static shapes, each row its own graph
+    if compile:  # as `train.compile=true` (imported here: a `--code` checkout may predate it)
+        from vistok.engine.loop import compile_for_training
+
+        compile_for_training(model, device)
     optimizer = build_optimizer(model, 1e-4, 0.02, (0.9, 0.96))  # fused AdamW (CPU and CUDA)
     tokens = torch.randn(batch, cfg.in_channels, *cfg.grid, device=device)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device)

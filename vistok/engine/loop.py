@@ -149,6 +149,15 @@ def optimizer_step(
     return norm
 
 
+def compile_for_training(model: nn.Module, device: torch.device) -> None:
+    """`train.compile=true`: `torch.compile` the model in place (DDP/FSDP wrap the compiled module, checkpoints keep
+    their keys). Static shapes: another batch size (an evaluation, a last batch) gets its own graph instead of a
+    symbolic one that every later step would then run (slower kernels). On the CPU, random ops (dropout) draw from
+    PyTorch's own generator (inductor's `fallback_random`): the same draws as eager, and faster there than inductor's
+    generated random numbers (eval/bench_xar.py, the dropout rows with --compile)."""
+    model.compile(dynamic=False, options={"fallback_random": True} if device.type == "cpu" else None)
+
+
 class Trainer:
     """The state every training loop carries, set up once: the wrapped model, its EMA, the optimizer, the schedule,
     the checkpointer (resumed: `step` is where the run continues), precision and micro-steps, and, inside
@@ -176,10 +185,7 @@ class Trainer:
         if env.device.type == "cpu":
             keep_freed_memory()  # every step allocates the same activations: no page faults on reusing them
         if tc.compile:
-            # in place: DDP/FSDP wrap the compiled module, checkpoints keep their keys. Static shapes: another batch
-            # size (an evaluation, a last batch) gets its own graph instead of a symbolic one that every later
-            # training step would then run (slower kernels)
-            model.compile(dynamic=False)
+            compile_for_training(model, env.device)
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
         self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)  # after wrapping: under FSDP2 its entries are shards too
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)
