@@ -187,7 +187,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                   + ", ".join(str(p) for p in written) + (f" + {len(labels)} PNGs" if len(written) > 1 else ""))
         dist.barrier()
     finally:
-        dist.cleanup()
+        dist.cleanup(wait=False)  # the barrier above on success; none on an error path (a dead rank never arrives)
 
 
 def _split(items: Sequence[str] | None) -> list[str] | None:

@@ -79,8 +79,13 @@ def _restart_store(world_size: int, timeout: timedelta) -> dist.Store | None:
     return dist.PrefixStore(f"vistok/attempt_{attempt}", store)
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = True) -> None:
+    """Tear the process group down (no-op in a single process). wait: a barrier first, so that no rank destroys its
+    group and exits while another is still exporting or inside a collective (an early exit there could abort at
+    shutdown); pass False on an error path, where a dead rank would never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
