@@ -3,19 +3,22 @@
     python eval/bench_xar.py                     # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
     python eval/bench_xar.py --rows t32,s8       # some rows only;  --repeats N  more interleaved rounds
     python eval/bench_xar.py --compile           # the same with torch.compile (the first call of each row compiles)
+    python eval/bench_xar.py --compile t32,s8    # compile only these rows (the others eager): each row at its best
     python eval/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
     python eval/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
     python eval/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
     python eval/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
-    python eval/bench_xar.py --baseline /tmp/v0 [--compile]   # alternating with it: the machine-corrected ratios
+    python eval/bench_xar.py --baseline /tmp/v0 [--compile ROWS]   # in lockstep with it: machine-corrected ratios
     python eval/bench_xar.py --malloc-default    # without vistok's host-memory setting (vistok.engine.host_memory)
 
 --code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
-parity with the official implementation), alternating runs of both measure how much faster this machine is than the
-one the official column came from, so the ratios can be read on equal terms. `--baseline DIR` does the alternation
-itself (`--rounds` times: the other checkout's rows, then this one's, each in a fresh process) and prints, per row, the median
-and range over rounds of vistok / baseline and of the corrected ratio (vistok / baseline) x (the issue's vistok /
-official), the figure issue #12's 0.7x target is read against.
+parity with the official implementation), runs of both measure how much faster this machine is than the one the
+official column came from, so the ratios can be read on equal terms. `--baseline DIR` runs both in lockstep: one
+worker process per checkout stays up, and each of `--rounds` rounds runs every row once on one side and straight
+after on the other, so every ratio pairs two runs seconds apart (this machine's speed drifts by tens of per cent
+over minutes, which unpaired medians taken minutes apart carry into the ratio). It prints, per row, the median and
+quartiles of the paired ratios vistok / baseline, the corrected ratio (vistok / baseline) x (the issue's vistok /
+official), the figure issue #12's 0.7x target is read against, and in how many rounds that was <= 0.7.
 
 The official column holds the official code's medians from issue #12, measured at this configuration: width 64,
 2+2 blocks, 4 heads, 16x16x16 latents, 4 cells of 8x8, 1000 classes, fp32, 2 threads, random weights. Training
@@ -28,8 +31,8 @@ these numbers come from is shared: on a busy machine both the absolute times and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import os
 import resource
 import statistics
@@ -99,12 +102,13 @@ def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_sc
     return run
 
 
-def build_runs(keys: list[str], compile: bool) -> dict[str, Callable[[], None]]:
-    """One closure per issue row, warmed up (and compiled with `compile`)."""
+def build_runs(keys: list[str], compiled: set[str]) -> dict[str, Callable[[], None]]:
+    """One closure per issue row, warmed up (the rows in `compiled` through torch.compile)."""
     cpu, runs = torch.device("cpu"), {}
     for key in keys:
         kind, batch, drop = ROWS[key][2]
         cfg = dataclasses.replace(ISSUE, dropout=drop, attn_dropout=drop)
+        compile = key in compiled
         runs[key] = train_step(cfg, batch, cpu, compile=compile) if kind == "train" else sampler(cfg, batch, cpu, 10, 2.0, compile=compile)
         start = time.perf_counter()
         runs[key]()  # warm-up (and compilation with --compile)
@@ -139,59 +143,111 @@ def report_load(loads: list[float]) -> None:
               "these times are not comparable to the official column (use --threads 1 for a relative check)", flush=True)
 
 
-def issue_rows(keys: list[str], repeats: int, compile: bool, json_out: str | None = None) -> list[tuple]:
-    wall, cpu_time, faults, loads = time_rows(build_runs(keys, compile), repeats)
+def issue_rows(keys: list[str], repeats: int, compiled: set[str]) -> list[tuple]:
+    wall, cpu_time, faults, loads = time_rows(build_runs(keys, compiled), repeats)
     report_load(loads)
-    if json_out:  # the medians, for `--baseline` (which runs this script on the other checkout)
-        with open(json_out, "w") as f:
-            json.dump({k: statistics.median(v) for k, v in wall.items()}, f)
     rows = []
     for key in keys:
         label, official, _ = ROWS[key]
         ms, med = wall[key], statistics.median(wall[key])
+        label += ", compiled" if key in compiled else ""
         rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
                      f"{statistics.median(cpu_time[key]):,.0f}", f"{statistics.median(faults[key]):,.0f}", f"{med / official:.2f}"))
     return rows
 
 
-def baseline_rows(keys: list[str], rounds: int, repeats: int, compile: bool, baseline: str, threads: int,
+def serve(keys: list[str], compiled: set[str]) -> None:
+    """`--worker` (for `--baseline`): warm the rows up, print `ready`, then run the row named on each stdin line once
+    and print its wall time in ms; the process blocks on stdin (no CPU) while the other side runs."""
+    with contextlib.redirect_stdout(sys.stderr):  # warm-up lines stay off the protocol
+        runs = build_runs(keys, compiled)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        runs[line.strip()]()
+        print(f"{1000 * (time.perf_counter() - t0):.3f}", flush=True)
+
+
+class Worker:
+    """One side of `--baseline`: a `--worker` process of this script (on another checkout with `code`)."""
+
+    def __init__(self, keys: list[str], threads: int, code: str | None, compiled: set[str], malloc_default: bool) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", ",".join(keys), "--threads", str(threads),
+               *(["--code", code] if code else []), *(["--compile", ",".join(sorted(compiled))] if compiled else []),
+               *(["--malloc-default"] if malloc_default else [])]
+        self.name = code or "this checkout"
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:  # the worker died: show why
+            self.log.seek(0)
+            sys.exit(f"the benchmark worker for {self.name} stopped:\n{self.log.read()[-3000:]}")
+        return line.strip()
+
+    def wait_ready(self) -> None:
+        while self._line() != "ready":
+            pass
+
+    def run(self, key: str) -> float:
+        self.proc.stdin.write(key + "\n")
+        return float(self._line())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def baseline_rows(keys: list[str], rounds: int, compiled: set[str], baseline: str, threads: int,
                   malloc_default: bool = False) -> list[tuple]:
-    """This checkout against another one on this machine, alternating: each round runs the other checkout's rows
-    (`--code`, eager) and then this one's (with `compile` if asked), each in a fresh subprocess so neither side runs
-    in a process that has aged for longer; per row, the ratio of the two medians of every round. The issue's own
-    ratio of the code it measured to the official column (ISSUE_VISTOK) makes a baseline of that code (16bc730)
-    comparable: corrected = (now / baseline) x (baseline / official)."""
+    """This checkout against another one on this machine, in lockstep: two worker processes (the other checkout via
+    `--code`, eager; this one with the rows in `compiled` compiled) stay up, and every round runs each row once on
+    one side and at once on the other (which side goes first alternates), so each ratio compares two runs seconds
+    apart, whatever the machine's speed does over minutes. Per row: the median and quartiles of those paired ratios,
+    and the corrected ratio (now / baseline) x (the issue's own baseline / official, ISSUE_VISTOK)."""
     ratios: dict[str, list[float]] = {k: [] for k in keys}
     now_ms: dict[str, list[float]] = {k: [] for k in keys}
     base_ms: dict[str, list[float]] = {k: [] for k in keys}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rows.json")
-
-        def medians(*extra: str) -> dict[str, float]:
-            cmd = [sys.executable, os.path.abspath(__file__), "--rows", ",".join(keys), "--repeats", str(repeats),
-                   "--threads", str(threads), "--json", out, *extra]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            with open(out) as f:
-                return json.load(f)
-
+    base, now = Worker(keys, threads, baseline, set(), False), Worker(keys, threads, None, compiled, malloc_default)
+    try:
+        base.wait_ready()
+        now.wait_ready()
+        loads = []
         for r in range(rounds):
-            base = medians("--code", baseline)
-            now = medians(*(["--compile"] if compile else []), *(["--malloc-default"] if malloc_default else []))  # compiled graphs: inductor's disk cache
             for key in keys:
-                now_ms[key].append(now[key])
-                base_ms[key].append(base[key])
-                ratios[key].append(now[key] / base[key])
-            print(f"  round {r + 1}/{rounds}, load {os.getloadavg()[0]:.1f}: "
-                  + ", ".join(f"{k} {ratios[k][-1]:.2f}" for k in keys), flush=True)
+                if r % 2:
+                    t_now, t_base = now.run(key), base.run(key)
+                else:
+                    t_base, t_now = base.run(key), now.run(key)
+                now_ms[key].append(t_now)
+                base_ms[key].append(t_base)
+                ratios[key].append(t_now / t_base)
+            loads.append(os.getloadavg()[0])
+            print(f"  round {r + 1}/{rounds}, load {loads[-1]:.1f}: " + ", ".join(f"{k} {ratios[k][-1]:.2f}" for k in keys), flush=True)
+    finally:
+        base.close()
+        now.close()
+    report_load(loads)
     rows = []
     for key in keys:
         label, official, _ = ROWS[key]
-        ratio = statistics.median(ratios[key])
+        label += ", compiled" if key in compiled else ""
         factor = ISSUE_VISTOK[key] / official
+        q1, ratio, q3 = quartiles(ratios[key])
+        met = sum(r * factor <= 0.7 for r in ratios[key])
         rows.append((label, f"{official:,}", f"{ISSUE_VISTOK[key]:,}", f"{statistics.median(base_ms[key]):,.0f}",
-                     f"{statistics.median(now_ms[key]):,.0f}", f"{ratio:.2f} ({min(ratios[key]):.2f}-{max(ratios[key]):.2f})",
-                     f"{ratio * factor:.2f} ({min(ratios[key]) * factor:.2f}-{max(ratios[key]) * factor:.2f})"))
+                     f"{statistics.median(now_ms[key]):,.0f}", f"{ratio:.2f} ({q1:.2f}-{q3:.2f})",
+                     f"{ratio * factor:.2f} ({q1 * factor:.2f}-{q3 * factor:.2f})", f"{met}/{len(ratios[key])}"))
     return rows
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); a single value for all three when there is one."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 ENTITIES = {"token": 1, "cell": 4, "image": 1}  # entity kind -> size on the 8x8 grid of the tiny preset
@@ -279,17 +335,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the official figures)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)} (default all)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model / the sampler's stack")
+    parser.add_argument("--compile", nargs="?", const="all", default="", metavar="ROWS",
+                        help="torch.compile the model / the sampler's stack: every row, or the rows listed (comma list)")
     parser.add_argument("--entities", action="store_true", help="the per-entity table of the tiny preset instead")
     parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
     parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
     parser.add_argument("--baseline", metavar="DIR", help="alternate with this checkout (e.g. 16bc730) and print the "
                         "machine-corrected ratio to the official column (see the docstring)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline (default 3)")
+    parser.add_argument("--rounds", type=int, default=15, help="paired rounds with --baseline (default 15)")
     parser.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc thresholds alone (vistok's "
                         "training loop and CLI keep freed host memory for reuse: vistok.engine.host_memory)")
-    parser.add_argument("--json", metavar="PATH", help=argparse.SUPPRESS)  # row medians, for --baseline
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one side of --baseline
     args = parser.parse_args()
     if not args.code and not args.malloc_default:  # as `vistok` and every training script run (an older checkout: not)
         from vistok.engine.host_memory import keep_freed_memory
@@ -301,7 +358,7 @@ def main() -> None:
         device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
         if device.type == "cpu":
             print("  (CPU: the xar-b rows at tiny sizes, a smoke test of the GPU rows)")
-        table(("xAR, bf16", "measured", "details"), format_gpu(gpu_rows(device, compile=args.compile)))
+        table(("xAR, bf16", "measured", "details"), format_gpu(gpu_rows(device, compile=bool(args.compile))))
     elif args.entities:
         table(("model / entity", "train step", "sampling images/s"), entity_rows(10, 2.0, train_batch=32, sample_batch=16))
     else:
@@ -309,13 +366,20 @@ def main() -> None:
         unknown = [k for k in keys if k not in ROWS]
         if unknown:
             parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-        title = "xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)" + (", compiled" if args.compile else "")
+        compiled = set(keys) if args.compile == "all" else {k.strip() for k in args.compile.split(",") if k.strip()}
+        if bad := sorted(compiled - set(ROWS)):
+            parser.error(f"--compile: unknown rows {bad}; choose from {', '.join(ROWS)}")
+        title = "xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)"
         if args.baseline:
-            rows = baseline_rows(keys, args.rounds, args.repeats, args.compile, args.baseline, args.threads, args.malloc_default)
-            table((title, "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms", "vistok / baseline (min-max)",
-                   "vistok / official, corrected (min-max)"), rows)
+            rows = baseline_rows(keys, args.rounds, compiled & set(keys), args.baseline, args.threads, args.malloc_default)
+            table((title, "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms",
+                   "vistok / baseline, paired (quartiles)", "vistok / official, corrected (quartiles)",
+                   "rounds at <= 0.7"), rows)
+        elif args.worker:
+            serve(keys, compiled & set(keys))
+            return
         else:
-            rows = issue_rows(keys, args.repeats, args.compile, args.json)
+            rows = issue_rows(keys, args.repeats, compiled & set(keys))
             table((title, "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
     import vistok
 

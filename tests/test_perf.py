@@ -255,6 +255,31 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
 
 
+def test_compiled_cpu_training_writes_attention_out_and_inference_keeps_sdpa() -> None:
+    """On the CPU a compiled training graph computes attention as two GEMMs around a softmax (faster there than the
+    flash kernel's backward, eval/bench_xar.py), while eager training and compiled inference keep SDPA; the test
+    above shows the written-out path gives eager's losses and parameters."""
+    import torch._dynamo
+
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append({str(node.target) for node in gm.graph.nodes if node.op in ("call_function", "call_method")})
+        return gm.forward
+
+    sdpa = str(F.scaled_dot_product_attention)
+    tokens, labels = torch.randn(2, 4, 4, 4), torch.tensor([0, 1])
+    torch._dynamo.reset()
+    model = tiny_xar().train()
+    model.compile(backend=recording)
+    model(tokens, labels)
+    assert graphs and not any(sdpa in g for g in graphs) and any("softmax" in t for g in graphs for t in g)
+    graphs.clear()
+    with torch.no_grad():  # the same compiled model without gradients: SDPA
+        model(tokens, labels)
+    assert graphs and all(sdpa in g for g in graphs)
+
+
 def test_xar_compiled_training_forward_survives_a_new_batch_size() -> None:
     """A second batch size makes torch.compile trace the batch symbolically; the forward's own draws (t, noise, label
     dropout) must still build (torch.randn(..., generator=None) cannot take a symbolic shape)."""
@@ -478,6 +503,8 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
 
 # -------------------------------------------------------------------------------------------------------- dropout
 def test_cpu_dropout_is_inverted_dropout_with_the_right_rate() -> None:
+    """16 random bits per element, four per 64-bit draw: every lane of a draw drops at rate p (a draw missing its sign
+    bit would keep every fourth element), p is rounded to 1/65536 and the scale uses the rounded p."""
     from vistok.modules.attention import dropout
 
     x = torch.ones(400_000)
@@ -485,17 +512,22 @@ def test_cpu_dropout_is_inverted_dropout_with_the_right_rate() -> None:
     torch.manual_seed(0)
     y = dropout(x, 0.25)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.75) < 0.005  # zero with probability p
+    for lane in range(4):  # consecutive elements share a draw
+        assert abs(kept[lane::4].float().mean().item() - 0.75) < 0.006, lane  # zero with probability p
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))  # the rest scaled by 1 / (1 - p)
     assert abs(y.mean().item() - 1.0) < 0.01  # unbiased
     torch.manual_seed(1)
     assert not torch.equal(dropout(x, 0.25), y)  # fresh masks
+    z = dropout(torch.ones(3, 5, 7, 11), 0.1)  # any shape, a size not divisible by 4, p off the 1/65536 grid
+    assert z.shape == (3, 5, 7, 11) and z.min() == 0
+    torch.testing.assert_close(z.unique()[1:], torch.tensor([65536 / (65536 - 6554)]))
+    assert dropout(torch.ones(8, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
 
 
 def test_attention_with_dropout_on_cpu_is_the_written_out_product() -> None:
-    """The CPU dropout path of an unmasked / block-causal call: softmax(q k^T / sqrt(d)), the keep-mask drawn from
-    uniforms in the same order, times v; and p = 0 gives SDPA's result."""
-    from vistok.modules.attention import BlockCausal, attend
+    """The CPU dropout path of an unmasked / block-causal call: softmax(q k^T / sqrt(d)), the keep-mask of `dropout`
+    drawn in the same order, times v; and p = 0 gives SDPA's result."""
+    from vistok.modules.attention import BlockCausal, attend, dropout
 
     q, k, v = torch.randn(3, 2, 2, 6, 8).unbind(0)
     torch.testing.assert_close(attend(q, k, v, None, 0.0), F.scaled_dot_product_attention(q, k, v))
@@ -503,8 +535,9 @@ def test_attention_with_dropout_on_cpu_is_the_written_out_product() -> None:
     out = attend(q, k, v, None, 0.3)
     torch.manual_seed(3)
     probs = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5, dim=-1)
-    keep = torch.rand_like(probs) >= 0.3
-    torch.testing.assert_close(out, (probs * keep / 0.7) @ v)
+    mask = dropout(torch.ones_like(probs), 0.3)  # 0 or 1 / (1 - p)
+    assert (mask == 0).any() and (mask != 0).any()
+    torch.testing.assert_close(out, (probs * mask) @ v)
     # block-causal with dropout: entity e sees keys of entities <= e only (a later key's value never leaks in)
     v2 = v.clone()
     v2[:, :, 4:] += 100.0
