@@ -203,8 +203,9 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -
     - with attention dropout: SDPA falls back to its math path there anyway, with a slower dropout and a
       fully-masked-row check that an unmasked call never needs;
     - in a compiled training graph: inductor fuses the scaling and the softmax (forward and backward) around two
-      batched GEMMs, which beats the flash kernel's backward at xAR's small heads (head dim 16: 7-10% off a whole
-      compiled training step, `eval/bench_xar.py`; eager, or without gradients, SDPA is as fast or faster)."""
+      batched GEMMs, which beats the flash kernel's backward: 7-10% off a whole compiled xAR training step at head
+      dim 16 (`eval/bench_xar.py`), 5-9% at head dims 32 and 64 (up to 256 keys; eager, or without gradients, SDPA
+      is as fast or faster). The probabilities are kept for the backward, (B, H, L, S) floats per call."""
     cpu = q.device.type == "cpu"
     compiled_training = torch.compiler.is_compiling() and torch.is_grad_enabled() and q.requires_grad
     if not cpu or not (dropout_p > 0.0 or compiled_training):
