@@ -341,8 +341,8 @@ def main() -> None:
     parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
     parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
-    parser.add_argument("--baseline", metavar="DIR", help="alternate with this checkout (e.g. 16bc730) and print the "
-                        "machine-corrected ratio to the official column (see the docstring)")
+    parser.add_argument("--baseline", metavar="DIR", help="run in lockstep with this checkout (e.g. 16bc730) and print "
+                        "the machine-corrected ratio to the official column (see the docstring)")
     parser.add_argument("--rounds", type=int, default=15, help="paired rounds with --baseline (default 15)")
     parser.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc thresholds alone (vistok's "
                         "training loop and CLI keep freed host memory for reuse: vistok.engine.host_memory)")
@@ -369,17 +369,18 @@ def main() -> None:
         compiled = set(keys) if args.compile == "all" else {k.strip() for k in args.compile.split(",") if k.strip()}
         if bad := sorted(compiled - set(ROWS)):
             parser.error(f"--compile: unknown rows {bad}; choose from {', '.join(ROWS)}")
+        compiled &= set(keys)
         title = "xAR (width 64, 2+2 blocks, 16x16x16 latents, 4 cells of 8x8, 1000 classes)"
         if args.baseline:
-            rows = baseline_rows(keys, args.rounds, compiled & set(keys), args.baseline, args.threads, args.malloc_default)
+            rows = baseline_rows(keys, args.rounds, compiled, args.baseline, args.threads, args.malloc_default)
             table((title, "official ms", "issue's vistok ms", "baseline here ms", "vistok here ms",
                    "vistok / baseline, paired (quartiles)", "vistok / official, corrected (quartiles)",
                    "rounds at <= 0.7"), rows)
         elif args.worker:
-            serve(keys, compiled & set(keys))
+            serve(keys, compiled)
             return
         else:
-            rows = issue_rows(keys, args.repeats, compiled & set(keys))
+            rows = issue_rows(keys, args.repeats, compiled)
             table((title, "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
     import vistok
 

@@ -257,7 +257,7 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
 
 def test_compiled_cpu_training_writes_attention_out_and_inference_keeps_sdpa() -> None:
     """On the CPU a compiled training graph computes attention as two GEMMs around a softmax (faster there than the
-    flash kernel's backward, eval/bench_xar.py), while eager training and compiled inference keep SDPA; the test
+    flash kernel's backward, eval/bench_xar.py), while the same compiled model without gradients keeps SDPA; the test
     above shows the written-out path gives eager's losses and parameters."""
     import torch._dynamo
 
