@@ -255,29 +255,57 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
 
 
-def test_compiled_cpu_training_writes_attention_out_and_inference_keeps_sdpa() -> None:
-    """On the CPU a compiled training graph computes attention as two GEMMs around a softmax (faster there than the
-    flash kernel's backward, eval/bench_xar.py), while the same compiled model without gradients keeps SDPA; the test
-    above shows the written-out path gives eager's losses and parameters."""
+def test_compiled_cpu_attention_paths() -> None:
+    """On the CPU a compiled training graph computes attention as two GEMMs around a softmax over the keys of each
+    query (faster there than the flash kernel's backward, eval/bench_xar.py); the same compiled model without
+    gradients computes it keys-major (softmax over the key axis of k q^T) at head dim 16 and keeps SDPA at head dim
+    64. The test above shows the training path gives eager's losses; the next one and the compiled sampling tests
+    show the keys-major path gives SDPA's outputs."""
     import torch._dynamo
 
     graphs = []
 
     def recording(gm, example_inputs):
-        graphs.append({str(node.target) for node in gm.graph.nodes if node.op in ("call_function", "call_method")})
+        ops = set()
+        for node in gm.graph.nodes:
+            if node.op in ("call_function", "call_method"):
+                dims = [*node.args[1:2], node.kwargs.get("dim")] if node.target == "softmax" else []
+                ops.add(f"softmax{next(d for d in dims if d is not None)}" if dims else str(node.target))
+        graphs.append(ops)
         return gm.forward
 
     sdpa = str(F.scaled_dot_product_attention)
     tokens, labels = torch.randn(2, 4, 4, 4), torch.tensor([0, 1])
     torch._dynamo.reset()
-    model = tiny_xar().train()
+    model = tiny_xar().train()  # head dim 16
     model.compile(backend=recording)
     model(tokens, labels)
-    assert graphs and not any(sdpa in g for g in graphs) and any("softmax" in t for g in graphs for t in g)
+    assert graphs and all(sdpa not in g and "softmax-1" in g and "softmax-2" not in g for g in graphs)
     graphs.clear()
-    with torch.no_grad():  # the same compiled model without gradients: SDPA
+    with torch.no_grad():  # the same compiled model without gradients: keys-major
         model(tokens, labels)
-    assert graphs and all(sdpa in g for g in graphs)
+    assert graphs and all(sdpa not in g and "softmax-2" in g and "softmax-1" not in g for g in graphs)
+    graphs.clear()
+    torch._dynamo.reset()
+    wide = tiny_xar(width=128).eval()  # head dim 64: SDPA
+    wide.compile(backend=recording)
+    with torch.no_grad():
+        wide(tokens, labels)
+    assert graphs and all(sdpa in g and not any(op.startswith("softmax") for op in g) for g in graphs)
+
+
+def test_keys_major_attention_equals_sdpa_in_chunks(monkeypatch) -> None:
+    """`_keys_major` against SDPA, with the chunk budget cut so the batch splits into chunks of two rows and a last
+    one of one (each row has its own keys: a chunk reading another row's keys, a softmax over the query axis or a
+    lost last chunk would all show)."""
+    from vistok.modules import attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(5, 2, 6, 16), torch.randn(5, 2, 9, 16), torch.randn(5, 2, 9, 16)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention._keys_major(q, k, v), ref, rtol=1e-5, atol=1e-6)  # one chunk
+    monkeypatch.setattr(attention, "SCORES_PER_CHUNK", 2 * 2 * 6 * 9)
+    torch.testing.assert_close(attention._keys_major(q, k, v), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_xar_compiled_training_forward_survives_a_new_batch_size() -> None:
