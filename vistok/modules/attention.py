@@ -230,8 +230,8 @@ def _keys_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     at small head dims: the scores as k q^T (S, L) per head, a softmax over the key axis, then p^T v, in chunks of
     batch rows whose scores fit `SCORES_PER_CHUNK`. With the keys as the rows, both batched GEMMs have a long
     dimension of S rather than Dh, and inductor writes the scaled, rotated queries straight into the transposed
-    layout the first one reads. A compiled xAR sampler (head dim 16, 64 queries, up to 256 keys) takes 0.83x the
-    time of the flash kernel with 32 images and 0.88x with 8 (in-process A/B, README)."""
+    layout the first one reads. A compiled xAR sampler (head dim 16, 64 queries, up to 256 keys, two threads) took
+    0.62x the time of the flash kernel's with 32 images and 0.77x with 8 (README); with one thread, 1.02-1.03x."""
     rows = max(1, SCORES_PER_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))
     outs = []
     for i in range(0, q.shape[0], rows):
