@@ -198,7 +198,7 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 # score elements per chunk of batch rows in `_keys_major`: 2 MiB in float32, within the two cores' L2 caches of the
-# machine the CPU figures come from (larger chunks spill to L3 and were slower, eval/bench_xar.py)
+# machine the CPU figures come from (chunks of 4 MiB and of 1 MiB sampled a few per cent slower in an A/B, README)
 SCORES_PER_CHUNK = 1 << 19
 
 
