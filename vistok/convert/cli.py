@@ -12,21 +12,24 @@ EPILOG = """examples:
   vistok convert --from xar --input xar_base.pth --out xar-b --vae kl16.ckpt
   vistok convert --from mamba --input mamba.pth --out layer --prefix backbone.layers.0.mixer.
   vistok convert --from segmamba --input segmamba.pth --out segmamba
+  vistok convert --from flextok --input flextok_d18_d28_dfn/ --out flextok-d18-d28   # a hub folder: VAE included
+  vistok convert --from flextok --input state.safetensors --out ft --fsq-levels 8,8,8,5,5,5 --max-timestep 1
 Pickled inputs are read with weights_only=True (argparse.Namespace allowed); anything naming code is refused."""
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     time_floor = None if args.time is None else args.time == "floor"
     done = convert(args.kind, args.input, args.out, weights=args.weights, time_floor=time_floor, heads=args.heads,
-                   vae=args.vae, prefix=args.prefix, nslices=args.nslices)
+                   vae=args.vae, prefix=args.prefix, nslices=args.nslices, fsq_levels=args.fsq_levels,
+                   max_timestep=args.max_timestep, nested_dropout=args.nested_dropout, head_dim=args.head_dim)
     print(f"wrote {done.path}: {done.summary}")
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("convert", help="released checkpoints (xAR, MAR KL-16 VAE, Mamba, SegMamba) -> a vistok export",
+    p = sub.add_parser("convert", help="released checkpoints (xAR, MAR KL-16 VAE, Mamba, SegMamba, FlexTok) -> a vistok export",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="kind", required=True, choices=list(KINDS), help="what the input is")
-    p.add_argument("--input", required=True, help="the checkpoint file (.pth/.pt/.ckpt or .safetensors)")
+    p.add_argument("--input", required=True, help="the checkpoint file (.pth/.pt/.ckpt or .safetensors), or a FlexTok hub folder")
     p.add_argument("--out", required=True, help="export folder to write (config.json + model.safetensors)")
     g = p.add_argument_group("xar")
     g.add_argument("--weights", choices=["ema", "model"], help="from a training container: EMA (default) or raw weights")
@@ -38,4 +41,20 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("mamba / segmamba")
     g.add_argument("--prefix", help="mamba: key prefix of the layer to take from a multi-layer file")
     g.add_argument("--nslices", type=int, help="v3 (tri-directional) Mamba: interleaved slices (default 5, official)")
+    g = p.add_argument_group("flextok (values the weights do not hold; a hub folder's config.json gives them itself)")
+    g.add_argument("--fsq-levels", type=_levels, help="FSQ levels, comma-separated (default 8,8,8,5,5,5, released)")
+    g.add_argument("--max-timestep", type=float, help="the time embedder's max_timestep (default 1.0, released: t in [0, 1])")
+    g.add_argument("--nested-dropout", choices=["uniform", "pow2"], help="nested-dropout mode for fine-tuning (default "
+                                                                          "uniform, released)")
+    g.add_argument("--head-dim", type=int, help="attention head dim (default 64, released)")
     p.set_defaults(func=cmd_convert)
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fsq-levels takes comma-separated integers such as 8,8,8,5,5,5, not {text!r}") from None
+    if not levels or min(levels) < 2:
+        raise argparse.ArgumentTypeError(f"--fsq-levels must be integers >= 2, got {text!r}")
+    return levels
