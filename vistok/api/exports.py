@@ -27,6 +27,7 @@ from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
 from vistok.generators.xar import XAR
+from vistok.tokenizers import flextok_official
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
@@ -42,12 +43,10 @@ def settings(cls: type[C], stored: dict[str, Any], **overrides: Any) -> C:
 
 def read_meta(ckpt: str | Path) -> tuple[Path, dict[str, Any]]:
     """(local folder, config.json) of an export, without loading weights. A released FlexTok hub folder (hf:// or
-    local) is converted once into vistok's cache and that export is returned (`vistok.convert.flextok.cached`)."""
+    local) is converted once into vistok's cache and that export is returned (`flextok_official.cached`)."""
     folder = resolve_ckpt(ckpt)
-    from vistok.convert import flextok as official_flextok
-
-    if official_flextok.is_official(folder):
-        folder = official_flextok.cached(folder)
+    if flextok_official.is_official(folder):
+        folder = flextok_official.cached(folder)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise VistokError(f"{folder} is not an exported vistok model (needs config.json and model.safetensors); pass a "
                           "training run's export, a shipped model name (`vistok models` lists them) or hf://org/repo")
