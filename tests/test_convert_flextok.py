@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vistok
-from vistok.api.exports import load_flextok
+from vistok.api.exports import export_paired, load_flextok
 from vistok.cli import main
 from vistok.convert import convert
 from vistok.errors import VistokError
@@ -181,6 +182,12 @@ def test_hub_folder_converts_with_its_vae_and_decodes_from_given_noise(hub_folde
     assert np.abs(images.astype(np.float64) - through_vae.permute(0, 2, 3, 1).numpy()).max() <= 1.0
     seeded = tok.decode(ids, [16, 4, 1], steps=3, cfg=3.0, guidance="apg", seed=0)
     assert not np.array_equal(seeded, images)  # noise= is used, not the seed's draw
+    # a generator export on these tokens carries the converted tokenizer with its VAE folder
+    paired = export_paired(tmp_path / "paired", "ar", {}, {"w": torch.zeros(1)}, moved)
+    shutil.rmtree(moved)
+    _, vae_again, _ = load_flextok(paired / "tokenizer")
+    with torch.no_grad():
+        assert torch.allclose(vae_again.decode(lat), ref, atol=1e-5)
 
 
 def test_official_folder_loads_directly_and_from_an_offline_hf_cache(hub_folder, tmp_path, monkeypatch, io) -> None:

@@ -119,6 +119,9 @@ def export_paired(
         (folder / TOKENIZER_DIR).mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
+        inner = json.loads((source / "config.json").read_text()).get("tokenizer", {}).get("path")
+        if inner:  # the FlexTok export's own VAE folder (a converted release), so the copy stays self-contained
+            shutil.copytree(inside_export(source, inner, "tokenizer.path"), folder / TOKENIZER_DIR / inner)
 
     spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": str(flextok_ckpt)}
     return checkpoint.export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)

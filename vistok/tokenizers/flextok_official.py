@@ -85,15 +85,22 @@ SIMPLE = {  # official name (after the module_dict prefix) -> vistok name
 
 
 # ----------------------------------------------------------------------------------------------------- reading
+def hub_config(folder: str | Path) -> dict[str, Any] | None:
+    """The Hydra tree of a released hub folder's config.json ({"encoder", "decoder", ...}, also when nested under
+    "config" as huggingface_hub's mixin may write it), or None for anything else (a vistok export has a "family")."""
+    try:
+        spec = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(spec, dict) and "family" not in spec and isinstance(spec.get("config"), dict):
+        spec = spec["config"]
+    ok = isinstance(spec, dict) and "family" not in spec and all(isinstance(spec.get(k), dict) for k in ("encoder", "decoder"))
+    return spec if ok else None
+
+
 def is_official(folder: str | Path) -> bool:
     """Whether a folder is laid out as a released FlexTok hub repository (Hydra config.json + model.safetensors)."""
-    folder = Path(folder)
-    try:
-        spec = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(spec, dict) and "family" not in spec and isinstance(spec.get("encoder"), dict)
-            and isinstance(spec.get("decoder"), dict) and (folder / "model.safetensors").is_file())
+    return hub_config(folder) is not None and (Path(folder) / "model.safetensors").is_file()
 
 
 def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -108,7 +115,7 @@ def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         state = load_file(str(path / "model.safetensors"))
     except Exception as err:
         raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); is the download complete?") from None
-    return state, json.loads((path / "config.json").read_text())
+    return state, hub_config(path) or {}
 
 
 def _get(tree: dict[str, Any], *keys: str) -> Any:
