@@ -17,7 +17,9 @@ CPU presets (`vae.py` / `pixel.py` turn images into that grid and back).
   sinusoidal time MLP; a head on the patches predicts the velocity.
 - Loss: t ~ logit-normal, x_t = t noise + (1 - t) x0, MSE of v to noise - x0 (`flow.py`: t = 1 is noise), plus REPA
   (`modules/repa.py`) on decoder block `repa_layer` against a frozen teacher's features, computed by the caller.
-Sampling (Euler, CFG/APG, mixed prefix lengths per batch) lives in `flextok_sampling.py`.
+Sampling (Euler, CFG/APG, mixed prefix lengths per batch) lives in `flextok_sampling.py`. The released checkpoints of
+apple/ml-flextok load through `flextok_official.py` (`vistok convert --from flextok`, or `vistok.load` of a hub folder
+or hf:// repo); they run with `official_numerics` and reproduce the official code's ids, velocities and decodings.
 
 Paper sizes (width = 64 x depth, head dim 64): d12-d12, d18-d18, d18-d28. Parameter counts as built here, with the
 REPA projector to DINOv2-L features (1024-d; 7.87M / 8.66M / 9.97M of the totals, used in training only):
