@@ -239,3 +239,30 @@ def test_options_fill_what_the_weights_do_not_hold_and_conflicts_are_refused(tmp
         err = capsys.readouterr().err
         assert err.startswith("vistok convert: error: ") and message in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_every_attention_path_takes_the_official_logit_scale() -> None:
+    """Official FlexTok scales logits by 8 / head_dim (muP); each path of `attend` must use a given scale, not
+    1 / sqrt(head_dim) (which it equals only at head dim 64)."""
+    from vistok.modules import attention
+    from vistok.modules.attention import BlockCausal, attend, flex_block_mask
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 16, generator=g) for _ in range(3))
+    scale = 8.0 / 16
+    ref = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+    dense = torch.ones(6, 6, dtype=torch.bool)
+    outs = {
+        "none": attend(q, k, v, None, scale=scale),
+        "bool mask": attend(q, k, v, dense, scale=scale),
+        "block causal, one entity": attend(q, k, v, BlockCausal((6,)), scale=scale),
+        "keys major": attention._keys_major(q, k, v, scale),
+        "flex": attend(q, k, v, flex_block_mask(lambda b, h, i, j: i >= 0, 6, 6, "cpu"), scale=scale),
+    }
+    for name, out in outs.items():
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6, msg=name)
+    torch.manual_seed(0)  # the written-out product (CPU dropout path) with p -> 0 keeps every probability
+    out = attention._sdpa(q.requires_grad_(), k, v, 1e-9, scale)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(attend(q.detach(), k, v, None), ref, atol=1e-3)  # the default scale differs at head dim 16
