@@ -20,7 +20,6 @@ from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 
 
-
 @dataclass(frozen=True)
 class LatentsConfig:
     channels: int = 16

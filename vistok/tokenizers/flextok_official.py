@@ -105,6 +105,7 @@ def is_official(folder: str | Path) -> bool:
 
 def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(official state dict, Hydra config tree) of a released hub folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path).expanduser()
@@ -113,7 +114,7 @@ def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
                           "model.safetensors); pass that folder or a state-dict file")
     try:
         state = load_file(str(path / "model.safetensors"))
-    except Exception as err:
+    except (OSError, SafetensorError) as err:
         raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); is the download complete?") from None
     return state, hub_config(path) or {}
 
