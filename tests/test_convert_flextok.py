@@ -266,3 +266,22 @@ def test_every_attention_path_takes_the_official_logit_scale() -> None:
     out = attention._sdpa(q.requires_grad_(), k, v, 1e-9, scale)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(attend(q.detach(), k, v, None), ref, atol=1e-3)  # the default scale differs at head dim 16
+
+
+def test_a_shipped_pixel_tokenizer_has_the_same_public_latent_space() -> None:
+    """Any tokenizer, not only converted ones: on the shipped CPU model (pixels are its grid) encode_latents of the
+    image grid gives encode's ids, and decode(noise=N) is decode_latents(noise=N) through its tokenizer's decode."""
+    from vistok.data.images import to_float, to_uint8
+
+    tok = vistok.load("cifar10-flextok-tiny")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    grid = tok.tokenizer.encode(to_float(torch.from_numpy(images).permute(0, 3, 1, 2)))  # (3, C, H, W)
+    assert tuple(grid.shape[1:]) == tok.latent_shape
+    ids = tok.encode(images)
+    assert np.array_equal(tok.encode_latents(grid), ids)
+    noise = torch.randn(3, *tok.latent_shape, generator=torch.Generator().manual_seed(3))
+    latents = tok.decode_latents(ids, [1, 4, 16], steps=2, cfg=2.0, noise=noise)
+    pixels = tok.decode(ids, [1, 4, 16], steps=2, cfg=2.0, noise=noise)
+    expect = to_uint8(tok.tokenizer.decode(torch.from_numpy(latents))).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(pixels, expect)
+    assert np.array_equal(pixels, tok.decode(ids, [1, 4, 16], steps=2, cfg=2.0, noise=noise.numpy(), seed=5))
