@@ -341,7 +341,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("kind", ["xar", "mar-vae", "mamba", "segmamba"])
+@pytest.mark.parametrize("kind", ["xar", "mar-vae", "mamba", "segmamba", "tokenunify"])
 def test_a_pickle_that_names_code_is_refused_and_nothing_runs(tmp_path: Path, kind: str) -> None:
     marker = tmp_path / "pwned"
     torch.save({"model": {"w": torch.zeros(1)}, "args": _Evil(marker)}, tmp_path / "evil.pth")
