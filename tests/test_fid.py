@@ -398,9 +398,8 @@ def test_adm_spatial_features_are_mixed_6_conv_first_7_channels_nhwc(tmp_path):
         direct = []
         fe.Mixed_6d.branch1x1.register_forward_hook(lambda m, a, out: direct.append(out.detach().clone()))
         images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8))
-        with adm.spatial_features(fe, "inception-v3-compat") as spatial:
-            with torch.no_grad():
-                fe(images)
+        with adm.spatial_features(fe, "inception-v3-compat") as spatial, torch.no_grad():
+            fe(images)
     (flat,), (full,) = spatial, direct
     assert full.shape == (2, 192, 17, 17) and flat.shape == (2, 2023)
     assert flat[1, 3] == full[1, 3, 0, 0] and flat[1, 7] == full[1, 0, 0, 1] and flat[0, 7 * 17 + 2] == full[0, 2, 1, 0]
