@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vistok.data.images import to_float, to_uint8
+from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError, require
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import SAMPLING as FLEXTOK_SAMPLING
@@ -85,6 +86,7 @@ def run_batches(
     the first n rows and shows progress."""
     require(batch_size >= 1, f"the batch size must be at least 1, got {batch_size}")
     require(precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {precision!r}")
+    warn_slow_precision(precision, device)
     with progress_bar(total=count, desc=desc, enabled=progress) as bar, torch.no_grad():
         for start in range(0, count, batch_size):
             n = min(batch_size, count - start)
