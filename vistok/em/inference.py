@@ -40,7 +40,9 @@ class InferenceConfig:
     roi: tuple[int, ...] = ()
     overlap: float = 0.25
     batch_size: int = 4  # windows per forward pass
-    threshold: float = 0.5  # agglomeration: merge while the boundary affinity exceeds it
+    # agglomeration. waterz (as the official scripts pass it): merge while 1 - median affinity < threshold, so a
+    # larger threshold merges more; greedy: merge while the affinity > threshold. Both are the same rule at 0.5.
+    threshold: float = 0.5
     fragment_threshold: float = 0.5  # watershed seeds: distance transform of (boundary < this)
     per_slice: bool = True  # 2D watershed per z slice (anisotropic EM), else one 3D watershed
     score: Literal["median", "mean"] = "median"  # greedy post-processing only
