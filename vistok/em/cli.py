@@ -55,17 +55,62 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     raw = Volume(src)  # lazily: metadata only; the volume is read window by window
+    block = _block(args.block, args.workers)
+    if args.workers and dst.format != "zarr":
+        raise VistokError(f"--workers {args.workers} writes blockwise into a zarr array; name one, e.g. --out "
+                          "seg.zarr:ids")
     model, meta = load_segmenter(args.ckpt, device)
     stored = meta.get("inference") or {}
     flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
              "fragment_threshold": args.fragment_threshold, "postprocess": args.postprocess}
     cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
     start = time.perf_counter()
-    segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
+    if args.workers:
+        segments, how = _segment_blockwise(args, src, dst, raw, cfg, block, device), f"{args.workers} daisy workers"
+    else:
+        segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
     seconds = time.perf_counter() - start
-    merge = "waterz median" if cfg.postprocess == "waterz" else f"greedy {cfg.score}"
+    merge = (f"waterz, 1 - median < {cfg.threshold}" if cfg.postprocess == "waterz" else
+             f"greedy {cfg.score} > {cfg.threshold}")
     print(f"{src} {raw.shape} -> {segments} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
-          f"{cfg.overlap}, agglomeration {merge} > {cfg.threshold}, {device}, {how}) -> {_shown(dst)}")
+          f"{cfg.overlap}, agglomeration {merge}, {device}, {how}) -> {_shown(dst)}")
+
+
+def _block(text: str | None, workers: int) -> tuple[int, int, int] | None:
+    if workers < 0:
+        raise VistokError(f"--workers {workers} must be >= 0 (0: one process)")
+    if text is None:
+        return (64, 512, 512) if workers else None
+    if not workers:
+        raise VistokError("--block needs --workers N (N >= 1); --workers 0 segments in one process")
+    try:
+        block = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        block = ()
+    if len(block) != 3 or min(block) < 1:
+        raise VistokError(f"--block {text!r} must be three positive sizes Z,Y,X, e.g. --block 64,512,512")
+    return block
+
+
+def _segment_blockwise(args, src, dst, raw, cfg, block, device: str) -> int:
+    """`--workers N`: the official pipeline blockwise on daisy (vistok.em.blockwise); scratch and done markers in
+    `<out>.blockwise/`, so the same command resumes."""
+    import functools
+    from pathlib import Path
+
+    from vistok.em.blockwise import BlockwiseSegmentation, load_predictor, segment_blockwise
+    from vistok.em.volumes import DEFAULT_DATASET, intensity_range
+
+    if cfg.postprocess != "waterz":
+        raise VistokError("--workers runs the official post-processing (waterz); drop --postprocess greedy")
+    name = (dst.dataset or DEFAULT_DATASET["zarr"]).strip("/")
+    out = str(Path(dst.path) / name)
+    work = Path(dst.path) / f".{name.replace('/', '_')}.blockwise"
+    block = tuple(min(b, s) for b, s in zip(block, raw.shape))
+    job = BlockwiseSegmentation(str(src), out, work, functools.partial(load_predictor, str(args.ckpt), device),
+                                tuple(cfg.roi), cfg.overlap, cfg.batch_size, cfg.threshold, block,
+                                intensity_range(raw), tuple(raw.shape))
+    return segment_blockwise(job, args.workers)
 
 
 def _shown(dst):
@@ -134,6 +179,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--postprocess", choices=("waterz", "greedy"),
                    help="waterz: the official mahotas watershed + waterz (default); greedy: vistok's streamed merge, "
                         "memory bounded by the region graph")
+    p.add_argument("--workers", type=int, default=0,
+                   help="N >= 1: blockwise on daisy with N worker processes into a zarr --out, resumable (run the same "
+                        "command again); 0 (default): one process")
+    p.add_argument("--block", metavar="Z,Y,X", help="--workers: block size (default 64,512,512)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only when stderr is a terminal)")
     p.set_defaults(func=cmd_em_segment)
