@@ -4,7 +4,8 @@
 Submodules: backbone (SegMamba, presets), tokens (patches and masks), objectives (TokenUnify, MixSchedule), volumes
 (IO, lazy volumes, crops, datasets), synthetic (a test volume), segmentation (affinities, loss, sliding window,
 watershed + sparse agglomeration), postprocess (the official
-mahotas watershed + waterz; optional libraries, imported when used), baseline (no-network distance watershed), streaming (segmentation of volumes larger than memory), metrics (VOI, ARAND).
+mahotas watershed + waterz; optional libraries, imported when used), baseline (no-network distance watershed), blockwise (the official pipeline
+blockwise and resumable on daisy), streaming (segmentation of volumes larger than memory), metrics (VOI, ARAND).
 """
 
 from vistok.em.backbone import SegMamba, SegMambaConfig

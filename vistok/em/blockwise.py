@@ -225,7 +225,11 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int) -> int:
         task = daisy.Task(name, total_roi=total, read_roi=block, write_roi=block, process_function=fn,
                           read_write_conflict=False, fit="shrink", max_workers=max(1, workers), max_retries=0,
                           done_marker_path=str(job.work / "done" / name))
-        ok = daisy.run_blockwise([task], multiprocessing=workers > 0, progress=False, summary=False)
+        try:
+            ok = daisy.run_blockwise([task], multiprocessing=workers > 0, progress=False, summary=False)
+        except Exception as err:  # in one process daisy re-raises a block's error; the finished blocks stay done
+            raise VistokError(f"blockwise segmentation: a block of '{name}' failed ({type(err).__name__}: {err}); "
+                              "run the same command again to redo only the unfinished blocks") from err
         if not ok:
             raise VistokError(f"blockwise segmentation: some blocks of '{name}' failed (see the worker logs under "
                               f"{job.work}); run the same command again to redo only those")
