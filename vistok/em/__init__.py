@@ -3,9 +3,9 @@
 
 Submodules: backbone (SegMamba, presets), tokens (patches and masks), objectives (TokenUnify, MixSchedule), volumes
 (IO, lazy volumes, crops, datasets), synthetic (a test volume), segmentation (affinities, loss, sliding window,
-watershed + sparse agglomeration), postprocess (the official
-mahotas watershed + waterz; optional libraries, imported when used), baseline (no-network distance watershed), blockwise (the official pipeline
-blockwise and resumable on daisy), streaming (segmentation of volumes larger than memory), metrics (VOI, ARAND).
+vistok's greedy watershed + sparse agglomeration), postprocess (the official mahotas watershed + waterz; optional
+libraries, imported when used), baseline (no-network distance watershed), blockwise (the official pipeline blockwise
+and resumable on daisy), streaming (the greedy path for volumes larger than memory), metrics (VOI, ARAND, per slice).
 """
 
 from vistok.em.backbone import SegMamba, SegMambaConfig

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from vistok.em.postprocess import QUEUE_BINS, SCORING_FUNCTION, _quiet_stdout, check_affinities, fragments
-from vistok.em.postprocess import optional_import
+from vistok.em import postprocess
+from vistok.em.postprocess import QUEUE_BINS, SCORING_FUNCTION, check_affinities, optional_import, quiet_stdout
 from vistok.errors import VistokError
 
 BLOCK_ID_SHIFT = 32  # fragments of block i get ids (i << 32) + 1 ... : 4 billion fragments per block
@@ -92,7 +92,7 @@ class BlockwiseSegmentation:
             affs = sliding_window_inference(self._predict, torch.from_numpy(raw)[None, None], self.roi, self.overlap,
                                             self.batch_size)[0].cpu().numpy()  # (3, *context region)
         affs = np.ascontiguousarray(affs[(slice(None), *_slices(begin - lo, end - lo))])  # (3, *block)
-        frags = fragments(affs)
+        frags = postprocess.fragments(affs)
         frags += np.uint64(self.index[tuple(int(b) for b in begin)] << BLOCK_ID_SHIFT)
         self._array("affs")[(slice(None), *_slices(begin, end))] = affs
         self._array("fragments")[_slices(begin, end)] = frags
@@ -106,7 +106,7 @@ class BlockwiseSegmentation:
         frags = self._array("fragments")[region]
         ids, local = np.unique(frags, return_inverse=True)  # waterz sizes its graph by the largest id: compact them
         local = (local.reshape(frags.shape) + 1).astype(np.uint64)
-        with _quiet_stdout():
+        with quiet_stdout():
             _, history = next(iter(waterz.agglomerate(affs, [float(self.threshold)], fragments=local,
                                                       scoring_function=SCORING_FUNCTION, discretize_queue=QUEUE_BINS,
                                                       return_merge_history=True)))

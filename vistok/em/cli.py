@@ -173,7 +173,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", metavar="D,H,W", help="sliding window (default: the export's, i.e. the training crop)")
     p.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: the export's, 0.25)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default: the export's)")
-    p.add_argument("--threshold", type=float, help="agglomeration threshold (default: the export's, 0.5); waterz merges while 1 - median affinity "
+    p.add_argument("--threshold", type=float,
+                   help="agglomeration threshold (default: the export's, 0.5); waterz merges while 1 - median affinity "
                         "< it (larger merges more), greedy while the affinity > it")
     p.add_argument("--fragment-threshold", type=float, help="watershed seed threshold (default: the export's)")
     p.add_argument("--postprocess", choices=("waterz", "greedy"),

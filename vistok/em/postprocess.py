@@ -1,4 +1,4 @@
-"""The official TokenUnify post-processing on the field's own libraries: mahotas watershed fragments, waterz agglomeration.
+"""The official TokenUnify post-processing on the field's own libraries: mahotas watershed fragments, waterz merging.
 
 Chen et al., "TokenUnify", arXiv 2405.16847 (`utils/fragment.py::watershed(affs, 'maxima_distance')` and
 `src/inference.py` of ydchen0806/TokenUnify); Funke et al., "Large Scale Image Segmentation with Structured Loss based
@@ -84,7 +84,7 @@ def fragments(affs: np.ndarray, seed_threshold: float = SEED_THRESHOLD, per_slic
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
+def quiet_stdout() -> Iterator[None]:
     """waterz's C++ core prints progress to file descriptor 1; keep it off the user's stdout (CLI output, JSON)."""
     try:
         fd = sys.stdout.fileno()
@@ -114,7 +114,7 @@ def agglomerate(affs: np.ndarray, frags: np.ndarray, threshold: float = 0.5) -> 
     frags = np.array(frags, dtype=np.uint64, order="C", copy=True)
     if frags.shape != affs.shape[1:]:
         raise VistokError(f"fragments {frags.shape} and affinities {affs.shape} differ in their (z, y, x) shape")
-    with _quiet_stdout():
+    with quiet_stdout():
         seg = next(iter(waterz.agglomerate(affs, [float(threshold)], fragments=frags,
                                            scoring_function=SCORING_FUNCTION, discretize_queue=QUEUE_BINS)))
     return relabel(seg)
