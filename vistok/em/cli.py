@@ -59,6 +59,10 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     if args.workers and dst.format != "zarr":
         raise VistokError(f"--workers {args.workers} writes blockwise into a zarr array; name one, e.g. --out "
                           "seg.zarr:ids")
+    if args.postprocess != "greedy":  # the official post-processing's libraries, checked before the model loads
+        from vistok.em.inference import require_postprocess
+
+        require_postprocess()
     model, meta = load_segmenter(args.ckpt, device)
     stored = meta.get("inference") or {}
     flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
