@@ -129,3 +129,36 @@ def test_two_worker_processes_end_to_end_from_the_cli(tmp_path: Path, capsys) ->
     assert "zarr" in capsys.readouterr().err
     assert main([*argv, "--out", f"{tmp_path}/x.zarr:ids", "--block", "8,8,8"]) == 1
     assert "--workers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_started_by_a_command_join_over_tcp(tmp_path: Path, capsys) -> None:
+    """`--worker-command`: each worker slot runs a shell command (here a local `vistok em-worker`, as `ssh node ...`
+    would elsewhere) that connects to the scheduler over daisy's TCP protocol; same result as local workers."""
+    import sys
+
+    from vistok.em.cli import main
+
+    raw, _ = synthetic_em_volume((16, 32, 64), num_cells=6, seed=4)
+    write_volume(f"{tmp_path}/raw.h5:raw", raw)
+    argv = ["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", f"{tmp_path}/raw.h5:raw", "--device", "cpu",
+            "--quiet", "--workers", "1", "--block", "16,32,64"]
+    command = f"DAISY_CONTEXT={{context}} {sys.executable} -m vistok em-worker --job {{job}} --task {{task}}"
+    assert main([*argv, "--out", f"{tmp_path}/a.zarr:ids", "--worker-command", command]) == 0
+    assert (tmp_path / "a.zarr" / ".ids.blockwise" / "job.json").is_file()
+    assert main(["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", f"{tmp_path}/raw.h5:raw",
+                 "--device", "cpu", "--quiet", "--out", f"{tmp_path}/one.h5"]) == 0
+    assert same_partition(read_volume(f"{tmp_path}/a.zarr:ids"), read_volume(f"{tmp_path}/one.h5"))  # one block
+
+
+def test_em_worker_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    from vistok.em.cli import main
+
+    (tmp_path / "job.json").write_text("{}")
+    assert main(["em-worker", "--job", str(tmp_path / "job.json"), "--task", "fragments"]) == 1
+    assert "not a job file" in capsys.readouterr().err
+    raw = f"{tmp_path}/raw.h5:raw"
+    write_volume(raw, np.zeros((4, 8, 8), np.uint8))
+    assert main(["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", raw, "--out", f"{tmp_path}/s.zarr:ids",
+                 "--worker-command", "true"]) == 1
+    assert "--workers" in capsys.readouterr().err

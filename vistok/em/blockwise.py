@@ -56,6 +56,9 @@ class BlockwiseSegmentation:
         self.index = _blocks(self.shape, self.block)
         self._predict = None
 
+    def __getstate__(self) -> dict:  # a worker loads its own network: the loaded one stays behind
+        return {**self.__dict__, "_predict": None}
+
     # -- stores ---------------------------------------------------------------------------------------------------
     def _array(self, name: str, mode: str = "r+", shape=None, dtype=None, chunks=None):
         import zarr
@@ -209,8 +212,55 @@ def load_predictor(ckpt: str, device: str = "cpu") -> Callable:
     return predict
 
 
-def segment_blockwise(job: BlockwiseSegmentation, workers: int) -> int:
-    """Run the three tasks on daisy with `workers` worker processes (resuming finished blocks) -> neuron count."""
+TASKS = {"fragments": "predict_block", "agglomerate": "agglomerate_block", "relabel": "relabel_block"}
+
+
+def _launch(command: str, job_path: str, task: str) -> None:
+    """A daisy worker slot that starts `command` (a worker on any machine) and waits for it. `{context}` in the
+    command becomes this slot's DAISY_CONTEXT (scheduler host, port, task, worker id), shell-quoted; `{job}` the
+    pickled job and `{task}` the task name."""
+    import os
+    import shlex
+    import subprocess
+
+    line = command.format(context=shlex.quote(os.environ["DAISY_CONTEXT"]), job=shlex.quote(job_path),
+                          task=shlex.quote(task))
+    subprocess.run(line, shell=True, check=True)
+
+
+def run_worker(job_path: str | Path, task: str) -> int:
+    """`vistok em-worker`: join a running blockwise segmentation over daisy's TCP protocol (DAISY_CONTEXT from the
+    environment) and process blocks of `task` until the scheduler has none left -> number of blocks processed."""
+    import functools
+    import json
+
+    daisy = optional_import("daisy")
+    if task not in TASKS:
+        raise VistokError(f"em-worker --task {task!r} must be one of {', '.join(TASKS)}")
+    try:
+        spec = json.loads(Path(job_path).read_text())
+        ckpt, device = spec.pop("ckpt"), spec.pop("device")
+        job = BlockwiseSegmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()},
+                                    predictor=functools.partial(load_predictor, ckpt, device))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise VistokError(f"em-worker --job {job_path}: not a job file written by em-segment --workers ({err})") from None
+    process, client, done = getattr(job, TASKS[task]), daisy.Client(), 0
+    while True:
+        with client.acquire_block() as block:
+            if block is None:
+                return done
+            process(block)
+            done += 1
+
+
+def segment_blockwise(job: BlockwiseSegmentation, workers: int, worker_command: str | None = None) -> int:
+    """Run the three tasks on daisy with `workers` worker processes (resuming finished blocks) -> neuron count.
+
+    `worker_command`: each worker slot runs this shell command instead (e.g. `ssh node{...} vistok em-worker ...`,
+    see `_launch`), so workers on other machines with the same files join over TCP."""
+    import functools
+    import json
+
     optional_import("waterz")
     optional_import("mahotas")
     daisy = optional_import("daisy")
@@ -220,8 +270,20 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int) -> int:
     zarr.open_array(store=job.out, mode="a", shape=job.shape, dtype=np.uint32, chunks=job.block)
     total = daisy.Roi((0,) * len(job.shape), job.shape)
     block = daisy.Roi((0,) * len(job.shape), job.block)
+    job_path = job.work / "job.json"
+    if worker_command:  # what a worker elsewhere needs to rebuild the job: plain JSON, never a pickle
+        p = job.predictor
+        if not (isinstance(p, functools.partial) and p.func is load_predictor):
+            raise VistokError("--worker-command needs a job whose network comes from a checkpoint (load_predictor)")
+        spec = {"raw": job.raw, "out": job.out, "work": str(job.work), "roi": job.roi, "overlap": job.overlap,
+                "batch_size": job.batch_size, "threshold": job.threshold, "block": job.block,
+                "value_range": job.value_range, "shape": job.shape, "ckpt": p.args[0],
+                "device": p.args[1] if len(p.args) > 1 else "cpu"}
+        job_path.write_text(json.dumps(spec, indent=1))
 
-    def run(name: str, fn: Callable) -> None:
+    def run(name: str) -> None:
+        fn = (functools.partial(_launch, worker_command, str(job_path), name) if worker_command else
+              getattr(job, TASKS[name]))
         task = daisy.Task(name, total_roi=total, read_roi=block, write_roi=block, process_function=fn,
                           read_write_conflict=False, fit="shrink", max_workers=max(1, workers), max_retries=0,
                           done_marker_path=str(job.work / "done" / name))
@@ -234,8 +296,8 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int) -> int:
             raise VistokError(f"blockwise segmentation: some blocks of '{name}' failed (see the worker logs under "
                               f"{job.work}); run the same command again to redo only those")
 
-    run("fragments", job.predict_block)
-    run("agglomerate", job.agglomerate_block)
+    run("fragments")
+    run("agglomerate")
     job.join()
-    run("relabel", job.relabel_block)
+    run("relabel")
     return int(np.load(job.work / "lut.npz")["labels"].max(initial=0))

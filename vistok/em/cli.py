@@ -56,6 +56,8 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     raw = Volume(src)  # lazily: metadata only; the volume is read window by window
     block = _block(args.block, args.workers)
+    if args.worker_command and not args.workers:
+        raise VistokError("--worker-command needs --workers N (N >= 1 worker slots)")
     if args.workers and dst.format != "zarr":
         raise VistokError(f"--workers {args.workers} writes blockwise into a zarr array; name one, e.g. --out "
                           "seg.zarr:ids")
@@ -114,7 +116,14 @@ def _segment_blockwise(args, src, dst, raw, cfg, block, device: str) -> int:
     job = BlockwiseSegmentation(str(src), out, work, functools.partial(load_predictor, str(args.ckpt), device),
                                 tuple(cfg.roi), cfg.overlap, cfg.batch_size, cfg.threshold, block,
                                 intensity_range(raw), tuple(raw.shape))
-    return segment_blockwise(job, args.workers)
+    return segment_blockwise(job, args.workers, args.worker_command)
+
+
+def cmd_em_worker(args: argparse.Namespace) -> None:
+    from vistok.em.blockwise import run_worker
+
+    n = run_worker(args.job, args.task)
+    print(f"em-worker: {n} block(s) of '{args.task}' done")
 
 
 def _shown(dst):
@@ -188,9 +197,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="N >= 1: blockwise on daisy with N worker processes into a zarr --out, resumable (run the same "
                         "command again); 0 (default): one process")
     p.add_argument("--block", metavar="Z,Y,X", help="--workers: block size (default 64,512,512)")
+    p.add_argument("--worker-command", metavar="CMD",
+                   help="--workers: start each worker with this shell command instead of a local process, e.g. "
+                        "\"ssh node1 DAISY_CONTEXT={context} vistok em-worker --job {job} --task {task}\" "
+                        "(workers on other machines, same paths, join over daisy's TCP protocol)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only when stderr is a terminal)")
     p.set_defaults(func=cmd_em_segment)
+
+    p = subparsers.add_parser("em-worker", help="join a blockwise em-segment run as a worker (any machine)")
+    p.add_argument("--job", required=True, help="the run's job file (<out>/.<dataset>.blockwise/job.json)")
+    p.add_argument("--task", required=True, choices=("fragments", "agglomerate", "relabel"))
+    p.set_defaults(func=cmd_em_worker)
 
     p = subparsers.add_parser("em-eval", help="VOI split / merge / total and ARAND of a segmentation against ground "
                                               "truth")
