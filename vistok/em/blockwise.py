@@ -286,7 +286,7 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int, worker_command: 
               getattr(job, TASKS[name]))
         task = daisy.Task(name, total_roi=total, read_roi=block, write_roi=block, process_function=fn,
                           read_write_conflict=False, fit="shrink", max_workers=max(1, workers), max_retries=0,
-                          done_marker_path=str(job.work / "done" / name))
+                          tracking_path=str(job.work / "done" / name))
         try:
             ok = daisy.run_blockwise([task], multiprocessing=workers > 0, progress=False, summary=False)
         except Exception as err:  # in one process daisy re-raises a block's error; the finished blocks stay done
