@@ -267,6 +267,9 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int, worker_command: 
     import zarr
 
     job.create_stores()
+    from daisy.logging import set_log_basedir
+
+    set_log_basedir(str(job.work / "logs"))  # worker logs beside the run's scratch, not in the current folder
     zarr.open_array(store=job.out, mode="a", shape=job.shape, dtype=np.uint32, chunks=job.block)
     total = daisy.Roi((0,) * len(job.shape), job.shape)
     block = daisy.Roi((0,) * len(job.shape), job.block)
