@@ -1,7 +1,9 @@
 """`em-segment` at scale: wall time and peak memory of neuron segmentation on a synthetic EM volume (default
-64x512x512, 16.8M voxels), streamed (what `vistok em-segment` runs) against the former in-memory path, as a table.
+64x512x512, 16.8M voxels), as a table: `waterz` (the default post-processing: the official mahotas watershed +
+waterz agglomeration, affinities of the whole volume in memory), `streamed` (`--postprocess greedy`: vistok's
+streamed greedy merge) and `in-memory` (the same greedy merge on in-memory arrays).
 
-    python eval/bench_em_segment.py [--shape 64,512,512] [--cells 400] [--ckpt CKPT] [--modes streamed,in-memory]
+    python eval/bench_em_segment.py [--shape 64,512,512] [--cells 400] [--ckpt CKPT] [--modes waterz,streamed,in-memory]
                                     [--roi 16,64,64] [--threads 1] [--work DIR]
 
 Each mode runs in its own process (so its peak RSS is its own) on the same zarr volume (chunks 16x128x128). Without
@@ -11,6 +13,7 @@ watershed fragments, the sparse region graph and agglomeration, the chunk-wise w
 SegMamba export or shipped name) the network runs too. Columns: seconds, peak RSS of the process (getrusage), peak
 Python/numpy allocation (tracemalloc; torch's allocator is not traced), fragments and final segments.
 TokenUnify (Chen et al., arXiv 2405.16847) post-processing: watershed + median-affinity agglomeration (waterz).
+`fragments` is filled in for the in-memory modes only.
 """
 
 from __future__ import annotations
@@ -67,6 +70,17 @@ def run_one(args: argparse.Namespace) -> dict:
         if args.mode == "streamed":
             segments = segment_streaming(predict, vol, parse_volume_arg(f"{out}:ids"), roi, 0.25, 4)
             frags = None
+        elif args.mode == "waterz":
+            from vistok.em import postprocess
+
+            raw = vol.read()
+            affs = sliding_window_inference(predict, torch.from_numpy(normalize_minmax(raw))[None, None], roi, 0.25, 4)
+            affs = affs[0].numpy()
+            fragments_ = postprocess.fragments(affs)
+            frags = int(fragments_.max())
+            seg = postprocess.agglomerate(affs, fragments_)
+            write_volume(f"{out}:ids", seg.astype(np.uint32))
+            segments = int(seg.max())
         else:
             raw = vol.read()
             affs = sliding_window_inference(predict, torch.from_numpy(normalize_minmax(raw))[None, None], roi, 0.25, 4)
@@ -88,7 +102,7 @@ def main() -> None:
     parser.add_argument("--shape", default="64,512,512", help="synthetic volume z,y,x (default 64,512,512)")
     parser.add_argument("--cells", type=int, default=400, help="neurons in the synthetic volume")
     parser.add_argument("--ckpt", default="", help="fine-tuned SegMamba export (default: network-free affinities)")
-    parser.add_argument("--modes", default="streamed,in-memory")
+    parser.add_argument("--modes", default="waterz,streamed,in-memory")
     parser.add_argument("--roi", default="16,64,64", help="sliding window z,y,x")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="/tmp/vistok-bench-em", help="folder for the volume and outputs")
@@ -115,10 +129,11 @@ def main() -> None:
           f"{args.cells} cells), roi {args.roi}, "
           f"{'SegMamba ' + args.ckpt if args.ckpt else 'network-free affinities'}, "
           f"{args.threads} thread(s)")
-    print("| mode | seconds | peak RSS (MB) | peak numpy (MB) | segments |")
-    print("|---|---:|---:|---:|---:|")
+    print("| mode | seconds | peak RSS (MB) | peak numpy (MB) | fragments | segments |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['mode']} | {r['seconds']} | {r['peak_rss_mb']} | {r['peak_numpy_mb']} | {r['segments']} |")
+        print(f"| {r['mode']} | {r['seconds']} | {r['peak_rss_mb']} | {r['peak_numpy_mb']} | {r['fragments'] or '-'} "
+              f"| {r['segments']} |")
 
 
 if __name__ == "__main__":

@@ -434,6 +434,30 @@ class Segmenter:
                                            batch_size=batch_size, threshold=threshold,
                                            fragment_threshold=fragment_threshold)[1]
 
+    def affinities(self, volume: np.ndarray | torch.Tensor, *, roi: Sequence[int] | None = None,
+                   overlap: float | None = None, batch_size: int | None = None) -> np.ndarray:
+        """Raw volume (Z, Y, X), any dtype -> float32 (3, Z, Y, X) affinities in [0, 1] (z, y, x: each voxel with its
+        predecessor on that axis), e.g. to post-process them elsewhere or with several thresholds."""
+        from vistok.em.inference import predict_affinities
+
+        raw = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        require(raw.ndim == 3, f"an EM volume is (Z, Y, X), got shape {raw.shape}")
+        cfg = self.settings(roi=None if roi is None else tuple(roi), overlap=overlap, batch_size=batch_size)
+        require(bool(cfg.roi), "no inference window: pass roi=(D, H, W)")
+        return predict_affinities(self.model, raw, cfg.roi, cfg.overlap, cfg.batch_size)
+
+    def segment_affinities(self, affs: np.ndarray | torch.Tensor, *, threshold: float | None = None,
+                           fragment_threshold: float | None = None) -> np.ndarray:
+        """Affinities (3, Z, Y, X) in [0, 1] -> uint32 (Z, Y, X) neuron ids, by the export's post-processing (the
+        official mahotas watershed + waterz unless it says otherwise)."""
+        from vistok.em.inference import segment_affinities
+
+        affs = affs.detach().cpu().numpy() if isinstance(affs, torch.Tensor) else np.asarray(affs)
+        require(affs.ndim == 4 and affs.shape[0] == 3, f"affinities are (3, Z, Y, X), got shape {affs.shape}")
+        seg = segment_affinities(affs.astype(np.float32, copy=False),
+                                 self.settings(threshold=threshold, fragment_threshold=fragment_threshold))
+        return seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64)
+
 
 class FeatureNet:
     """The cifar10-net feature network behind vistok's CPU FID: `features(images)` (N, D) float32 and

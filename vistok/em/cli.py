@@ -2,7 +2,8 @@
 VOI / ARAND score against ground truth (TokenUnify, Chen et al., arXiv 2405.16847; scores as scikit-image's).
 
     vistok em-segment --ckpt CKPT --input FILE[:DATASET] --out FILE[:DATASET] [--roi D,H,W] [--overlap F] ...
-    vistok em-eval --seg FILE[:DATASET] --gt FILE[:DATASET] [--json]
+    vistok em-segment --baseline --input FILE[:DATASET] --out FILE[:DATASET]   (no network: distance watershed)
+    vistok em-eval --seg FILE[:DATASET] --gt FILE[:DATASET] [--per-slice] [--json]
 
 `add_commands(subparsers)` registers both on the main `vistok` parser; `python -m vistok.em.cli ...` runs them alone.
 Handlers raise VistokError for a user's mistake; the caller prints its one line and exits 1. Heavy imports (torch,
@@ -38,45 +39,133 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     from vistok.em.volumes import DEFAULT_DATASET, Volume, check_output, parse_volume_arg
 
     roi = _roi(args.roi)
+    if args.baseline == (args.ckpt is not None):
+        raise VistokError("em-segment needs either --ckpt CKPT (a fine-tuned model) or --baseline (no network), "
+                          "not both and not neither")
     src, dst = parse_volume_arg(args.input), parse_volume_arg(args.out)  # both checked before the model loads
     same_file = dst.path.resolve() == src.path.resolve()
     if same_file and (dst.format not in ("hdf5", "zarr") or (dst.dataset or DEFAULT_DATASET[dst.format]).strip("/") ==
                       (src.dataset or "").strip("/")):  # npz, npy and TIFF files are rewritten whole
         raise VistokError(f"--out {args.out} would overwrite the input; name another file or another :DATASET")
     check_output(dst)  # an unwritable folder or an existing file of another kind fails now, not after the work
+    if args.baseline:
+        _segment_baseline(args, src, dst)
+        return
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     raw = Volume(src)  # lazily: metadata only; the volume is read window by window
+    block = _block(args.block, args.workers)
+    if args.worker_command and not args.workers:
+        raise VistokError("--worker-command needs --workers N (N >= 1 worker slots)")
+    if args.workers and dst.format != "zarr":
+        raise VistokError(f"--workers {args.workers} writes blockwise into a zarr array; name one, e.g. --out "
+                          "seg.zarr:ids")
+    if args.postprocess != "greedy":  # the official post-processing's libraries, checked before the model loads
+        from vistok.em.inference import require_postprocess
+
+        require_postprocess()
     model, meta = load_segmenter(args.ckpt, device)
     stored = meta.get("inference") or {}
     flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
-             "fragment_threshold": args.fragment_threshold}
+             "fragment_threshold": args.fragment_threshold, "postprocess": args.postprocess}
     cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
     start = time.perf_counter()
-    segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
+    if args.workers:
+        segments, how = _segment_blockwise(args, src, dst, raw, cfg, block, device), f"{args.workers} daisy workers"
+    else:
+        segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
     seconds = time.perf_counter() - start
-    out = dst if dst.dataset or dst.format not in DEFAULT_DATASET else type(dst)(dst.path, DEFAULT_DATASET[dst.format],
-                                                                                dst.format)
+    merge = (f"waterz, 1 - median < {cfg.threshold}" if cfg.postprocess == "waterz" else
+             f"greedy {cfg.score} > {cfg.threshold}")
     print(f"{src} {raw.shape} -> {segments} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
-          f"{cfg.overlap}, agglomeration {cfg.score} > {cfg.threshold}, {device}, {how}) -> {out}")
+          f"{cfg.overlap}, agglomeration {merge}, {device}, {how}) -> {_shown(dst)}")
+
+
+def _block(text: str | None, workers: int) -> tuple[int, int, int] | None:
+    if workers < 0:
+        raise VistokError(f"--workers {workers} must be >= 0 (0: one process)")
+    if text is None:
+        return (64, 512, 512) if workers else None
+    if not workers:
+        raise VistokError("--block needs --workers N (N >= 1); --workers 0 segments in one process")
+    try:
+        block = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        block = ()
+    if len(block) != 3 or min(block) < 1:
+        raise VistokError(f"--block {text!r} must be three positive sizes Z,Y,X, e.g. --block 64,512,512")
+    return block
+
+
+def _segment_blockwise(args, src, dst, raw, cfg, block, device: str) -> int:
+    """`--workers N`: the official pipeline blockwise on daisy (vistok.em.blockwise); scratch and done markers in
+    `<out>.blockwise/`, so the same command resumes."""
+    import functools
+    from pathlib import Path
+
+    from vistok.em.blockwise import BlockwiseSegmentation, load_predictor, segment_blockwise
+    from vistok.em.volumes import DEFAULT_DATASET, intensity_range
+
+    if cfg.postprocess != "waterz":
+        raise VistokError("--workers runs the official post-processing (waterz); drop --postprocess greedy")
+    name = (dst.dataset or DEFAULT_DATASET["zarr"]).strip("/")
+    out = str(Path(dst.path) / name)
+    work = Path(dst.path) / f".{name.replace('/', '_')}.blockwise"
+    block = tuple(min(b, s) for b, s in zip(block, raw.shape))
+    job = BlockwiseSegmentation(str(src), out, work, functools.partial(load_predictor, str(args.ckpt), device),
+                                tuple(cfg.roi), cfg.overlap, cfg.batch_size, cfg.threshold, block,
+                                intensity_range(raw), tuple(raw.shape))
+    return segment_blockwise(job, args.workers, args.worker_command)
+
+
+def cmd_em_worker(args: argparse.Namespace) -> None:
+    from vistok.em.blockwise import run_worker
+
+    n = run_worker(args.job, args.task)
+    print(f"em-worker: {n} block(s) of '{args.task}' done")
+
+
+def _shown(dst):
+    from vistok.em.volumes import DEFAULT_DATASET
+
+    if dst.dataset or dst.format not in DEFAULT_DATASET:
+        return dst
+    return type(dst)(dst.path, DEFAULT_DATASET[dst.format], dst.format)
+
+
+def _segment_baseline(args: argparse.Namespace, src, dst) -> None:
+    """`em-segment --baseline`: the no-network distance-transform watershed of the raw volume (in memory)."""
+    import numpy as np
+
+    from vistok.em.baseline import distance_watershed
+    from vistok.em.volumes import read_volume, write_volume
+
+    start = time.perf_counter()
+    seg = distance_watershed(read_volume(src), per_slice=args.per_slice)
+    write_volume(dst, seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64))
+    print(f"{src} {seg.shape} -> {len(np.unique(seg))} segments in {time.perf_counter() - start:.1f} s (baseline: "
+          f"distance-transform watershed of the thresholded raw image, {'per slice' if args.per_slice else '3D'}) "
+          f"-> {_shown(dst)}")
 
 
 def cmd_em_eval(args: argparse.Namespace) -> None:
-    from vistok.em.metrics import evaluate
+    from vistok.em.metrics import evaluate, evaluate_per_slice
     from vistok.em.volumes import read_volume
 
     seg, gt = read_volume(args.seg), read_volume(args.gt)
     for name, vol in (("--seg", seg), ("--gt", gt)):
         if vol.dtype.kind not in "iub":
             raise VistokError(f"{name} volume has dtype {vol.dtype}; labels must be integers")
-    scores = evaluate(seg, gt, ignore_labels=tuple(args.ignore))
+    if args.per_slice and gt.ndim != 3:
+        raise VistokError(f"--per-slice scores the z sections of (z, y, x) volumes; these have shape {gt.shape}")
+    scores = (evaluate_per_slice if args.per_slice else evaluate)(seg, gt, ignore_labels=tuple(args.ignore))
     if args.json:
-        print(json.dumps({"seg": args.seg, "gt": args.gt, "ignore_labels": list(args.ignore), **scores._asdict()},
-                         indent=2))
+        print(json.dumps({"seg": args.seg, "gt": args.gt, "ignore_labels": list(args.ignore),
+                          "per_slice": bool(args.per_slice), **scores._asdict()}, indent=2))
     else:
-        print(f"VOI split {scores.voi_split:.4f}  VOI merge {scores.voi_merge:.4f}  VOI {scores.voi:.4f}  "
-              f"ARAND {scores.arand:.4f}")
+        print(f"{'2D, mean over z sections: ' if args.per_slice else ''}VOI split {scores.voi_split:.4f}  "
+              f"VOI merge {scores.voi_merge:.4f}  VOI {scores.voi:.4f}  ARAND {scores.arand:.4f}")
 
 
 def _cuda() -> bool:
@@ -88,17 +177,38 @@ def _cuda() -> bool:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `em-segment` and `em-eval` on the `vistok` command's subparsers."""
     p = subparsers.add_parser("em-segment", help="neuron segmentation of an EM volume with a fine-tuned SegMamba")
-    p.add_argument("--ckpt", required=True, help="export of train/finetune_em_seg.py (folder) or shipped model name")
+    p.add_argument("--ckpt", help="export of train/finetune_em_seg.py (folder) or shipped model name")
+    p.add_argument("--baseline", action="store_true",
+                   help="no network: distance-transform watershed of the thresholded raw image (instead of --ckpt)")
+    p.add_argument("--per-slice", action="store_true", help="--baseline: one 2D watershed per z section (default 3D)")
     p.add_argument("--input", required=True, metavar="FILE[:DATASET]", help="raw EM volume (.h5/.zarr/.npz/.tif/.npy)")
     p.add_argument("--out", required=True, metavar="FILE[:DATASET]", help="where the neuron ids go (uint32)")
     p.add_argument("--roi", metavar="D,H,W", help="sliding window (default: the export's, i.e. the training crop)")
     p.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: the export's, 0.25)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default: the export's)")
-    p.add_argument("--threshold", type=float, help="agglomeration threshold on affinities (default: the export's)")
+    p.add_argument("--threshold", type=float,
+                   help="agglomeration threshold (default: the export's, 0.5); waterz merges while 1 - median affinity "
+                        "< it (larger merges more), greedy while the affinity > it")
     p.add_argument("--fragment-threshold", type=float, help="watershed seed threshold (default: the export's)")
+    p.add_argument("--postprocess", choices=("waterz", "greedy"),
+                   help="waterz: the official mahotas watershed + waterz (default); greedy: vistok's streamed merge, "
+                        "memory bounded by the region graph")
+    p.add_argument("--workers", type=int, default=0,
+                   help="N >= 1: blockwise on daisy with N worker processes into a zarr --out, resumable (run the same "
+                        "command again); 0 (default): one process")
+    p.add_argument("--block", metavar="Z,Y,X", help="--workers: block size (default 64,512,512)")
+    p.add_argument("--worker-command", metavar="CMD",
+                   help="--workers: start each worker with this shell command instead of a local process, e.g. "
+                        "\"ssh node1 DAISY_CONTEXT={context} vistok em-worker --job {job} --task {task}\" "
+                        "(workers on other machines, same paths, join over daisy's TCP protocol)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only when stderr is a terminal)")
     p.set_defaults(func=cmd_em_segment)
+
+    p = subparsers.add_parser("em-worker", help="join a blockwise em-segment run as a worker (any machine)")
+    p.add_argument("--job", required=True, help="the run's job file (<out>/.<dataset>.blockwise/job.json)")
+    p.add_argument("--task", required=True, choices=("fragments", "agglomerate", "relabel"))
+    p.set_defaults(func=cmd_em_worker)
 
     p = subparsers.add_parser("em-eval", help="VOI split / merge / total and ARAND of a segmentation against ground "
                                               "truth")
@@ -106,6 +216,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", required=True, metavar="FILE[:DATASET]", help="ground truth (integer labels)")
     p.add_argument("--ignore", type=int, nargs="*", default=[0], metavar="ID",
                    help="ground-truth labels left out (default: 0, boundary / unlabelled)")
+    p.add_argument("--per-slice", action="store_true",
+                   help="2D scores averaged over z sections (serial-section data whose labels are 2D)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_em_eval)
 

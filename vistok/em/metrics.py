@@ -8,6 +8,7 @@ ignore_labels=(0,))` and `adapted_rand_error(gt, seg)`, as TokenUnify (Chen et a
 - voxels whose ground-truth label is in `ignore_labels` (0: boundary / unlabelled) are left out;
 - label 0 in the segmentation is an ordinary segment (not ignored, not split into singletons);
 - split = H(seg | gt) (over-segmentation), merge = H(gt | seg) (under-segmentation), in bits; VOI = split + merge;
+- per slice (`evaluate_per_slice`): the same scores per z section, averaged over sections with labelled voxels;
 - ARAND = 1 - sum_ij n_ij(n_ij - 1) / (1/2 sum_i a_i(a_i - 1) + 1/2 sum_j b_j(b_j - 1)) over voxel pairs.
 """
 
@@ -65,3 +66,19 @@ def evaluate(seg: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[int] = (0,
     """VOI split, VOI merge, VOI and ARAND of a segmentation against ground truth."""
     split, merge = voi(seg, gt, ignore_labels)
     return SegScores(split, merge, split + merge, arand(seg, gt, ignore_labels))
+
+
+def evaluate_per_slice(seg: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[int] = (0,)) -> SegScores:
+    """2D scores averaged over the z sections (axis 0) that hold a non-ignored ground-truth voxel, each section scored
+    alone: for serial-section EM whose labels are 2D (ids not linked across sections), where 3D scores would count
+    every section change as a split. Sections with no labelled voxel are skipped, not scored as perfect."""
+    seg, gt = np.asarray(seg), np.asarray(gt)
+    if seg.shape != gt.shape:
+        raise VistokError(f"segmentation {seg.shape} and ground truth {gt.shape} differ in shape")
+    if gt.ndim < 3:
+        raise VistokError(f"per-slice scores need (z, y, x) volumes, got shape {gt.shape}")
+    ignored = np.isin(gt, list(ignore_labels)) if len(ignore_labels) else np.zeros(gt.shape, bool)
+    scores = [evaluate(s, g, ignore_labels) for s, g, i in zip(seg, gt, ignored) if not i.all()]
+    if not scores:
+        raise VistokError("the ground truth has no voxels outside the ignored labels; nothing to score")
+    return SegScores(*(float(v) for v in np.mean(np.array(scores, np.float64), axis=0)))

@@ -1,0 +1,164 @@
+"""Blockwise, resumable segmentation on daisy (`vistok em-segment --workers N --block Z,Y,X`): one block equals the
+single-process pipeline, many blocks stay close to it, a failed run resumes, two worker processes run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vistok.em import postprocess
+from vistok.em.metrics import evaluate
+from vistok.em.segmentation import sliding_window_inference
+from vistok.em.synthetic import synthetic_em_volume
+from vistok.em.volumes import Volume, intensity_range, normalize_minmax, read_volume, write_volume
+from vistok.errors import VistokError
+
+pytest.importorskip("daisy")
+pytest.importorskip("waterz")
+zarr = pytest.importorskip("zarr")
+
+ROI = (8, 32, 32)
+
+
+def smooth(x: torch.Tensor) -> torch.Tensor:
+    """A network-free, window-dependent stand-in: 3 'affinities' from the raw intensity (bright = connected)."""
+    s = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return torch.cat([s, x, 0.5 * (x + s)], 1).clamp(0, 1) * 0.9 + 0.1 * x.mean()
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()], 1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def job_for(tmp: Path, raw: np.ndarray, block, factory=lambda: smooth):
+    from vistok.em.blockwise import BlockwiseSegmentation
+
+    write_volume(f"{tmp}/raw.h5:raw", raw)
+    vol = Volume(f"{tmp}/raw.h5:raw")
+    return BlockwiseSegmentation(f"{tmp}/raw.h5:raw", f"{tmp}/seg.zarr/ids", tmp / "work", factory, ROI, 0.25, 4, 0.5,
+                                 tuple(block), intensity_range(vol), vol.shape)
+
+
+def single_process(raw: np.ndarray) -> np.ndarray:
+    affs = sliding_window_inference(smooth, torch.from_numpy(normalize_minmax(raw))[None, None], ROI, 0.25, 4)
+    return postprocess.segment(affs[0].numpy())
+
+
+def test_one_block_equals_the_single_process_pipeline(tmp_path: Path) -> None:
+    from vistok.em.blockwise import segment_blockwise
+
+    raw, _ = synthetic_em_volume((16, 48, 64), num_cells=8, seed=3)
+    job = job_for(tmp_path, raw, raw.shape)
+    n = segment_blockwise(job, 0)
+    got = zarr.open_array(str(tmp_path / "seg.zarr" / "ids"), mode="r")[...]
+    want = single_process(raw)
+    assert same_partition(got, want) and n == len(np.unique(want)) > 5
+
+
+def test_many_blocks_stay_close_to_the_single_process_result_and_resume_after_a_failure(tmp_path: Path) -> None:
+    from vistok.em.blockwise import segment_blockwise
+
+    raw, labels = synthetic_em_volume((16, 64, 64), num_cells=10, seed=5)
+    calls = {"n": 0}
+
+    def flaky():  # a worker that dies after its first few windows, as a killed one would
+        def predict(x):
+            calls["n"] += 1
+            if calls["n"] > 10:  # 7 batches of windows per block here: the first block finishes
+                raise RuntimeError("worker killed")
+            return smooth(x)
+        return predict
+
+    with pytest.raises(VistokError, match="run the same command again"):
+        segment_blockwise(job_for(tmp_path, raw, (8, 32, 32), flaky), 0)
+    done_before = zarr.open_array(str(tmp_path / "work" / "done" / "fragments" / "done"), mode="r")[...]
+    assert 0 < done_before.sum() < done_before.size  # some blocks finished, some not
+
+    seen = {"n": 0}
+
+    def counting():
+        def predict(x):
+            seen["n"] += 1
+            return smooth(x)
+        return predict
+
+    n = segment_blockwise(job_for(tmp_path, raw, (8, 32, 32), counting), 0)
+    got = zarr.open_array(str(tmp_path / "seg.zarr" / "ids"), mode="r")[...]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    seen_fresh = {"n": 0}
+
+    def counting_fresh():
+        def predict(x):
+            seen_fresh["n"] += 1
+            return smooth(x)
+        return predict
+
+    segment_blockwise(job_for(fresh, raw, (8, 32, 32), counting_fresh), 0)
+    assert 0 < seen["n"] < seen_fresh["n"]  # the resumed run skipped the blocks done before the failure
+    assert np.array_equal(zarr.open_array(str(fresh / "seg.zarr" / "ids"), mode="r")[...], got)
+    assert n == len(np.unique(got))
+    # 8 blocks: a neuron crossing faces keeps one id, and the score stays near the single-process one
+    want = single_process(raw)
+    blockwise_voi, single_voi = evaluate(got, labels).voi, evaluate(want, labels).voi
+    assert blockwise_voi < single_voi + 0.2, (blockwise_voi, single_voi)  # measured: 0.36 against 0.28
+    assert evaluate(got, want).voi < 0.5  # measured: 0.22
+    assert len(np.unique(got)) < 0.5 * len(np.unique(zarr.open_array(str(tmp_path / "work" / "fragments.zarr"),
+                                                                       mode="r")[...]))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_end_to_end_from_the_cli(tmp_path: Path, capsys) -> None:
+    from vistok.em.cli import main
+
+    raw, _ = synthetic_em_volume((16, 48, 64), num_cells=8, seed=3)
+    write_volume(f"{tmp_path}/raw.h5:raw", raw)
+    argv = ["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", f"{tmp_path}/raw.h5:raw", "--device", "cpu",
+            "--quiet"]
+    assert main([*argv, "--out", f"{tmp_path}/seg.zarr:ids", "--workers", "2", "--block", "16,48,32"]) == 0
+    assert "2 daisy workers" in capsys.readouterr().out
+    got = read_volume(f"{tmp_path}/seg.zarr:ids")
+    assert main([*argv, "--out", f"{tmp_path}/one.h5"]) == 0  # the single-process path on the same volume
+    single = read_volume(f"{tmp_path}/one.h5")
+    assert got.shape == raw.shape and got.min() >= 1 and evaluate(got, single).voi < 1.0
+    assert main([*argv, "--out", f"{tmp_path}/seg.h5", "--workers", "2"]) == 1
+    assert "zarr" in capsys.readouterr().err
+    assert main([*argv, "--out", f"{tmp_path}/x.zarr:ids", "--block", "8,8,8"]) == 1
+    assert "--workers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_started_by_a_command_join_over_tcp(tmp_path: Path, capsys) -> None:
+    """`--worker-command`: each worker slot runs a shell command (here a local `vistok em-worker`, as `ssh node ...`
+    would elsewhere) that connects to the scheduler over daisy's TCP protocol; same result as local workers."""
+    import sys
+
+    from vistok.em.cli import main
+
+    raw, _ = synthetic_em_volume((16, 32, 64), num_cells=6, seed=4)
+    write_volume(f"{tmp_path}/raw.h5:raw", raw)
+    argv = ["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", f"{tmp_path}/raw.h5:raw", "--device", "cpu",
+            "--quiet", "--workers", "1", "--block", "16,32,64"]
+    command = f"DAISY_CONTEXT={{context}} {sys.executable} -m vistok em-worker --job {{job}} --task {{task}}"
+    assert main([*argv, "--out", f"{tmp_path}/a.zarr:ids", "--worker-command", command]) == 0
+    assert (tmp_path / "a.zarr" / ".ids.blockwise" / "job.json").is_file()
+    assert main(["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", f"{tmp_path}/raw.h5:raw",
+                 "--device", "cpu", "--quiet", "--out", f"{tmp_path}/one.h5"]) == 0
+    assert same_partition(read_volume(f"{tmp_path}/a.zarr:ids"), read_volume(f"{tmp_path}/one.h5"))  # one block
+
+
+def test_em_worker_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    from vistok.em.cli import main
+
+    (tmp_path / "job.json").write_text("{}")
+    assert main(["em-worker", "--job", str(tmp_path / "job.json"), "--task", "fragments"]) == 1
+    assert "not a job file" in capsys.readouterr().err
+    raw = f"{tmp_path}/raw.h5:raw"
+    write_volume(raw, np.zeros((4, 8, 8), np.uint8))
+    assert main(["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", raw, "--out", f"{tmp_path}/s.zarr:ids",
+                 "--worker-command", "true"]) == 1
+    assert "--workers" in capsys.readouterr().err
