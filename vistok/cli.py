@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vistok.engine.host_memory import keep_freed_memory
+from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
 
 
@@ -61,6 +62,17 @@ def _load(args: argparse.Namespace, kind: type):
     if not isinstance(obj, kind):
         raise VistokError(f"{args.ckpt} is a {type(obj).__name__}, but `vistok {args.command}` needs a {kind.__name__}")
     return obj
+
+
+_LOCKS: list = []  # writer locks the running command holds; `main` releases them when it ends
+
+
+def _writer_lock(out: Path, folder: bool = True) -> None:
+    """Hold the --out's writer lock until the command ends: a second run into the same --out is refused in one line
+    (a lock left by a killed run is taken over; torchrun ranks of one job share it)."""
+    from vistok.engine.lock import WriterLock
+
+    _LOCKS.append(WriterLock(out, "--out", folder).acquire())
 
 
 def _common(p: argparse.ArgumentParser, ckpt_help: str) -> None:
@@ -151,9 +163,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vistok.api.outputs import SampleWriter, check_out
     from vistok.engine import dist
 
-    check_out(args.out)
+    out = check_out(args.out)
     env = dist.setup(args.device)
     try:
+        _writer_lock(out, folder=out.suffix.lower() != ".png")  # until the command ends; torchrun ranks share it
         gen = _load(args, api.Generator)
         if args.compile:
             gen.model.compile_stack()
@@ -223,9 +236,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise VistokError(f"--out {out} is a file; pass a folder")
+    from vistok.data.outputs import check_output_file, check_output_folder
+
+    out = check_output_folder(args.out, grid_suffix=None)  # writability of both outputs before any work
+    if args.json:
+        check_output_file(args.json, ".json", "--json")
+    _writer_lock(out)
     tok = _load(args, api.Tokenizer)
     if args.compile:
         tok.model.compile_stack()
@@ -354,8 +370,10 @@ def add_cache_latents(sub) -> None:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
+    from vistok.data.outputs import check_output_folder
     from vistok.tokenizers.latent_cache import cache_latents, world
 
+    _writer_lock(check_output_folder(args.out, grid_suffix=None))  # torchrun ranks of one job share it
     report = cache_latents(args.vae, args.input, args.out, args.resolution, args.flip, args.shard_size, args.batch_size,
                            args.workers, args.dtype, args.device, progress=not args.quiet)
     rank, world_size, _ = world()
@@ -433,7 +451,9 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------------------ demo
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: show what the shipped models do (see README)")
-    p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
+    p.add_argument("--out", default="demo_out", help="folder for the demo's outputs (an earlier demo's are replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files (they are "
+                                                            "deleted)")
     p.add_argument("--num", type=int, default=1000, help="images to score")
     p.add_argument("--data-root", help="data root (default $VISTOK_DATA)")
     p.set_defaults(func=cmd_demo)
@@ -442,7 +462,7 @@ def add_demo(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from vistok.demo import run_demo
 
-    run_demo(args.out, args.num, args.data_root)
+    run_demo(args.out, args.num, args.data_root, overwrite=args.overwrite)
 
 
 def add_em(sub) -> None:
@@ -477,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # this process's tensors reuse freed host memory (see vistok.engine.host_memory)
     try:
+        check_cli_paths(args)  # an --out or --json that is, holds or sits in an input: refused before any work
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             args.func(args)
@@ -486,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().release()
     return 0
 
 

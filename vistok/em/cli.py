@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
 
 
@@ -36,26 +37,24 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     from vistok.config import from_dict
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
     from vistok.em.volumes import DEFAULT_DATASET, Volume, check_output, parse_volume_arg
+    from vistok.engine.lock import WriterLock
 
     roi = _roi(args.roi)
     src, dst = parse_volume_arg(args.input), parse_volume_arg(args.out)  # both checked before the model loads
-    same_file = dst.path.resolve() == src.path.resolve()
-    if same_file and (dst.format not in ("hdf5", "zarr") or (dst.dataset or DEFAULT_DATASET[dst.format]).strip("/") ==
-                      (src.dataset or "").strip("/")):  # npz, npy and TIFF files are rewritten whole
-        raise VistokError(f"--out {args.out} would overwrite the input; name another file or another :DATASET")
     check_output(dst)  # an unwritable folder or an existing file of another kind fails now, not after the work
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    raw = Volume(src)  # lazily: metadata only; the volume is read window by window
-    model, meta = load_segmenter(args.ckpt, device)
-    stored = meta.get("inference") or {}
-    flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
-             "fragment_threshold": args.fragment_threshold}
-    cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
-    start = time.perf_counter()
-    segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
-    seconds = time.perf_counter() - start
+    with WriterLock(dst.path, "--out", folder=False):  # one writer per output file
+        raw = Volume(src)  # lazily: metadata only; the volume is read window by window
+        model, meta = load_segmenter(args.ckpt, device)
+        stored = meta.get("inference") or {}
+        flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
+                 "fragment_threshold": args.fragment_threshold}
+        cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
+        start = time.perf_counter()
+        segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
+        seconds = time.perf_counter() - start
     out = dst if dst.dataset or dst.format not in DEFAULT_DATASET else type(dst)(dst.path, DEFAULT_DATASET[dst.format],
                                                                                 dst.format)
     print(f"{src} {raw.shape} -> {segments} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
@@ -116,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
+        check_cli_paths(args)  # as the main `vistok` command: an --out in an input's file (any :DATASET) is refused
         args.func(args)
     except VistokError as err:
         print(f"vistok {args.command}: error: {err}", file=sys.stderr)
