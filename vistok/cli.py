@@ -236,11 +236,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 
-    from vistok.data.outputs import check_output_file, check_output_folder
+    from vistok.data.outputs import check_output_folder, check_writable
 
     out = check_output_folder(args.out, grid_suffix=None)  # writability of both outputs before any work
+    if args.json and Path(args.json).expanduser().is_dir():
+        raise VistokError(f"--json {args.json} is a folder; pass a file path for the JSON metrics")
     if args.json:
-        check_output_file(args.json, ".json", "--json")
+        check_writable(args.json, "--json")
     _writer_lock(out)
     tok = _load(args, api.Tokenizer)
     if args.compile:

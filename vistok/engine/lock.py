@@ -15,12 +15,12 @@ the output exists yet. Where `fcntl` is missing (Windows) no lock is taken.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import socket
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _describe(info: dict[str, Any] | None) -> str:
 
 class WriterLock:
     """`with WriterLock(out, what="--out", folder=True): ...` holds the lock of `out` for the block; a second writer
-    gets one VistokError naming the holder. `acquire()` / `release()` for a lock held longer (see `hold_until_exit`)."""
+    gets one VistokError naming the holder. `acquire()` / `release()` for a lock held longer (see `hold_for`)."""
 
     def __init__(self, target: str | Path, what: str = "--out", folder: bool = True) -> None:
         self.target, self.what, self.folder = Path(target), what, folder
@@ -165,20 +165,12 @@ class WriterLock:
         self.release()
 
 
-def hold_until_exit(target: str | Path, what: str, folder: bool = True) -> WriterLock:
-    """Take the lock of `target` for the rest of this process (a training run); released at exit (or, on a kill,
-    by the kernel)."""
+def hold_for(owner: object, target: str | Path, what: str, folder: bool = True) -> WriterLock:
+    """Take the lock of `target` for as long as `owner` lives (a training run's Trainer: the whole script), released
+    when it is collected or the process exits (or, on a kill, by the kernel)."""
     lock = WriterLock(target, what, folder).acquire()
-    if lock._fd is not None and lock._count == 1:
-        atexit.register(_release_all, lock.path)
+    weakref.finalize(owner, lock.release)
     return lock
 
 
-def _release_all(path: Path) -> None:
-    held = _HELD.get(path)
-    if held is not None:
-        held._count = 1
-        held.release()
-
-
-__all__ = ["INSIDE", "WriterLock", "hold_until_exit", "lock_path"]
+__all__ = ["INSIDE", "WriterLock", "hold_for", "lock_path"]
