@@ -67,12 +67,12 @@ def _load(args: argparse.Namespace, kind: type):
 _LOCKS: list = []  # writer locks the running command holds; `main` releases them when it ends
 
 
-def _writer_lock(out: Path, folder: bool = True) -> None:
+def _writer_lock(out: Path) -> None:
     """Hold the --out's writer lock until the command ends: a second run into the same --out is refused in one line
     (a lock left by a killed run is taken over; torchrun ranks of one job share it)."""
     from vistok.engine.lock import WriterLock
 
-    _LOCKS.append(WriterLock(out, "--out", folder).acquire())
+    _LOCKS.append(WriterLock(out, "--out").acquire())
 
 
 def _common(p: argparse.ArgumentParser, ckpt_help: str) -> None:
@@ -166,7 +166,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = check_out(args.out)
     env = dist.setup(args.device)
     try:
-        _writer_lock(out, folder=out.suffix.lower() != ".png")  # until the command ends; torchrun ranks share it
+        _writer_lock(out)  # until the command ends; torchrun ranks share it
         gen = _load(args, api.Generator)
         if args.compile:
             gen.model.compile_stack()

@@ -45,7 +45,7 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    with WriterLock(dst.path, "--out", folder=False):  # one writer per output file
+    with WriterLock(dst.path, "--out"):  # one writer per output file
         raw = Volume(src)  # lazily: metadata only; the volume is read window by window
         model, meta = load_segmenter(args.ckpt, device)
         stored = meta.get("inference") or {}

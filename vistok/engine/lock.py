@@ -8,9 +8,11 @@ writer gets. A lock left by a process that is gone is taken over with a note on 
 job share the lock: a rank that finds it held by its own job (same TORCHELASTIC_RUN_ID and rendezvous address)
 goes on. A process may take a lock it holds again (a training resumed in the same process).
 
-Folders vistok owns (a run folder, a sample or cache folder) keep their lock inside (`.vistok-writer.lock`); a file
-output (`seg.h5`, `grid.png`) keeps it beside itself (`.seg.h5.lock`), so the lock's place never depends on whether
-the output exists yet. Where `fcntl` is missing (Windows) no lock is taken.
+A run folder keeps its lock inside (`.vistok-writer.lock`; the Trainer makes the folder anyway); a user's `--out`
+(a folder, `seg.h5`, `grid.png`) keeps it beside itself (`.seg.h5.lock`), so a command that fails before writing
+leaves no folder behind, and the lock's place does not depend on whether the output exists yet. Only an existing
+folder whose parent is read-only (`--out .` in a read-only home's parent) keeps it inside. Where `fcntl` is missing
+(Windows) no lock is taken.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ JOB_WAIT_S = 10.0  # how long a rank waits for the lock's JSON when the lock is 
 _HELD: dict[Path, "WriterLock"] = {}  # locks this process holds, by lock path (re-entrant)
 
 
-def lock_path(target: str | Path, folder: bool) -> Path:
-    """Where the lock of `target` lives: inside a folder output, beside a file output."""
+def lock_path(target: str | Path, inside: bool = False) -> Path:
+    """Where the lock of `target` lives: beside it, or inside it (a run folder, or a folder with a read-only parent)."""
     target = Path(target).expanduser().resolve()
-    return target / INSIDE if folder else target.parent / f".{target.name}.lock"
+    if inside or (target.is_dir() and not os.access(target.parent, os.W_OK)):
+        return target / INSIDE
+    return target.parent / f".{target.name}.lock"
 
 
 def _job() -> str | None:
@@ -70,12 +74,12 @@ def _describe(info: dict[str, Any] | None) -> str:
 
 
 class WriterLock:
-    """`with WriterLock(out, what="--out", folder=True): ...` holds the lock of `out` for the block; a second writer
+    """`with WriterLock(out, what="--out"): ...` holds the lock of `out` for the block; a second writer
     gets one VistokError naming the holder. `acquire()` / `release()` for a lock held longer (see `hold_for`)."""
 
-    def __init__(self, target: str | Path, what: str = "--out", folder: bool = True) -> None:
-        self.target, self.what, self.folder = Path(target), what, folder
-        self.path = lock_path(target, folder)
+    def __init__(self, target: str | Path, what: str = "--out", inside: bool = False) -> None:
+        self.target, self.what = Path(target), what
+        self.path = lock_path(target, inside)
         self._fd: int | None = None
         self._count = 0  # acquisitions by this process
 
@@ -165,10 +169,10 @@ class WriterLock:
         self.release()
 
 
-def hold_for(owner: object, target: str | Path, what: str, folder: bool = True) -> WriterLock:
+def hold_for(owner: object, target: str | Path, what: str, inside: bool = True) -> WriterLock:
     """Take the lock of `target` for as long as `owner` lives (a training run's Trainer: the whole script), released
     when it is collected or the process exits (or, on a kill, by the kernel)."""
-    lock = WriterLock(target, what, folder).acquire()
+    lock = WriterLock(target, what, inside).acquire()
     weakref.finalize(owner, lock.release)
     return lock
 
