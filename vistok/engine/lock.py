@@ -8,10 +8,10 @@ writer gets. A lock left by a process that is gone is taken over with a note on 
 job share the lock: a rank that finds it held by its own job (same TORCHELASTIC_RUN_ID and rendezvous address)
 goes on. A process may take a lock it holds again (a training resumed in the same process).
 
-A run folder keeps its lock inside (`.vistok-writer.lock`; the Trainer makes the folder anyway); a user's `--out`
-(a folder, `seg.h5`, `grid.png`) keeps it beside itself (`.seg.h5.lock`), so a command that fails before writing
-leaves no folder behind, and the lock's place does not depend on whether the output exists yet. Only an existing
-folder whose parent is read-only (`--out .` in a read-only home's parent) keeps it inside. Where `fcntl` is missing
+A lock sits beside what it guards (`runs/.NAME.lock` for the run folder `runs/NAME`, `.seg.h5.lock` for `seg.h5`):
+the output's own listing stays as it was, a command that fails before writing leaves no folder behind, and the
+lock's place does not depend on whether the output exists yet. Only an existing folder whose parent is read-only
+(`--out .` where `..` is not writable) keeps its lock inside (`.vistok-writer.lock`). Where `fcntl` is missing
 (Windows) no lock is taken.
 """
 
@@ -169,7 +169,7 @@ class WriterLock:
         self.release()
 
 
-def hold_for(owner: object, target: str | Path, what: str, inside: bool = True) -> WriterLock:
+def hold_for(owner: object, target: str | Path, what: str, inside: bool = False) -> WriterLock:
     """Take the lock of `target` for as long as `owner` lives (a training run's Trainer: the whole script), released
     when it is collected or the process exits (or, on a kill, by the kernel)."""
     lock = WriterLock(target, what, inside).acquire()
@@ -177,4 +177,24 @@ def hold_for(owner: object, target: str | Path, what: str, inside: bool = True) 
     return lock
 
 
-__all__ = ["INSIDE", "WriterLock", "hold_for", "lock_path"]
+def hold_run_folder(owner: object, run_dir: str | Path, env: Any) -> None:
+    """A training run's lock on its folder, for `owner`'s lifetime: rank 0 takes it and tells every rank the
+    outcome (one collective), so a refused job fails on all ranks at once instead of waiting at its first
+    all-reduce. `env` is the run's `DistEnv`."""
+    if env.world_size == 1:
+        hold_for(owner, run_dir, "train.run_dir")
+        return
+    from vistok.engine.dist import broadcast_object  # torch, only for a distributed run
+
+    refused = None
+    if env.rank == 0:
+        try:
+            hold_for(owner, run_dir, "train.run_dir")
+        except VistokError as err:
+            refused = str(err)
+    refused = broadcast_object(refused)
+    if refused:
+        raise VistokError(refused)
+
+
+__all__ = ["INSIDE", "WriterLock", "hold_for", "hold_run_folder", "lock_path"]
