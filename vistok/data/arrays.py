@@ -68,8 +68,8 @@ def stored_dtypes(path: str | Path) -> dict[str, np.dtype]:
 def check_plain(dtype: np.dtype, where: str) -> None:
     """Refuse a dtype holding Python objects: reading it would unpickle the file's bytes, which can run code."""
     if np.dtype(dtype).hasobject:
-        raise VistokError(f"{where} holds Python objects (dtype {dtype}), which vistok never loads: reading them would "
-                          "unpickle (run) code from the file; store plain numeric arrays instead")
+        raise VistokError(f"cannot read {where}: it holds Python objects (dtype {dtype}), which vistok never loads "
+                          "(reading them would unpickle, i.e. run, code from the file); store plain numeric arrays")
 
 
 def check_file_dtypes(path: str | Path, what: str = "file", keys: Iterable[str] | None = None) -> None:
