@@ -233,6 +233,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
     import vistok.api as api
     from vistok.data.sources import load_images
+    from vistok.engine.atomic import atomic_write, atomic_write_bytes
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 
@@ -260,7 +261,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     for k, rec in recons.items():
         folder = out / f"k{k:03d}"
         folder.mkdir(exist_ok=True)
-        np.savez(out / f"k{k:03d}.npz", arr_0=rec)
+        atomic_write(out / f"k{k:03d}.npz", lambda f, rec=rec: np.savez(f, arr_0=rec))
         for i, image in enumerate(rec):
             Image.fromarray(image).save(folder / f"{i:06d}.png")
     Image.fromarray(recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
@@ -274,10 +275,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if not args.no_fid:
         result["fid_inputs"] = recon.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
     text = json.dumps(result, indent=2)
-    (out / "metrics.json").write_text(text + "\n")
+    atomic_write_bytes(out / "metrics.json", (text + "\n").encode())  # a kill never leaves half a file
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_write_bytes(Path(args.json).expanduser(), (text + "\n").encode())
     print(f"{'k':>4} {'MSE':>9} {'PSNR':>7} {'SSIM':>6}" + ("" if args.no_fid else f" {'FID':>8}"))
     for k, m in metrics.items():
         print(f"{k:>4} {m['mse']:>9.5f} {m['psnr']:>7.2f} {m['ssim']:>6.3f}" + (f" {m['fid']:>8.3f}" if "fid" in m else ""))

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 
 from vistok.convert import KINDS, convert
+from vistok.data.outputs import check_output_folder
 from vistok.engine.outputs import allow_replace, check_export_target
 
 # the family each kind's export names in config.json: an --out holding an export of it is replaced without asking
@@ -23,7 +24,7 @@ Pickled inputs are read with weights_only=True (argparse.Namespace allowed); any
 def cmd_convert(args: argparse.Namespace) -> None:
     """The export replaces --out whole: a folder of other files is refused before the input is read (--overwrite:
     replaced; `checkpoint.export` checks again at the write, within `allow_replace`)."""
-    check_export_target(args.out, FAMILIES[args.kind], args.overwrite)
+    check_export_target(check_output_folder(args.out, grid_suffix=None), FAMILIES[args.kind], args.overwrite)
     time_floor = None if args.time is None else args.time == "floor"
     with allow_replace(args.out) if args.overwrite else contextlib.nullcontext():
         done = convert(args.kind, args.input, args.out, weights=args.weights, time_floor=time_floor, heads=args.heads,
