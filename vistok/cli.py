@@ -232,12 +232,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from PIL import Image
 
     import vistok.api as api
+    from vistok.data.outputs import check_output_folder, check_writable
     from vistok.data.sources import load_images
     from vistok.engine.atomic import atomic_write, atomic_write_bytes
     from vistok.metrics import recon
     from vistok.viz import recon_grid
-
-    from vistok.data.outputs import check_output_folder, check_writable
 
     out = check_output_folder(args.out, grid_suffix=None)  # writability of both outputs before any work
     if args.json and Path(args.json).expanduser().is_dir():

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 from PIL import Image
+from torchvision.transforms.functional import gaussian_blur
 
 import vistok
 from vistok.data import build_image_dataset, subset

@@ -15,9 +15,9 @@ switch is set in the environment. Its metadata (plain JSON) is checked before za
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

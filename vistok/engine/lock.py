@@ -35,7 +35,7 @@ except ImportError:  # Windows: no advisory locks here
 
 INSIDE = ".vistok-writer.lock"
 JOB_WAIT_S = 10.0  # how long a rank waits for the lock's JSON when the lock is held but its holder not yet written
-_HELD: dict[Path, "WriterLock"] = {}  # locks this process holds, by lock path (re-entrant)
+_HELD: dict[Path, WriterLock] = {}  # locks this process holds, by lock path (re-entrant)
 
 
 def lock_path(target: str | Path, inside: bool = False) -> Path:
@@ -83,7 +83,7 @@ class WriterLock:
         self._fd: int | None = None
         self._count = 0  # acquisitions by this process
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         if fcntl is None:
             return self
         held = _HELD.get(self.path)
@@ -161,7 +161,7 @@ class WriterLock:
             os.close(held._fd)  # drops the flock
             held._fd = None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 
