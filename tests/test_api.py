@@ -1,4 +1,4 @@
-"""The Python API (`vistok.load`) against the command line, the README's example, hf:// sources from an offline
+"""The Python API (`vistok.load`): keywords, labels and batching, hf:// sources from an offline
 cache, distributed sampling under torchrun, progress bars, and the import graph running only downward."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,93 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import vistok
-from vistok import cli
-from vistok.api import FeatureNet, Generator, PairedGenerator, Segmenter, Tokenizer
+from vistok.api import FeatureNet, Segmenter
 from vistok.assets import parse_hf, shipped_models
 from vistok.errors import VistokError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def readme_block() -> str:
-    """The code block of the README's "Python API" section, exactly as written there."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-@pytest.fixture(scope="module")
-def readme(tmp_path_factory) -> dict:
-    """The README example run as written (shipped models, export defaults): its variables."""
-    torch.set_num_threads(1)
-    namespace: dict = {}
-    exec(compile(readme_block(), "README.md", "exec"), namespace)  # noqa: S102 - the test's point
-    return namespace
-
-
-def cli_ok(*argv: str) -> None:
-    assert cli.main([*argv]) == 0, argv
-
-
-# ------------------------------------------------------------------------------------------------ README example
-def test_readme_example_runs_and_returns_the_documented_types(readme) -> None:
-    assert isinstance(readme["gen"], Generator) and isinstance(readme["tok"], Tokenizer)
-    assert isinstance(readme["paired"], PairedGenerator) and not isinstance(readme["gen"], PairedGenerator)
-    images, ids, recon, imgs, seg = (readme[k] for k in ("images", "ids", "recon", "imgs", "seg"))
-    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 10
-    assert ids.shape == (2, 16) and ids.dtype.kind == "i" and ((ids >= 0) & (ids < 64_000)).all()
-    assert recon.shape == (2, 32, 32, 3) and recon.dtype == np.uint8
-    assert imgs.shape == (2, 32, 32, 3) and imgs.dtype == np.uint8
-    assert seg.shape == readme["volume"].shape == (16, 64, 64) and seg.dtype == np.uint32 and len(np.unique(seg)) > 1
-    # torch in, numpy out; the same seed gives the same bits, another seed other images
-    again = readme["gen"].sample(labels=torch.tensor([3, 5]), seed=0)
-    assert np.array_equal(again, images)
-    assert np.array_equal(readme["tok"].encode(torch.from_numpy(images).permute(0, 3, 1, 2)), ids)  # NCHW works too
-
-
-# ----------------------------------------------------------------------------------------- API == CLI, bit for bit
-def test_cli_sample_equals_api_sample(readme, tmp_path) -> None:
-    cli_ok("sample", "--ckpt", "cifar10-xar-tiny", "--labels", "3", "5", "--seed", "0", "--out", str(tmp_path / "x"),
-           "--device", "cpu", "--quiet")
-    with np.load(tmp_path / "x" / "samples.npz") as z:
-        assert np.array_equal(z["arr_0"], readme["images"]) and z["labels"].tolist() == [3, 5]
-    cli_ok("sample", "--ckpt", "cifar10-flextok-xar-tiny", "--labels", "0,1", "--tokens", "8", "--seed", "0",
-           "--out", str(tmp_path / "p"), "--device", "cpu", "--quiet")
-    with np.load(tmp_path / "p" / "samples.npz") as z:
-        assert np.array_equal(z["arr_0"], readme["imgs"])
-    with np.load(tmp_path / "p" / "tokens.npz") as z:  # written by data.tokens, readable by `vistok decode`
-        assert z["ids"].shape == (2, 8) and z["k"].tolist() == [8, 8] and z["labels"].tolist() == [0, 1]
-
-
-def test_cli_decode_and_reconstruct_equal_the_api(readme, tmp_path) -> None:
-    tok, images = readme["tok"], readme["images"]
-    np.savez(tmp_path / "ids.npz", ids=readme["ids"].astype(np.int32), k=np.array([4, 4], np.int32))
-    cli_ok("decode", "--ckpt", "cifar10-flextok-tiny", "--tokens", str(tmp_path / "ids.npz"), "--seed", "0",
-           "--out", str(tmp_path / "dec"), "--device", "cpu", "--quiet")
-    with np.load(tmp_path / "dec" / "samples.npz") as z:
-        assert np.array_equal(z["arr_0"], readme["recon"])
-    np.savez(tmp_path / "in.npz", arr_0=images)
-    cli_ok("reconstruct", "--ckpt", "cifar10-flextok-tiny", "--input", str(tmp_path / "in.npz"), "--tokens", "2,16",
-           "--steps", "3", "--seed", "5", "--no-fid", "--out", str(tmp_path / "rec"), "--device", "cpu", "--quiet")
-    api = tok.reconstruct(images, [2, 16], seed=5, steps=3)
-    for k in (2, 16):
-        with np.load(tmp_path / "rec" / f"k{k:03d}.npz") as z:
-            assert np.array_equal(z["arr_0"], api[k])
-    assert not np.array_equal(api[2], api[16])
-    assert np.array_equal(tok.reconstruct(images, 2, seed=5, steps=3), api[2])  # one k: an array, the same images
-
-
-def test_cli_em_segment_equals_the_api(readme, tmp_path) -> None:
-    np.save(tmp_path / "raw.npy", readme["volume"])
-    cli_ok("em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", str(tmp_path / "raw.npy"),
-           "--out", str(tmp_path / "seg.npy"), "--device", "cpu")
-    seg = np.load(tmp_path / "seg.npy")
-    assert seg.dtype == readme["seg"].dtype and np.array_equal(seg, readme["seg"])
-
-
+# (the README's Python examples, and the CLI writing the same bits as they do, are tested in test_readme.py)
 def test_generator_keywords_labels_and_batching() -> None:
     gen = vistok.load("cifar10-xar-tiny")
     assert gen.settings().steps == 50 and gen.settings(steps=3, cfg=1.0).cfg == 1.0  # export defaults, overrides

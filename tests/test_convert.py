@@ -200,7 +200,11 @@ def test_mar_vae_reproduces_the_official_moments_and_decode(tmp_path: Path) -> N
     mean, std = vae.moments(io["image"])
     torch.testing.assert_close(mean, post.mean * 0.2325)
     torch.testing.assert_close(std, post.std * 0.2325)
-    torch.testing.assert_close(vae.decode(io["mean"] * 0.2325), decoded, rtol=1e-5, atol=1e-5)
+    # Tolerance from the spread between float32 execution orders, not from one machine: on this decoder the official
+    # output, ours with 1 or 2 threads and a float64 run differ by up to 3.5e-5 of a largest value of 3.27 (1.1e-5 of
+    # the range), and the 0.2325 scale round trip adds 1.8e-5 (`python eval/tolerance_spread.py` prints them).
+    # Another CPU's vector width reorders sums the same way, so allow 4x that: 4e-5 of the largest value.
+    torch.testing.assert_close(vae.decode(io["mean"] * 0.2325), decoded, rtol=0, atol=4e-5 * decoded.abs().max().item())
 
 
 def test_mar_vae_checkpoint_container_and_loss_entries(tmp_path: Path) -> None:
@@ -337,7 +341,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("kind", ["xar", "mar-vae", "mamba", "segmamba"])
+@pytest.mark.parametrize("kind", ["xar", "mar-vae", "mamba", "segmamba", "tokenunify"])
 def test_a_pickle_that_names_code_is_refused_and_nothing_runs(tmp_path: Path, kind: str) -> None:
     marker = tmp_path / "pwned"
     torch.save({"model": {"w": torch.zeros(1)}, "args": _Evil(marker)}, tmp_path / "evil.pth")

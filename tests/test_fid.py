@@ -1,5 +1,7 @@
 """FID evaluator: self-FID, the real < blurred < noise ordering with the shipped cifar10-net and statistics, input
-kinds (folder, npz NHWC/NCHW, dataset, statistics), KID on small sets, the Inception path offline, bad inputs."""
+kinds (folder, npz NHWC/NCHW, dataset, statistics), KID on small sets, the Inception path offline, bad inputs; ADM's
+evaluator definitions (`--adm`) against hand and brute-force computations; one way to read a reference folder; a
+`vistok sample` folder scored without its grid."""
 
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def test_kid_on_small_sets(npz_sets, tmp_path):
         np.savez(small, images=z["images"][:50])
     res = fid.calculate(small, npz_sets["real"], kid=True)
     assert res["kid"] > 0 and np.isfinite(res["kid_std"])
-    with pytest.raises(VistokError, match="KID and precision/recall need real images"):
+    with pytest.raises(VistokError, match="KID, precision/recall and --adm need real images"):
         fid.calculate(small, fid.shipped_statistics("cifar10-train", "cifar10-net"), kid=True)
 
 
@@ -308,3 +310,181 @@ def test_damaged_npz_is_one_line_in_every_position(tmp_path, damage):
         with pytest.raises(VistokError, match=r"cannot read .*bad\.npz: (damaged or not an \.npz archive|not an \.npz archive)") as err:
             fid.calculate(fake, real)
         assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ ADM's evaluator definitions
+def test_adm_inception_score_is_contiguous_unshuffled_splits():
+    """IS over contiguous splits of `split_size` rows in input order (the last one shorter), mean over splits, against
+    a float64 hand computation; a shuffled split gives another value."""
+    import torch
+
+    from vistok.metrics import adm
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(11, 5)) * 3
+    logits[:4, 0] += 8  # the first split is confident in one class: a low score there, unlike a shuffled split
+
+    def score(block):
+        p = np.exp(block - block.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return np.exp(np.mean(np.sum(p * (np.log(p) - np.log(p.mean(0, keepdims=True))), 1)))
+
+    hand = [score(logits[0:4]), score(logits[4:8]), score(logits[8:11])]
+    mean, std = adm.inception_score(torch.from_numpy(logits), split_size=4)
+    assert mean == pytest.approx(np.mean(hand), rel=1e-12) and std == pytest.approx(np.std(hand), rel=1e-12)
+    shuffled = logits[rng.permutation(11)]
+    assert adm.inception_score(shuffled, split_size=4)[0] != pytest.approx(mean, rel=1e-3)
+    assert adm.inception_score(logits)[0] == pytest.approx(score(logits), rel=1e-12)  # < 5,000 rows: one split
+    assert adm.IS_SPLIT_SIZE * 10 == 50_000  # the paper-scale protocol: 10 splits
+
+
+def brute_force_pr(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Precision and recall by the k-NN definition, in float64 with full distance matrices."""
+    def sq(a, b):
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+    r_real = np.sort(sq(real, real), axis=1)[:, k]  # column 0 is the point itself
+    r_fake = np.sort(sq(fake, fake), axis=1)[:, k]
+    d = sq(real, fake)  # (N1, N2)
+    precision = np.mean((d <= r_real[:, None]).any(axis=0))
+    recall = np.mean((d <= r_fake[None, :]).any(axis=1))
+    return precision, recall
+
+
+@pytest.mark.parametrize("scale", [1, 100])  # 100: squared norms overflow float16, the float32 path runs
+def test_adm_precision_recall_equal_a_brute_force_knn(scale):
+    """Integer features (exact in float16 below overflow, in float32 above): the block-wise half-precision computation
+    equals a float64 brute force, whatever the block size."""
+    import torch
+
+    from vistok.metrics import adm
+
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 6, size=(40, 4)).astype(np.float64) * scale
+    fake = np.concatenate([rng.integers(0, 3, size=(20, 4)), rng.integers(6, 9, size=(13, 4))]).astype(np.float64) * scale
+    want = brute_force_pr(real, fake)
+    assert 0 < want[0] < 1 and 0 < want[1] < 1  # neither trivially 0 nor 1
+    for batch in (adm.PR_BATCH, 7):
+        got = adm.precision_recall(torch.from_numpy(real), torch.from_numpy(fake), batch=batch)
+        assert got == pytest.approx(want, abs=0), batch
+    d = adm.pairwise_sq_distances(torch.from_numpy(real).float(), torch.from_numpy(fake).float())
+    assert torch.isfinite(d).all() and d.max() > (65504 if scale == 100 else 0)  # float32 past float16's range
+
+
+def test_adm_distances_are_half_precision_values():
+    """Non-integer features: every distance is a float16 value (the evaluator's half block), close to float64."""
+    import torch
+
+    from vistok.metrics import adm
+
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.rand(20, 64, generator=g), torch.rand(15, 64, generator=g)
+    d = adm.pairwise_sq_distances(u, v)
+    assert torch.equal(d.half().float(), d)
+    exact = torch.cdist(u.double(), v.double()) ** 2
+    torch.testing.assert_close(d.double(), exact, rtol=5e-3, atol=5e-3)
+    assert not torch.equal(d.double(), exact)
+
+
+def test_adm_spatial_features_are_mixed_6_conv_first_7_channels_nhwc(tmp_path):
+    """inception-v3-compat's spatial layer is the 17x17 mixed_6/conv (Mixed_6d.branch1x1): 7 x 17 x 17 = 2023 values,
+    flattened (h, w, c) as TensorFlow does."""
+    import torch
+
+    from vistok.metrics import adm
+
+    weights = fid.write_random_inception_weights(tmp_path / "inception.pth")
+    with fid.feature_extractor("inception-v3-compat", str(weights), ["2048"]) as fe:
+        direct = []
+        fe.Mixed_6d.branch1x1.register_forward_hook(lambda m, a, out: direct.append(out.detach().clone()))
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8))
+        with adm.spatial_features(fe, "inception-v3-compat") as spatial, torch.no_grad():
+            fe(images)
+    (flat,), (full,) = spatial, direct
+    assert full.shape == (2, 192, 17, 17) and flat.shape == (2, 2023)
+    assert flat[1, 3] == full[1, 3, 0, 0] and flat[1, 7] == full[1, 0, 0, 1] and flat[0, 7 * 17 + 2] == full[0, 2, 1, 0]
+
+
+def test_fid_adm_on_cpu_with_cifar10_net(tmp_path, test_images, npz_sets, capsys):
+    """`fid --adm`: IS (contiguous splits) of the fake side's logits, sFID 0 against itself, precision/recall 1 against
+    itself and those of the brute force against another set; the ADM reference batch's mu_s/sigma_s are used."""
+    import json
+
+    import torch
+
+    from vistok import cli
+    from vistok.metrics import adm
+    from vistok.registry import load_model
+
+    imgs = test_images[:120]
+    np.savez(tmp_path / "a.npz", images=imgs)
+    same = fid.calculate(tmp_path / "a.npz", tmp_path / "a.npz", adm=True)
+    assert same["definitions"] == "adm" and same["precision"] == same["recall"] == 1.0
+    assert abs(same["sfid"]) < 1e-3 and abs(same["fid"]) < 1e-3
+    net, _ = load_model("cifar10-net")
+    with torch.no_grad():
+        x = torch.from_numpy(imgs).float() / 127.5 - 1.0
+        logits = net(x)
+        feats = net.features(x)
+    assert same["isc"] == pytest.approx(adm.inception_score(logits)[0], rel=1e-4)
+
+    with np.load(npz_sets["blurred"]) as z:
+        np.savez(tmp_path / "b.npz", arr_0=z["images"][:100].transpose(0, 2, 3, 1))
+    assert cli.main(["fid", "--fake", str(tmp_path / "b.npz"), "--real", str(tmp_path / "a.npz"), "--adm", "--json",
+                     "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["sfid"] > 1.0 and res["fid"] > 1.0
+    with torch.no_grad():
+        blurred = torch.from_numpy(np.load(tmp_path / "b.npz")["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        feats_b = net.features(blurred)
+    p, r = brute_force_pr(feats.double().numpy(), feats_b.double().numpy())
+    assert abs(res["precision"] - p) <= 2 / 100 and abs(res["recall"] - r) <= 2 / 120  # half-precision rounding only
+
+    # an ADM-style reference batch: its own mu_s/sigma_s decide sFID (here shifted: sFID grows by |shift|^2)
+    ref = fid.compute_statistics(fid.as_images(tmp_path / "a.npz"))
+    with fid.feature_extractor("cifar10-net", None, ["pool"]) as fe, adm.spatial_features(fe, "cifar10-net") as sp:
+        fid.features(fid.as_images(tmp_path / "a.npz"), fe)
+    s = adm.statistics(torch.cat(sp))
+    batch = tmp_path / "ref.npz"
+    np.savez(batch, arr_0=imgs.transpose(0, 2, 3, 1), mu=ref["mu"], sigma=ref["sigma"], mu_s=s["mu"] + 0.5,
+             sigma_s=s["sigma"])
+    shifted = fid.calculate(tmp_path / "a.npz", batch, adm=True)
+    assert shifted["sfid"] == pytest.approx(0.25 * len(s["mu"]), rel=1e-3)
+    with pytest.raises(VistokError, match="--adm needs more than 3 fake images"):
+        fid.calculate(tmp_path / "a.npz", tmp_path / "a.npz", adm=True, num=3)
+
+
+# ------------------------------------------------------------------------------------ one reference path, samples
+def test_fid_real_folder_equals_its_fid_stats(tmp_path, test_images, capsys):
+    """`fid --real DIR` reads DIR as `fid-stats --input DIR` does (its own size), not resized to the fake side's size:
+    the folder and its statistics give the same FID, with fakes at another resolution."""
+    from vistok import cli
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, im in enumerate(test_images[300:420]):  # 48x48 PNGs of 32x32 images
+        Image.fromarray(im.transpose(1, 2, 0)).resize((48, 48), Image.BICUBIC).save(real / f"{i:04d}.png")
+    np.savez(tmp_path / "fake.npz", images=test_images[:100])  # 32x32
+    stats = tmp_path / "real_stats.npz"
+    assert cli.main(["fid-stats", "--input", str(real), "--out", str(stats), "--quiet"]) == 0
+    via_folder = fid.calculate(tmp_path / "fake.npz", real)["fid"]
+    via_stats = fid.calculate(tmp_path / "fake.npz", stats)["fid"]
+    assert via_folder == pytest.approx(via_stats, rel=1e-9, abs=1e-9)
+    direct = fid.compute_statistics(fid.as_images(real))
+    with np.load(stats) as z:
+        np.testing.assert_array_equal(z["mu"], direct["mu"])
+        np.testing.assert_array_equal(z["sigma"], direct["sigma"])
+
+
+def test_fake_sample_folder_scores_samples_not_the_grid(tmp_path, test_images):
+    """A `vistok sample` output folder (PNGs, grid.png, samples.npz): 40 samples count as 40, and score as the same
+    images in an .npz."""
+    from vistok.api.outputs import save_samples
+
+    imgs = test_images[:40].transpose(0, 2, 3, 1)
+    written = save_samples(tmp_path / "samples", np.ascontiguousarray(imgs), np.arange(40) % 10)
+    assert (tmp_path / "samples" / "grid.png") in written
+    np.savez(tmp_path / "same.npz", arr_0=imgs)
+    res = fid.calculate(tmp_path / "samples", "cifar10-test")
+    assert res["num_fake"] == 40
+    assert res["fid"] == pytest.approx(fid.calculate(tmp_path / "same.npz", "cifar10-test")["fid"], rel=1e-9)

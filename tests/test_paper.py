@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -297,7 +298,8 @@ def test_paper_configs_hold_the_official_recipe(size, steps, cfg) -> None:
     assert (t.betas, t.weight_decay, t.grad_clip, t.batch_size, t.lr, t.min_lr) == ((0.9, 0.96), 0.02, 1.0, 2048, 4e-4, 1e-5)
     assert (t.schedule, t.decay_start, t.warmup_steps / t.total_steps) == ("constant-cosine", 0.75, 100 / 800)
     assert (t.ema_decay, t.ema_warmup) == (0.9999, False)
-    assert c.model == PRESETS[f"xar-{size}"]  # the preset itself, with dropout 0.1 and label drop 0.1
+    assert t.decay_rule == "official"  # the official add_weight_decay: class and position tables decayed
+    assert c.model == replace(PRESETS[f"xar-{size}"], time_floor=True)  # the preset, with the official floor(t * 1000)
     assert (c.model.dropout, c.model.attn_dropout, c.model.label_drop) == (0.1, 0.1, 0.1)
     assert (c.sample.steps, c.sample.cfg, c.sample.cfg_schedule, c.sample.method) == (steps, cfg, "linear", "sde")
     assert c.data.latents

@@ -79,8 +79,9 @@ def test_flextok_tiny_reconstruction_error_matches_and_falls_with_k(data_root):
 
 
 def test_flextok_tiny_ordering_holds_on_real_photos_and_degrades_on_strokes(data_root):
-    """README's out-of-distribution table on 64 images per set: on photographs that are not CIFAR-10 (colour and
-    grayscale) and on printed text, 16 tokens at most halve the error of 1; on synthetic strokes they do not."""
+    """The out-of-distribution table of docs/flextok.md on 64 images per set: on photographs that are not CIFAR-10
+    (colour and grayscale) and on printed text, 16 tokens at most halve the error of 1; on synthetic strokes they do
+    not."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
     from flextok_ood import build_set, ladder
 

@@ -84,7 +84,10 @@ def test_kl16_through_the_adapter_from_every_weights_form(tmp_path: Path) -> Non
         torch.testing.assert_close(mean, post.mean * 0.2325)
         torch.testing.assert_close(std, post.std * 0.2325)
         torch.testing.assert_close(vae.encode(x), mean)
-        torch.testing.assert_close(vae.decode(mean), expected_img, rtol=1e-5, atol=1e-5)
+        # 4e-5 of the largest value: the spread between float32 execution orders measured on this decoder (threads,
+        # float64, the official machine: up to 1.1e-5 of the range) times four (see test_convert's MAR VAE test)
+        torch.testing.assert_close(vae.decode(mean), expected_img, rtol=0,
+                                   atol=4e-5 * expected_img.abs().max().item())
         assert not any(p.requires_grad for p in vae.parameters())
     sampled = VAE(VAEConfig(arch="kl16", weights=str(export)))
     eps = torch.randn(2, 16, 2, 2, generator=torch.Generator().manual_seed(5))

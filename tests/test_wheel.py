@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -38,11 +39,21 @@ def test_wheel_installs_the_shipped_models(tmp_path) -> None:
     assert "vistok/shipped/cifar10-flextok-xar-tiny/tokenizer/model.safetensors" in names
     assert "vistok/shipped/fid_stats/cifar10-train-cifar10-net.npz" in names
 
+    # A fresh venv on top of the environment running the tests: the wheel is installed into it first (pip sees an empty
+    # venv), then a path file adds this environment's site-packages for torch and the other dependencies
+    # (`--system-site-packages` would expose the base interpreter instead, which may have no torch). The venv's own
+    # site-packages comes first on sys.path, so `vistok` is the installed wheel; this environment's editable install
+    # stays out (path files inside a path-file entry are not read).
     venv = tmp_path / "venv"
-    assert subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], **run).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **run).returncode == 0
     python = venv / "bin" / "python"
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], **run)
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                           "--no-index", str(wheel)], **run)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          **run).stdout.strip()
+    outer = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    (Path(site) / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     script = ("import json, vistok, vistok.assets as a; g = vistok.load('cifar10-xar-tiny'); "
               "print(json.dumps([vistok.__file__, str(a.assets_dir()), type(g).__name__, "
               "list(g.sample([1], steps=1).shape), sorted(a.shipped_models())]))")

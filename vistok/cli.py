@@ -404,6 +404,8 @@ def add_fid(sub) -> None:
     p.add_argument("--kid", action="store_true", help="also compute KID (needs real images)")
     p.add_argument("--isc", action="store_true", help="also compute the Inception Score of --fake")
     p.add_argument("--prc", action="store_true", help="also compute precision and recall (needs real images)")
+    p.add_argument("--adm", action="store_true", help="ADM's evaluator definitions: IS (contiguous 5,000-image splits), "
+                   "sFID, precision/recall (k=3, its half-precision distances); needs real images")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _fid_flags(p)
     p.set_defaults(func=cmd_fid)
@@ -415,18 +417,19 @@ def cmd_fid(args: argparse.Namespace) -> None:
     res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
                         weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
                         data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
-                        progress=not args.quiet)
+                        progress=not args.quiet, adm=args.adm)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        line = f"FID {res['fid']:.4f}"
+        line = f"FID {res['fid']:.4f}" + (f"  sFID {res['sfid']:.4f}" if "sfid" in res else "")
         if "kid" in res:
             line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
         if "isc" in res:
             line += f"  IS {res['isc']:.4f} +- {res['isc_std']:.4f}"
         if "precision" in res:
             line += f"  precision {res['precision']:.4f}  recall {res['recall']:.4f}"
-        print(f"{line}  ({res['num_fake']} images, {res['extractor']}, real: {res.get('real_stats', res['real'])})")
+        adm = ", ADM definitions" if args.adm else ""
+        print(f"{line}  ({res['num_fake']} images, {res['extractor']}{adm}, real: {res.get('real_stats', res['real'])})")
 
 
 def add_fid_stats(sub) -> None:

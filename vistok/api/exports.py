@@ -27,6 +27,7 @@ from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
 from vistok.generators.xar import XAR
+from vistok.tokenizers import flextok_official
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
@@ -41,8 +42,11 @@ def settings(cls: type[C], stored: dict[str, Any], **overrides: Any) -> C:
 
 
 def read_meta(ckpt: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(local folder, config.json) of an export, without loading weights."""
+    """(local folder, config.json) of an export, without loading weights. A released FlexTok hub folder (hf:// or
+    local) is converted once into vistok's cache and that export is returned (`flextok_official.cached`)."""
     folder = resolve_ckpt(ckpt)
+    if flextok_official.is_official(folder):
+        folder = flextok_official.cached(folder)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise VistokError(f"{folder} is not an exported vistok model (needs config.json and model.safetensors); pass a "
                           "training run's export, a shipped model name (`vistok models` lists them) or hf://org/repo")
@@ -75,13 +79,14 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tupl
 
 def load_flextok(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
     """(FlexTok with EMA weights in eval mode, its grid tokenizer, the export's config.json) from a FlexTok export."""
-    model, meta = registry.load_model(ckpt, device)
+    folder = resolve_ckpt(ckpt)
+    model, meta = registry.load_model(folder, device)
     if not isinstance(model, FlexTok):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not FlexTok; pass an export of train/train_flextok.py")
     if "tokenizer" not in meta:
         raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_flextok.py")
     meta.setdefault("resolution", model.config.grid[0])
-    return model, build_tokenizer(meta["tokenizer"]).to(device), meta
+    return model, build_tokenizer(meta["tokenizer"], folder).to(device), meta  # a converted VAE sits in tokenizer/
 
 
 def load_paired(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[TokenGenerator, FlexTokCodes, dict[str, Any]]:
@@ -114,6 +119,9 @@ def export_paired(
         (folder / TOKENIZER_DIR).mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
+        inner = json.loads((source / "config.json").read_text()).get("tokenizer", {}).get("path")
+        if inner:  # the FlexTok export's own VAE folder (a converted release), so the copy stays self-contained
+            shutil.copytree(inside_export(source, inner, "tokenizer.path"), folder / TOKENIZER_DIR / inner)
 
     spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": str(flextok_ckpt)}
     return checkpoint.export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vistok.data.images import to_float, to_uint8
+from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError, require
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import SAMPLING as FLEXTOK_SAMPLING
@@ -85,6 +86,7 @@ def run_batches(
     the first n rows and shows progress."""
     require(batch_size >= 1, f"the batch size must be at least 1, got {batch_size}")
     require(precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {precision!r}")
+    warn_slow_precision(precision, device)
     with progress_bar(total=count, desc=desc, enabled=progress) as bar, torch.no_grad():
         for start in range(0, count, batch_size):
             n = min(batch_size, count - start)
@@ -258,7 +260,9 @@ class Tokenizer:
     """A FlexTok tokenizer: images <-> K ordered token ids, any prefix of which decodes.
 
     `encode(images)` -> int64 (N, K); `decode(ids, k=4, seed=0)` and `reconstruct(images, k, seed=0)` -> uint8
-    (N, H, W, 3); steps, cfg (1 = no guidance) and guidance ("cfg" or "apg") default to the export's."""
+    (N, H, W, 3); steps, cfg (1 = no guidance) and guidance ("cfg" or "apg") default to the export's. The latent space is
+    public: `encode_latents(latents)` -> ids and `decode_latents(ids, k, noise=...)` -> float32 (N, C, H, W) work
+    without the VAE, and `decode(..., noise=...)` starts from given noise."""
 
     keywords = ("steps", "cfg", "guidance")
 
@@ -302,27 +306,85 @@ class Tokenizer:
             batches = run_batches(step, len(pixels), batch_size, "fp32", self.device, "encode", progress)
             return collect(batches, {"ids": np.zeros((0, self.registers), np.int64)})["ids"]
 
-    def decode(
-        self, ids: np.ndarray | torch.Tensor, k: int | Sequence[int] | np.ndarray | None = None, *, seed: int = 0,
-        steps: int | None = None, cfg: float | None = None, guidance: str | None = None, batch_size: int = 64,
-        precision: str = "fp32", progress: bool | None = False,
-    ) -> np.ndarray:
-        """(N, n) token ids, the first k of each used (an int, one per image, or None: all n) -> uint8 (N, H, W, 3).
-        Image i draws its noise from its own generator seeded by (seed, i)."""
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the latents the model tokenizes (VAE latents, or pixels for pixel presets)."""
+        c = self.model.config
+        return c.in_channels, c.grid[0], c.grid[1]
+
+    def _latents_in(self, latents: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+        """float32 (N, C, H, W) CPU tensor from numpy or torch, checked against `latent_shape`."""
+        x = latents.detach().cpu() if isinstance(latents, torch.Tensor) else torch.from_numpy(np.asarray(latents))
+        require(x.is_floating_point() and x.ndim == 4 and tuple(x.shape[1:]) == self.latent_shape,
+                f"{what} must be float (N, {', '.join(map(str, self.latent_shape))}) arrays, got {x.dtype} {tuple(x.shape)}")
+        return x.float()
+
+    def encode_latents(self, latents: np.ndarray | torch.Tensor, *, batch_size: int = 64,
+                       progress: bool | None = False) -> np.ndarray:
+        """float (N, C, H, W) latents (what the VAE's `encode` gives, scaled) -> int64 (N, K) token ids, without the
+        VAE: deterministic, and comparable with other implementations fed the same latents."""
+        x = self._latents_in(latents, "latents")
+
+        def step(start: int, n: int, rows: int) -> Arrays:
+            batch = pad_rows(x[start:start + n], rows).to(self.device)
+            return {"ids": flextok_sampling.encode(self.model, batch).cpu().numpy()}
+
+        batches = run_batches(step, len(x), batch_size, "fp32", self.device, "encode", progress)
+        return collect(batches, {"ids": np.zeros((0, self.registers), np.int64)})["ids"]
+
+    def _decoder(self, ids: np.ndarray | torch.Tensor, k: Any, seed: int, noise: np.ndarray | torch.Tensor | None,
+                 d: DecodeConfig) -> tuple[int, Callable[[int, int, int], torch.Tensor]]:
+        """(N, latents(start, n, rows) -> (rows, C, H, W) float32): token ids to latents, from the given starting
+        noise (N, C, H, W) or from image i's own generator seeded by (seed, i)."""
         tokens = torch.from_numpy(as_ints(ids, "token ids"))
         require(tokens.ndim == 2, f"token ids must be (N, K), got shape {tuple(tokens.shape)}")
         keep = flextok_sampling.prefix_lengths(None if k is None else torch.from_numpy(as_ints(k, "k")), len(tokens),
                                                tokens.shape[1])  # (N,)
-        d = self.settings(steps=steps, cfg=cfg, guidance=guidance)
+        start_noise = None if noise is None else self._latents_in(noise, "noise")
+        require(start_noise is None or len(start_noise) == len(tokens),
+                f"got noise for {0 if start_noise is None else len(start_noise)} images and ids for {len(tokens)}; pass one each")
+
+        def latents(start: int, n: int, rows: int) -> torch.Tensor:
+            batch, kb = pad_rows(tokens[start:start + n], rows), pad_rows(keep[start:start + n], rows)
+            if start_noise is not None:
+                return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance,
+                                               noise=pad_rows(start_noise[start:start + n], rows).to(self.device)).float()
+            return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance,
+                                           generator=image_generators(seed, start, rows)).float()  # (B, C, h, w)
+
+        return len(tokens), latents
+
+    def decode(
+        self, ids: np.ndarray | torch.Tensor, k: int | Sequence[int] | np.ndarray | None = None, *, seed: int = 0,
+        steps: int | None = None, cfg: float | None = None, guidance: str | None = None, batch_size: int = 64,
+        precision: str = "fp32", progress: bool | None = False, noise: np.ndarray | torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """(N, n) token ids, the first k of each used (an int, one per image, or None: all n) -> uint8 (N, H, W, 3).
+        Image i draws its noise from its own generator seeded by (seed, i), or starts from `noise` (N, C, H, W) (as
+        diffusers' `latents=`): the same as `decode_latents` then the VAE's decode."""
+        count, latents = self._decoder(ids, k, seed, noise, self.settings(steps=steps, cfg=cfg, guidance=guidance))
 
         def step(start: int, n: int, rows: int) -> Arrays:
-            batch, kb = pad_rows(tokens[start:start + n], rows), pad_rows(keep[start:start + n], rows)
-            latents = flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance,
-                                              generator=image_generators(seed, start, rows))  # (B, C, h, w)
-            return {"images": nhwc(to_uint8(self.tokenizer.decode(latents.float())))}
+            return {"images": nhwc(to_uint8(self.tokenizer.decode(latents(start, n, rows))))}
 
-        batches = run_batches(step, len(tokens), batch_size, precision, self.device, "decode", progress)
+        batches = run_batches(step, count, batch_size, precision, self.device, "decode", progress)
         return collect(batches, {"images": np.zeros((0, 1, 1, 3), np.uint8)})["images"]
+
+    def decode_latents(
+        self, ids: np.ndarray | torch.Tensor, k: int | Sequence[int] | np.ndarray | None = None, *, seed: int = 0,
+        steps: int | None = None, cfg: float | None = None, guidance: str | None = None,
+        noise: np.ndarray | torch.Tensor | None = None, batch_size: int = 64, precision: str = "fp32",
+        progress: bool | None = False,
+    ) -> np.ndarray:
+        """`decode` without the VAE: float32 (N, C, H, W) latents, from `noise` (N, C, H, W) when given, so a
+        decoding can be compared step for step with another implementation started from the same noise."""
+        count, latents = self._decoder(ids, k, seed, noise, self.settings(steps=steps, cfg=cfg, guidance=guidance))
+
+        def step(start: int, n: int, rows: int) -> Arrays:
+            return {"latents": latents(start, n, rows).cpu().numpy()}
+
+        batches = run_batches(step, count, batch_size, precision, self.device, "decode", progress)
+        return collect(batches, {"latents": np.zeros((0, *self.latent_shape), np.float32)})["latents"]
 
     def reconstruct(
         self, images: np.ndarray | torch.Tensor, k: int | Sequence[int] | None = None, *, seed: int = 0,

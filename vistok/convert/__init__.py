@@ -2,7 +2,9 @@
 `model.safetensors`) that `--ckpt DIR`, `vistok.registry.load_model` and the training scripts accept.
 
 Kinds: `xar` (OliverRensu/xAR training containers and released state dicts), `mar-vae` (MAR's KL-16 `kl16.ckpt`),
-`mamba` (`mamba_ssm` Mamba layers), `segmamba` (TokenUnify's SegMamba with its v3 Mamba layers). Pickled inputs are
+`mamba` (`mamba_ssm` Mamba layers), `segmamba` (TokenUnify's SegMamba with its v3 Mamba layers), `tokenunify`
+(TokenUnify's pretrained model: that SegMamba plus its next-token head), `flextok` (apple/ml-flextok's released
+tokenizers: a hub folder or a bare state dict). Pickled inputs are
 read with `weights_only=True`, an explicit allow-list (`argparse.Namespace`) and `map_location="cpu"`
 (`vistok.engine.safeload`), so a file that names any other class or function is refused with one line and nothing
 is written. Each converter checks the mapped state dict against the vistok model (keys and shapes, on the meta
@@ -17,12 +19,15 @@ from typing import Any, NamedTuple
 
 from vistok.errors import VistokError
 
-KINDS = {"xar": "xar", "mar-vae": "mar_vae", "mamba": "mamba", "segmamba": "segmamba"}
+KINDS = {"xar": "xar", "mar-vae": "mar_vae", "mamba": "mamba", "segmamba": "segmamba", "tokenunify": "tokenunify",
+         "flextok": "flextok"}
 OPTIONS = {  # the options each kind takes (anything else given is an error, not silently ignored)
     "xar": ("weights", "time_floor", "heads", "vae"),
     "mar-vae": (),
     "mamba": ("prefix", "nslices"),
     "segmamba": ("nslices",),
+    "tokenunify": ("nslices", "input_size", "patch_size"),
+    "flextok": ("fsq_levels", "max_timestep", "nested_dropout", "head_dim"),
 }
 
 

@@ -29,6 +29,7 @@ from vistok.engine.host_memory import keep_freed_memory
 from vistok.engine.lock import hold_run_folder
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
+from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
 
 C = TypeVar("C")
@@ -61,6 +62,7 @@ class TrainConfig:
     num_workers: int = 2
     tensorboard: bool = False
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain, no momentum (an update proportional to the gradient)
+    decay_rule: Literal["layers", "official"] = "layers"  # layers: linear/conv weights only; official: all but 1-D and biases (xAR)
     nonfinite: Literal["skip", "stop"] = "skip"  # a step with a non-finite loss or gradient norm: skip it, or stop
     max_skips: int = 10  # with nonfinite=skip: stop after this many skipped steps in a row
     dist_timeout_s: float = 1800.0  # how long a collective waits for a gone or stuck rank before the run fails
@@ -184,13 +186,15 @@ class Trainer:
         self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
         hold_run_folder(self, tc.run_dir, env)  # one writer per run folder: a second run is refused in one line
         self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
+        warn_slow_precision(tc.precision, env.device)
         if env.device.type == "cpu":
             keep_freed_memory()  # every step allocates the same activations: no page faults on reusing them
         if tc.compile:
             compile_for_training(model, env.device)
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
         self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)  # after wrapping: under FSDP2 its entries are shards too
-        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer)
+        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer,
+                                         decay_rule=tc.decay_rule)
         self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps, tc.min_lr,
                                          tc.decay_start)
         self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg,

@@ -1,7 +1,9 @@
 """Optimizer, learning-rate schedules and EMA.
 
-- AdamW (or plain SGD) with two parameter groups: weight decay on the weights of linear and convolution layers only; none on norms,
-  biases, embedding tables, positional tables and learned tokens.
+- AdamW (or plain SGD) with two parameter groups, split by a named rule (`train.decay_rule`): `layers` (the default)
+  decays the weights of linear and convolution layers only, none on norms, biases, embedding tables, positional tables
+  and learned tokens; `official` is the MAE/MAR/xAR `add_weight_decay` rule (util/misc.py of those repositories): no
+  decay on 1-D parameters and `.bias` only, so class tables, position tables and learned tokens are decayed too.
 - Schedules are functions of the step and the run's total steps (diffusers' warmup+cosine / constant, and xAR's
   warmup + constant + cosine tail, Ren et al. arXiv 2502.20388), so no run length is hard-coded.
 - EMA keyed by parameter name (not by position, unlike diffusers' EMAModel), so the EMA state maps straight onto the
@@ -23,13 +25,27 @@ from vistok.errors import VistokError
 DECAYED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed group and a no-decay group (norms, biases, embeddings)."""
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+DECAY_RULES = ("layers", "official")
+
+
+def decayed(model: nn.Module, rule: str = "layers") -> set[str]:
+    """Names of the trainable parameters that get weight decay under `rule` (see the module docstring)."""
+    if rule == "layers":
+        weights = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+        return {n for n, p in model.named_parameters() if p.requires_grad and id(p) in weights}
+    if rule == "official":  # ndim / bias: embeddings and position tables (2-D or more) are decayed
+        return {n for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")}
+    raise VistokError(f"train.decay_rule={rule!r} is not one of {', '.join(DECAY_RULES)}")
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "layers") -> list[dict]:
+    """Split trainable parameters into a decayed group and a no-decay group by `rule` (`layers`: no decay on norms,
+    biases, embeddings; `official`: no decay on 1-D parameters and biases only)."""
+    names = decayed(model, rule)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for n, p in model.named_parameters():
         if p.requires_grad:
-            (decay if id(p) in decayed else no_decay).append(p)
+            (decay if n in names else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -38,22 +54,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None,
-    kind: str = "adamw",
+    kind: str = "adamw", decay_rule: str = "layers",
 ) -> torch.optim.Optimizer:
     """AdamW (the default), or plain SGD without momentum (`kind="sgd"`: an update proportional to the gradient, which
     the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks).
 
     fused: AdamW's fused kernel (one pass over all parameters; on the CPU it replaces PyTorch's default per-tensor
     Python loop). None picks it when every parameter is a plain CPU or CUDA tensor (FSDP2's DTensor shards
-    keep PyTorch's default)."""
+    keep PyTorch's default). decay_rule: which parameters are decayed (`param_groups`)."""
     if kind == "adamw":
-        groups = param_groups(model, weight_decay)
+        groups = param_groups(model, weight_decay, decay_rule)
         if fused is None:
             fused = all(type(p) in (torch.Tensor, nn.Parameter) and p.device.type in ("cpu", "cuda")
                         for g in groups for p in g["params"])
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
     if kind == "sgd":
-        return torch.optim.SGD(param_groups(model, weight_decay), lr=lr)
+        return torch.optim.SGD(param_groups(model, weight_decay, decay_rule), lr=lr)
     raise VistokError(f"unknown optimizer {kind!r}; use adamw or sgd")
 
 

@@ -19,8 +19,9 @@ Network (§3.3 / official code): tokens -> Linear -> + learned positions -> RMSN
 -> + learned positions -> depth blocks -> RMSNorm -> Linear velocity head; 2D RoPE in every attention layer, both
 position tables in entity order. Blocks are VAR-style adaLN (gamma, scale, shift for attention and MLP, not adaLN-zero)
 over weightless fp32 RMSNorm, with the condition class_emb(y) + t_emb(t_n) computed per (image, entity) and broadcast
-to that entity's tokens; GEGLU MLPs. t is embedded continuously as t * 1000 (the official code floors it to an
-integer, which the paper does not ask for; `time_floor=True` does the same, for converted official checkpoints).
+to that entity's tokens; GEGLU MLPs. t is embedded continuously as t * 1000 by default (the paper asks for no more);
+`time_floor=True` embeds the integer floor(t * 1000) as the official code does (`(t * 1000).long()`), in training and
+sampling alike: the official recipe (`train/configs/xar_*_in256.yaml`) and converted official checkpoints set it.
 
 Paper sizes (width / blocks / heads / GEGLU hidden): B 768 / 8+8 / 12 / 2048, L 1024 / 16+16 / 16 / 2730,
 H 1280 / 20+20 / 16 / 3413; 172.6M, 608.4M and 1.19B parameters as built here (paper: 172M, 608M, 1.1B; the
@@ -64,7 +65,7 @@ class XARConfig:
     t_std: float = 1.0
     rope_theta: float = 10000.0
     context: Context = "noisy"  # noisy: NCL, the paper's method; clean: the teacher-forcing ablation
-    time_floor: bool = False  # embed floor(t * 1000) like the official code (set for converted official checkpoints)
+    time_floor: bool = False  # embed floor(t * 1000) like the official code (its recipe and converted checkpoints set it)
 
     def __post_init__(self) -> None:
         require(len(self.grid) == 2, f"model.grid must be two numbers (h, w), got {self.grid}")

@@ -25,7 +25,14 @@ a statistics `.npz` (`mu`, `sigma`: written by `vistok fid-stats`, or an ADM ref
 `VIRTUAL_imagenet256_labeled.npz`, which holds both `mu`/`sigma` (2048-d Inception pool features) and `arr_0` images).
 FID uses the statistics when present; KID and precision/recall need images (`arr_0`). Features are extracted once per
 side by torch-fidelity and every metric is computed by torch-fidelity's own functions (Inception Score: the standard 10
-splits, fewer below 1,000 images so that each split holds at least 100; precision/recall: k = 3 nearest neighbours).
+splits, fewer below 1,000 images so that each split holds at least 100; precision/recall: k = 3 nearest neighbours),
+or, with `adm=True` (`vistok fid --adm`), by ADM's evaluator definitions (`vistok.metrics.adm`: IS over contiguous
+5,000-image splits, sFID, its half-precision precision/recall).
+
+One way to read a set of images, whichever side it is on: a folder is read at its own size (its first image's, or
+`--resolution`), the same in `fid --real DIR` as in `fid-stats --input DIR` (each extractor then resizes to its own
+input size), so a folder and its statistics give the same FID. A `vistok sample` output folder (PNGs, grid.png and
+samples.npz) is read from samples.npz: the samples, never the grid.
 
 Sizes: every metric needs at least 2 images per side (refused otherwise); FID and KID on fewer images than feature
 dimensions (2048 for Inception) have a rank-deficient covariance / a high-variance kernel estimate and are reported
@@ -53,6 +60,7 @@ from vistok.data.sources import load_npz_images, npz_images
 from vistok.engine.atomic import atomic_write
 from vistok.engine.safeload import load_pickle, sha256_file
 from vistok.errors import VistokError
+from vistok.metrics import adm as adm_metrics
 from vistok.progress import is_terminal
 
 EXTRACTORS = ("cifar10-net", "inception-v3-compat")
@@ -67,6 +75,7 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 INCEPTION_BYTES = 95_628_359
 MIN_RESOLUTION = 8
+SAMPLES_FILE = "samples.npz"  # what `vistok sample` writes next to its PNGs and grid.png (vistok.api.outputs)
 
 # ----------------------------------------------------------------------------------------------------------- inputs
 class Uint8Images(Dataset):
@@ -114,6 +123,8 @@ def as_images(source: str | Path, num: int | None = None, resolution: int | None
     path = Path(str(source)).expanduser()
     if str(source) in NAMED:
         return Uint8Images(build_image_dataset(str(source), data_root, resolution or 32), num)
+    if path.is_dir() and (path / SAMPLES_FILE).is_file():  # `vistok sample` output: its samples, not grid.png
+        return Uint8Images(load_npz_images(path / SAMPLES_FILE), num)
     if path.is_dir():
         if resolution is None:
             first = next((p for p in sorted(path.rglob("*")) if p.is_file() and _readable(p)), None)
@@ -364,7 +375,8 @@ def load_statistics(path: str | Path) -> dict[str, Any]:
     """A statistics .npz (vistok's or an ADM reference batch) without its images, checked: finite (D,) `mu` and
     (D, D) `sigma`."""
     path = Path(path)
-    out = read_npz(path, ("mu", "sigma", "extractor", "fingerprint", "source", "num"), what="FID statistics")
+    out = read_npz(path, ("mu", "sigma", "mu_s", "sigma_s", "extractor", "fingerprint", "source", "num"),
+                   what="FID statistics")
     if "mu" not in out or "sigma" not in out:
         raise VistokError(f"{path} holds no FID statistics ('mu' and 'sigma'); write them with `vistok fid-stats`")
     mu, sigma = out["mu"], out["sigma"]
@@ -389,10 +401,11 @@ def shipped_statistics(name: str, extractor: str) -> Path | None:
 def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net", kid: bool = False,
               num: int | None = None, weights: str | None = None, batch_size: int = 64,
               data_root: str | None = None, resolution: int | None = None, isc: bool = False,
-              prc: bool = False, progress: bool = False) -> dict[str, Any]:
+              prc: bool = False, progress: bool = False, adm: bool = False) -> dict[str, Any]:
     """FID of `fake` against `real` (and KID, Inception Score of `fake`, precision/recall when asked); see the module
     docstring for what each may be. Every check that needs no features runs before any features are extracted.
-    `progress`: torch-fidelity's progress bars on stderr, when that is a terminal."""
+    `adm`: also IS, sFID, precision and recall, all by ADM's evaluator definitions (`vistok.metrics.adm`; needs real
+    images). `progress`: torch-fidelity's progress bars on stderr, when that is a terminal."""
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
@@ -407,8 +420,10 @@ def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net"
     out: dict[str, Any] = {"extractor": extractor, "fake": str(fake), "real": str(real), "num_fake": len(fake_images)}
     notes = check_count(len(fake_images), "fake images", extractor, weights, warn=False)
 
-    stats, real_images = _reference(real, extractor, weights, kid or prc, data_root,
-                                    resolution or int(fake_images[0].shape[-1]))
+    if adm and len(fake_images) <= adm_metrics.PR_K:
+        raise VistokError(f"--adm needs more than {adm_metrics.PR_K} fake images (its precision/recall use "
+                          f"{adm_metrics.PR_K} nearest neighbours), got {len(fake_images)}")
+    stats, real_images = _reference(real, extractor, weights, kid or prc or adm, data_root, resolution)
     if stats is not None:
         out["real_stats"] = str(real)
         dim = feature_dim(extractor, weights)
@@ -418,15 +433,21 @@ def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net"
                               + (" (ADM reference batches: --extractor inception-v3-compat)" if len(stats["mu"]) == INCEPTION_DIM else ""))
     if real_images is not None:
         out["num_real"] = len(real_images)
+        if adm and len(real_images) <= adm_metrics.PR_K:
+            raise VistokError(f"--adm needs more than {adm_metrics.PR_K} real images, got {len(real_images)}")
         notes += check_count(len(real_images), "real images", extractor, weights, warn=False)
 
-    layers = [FID_LAYER[extractor]] + ([ISC_LAYER[extractor]] if isc else [])
+    layers = [FID_LAYER[extractor]] + ([ISC_LAYER[extractor]] if isc or adm else [])
     kw = {"verbose": False, "save_cpu_ram": True}
     with feature_extractor(extractor, weights, layers) as fe:  # its weights checked: the last check that can fail
         for note in notes:  # warnings only now, so that an error stays one line
             warnings.warn(note, stacklevel=2)
-        feats_fake = features(fake_images, fe, batch_size, progress)
-        feats_real = features(real_images, fe, batch_size, progress) if real_images is not None else None
+        with adm_metrics.spatial_features(fe, extractor) if adm else contextlib.nullcontext([]) as spatial:
+            feats_fake = features(fake_images, fe, batch_size, progress)
+            spatial_fake = torch.cat(spatial) if adm else None
+            spatial.clear()
+            feats_real = features(real_images, fe, batch_size, progress) if real_images is not None else None
+            spatial_real = torch.cat(spatial) if adm else None
     layer = FID_LAYER[extractor]
     stats_fake = fid_featuresdict_to_statistics(feats_fake, layer)
     stats_real = stats if stats is not None else fid_featuresdict_to_statistics(feats_real, layer)
@@ -445,14 +466,38 @@ def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net"
         res = prc_featuresdict_to_metric(feats_fake, feats_real, layer, prc_neighborhood=min(3, len(real_images) - 1,
                                                                                                len(fake_images) - 1), **kw)
         out["precision"], out["recall"], out["f_score"] = res["precision"], res["recall"], res["f_score"]
+    if adm:
+        out.update(_adm(feats_fake, feats_real, spatial_fake, spatial_real, stats, extractor))
     if notes:
         out["warnings"] = notes
     return out
 
 
+def _adm(feats_fake: dict, feats_real: dict, spatial_fake: torch.Tensor, spatial_real: torch.Tensor,
+         stats: dict[str, Any] | None, extractor: str) -> dict[str, Any]:
+    """IS, sFID, precision and recall by ADM's evaluator definitions (its reference batch's `mu_s`/`sigma_s` when the
+    real side holds them, as the evaluator reads them)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    isc, isc_std = adm_metrics.inception_score(feats_fake[ISC_LAYER[extractor]])
+    s_fake = adm_metrics.statistics(spatial_fake)
+    s_real = {"mu": stats["mu_s"], "sigma": stats["sigma_s"]} if stats is not None and "mu_s" in stats \
+        else adm_metrics.statistics(spatial_real)
+    if s_real["mu"].shape != s_fake["mu"].shape:
+        raise VistokError(f"the reference's spatial statistics are {s_real['mu'].shape[0]}-d but {extractor}'s are "
+                          f"{s_fake['mu'].shape[0]}-d; use the extractor the reference was computed with")
+    sfid = fid_statistics_to_metric({"mu": s_fake["mu"].astype(np.float64), "sigma": s_fake["sigma"]},
+                                    {"mu": np.asarray(s_real["mu"], np.float64), "sigma": np.asarray(s_real["sigma"], np.float64)},
+                                    False)["frechet_inception_distance"]
+    precision, recall = adm_metrics.precision_recall(feats_real[FID_LAYER[extractor]], feats_fake[FID_LAYER[extractor]])
+    return {"definitions": "adm", "isc": isc, "isc_std": isc_std, "sfid": sfid, "precision": precision, "recall": recall}
+
+
 def _reference(real: str | Path, extractor: str, weights: str | None, need_images: bool, data_root: str | None,
-               resolution: int) -> tuple[dict[str, Any] | None, Uint8Images | None]:
-    """(statistics or None, images or None) of the real side; statistics are used for FID whenever they exist."""
+               resolution: int | None) -> tuple[dict[str, Any] | None, Uint8Images | None]:
+    """(statistics or None, images or None) of the real side; statistics are used for FID whenever they exist.
+    Images are read by `as_images` with the user's `resolution` (None: a folder's own size), exactly as `vistok
+    fid-stats` reads them, never resized to the fake side's size: a folder and its statistics give one FID."""
     stats_path = Path(str(real)).expanduser() if is_stats_file(real) else None
     if stats_path is None and str(real) in NAMED and not need_images and weights is None:
         stats_path = shipped_statistics(str(real), extractor)
@@ -470,7 +515,7 @@ def _reference(real: str | Path, extractor: str, weights: str | None, need_image
         else:
             arrays = read_npz(stats_path, ("arr_0", "images"), what="FID reference")
             if not arrays:
-                raise VistokError(f"KID and precision/recall need real images, and {stats_path} holds only statistics; "
+                raise VistokError(f"KID, precision/recall and --adm need real images, and {stats_path} holds only statistics; "
                                   "pass an image folder, an .npz of images or a reference batch with 'arr_0'")
             images = Uint8Images(npz_images(arrays, stats_path))
     return stats, images

@@ -202,7 +202,7 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 SCORES_PER_CHUNK = 1 << 19
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float | None = None) -> torch.Tensor:
     """Unmasked SDPA; on the CPU, where it is faster, the same product written out (softmax(q k^T / sqrt(d)), dropout,
     times v):
     - with attention dropout: SDPA falls back to its math path there anyway, with a slower dropout and a
@@ -218,14 +218,15 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -
     training = compiling and torch.is_grad_enabled() and q.requires_grad
     if cpu and compiling and not training and dropout_p == 0.0 and q.shape[-1] <= 32 and q.dtype == torch.float32 \
             and q.shape[1] * q.shape[2] * k.shape[2] <= SCORES_PER_CHUNK:
-        return _keys_major(q, k, v)
+        return _keys_major(q, k, v, scale)
     if not cpu or not (dropout_p > 0.0 or training):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    probs = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, L, S)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs = torch.matmul(q * scale, k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, L, S)
     return torch.matmul(dropout(probs, dropout_p), v)
 
 
-def _keys_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _keys_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for (B, H, L, Dh) queries and (B, H, S, Dh) keys/values, for compiled CPU inference
     at small head dims: the scores as k q^T (S, L) per head, a softmax over the key axis, then p^T v, in chunks of
     batch rows whose scores fit `SCORES_PER_CHUNK`. With the keys as the rows, both batched GEMMs have a long
@@ -233,9 +234,10 @@ def _keys_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     layout the first one reads. A compiled xAR sampler (head dim 16, 64 queries, up to 256 keys, two threads) took
     0.62x the time of the flash kernel's with 32 images and 0.77x with 8 (README); with one thread, 1.02-1.03x."""
     rows = max(1, SCORES_PER_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     outs = []
     for i in range(0, q.shape[0], rows):
-        scores = torch.matmul(k[i:i + rows], (q[i:i + rows] * q.shape[-1] ** -0.5).transpose(-2, -1))  # (b, H, S, L)
+        scores = torch.matmul(k[i:i + rows], (q[i:i + rows] * scale).transpose(-2, -1))  # (b, H, S, L)
         outs.append(torch.matmul(scores.softmax(dim=-2).transpose(-2, -1), v[i:i + rows]))  # (b, H, L, Dh)
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -257,17 +259,18 @@ def _flex(device: torch.device):
     return _fused_flex()
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropout: float = 0.0) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropout: float = 0.0,
+           scale: float | None = None) -> torch.Tensor:
     """Attention of queries (B, H, L, Dh) over keys/values (B, H, S + L, Dh) (the last L keys are the queries' own
-    tokens) under any `Mask` -> (B, H, L, Dh)."""
+    tokens) under any `Mask` -> (B, H, L, Dh). `scale` multiplies the logits (None: 1 / sqrt(Dh))."""
     cached = k.shape[2] - q.shape[2]
     if isinstance(mask, BlockCausal):
         require(mask.ends[-1] == q.shape[2], f"block-causal entities end at {mask.ends}, but there are {q.shape[2]} new tokens")
         if len(mask.ends) == 1:
-            return _sdpa(q, k, v, dropout)
+            return _sdpa(q, k, v, dropout, scale)
         outs, start = [], 0
         for end in mask.ends:  # entity e: its queries against the keys of entities <= e and the cache, nothing masked
-            out = _sdpa(q[:, :, start:end], k[:, :, :cached + end], v[:, :, :cached + end], dropout)
+            out = _sdpa(q[:, :, start:end], k[:, :, :cached + end], v[:, :, :cached + end], dropout, scale)
             outs.append(rearrange(out, "b h l d -> b l h d"))
             start = end
         # joined token-major, so the caller's "b h l d -> b l (h d)" is a view, not a second copy
@@ -275,17 +278,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
     if isinstance(mask, str):
         require(mask == "causal", f"unknown attention mask {mask!r}")
         if cached == 0 or q.shape[2] == 1:  # a single new token sees every key
-            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, dropout_p=dropout)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, dropout_p=dropout, scale=scale)
         ones = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout, scale=scale)
     if BlockMask is not None and isinstance(mask, BlockMask):
         require(dropout == 0.0, "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
         require(q.device.type != "cpu" or not (torch.is_grad_enabled() and q.requires_grad),
                 "FlexAttention has no backward on the CPU; train there with attention backend sdpa (or auto)")
-        return _flex(q.device)(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
+        return _flex(q.device)(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask, scale=scale)
     if mask is None:
-        return _sdpa(q, k, v, dropout)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return _sdpa(q, k, v, dropout, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 class Attention(nn.Module):
@@ -293,11 +296,13 @@ class Attention(nn.Module):
 
     def __init__(
         self, width: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
-        qk_norm: bool = False, proj_bias: bool = True,
+        qk_norm: bool = False, proj_bias: bool = True, scale: float | None = None,
     ) -> None:
+        """`scale`: the logit scale, None for 1 / sqrt(head_dim) (official FlexTok checkpoints use muP's 8 / head_dim,
+        the same at head_dim 64)."""
         super().__init__()
         require(width % heads == 0, f"attention width {width} must divide by the number of heads {heads}")
-        self.heads, self.attn_drop, self.qk_norm = heads, attn_drop, qk_norm
+        self.heads, self.attn_drop, self.qk_norm, self.scale = heads, attn_drop, qk_norm, scale
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)  # applied through `dropout` (same p, faster masks on the CPU)
@@ -325,7 +330,7 @@ class Attention(nn.Module):
             mask = torch.arange(cache.capacity, device=slots.device) <= last  # (1 or L, capacity)
         elif cache is not None:
             k, v = cache.extend(layer, k, v, store)  # (B, H, S + L, Dh)
-        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0)  # (B, H, L, Dh)
+        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0, self.scale)  # (B, H, L, Dh)
         out = self.proj(rearrange(out, "b h l d -> b l (h d)"))  # (B, L, D)
         out = out.view(x.shape)
         return dropout(out, self.proj_drop.p) if self.training else out

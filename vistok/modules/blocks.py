@@ -2,7 +2,7 @@
 
 - Norms are LayerNorms without weight or bias, computed in float32 (FlexTok, Bachmann et al., arXiv 2502.13967):
   with adaLN the modulation supplies scale and shift, and without it an affine norm adds nothing a following
-  bias-free linear cannot absorb.
+  bias-free linear cannot absorb. Their eps is 1e-6 unless given (official FlexTok weights: torch's 1e-5).
 - Attention (`attention.py`) with QK-norm and no biases; SwiGLU MLP with hidden int(8 D / 3) and no biases. The plain
   block takes a KV cache too: FlexTok's AR stage (`generators/ar.py`) is a GPT of these blocks.
 - adaLN-zero (DiT, Peebles & Xie, arXiv 2212.09748): a zero-initialised Linear(SiLU(c)) gives gate, shift and scale
@@ -45,9 +45,11 @@ def gate(x: torch.Tensor, g: torch.Tensor, segments: Sequence[int]) -> torch.Ten
 class Block(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)); bias-free, QK-norm, SwiGLU. (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, width: int, heads: int, hidden: int | None = None) -> None:
+    def __init__(self, width: int, heads: int, hidden: int | None = None, norm_eps: float = 1e-6,
+                 attn_scale: float | None = None) -> None:
         super().__init__()
-        self.attn = Attention(width, heads, qkv_bias=False, qk_norm=True, proj_bias=False)
+        self.norm_eps = norm_eps
+        self.attn = Attention(width, heads, qkv_bias=False, qk_norm=True, proj_bias=False, scale=attn_scale)
         self.mlp = SwiGLU(width, hidden or glu_hidden(width), bias=False)
 
     def forward(
@@ -56,17 +58,18 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """`cache`, `layer`, `store`, `slots`: as in `Attention` (a decoder-only model's KV cache; slot `layer` is this
         block's)."""
-        x = x + self.attn(layer_norm(x), mask=mask, cache=cache, layer=layer, store=store, slots=slots)
-        return x + self.mlp(layer_norm(x))
+        x = x + self.attn(layer_norm(x, self.norm_eps), mask=mask, cache=cache, layer=layer, store=store, slots=slots)
+        return x + self.mlp(layer_norm(x, self.norm_eps))
 
 
 class AdaLNZeroBlock(nn.Module):
     """`Block` with adaLN-zero modulation from a condition (B, D), one set per segment of the sequence."""
 
-    def __init__(self, width: int, heads: int, num_segments: int = 1, hidden: int | None = None) -> None:
+    def __init__(self, width: int, heads: int, num_segments: int = 1, hidden: int | None = None, norm_eps: float = 1e-6,
+                 attn_scale: float | None = None) -> None:
         super().__init__()
-        self.num_segments = num_segments
-        self.attn = Attention(width, heads, qkv_bias=False, qk_norm=True, proj_bias=False)
+        self.num_segments, self.norm_eps = num_segments, norm_eps
+        self.attn = Attention(width, heads, qkv_bias=False, qk_norm=True, proj_bias=False, scale=attn_scale)
         self.mlp = SwiGLU(width, hidden or glu_hidden(width), bias=False)
         self.ada = nn.Linear(width, num_segments * 6 * width)  # zero-initialised by the owning model
 
@@ -75,18 +78,19 @@ class AdaLNZeroBlock(nn.Module):
         require(len(segments) == self.num_segments, f"block has {self.num_segments} modulation sets, got segments {tuple(segments)}")
         mod = rearrange(self.ada(F.silu(cond)), "b (g six d) -> six b g d", g=self.num_segments, six=6)  # 6 x (B, G, D)
         gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = mod
-        x = x + gate(self.attn(modulate(layer_norm(x), shift_attn, scale_attn, segments), mask=mask), gate_attn, segments)
-        return x + gate(self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp, segments)), gate_mlp, segments)
+        x = x + gate(self.attn(modulate(layer_norm(x, self.norm_eps), shift_attn, scale_attn, segments), mask=mask), gate_attn, segments)
+        return x + gate(self.mlp(modulate(layer_norm(x, self.norm_eps), shift_mlp, scale_mlp, segments)), gate_mlp, segments)
 
 
 class AdaLNHead(nn.Module):
     """Output head: norm, adaLN shift/scale from the condition, Linear. (B, L, D), (B, D) -> (B, L, out)."""
 
-    def __init__(self, width: int, out: int) -> None:
+    def __init__(self, width: int, out: int, norm_eps: float = 1e-6) -> None:
         super().__init__()
+        self.norm_eps = norm_eps
         self.ada = nn.Linear(width, 2 * width)  # zero-initialised by the owning model
         self.linear = nn.Linear(width, out)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = rearrange(self.ada(F.silu(cond)), "b (two g d) -> two b g d", two=2, g=1)  # (B, 1, D) each
-        return self.linear(modulate(layer_norm(x), shift, scale, [x.shape[1]]))
+        return self.linear(modulate(layer_norm(x, self.norm_eps), shift, scale, [x.shape[1]]))

@@ -16,11 +16,13 @@ from torch import nn
 from vistok.errors import require
 
 
-def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """(...) float -> (..., dim) features [cos(t f_j), sin(t f_j)] with f_j = max_period^(-j / (dim/2))."""
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0, freq_scale: float = 1.0) -> torch.Tensor:
+    """(...) float -> (..., dim) features [cos(t f_j), sin(t f_j)] with f_j = freq_scale max_period^(-j / (dim/2))."""
     require(dim % 2 == 0, f"timestep feature dim must be even, got {dim}")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)  # (half,)
+    if freq_scale != 1.0:
+        freqs = freq_scale * freqs
     args = t.float()[..., None] * freqs  # (..., half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -29,18 +31,24 @@ class TimestepEmbedding(nn.Module):
     """t in [0, 1] (any shape) -> (..., width): sinusoidal features of t * scale, then Linear-SiLU-Linear.
 
     `floor`: embed the integer floor(t * scale) instead, as the official xAR/MAR code does (`(t * 1000).long()`, in t's
-    own dtype); converted official checkpoints reproduce the official outputs only with it."""
+    own dtype); converted official checkpoints reproduce the official outputs only with it. `scale_freqs`: multiply
+    the frequencies by `scale` instead of t (the same value, rounded as the official FlexTok code rounds it)."""
 
     def __init__(
         self, width: int, freq_dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0, floor: bool = False,
+        scale_freqs: bool = False,
     ) -> None:
         super().__init__()
-        self.freq_dim, self.scale, self.max_period, self.floor = freq_dim, scale, max_period, floor
+        require(not (floor and scale_freqs), "TimestepEmbedding: floor needs the scaled t itself; drop scale_freqs")
+        self.freq_dim, self.scale, self.max_period, self.floor, self.scale_freqs = freq_dim, scale, max_period, floor, scale_freqs
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        scaled = torch.floor(t * self.scale) if self.floor else t * self.scale
-        feats = timestep_features(scaled, self.freq_dim, self.max_period)  # (..., freq_dim), float32
+        if self.scale_freqs:
+            feats = timestep_features(t, self.freq_dim, self.max_period, self.scale)  # (..., freq_dim), float32
+        else:
+            scaled = torch.floor(t * self.scale) if self.floor else t * self.scale
+            feats = timestep_features(scaled, self.freq_dim, self.max_period)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 

@@ -17,7 +17,9 @@ CPU presets (`vae.py` / `pixel.py` turn images into that grid and back).
   sinusoidal time MLP; a head on the patches predicts the velocity.
 - Loss: t ~ logit-normal, x_t = t noise + (1 - t) x0, MSE of v to noise - x0 (`flow.py`: t = 1 is noise), plus REPA
   (`modules/repa.py`) on decoder block `repa_layer` against a frozen teacher's features, computed by the caller.
-Sampling (Euler, CFG/APG, mixed prefix lengths per batch) lives in `flextok_sampling.py`.
+Sampling (Euler, CFG/APG, mixed prefix lengths per batch) lives in `flextok_sampling.py`. The released checkpoints of
+apple/ml-flextok load through `flextok_official.py` (`vistok convert --from flextok`, or `vistok.load` of a hub folder
+or hf:// repo); they run with `official_numerics` and reproduce the official code's ids, velocities and decodings.
 
 Paper sizes (width = 64 x depth, head dim 64): d12-d12, d18-d18, d18-d28. Parameter counts as built here, with the
 REPA projector to DINOv2-L features (1024-d; 7.87M / 8.66M / 9.97M of the totals, used in training only):
@@ -69,6 +71,11 @@ class FlexTokConfig:
     repa_hidden: int = 2048
     repa_layer: int = 1  # decoder block whose output (patch part) is aligned
     repa_weight: float = 0.5
+    max_timestep: float = 1.0  # the time MLP sees sinusoidal features of t * 1000 / max_timestep (an official option)
+    # apple/ml-flextok's numerics, set by `vistok convert --from flextok` so released weights reproduce official
+    # outputs: LayerNorm eps 1e-5 (vistok: 1e-6), attention logits times 8 / head_dim (muP; vistok: 1 / sqrt(head_dim),
+    # the same at head dim 64), time frequencies scaled before multiplying t (1e-7 instead of 1e-6 of velocity error)
+    official_numerics: bool = False
 
     def __post_init__(self) -> None:
         require(len(self.grid) == 2 and all(n % self.patch == 0 for n in self.grid),
@@ -82,6 +89,7 @@ class FlexTokConfig:
         require(self.nested_dropout in ("pow2", "uniform", "off"),
                 f"model.nested_dropout={self.nested_dropout!r} must be pow2, uniform or off")
         require(0.0 <= self.null_cond_p < 1.0 and self.t_std > 0, "model.null_cond_p must be in [0, 1) and model.t_std > 0")
+        require(self.max_timestep > 0, f"model.max_timestep must be positive, got {self.max_timestep}")
         require(self.repa_dim == 0 or 0 <= self.repa_layer < self.dec_depth,
                 f"model.repa_layer={self.repa_layer} must name a decoder block (0..{self.dec_depth - 1})")
         FSQ(self.levels)  # validates the levels
@@ -97,6 +105,14 @@ class FlexTokConfig:
     @property
     def patch_dim(self) -> int:
         return self.in_channels * self.patch**2
+
+    @property
+    def attn_scale(self) -> float | None:
+        return 8.0 / self.head_dim if self.official_numerics else None
+
+    @property
+    def norm_eps(self) -> float:
+        return 1e-5 if self.official_numerics else 1e-6
 
 
 def register_mask(num_patches: int, num_registers: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -122,7 +138,8 @@ class Encoder(nn.Module):
         self.config = c
         self.patch_emb = nn.Linear(c.patch_dim, c.enc_width)
         self.registers = nn.Parameter(torch.zeros(c.registers, c.enc_width))
-        self.blocks = nn.ModuleList(Block(c.enc_width, c.enc_width // c.head_dim) for _ in range(c.enc_depth))
+        self.blocks = nn.ModuleList(Block(c.enc_width, c.enc_width // c.head_dim, norm_eps=c.norm_eps, attn_scale=c.attn_scale)
+                                    for _ in range(c.enc_depth))
         self.head = nn.Linear(c.enc_width, len(c.levels))  # zero-initialised: every token starts at code 0
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -130,7 +147,7 @@ class Encoder(nn.Module):
         h = torch.cat([h, self.registers.expand(h.shape[0], -1, -1).to(h.dtype)], dim=1)  # (B, N + K, D)
         for blk in self.blocks:
             h = blk(h, mask)
-        return self.head(layer_norm(h[:, self.config.num_patches:]))  # (B, K, d): registers only
+        return self.head(layer_norm(h[:, self.config.num_patches:], self.config.norm_eps))  # (B, K, d): registers only
 
 
 class Decoder(nn.Module):
@@ -144,9 +161,12 @@ class Decoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(width))  # registers k..K-1 under nested dropout
         self.null_token = nn.Parameter(torch.zeros(width))  # every register of a null-conditioned (CFG) sample
         self.patch_emb = nn.Linear(c.patch_dim, width)
-        self.time_emb = TimestepEmbedding(width, max_period=256.0)  # sinusoidal features of 1000 t, max period 256
-        self.blocks = nn.ModuleList(AdaLNZeroBlock(width, width // c.head_dim, num_segments=2) for _ in range(c.dec_depth))
-        self.head = AdaLNHead(width, c.patch_dim)
+        # sinusoidal features of 1000 t / max_timestep, max period 256
+        self.time_emb = TimestepEmbedding(width, scale=1000.0 / c.max_timestep, max_period=256.0,
+                                          scale_freqs=c.official_numerics)
+        self.blocks = nn.ModuleList(AdaLNZeroBlock(width, width // c.head_dim, num_segments=2, norm_eps=c.norm_eps,
+                                                   attn_scale=c.attn_scale) for _ in range(c.dec_depth))
+        self.head = AdaLNHead(width, c.patch_dim, norm_eps=c.norm_eps)
 
     def condition(self, codes: torch.Tensor, keep_k: torch.Tensor, null: torch.Tensor | None = None) -> torch.Tensor:
         """codes (B, K, d), keep_k (B,) tokens kept, null (B,) bool -> (B, K, D) register inputs: nested dropout

@@ -1,0 +1,25 @@
+"""Precision choices that are legal but a trap: bf16 autocast on a CPU.
+
+On a CPU, bf16 autocast is many times slower than fp32 wherever its kernels are emulated or it adds a cast around
+every op (one report: 4 tiny 256-px images took 821 s in bf16), and a CPU gains no memory bandwidth worth that. It stays
+allowed (some CPUs with AVX512-BF16/AMX run it well: measure), but says so once per process, in training and sampling.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+_warned: set[str] = set()
+
+
+def warn_slow_precision(precision: str, device: torch.device | str) -> bool:
+    """Warn (once per process) when `precision` is bf16 on a CPU device; returns whether this call warned."""
+    if precision != "bf16" or torch.device(device).type != "cpu" or "bf16-cpu" in _warned:
+        return False
+    _warned.add("bf16-cpu")
+    warnings.warn("precision bf16 on a CPU is often many times slower than fp32 (4 tiny 256-px images took 821 s); "
+                  "use fp32 on a CPU (train.precision=fp32, --precision fp32) unless you have measured bf16 faster",
+                  stacklevel=3)
+    return True
