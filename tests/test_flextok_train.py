@@ -266,6 +266,7 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
     np.savez(tmp_path / "big.npz", ids=np.full((2, 4), 64_000, np.int32))
     np.savez(tmp_path / "badk.npz", ids=np.zeros((2, 4), np.int32), k=np.array([1, 5]))
     np.savez(tmp_path / "small.npz", images=np.zeros((2, 16, 16, 3), np.uint8))
+    (tmp_path / "plain").mkdir()
     cases = [
         (["encode", *ckpt, "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t.npz")], "is not a dataset"),
         (["encode", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "t.npz")], "16x16 images"),
@@ -278,7 +279,8 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
         (["decode", *ckpt, "--tokens", str(tmp_path / "badk.npz"), "--out", str(tmp_path / "d")], "1..4"),
         (["reconstruct", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "r"),
           "--tokens", "1,2", "--no-fid", "--steps", "1", "--cfg", "-1"], "guidance scale"),
-        (["reconstruct", "--ckpt", str(tmp_path), "--input", "x", "--out", str(tmp_path / "r")], "not an exported"),
+        (["reconstruct", "--ckpt", str(tmp_path / "plain"), "--input", "x", "--out", str(tmp_path / "r")],
+         "not an exported"),  # (an --out inside --ckpt would be refused first)
     ]
     for argv, fragment in cases:
         assert cli.main(argv) == 1, argv

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vistok.engine.host_memory import keep_freed_memory
+from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
 
 
@@ -61,6 +62,17 @@ def _load(args: argparse.Namespace, kind: type):
     if not isinstance(obj, kind):
         raise VistokError(f"{args.ckpt} is a {type(obj).__name__}, but `vistok {args.command}` needs a {kind.__name__}")
     return obj
+
+
+_LOCKS: list = []  # writer locks the running command holds; `main` releases them when it ends
+
+
+def _writer_lock(out: Path) -> None:
+    """Hold the --out's writer lock until the command ends: a second run into the same --out is refused in one line
+    (a lock left by a killed run is taken over; torchrun ranks of one job share it)."""
+    from vistok.engine.lock import WriterLock
+
+    _LOCKS.append(WriterLock(out, "--out").acquire())
 
 
 def _common(p: argparse.ArgumentParser, ckpt_help: str) -> None:
@@ -151,9 +163,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vistok.api.outputs import SampleWriter, check_out
     from vistok.engine import dist
 
-    check_out(args.out)
+    out = check_out(args.out)
     env = dist.setup(args.device)
     try:
+        _writer_lock(out)  # until the command ends; torchrun ranks share it
         gen = _load(args, api.Generator)
         if args.compile:
             gen.model.compile_stack()
@@ -219,13 +232,18 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from PIL import Image
 
     import vistok.api as api
+    from vistok.data.outputs import check_output_folder, check_writable
     from vistok.data.sources import load_images
+    from vistok.engine.atomic import atomic_write, atomic_write_bytes
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise VistokError(f"--out {out} is a file; pass a folder")
+    out = check_output_folder(args.out, grid_suffix=None)  # writability of both outputs before any work
+    if args.json and Path(args.json).expanduser().is_dir():
+        raise VistokError(f"--json {args.json} is a folder; pass a file path for the JSON metrics")
+    if args.json:
+        check_writable(args.json, "--json")
+    _writer_lock(out)
     tok = _load(args, api.Tokenizer)
     if args.compile:
         tok.model.compile_stack()
@@ -242,7 +260,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     for k, rec in recons.items():
         folder = out / f"k{k:03d}"
         folder.mkdir(exist_ok=True)
-        np.savez(out / f"k{k:03d}.npz", arr_0=rec)
+        atomic_write(out / f"k{k:03d}.npz", lambda f, rec=rec: np.savez(f, arr_0=rec))
         for i, image in enumerate(rec):
             Image.fromarray(image).save(folder / f"{i:06d}.png")
     Image.fromarray(recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
@@ -256,10 +274,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if not args.no_fid:
         result["fid_inputs"] = recon.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
     text = json.dumps(result, indent=2)
-    (out / "metrics.json").write_text(text + "\n")
+    atomic_write_bytes(out / "metrics.json", (text + "\n").encode())  # a kill never leaves half a file
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_write_bytes(Path(args.json).expanduser(), (text + "\n").encode())
     print(f"{'k':>4} {'MSE':>9} {'PSNR':>7} {'SSIM':>6}" + ("" if args.no_fid else f" {'FID':>8}"))
     for k, m in metrics.items():
         print(f"{k:>4} {m['mse']:>9.5f} {m['psnr']:>7.2f} {m['ssim']:>6.3f}" + (f" {m['fid']:>8.3f}" if "fid" in m else ""))
@@ -354,8 +371,10 @@ def add_cache_latents(sub) -> None:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
+    from vistok.data.outputs import check_output_folder
     from vistok.tokenizers.latent_cache import cache_latents, world
 
+    _writer_lock(check_output_folder(args.out, grid_suffix=None))  # torchrun ranks of one job share it
     report = cache_latents(args.vae, args.input, args.out, args.resolution, args.flip, args.shard_size, args.batch_size,
                            args.workers, args.dtype, args.device, progress=not args.quiet)
     rank, world_size, _ = world()
@@ -436,7 +455,9 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------------------ demo
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: show what the shipped models do (see README)")
-    p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
+    p.add_argument("--out", default="demo_out", help="folder for the demo's outputs (an earlier demo's are replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files (they are "
+                                                            "deleted)")
     p.add_argument("--num", type=int, default=1000, help="images to score")
     p.add_argument("--data-root", help="data root (default $VISTOK_DATA)")
     p.set_defaults(func=cmd_demo)
@@ -445,7 +466,7 @@ def add_demo(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from vistok.demo import run_demo
 
-    run_demo(args.out, args.num, args.data_root)
+    run_demo(args.out, args.num, args.data_root, overwrite=args.overwrite)
 
 
 def add_em(sub) -> None:
@@ -480,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # this process's tensors reuse freed host memory (see vistok.engine.host_memory)
     try:
+        check_cli_paths(args)  # an --out or --json that is, holds or sits in an input: refused before any work
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             args.func(args)
@@ -489,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().release()
     return 0
 
 

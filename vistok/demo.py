@@ -8,7 +8,8 @@ Three steps, each on a model shipped in `assets/`:
 3. xAR (`cifar10-xar-tiny`): 300 class-conditional samples (seed 0) with the export's sampler settings, a grid with
    one row per class (`xar_samples.png`) and their FID against the `cifar10-train` statistics: the value
    `tests/test_shipped.py` checks (the README's FID uses 1,000 samples).
-Scores go to `demo.json`.
+Scores go to `demo.json`. The files appear together when the demo is done (`atomic_folder`, the user's umask); an
+`--out` holding anything but an earlier demo's files is refused before any work unless `--overwrite` is given.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 from PIL import Image
+from torchvision.transforms.functional import gaussian_blur
 
 import vistok
 from vistok.data import build_image_dataset, subset
+from vistok.data.outputs import check_output_folder
+from vistok.engine.atomic import atomic_folder
+from vistok.engine.outputs import check_replaceable
 from vistok.metrics import fid
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder
@@ -47,7 +51,7 @@ def flextok_step(out: Path, images: np.ndarray, rows: int = 8) -> dict[int, floa
     Image.fromarray(recon_grid(shown, recons, rows=rows)).save(out / "flextok_recon.png")
     mse = {k: image_metrics(shown, r)["mse"] for k, r in recons.items()}
     print(f"{FLEXTOK_MODEL}: reconstruction MSE of {len(shown)} test images from their first k tokens: "
-          + ", ".join(f"k={k} {v:.4f}" for k, v in mse.items()) + f" -> {out / 'flextok_recon.png'}")
+          + ", ".join(f"k={k} {v:.4f}" for k, v in mse.items()) + " -> flextok_recon.png")
     return mse
 
 
@@ -64,14 +68,28 @@ def xar_step(out: Path, num: int) -> dict:
     value = fid.calculate(path, "cifar10-train")["fid"]
     print(f"{XAR_MODEL}: FID({num} samples vs cifar10-train statistics, cifar10-net) = {value:.3f} "
           f"({sampling.steps} {sampling.method} steps per entity, cfg {sampling.cfg} {sampling.cfg_schedule}, seed 0)"
-          f" -> {out / 'xar_samples.png'} (rows: {', '.join(gen.classes)})")
+          f" -> xar_samples.png (rows: {', '.join(gen.classes)})")
     return {"fid": value, "num": num, "sampling": {"steps": sampling.steps, "cfg": sampling.cfg,
                                                   "cfg_schedule": sampling.cfg_schedule, "method": sampling.method}}
 
 
-def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar_num: int = 300) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def is_demo_folder(path: Path) -> bool:
+    """An earlier demo's output: its demo.json and nothing but files the demo writes."""
+    names = {p.name for p in path.iterdir()}
+    return "demo.json" in names and all(n.endswith((".png", ".npz", ".json")) for n in names)
+
+
+def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar_num: int = 300,
+             overwrite: bool = False) -> dict:
+    """Write the demo's files into `out` (replaced as a whole: new, empty, an earlier demo's, or `overwrite`)."""
+    out = check_replaceable(check_output_folder(out, grid_suffix=None), is_demo_folder, "vistok demo folder", overwrite)
+    with atomic_folder(out) as folder:
+        report = _demo(folder, num, data_root, xar_num)
+    print(f"wrote {out / 'fid_sets.png'}, {out / 'flextok_recon.png'}, {out / 'xar_samples.png'} and {out / 'demo.json'}")
+    return report
+
+
+def _demo(out: Path, num: int, data_root: str | None, xar_num: int) -> dict:
     from vistok.api import read_meta
 
     _, meta = read_meta("cifar10-net")
@@ -91,5 +109,4 @@ def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar
     report["flextok_mse_per_k"] = flextok_step(out, images)
     report["xar"] = xar_step(out, xar_num)
     (out / "demo.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {out / 'fid_sets.png'}, {out / 'flextok_recon.png'}, {out / 'xar_samples.png'} and {out / 'demo.json'}")
     return report

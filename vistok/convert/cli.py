@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from vistok.convert import KINDS, convert
+from vistok.data.outputs import check_output_folder
+from vistok.engine.outputs import allow_replace, check_export_target
+
+# the family each kind's export names in config.json: an --out holding an export of it is replaced without asking
+FAMILIES = {"xar": "xar", "mar-vae": "kl-vae", "mamba": "mamba", "segmamba": "segmamba", "tokenunify": "tokenunify",
+            "flextok": "flextok"}
 
 EPILOG = """examples:
   vistok convert --from mar-vae --input kl16.ckpt --out vae-kl16
@@ -29,11 +36,15 @@ def _zyx(text: str) -> tuple[int, int, int]:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    """The export replaces --out whole: a folder of other files is refused before the input is read (--overwrite:
+    replaced; `checkpoint.export` checks again at the write, within `allow_replace`)."""
+    check_export_target(check_output_folder(args.out, grid_suffix=None), FAMILIES[args.kind], args.overwrite)
     time_floor = None if args.time is None else args.time == "floor"
-    done = convert(args.kind, args.input, args.out, weights=args.weights, time_floor=time_floor, heads=args.heads,
-                   vae=args.vae, prefix=args.prefix, nslices=args.nslices, input_size=args.input_size,
-                   patch_size=args.patch_size, fsq_levels=args.fsq_levels, max_timestep=args.max_timestep,
-                   nested_dropout=args.nested_dropout, head_dim=args.head_dim)
+    with allow_replace(args.out) if args.overwrite else contextlib.nullcontext():
+        done = convert(args.kind, args.input, args.out, weights=args.weights, time_floor=time_floor, heads=args.heads,
+                       vae=args.vae, prefix=args.prefix, nslices=args.nslices, input_size=args.input_size,
+                       patch_size=args.patch_size, fsq_levels=args.fsq_levels, max_timestep=args.max_timestep,
+                       nested_dropout=args.nested_dropout, head_dim=args.head_dim)
     print(f"wrote {done.path}: {done.summary}")
 
 
@@ -43,7 +54,11 @@ def add_commands(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="kind", required=True, choices=list(KINDS), help="what the input is")
     p.add_argument("--input", required=True, help="the checkpoint file (.pth/.pt/.ckpt or .safetensors), or a FlexTok hub folder")
-    p.add_argument("--out", required=True, help="export folder to write (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="export folder to write (config.json + model.safetensors); an "
+                                               "existing export of the same kind is replaced, other folders only "
+                                               "with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files (they are "
+                                                            "deleted)")
     g = p.add_argument_group("xar")
     g.add_argument("--weights", choices=["ema", "model"], help="from a training container: EMA (default) or raw weights")
     g.add_argument("--time", choices=["floor", "continuous"],

@@ -13,6 +13,7 @@ from torch import nn
 
 from vistok.config import to_dict
 from vistok.engine import checkpoint
+from vistok.engine.outputs import check_export_target
 from vistok.engine.safeload import load_pickle
 from vistok.errors import VistokError
 from vistok.registry import build
@@ -81,6 +82,7 @@ def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tens
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise VistokError(f"--out {out} is a file; pass a folder for the export")
+    check_export_target(out, family, what="--out")  # before the check against the model, not at the write
     check_against(build_meta(family, config), state, source)
     cfg = to_dict(config) if not isinstance(config, dict) else config
     return checkpoint.export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, extra=extra, **meta)

@@ -2,7 +2,9 @@
 
 NumPy's `np.load` raises many types for a damaged file: `zipfile.BadZipFile` for a zip header with a broken body or a
 bad CRC, `ValueError` for random bytes (it takes them for a pickle and refuses it), `EOFError`, `zlib.error`, `OSError`.
-`read_npz` turns each into one `VistokError` naming the file and the fix; pickled (object) arrays are never loaded.
+`read_npz` turns each into one `VistokError` naming the file and the fix. Pickled (object) arrays are never loaded:
+`stored_dtypes` reads each array's header (a literal, parsed without running code) and `check_plain` refuses a dtype
+that holds Python objects before any array data is read, with a line that says so rather than "damaged file".
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -31,10 +34,56 @@ def read_npz(path: str | Path, keys: Iterable[str] | None = None, what: str = "f
     path = Path(path)
     with _open(path, what, hint) as z:
         names = list(z.files) if keys is None else [k for k in keys if k in z.files]
+        check_file_dtypes(path, what, names)  # before any array is read
         try:
             return {k: z[k] for k in names}
         except NPZ_ERRORS as err:
             raise VistokError(_damaged(path, what, err, hint)) from None
+
+
+def _header_dtype(f: BinaryIO) -> np.dtype:
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    return read(f)[2]
+
+
+def stored_dtypes(path: str | Path) -> dict[str, np.dtype]:
+    """The dtype of every array in an .npy ({"": dtype}) or .npz ({name: dtype}) from the headers alone."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            f.seek(0)
+            return {"": _header_dtype(f)}
+    with zipfile.ZipFile(path) as zf:
+        out = {}
+        for name in zf.namelist():
+            if name.endswith(".npy"):
+                with zf.open(name) as member:
+                    out[name[:-4]] = _header_dtype(member)
+        return out
+
+
+def check_plain(dtype: np.dtype, where: str) -> None:
+    """Refuse a dtype holding Python objects: reading it would unpickle the file's bytes, which can run code."""
+    if np.dtype(dtype).hasobject:
+        raise VistokError(f"cannot read {where}: it holds Python objects (dtype {dtype}), which vistok never loads "
+                          "(reading them would unpickle, i.e. run, code from the file); store plain numeric arrays")
+
+
+def check_file_dtypes(path: str | Path, what: str = "file", keys: Iterable[str] | None = None) -> None:
+    """`check_plain` on the array headers (`keys` of an .npz; all when None) of an .npy or .npz; a damaged file is
+    left to the reader's own one-line error."""
+    try:
+        dtypes = stored_dtypes(path)
+    except NPZ_ERRORS:
+        return
+    wanted = None if keys is None else set(keys)
+    for name, dtype in dtypes.items():
+        if wanted is not None and name not in wanted:
+            continue
+        check_plain(dtype, f"{what} {path}" + (f" (array {name!r})" if name else ""))
 
 
 def _open(path: Path, what: str, hint: str):
@@ -57,4 +106,4 @@ def _damaged(path: Path, what: str, err: BaseException, hint: str) -> str:
     return f"cannot read {what} {path}: {why}{hint}"
 
 
-__all__ = ["npz_keys", "read_npz"]
+__all__ = ["check_file_dtypes", "check_plain", "npz_keys", "read_npz", "stored_dtypes"]

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
 
 
@@ -37,19 +38,17 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     from vistok.config import from_dict
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
     from vistok.em.volumes import DEFAULT_DATASET, Volume, check_output, parse_volume_arg
+    from vistok.engine.lock import WriterLock
 
     roi = _roi(args.roi)
     if args.baseline == (args.ckpt is not None):
         raise VistokError("em-segment needs either --ckpt CKPT (a fine-tuned model) or --baseline (no network), "
                           "not both and not neither")
     src, dst = parse_volume_arg(args.input), parse_volume_arg(args.out)  # both checked before the model loads
-    same_file = dst.path.resolve() == src.path.resolve()
-    if same_file and (dst.format not in ("hdf5", "zarr") or (dst.dataset or DEFAULT_DATASET[dst.format]).strip("/") ==
-                      (src.dataset or "").strip("/")):  # npz, npy and TIFF files are rewritten whole
-        raise VistokError(f"--out {args.out} would overwrite the input; name another file or another :DATASET")
     check_output(dst)  # an unwritable folder or an existing file of another kind fails now, not after the work
     if args.baseline:
-        _segment_baseline(args, src, dst)
+        with WriterLock(dst.path, "--out"):
+            _segment_baseline(args, src, dst)
         return
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     if device == "cuda" and not _cuda():
@@ -65,17 +64,18 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
         from vistok.em.inference import require_postprocess
 
         require_postprocess()
-    model, meta = load_segmenter(args.ckpt, device)
-    stored = meta.get("inference") or {}
-    flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
-             "fragment_threshold": args.fragment_threshold, "postprocess": args.postprocess}
-    cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
-    start = time.perf_counter()
-    if args.workers:
-        segments, how = _segment_blockwise(args, src, dst, raw, cfg, block, device), f"{args.workers} daisy workers"
-    else:
-        segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
-    seconds = time.perf_counter() - start
+    with WriterLock(dst.path, "--out"):  # one writer per output
+        model, meta = load_segmenter(args.ckpt, device)
+        stored = meta.get("inference") or {}
+        flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
+                 "fragment_threshold": args.fragment_threshold, "postprocess": args.postprocess}
+        cfg = from_dict(InferenceConfig, {**stored, **{k: v for k, v in flags.items() if v is not None}})
+        start = time.perf_counter()
+        if args.workers:
+            segments, how = _segment_blockwise(args, src, dst, raw, cfg, block, device), f"{args.workers} daisy workers"
+        else:
+            segments, how = segment_to_file(model, raw, dst, cfg, progress=False if args.quiet else None)
+        seconds = time.perf_counter() - start
     merge = (f"waterz, 1 - median < {cfg.threshold}" if cfg.postprocess == "waterz" else
              f"greedy {cfg.score} > {cfg.threshold}")
     print(f"{src} {raw.shape} -> {segments} segments in {seconds:.1f} s (roi {tuple(cfg.roi)}, overlap "
@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
+        check_cli_paths(args)  # as the main `vistok` command: an --out in an input's file (any :DATASET) is refused
         args.func(args)
     except VistokError as err:
         print(f"vistok {args.command}: error: {err}", file=sys.stderr)

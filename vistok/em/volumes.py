@@ -5,13 +5,19 @@ crop datasets of TokenUnify pretraining and affinity fine-tuning.
 Chen et al., "TokenUnify", arXiv 2405.16847: each whole volume is min-max normalised to [0, 1] before cropping and
 volumes smaller than the crop are reflect-padded. Volumes are (z, y, x) arrays; flips and 90-degree rotations act in
 the (y, x) plane only, since EM sections are usually thicker than their pixels.
+
+Volumes are data, never code: a zarr array whose dtype is `object` or whose codecs decode by unpickling (numcodecs'
+Pickle, and the JSON / MsgPack / vlen object codecs) would run code from the file once numcodecs' unsafe-decode
+switch is set in the environment. Its metadata (plain JSON) is checked before zarr opens the array, HDF5 and
+.npy/.npz dtypes before any voxel is read, and only plain numeric volumes pass, whatever the environment says.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import zipfile
 import zlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vistok.data.arrays import check_file_dtypes
 from vistok.errors import VistokError
 
 FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".tif": "tiff", ".tiff": "tiff", ".zarr": "zarr",
@@ -63,6 +70,72 @@ def parse_volume_arg(arg: str | Path) -> VolumeRef:
     return VolumeRef(Path(path).expanduser(), dataset, fmt)
 
 
+# codecs that decode bytes into Python objects (unpickling, or building object arrays): never run on a user's volume
+OBJECT_CODECS = ("pickle", "json2", "msgpack2", "vlen-utf8", "vlen-bytes", "vlen-array", "json", "msgpack")
+ZARR3_NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                 "float32", "float64"}
+
+
+def check_numeric(dtype: np.dtype, ref: VolumeRef | str) -> None:
+    """Refuse a volume dtype that is not plain numbers (objects, strings, records): nothing else is an EM volume,
+    and object dtypes are how pickles get in."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise VistokError(f"{ref} has dtype {dtype}; vistok reads only numeric volumes (integers, floats), never "
+                          "objects: store the volume as e.g. uint8 or float32")
+
+
+def _codec_names(codecs: object) -> list[str]:
+    """The codec ids of zarr v2 filters / compressor ({"id": ...}) or v3 codecs ({"name": ...}), nested ones (a
+    sharding codec's) included."""
+    names: list[str] = []
+    for codec in codecs if isinstance(codecs, list) else [codecs]:
+        if not isinstance(codec, dict):
+            continue
+        name = codec.get("id", codec.get("name"))
+        if isinstance(name, str):
+            names.append(name)
+        config = codec.get("configuration")
+        if isinstance(config, dict):
+            for key in ("codecs", "index_codecs"):
+                names += _codec_names(config.get(key))
+    return names
+
+
+def check_zarr_array(store: Path, ref: VolumeRef) -> None:
+    """Read the array's metadata as plain JSON (before zarr parses it or decodes a chunk) and refuse an object or
+    otherwise non-numeric dtype and any pickle or object codec."""
+    for meta_file, version in ((store / ".zarray", 2), (store / "zarr.json", 3)):
+        if not meta_file.is_file():
+            continue
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise VistokError(f"{ref}: {meta_file.name} is not readable JSON; the zarr array is damaged") from None
+        if not isinstance(meta, dict) or (version == 3 and meta.get("node_type") != "array"):
+            return  # a group or something else: zarr's own error names it
+        if version == 2:
+            dtype, codecs = meta.get("dtype"), [*(meta.get("filters") or []), meta.get("compressor")]
+            try:
+                parsed = np.dtype(dtype) if isinstance(dtype, str) else None
+            except TypeError:
+                parsed = None
+            numeric = parsed is not None and parsed.kind in "biuf"
+        else:
+            dtype, codecs = meta.get("data_type"), meta.get("codecs") or []
+            numeric = isinstance(dtype, str) and dtype in ZARR3_NUMERIC
+        bad = [n for n in _codec_names(codecs) if n.lower().removeprefix("numcodecs.") in OBJECT_CODECS
+               or "pickle" in n.lower()]
+        bad.sort(key=lambda n: "pickle" not in n.lower())  # name the pickle first
+        if bad:
+            raise VistokError(f"{ref} is encoded with the {bad[0]!r} codec, which decodes by unpickling or into Python "
+                              "objects (running code from the file); vistok refuses it: store the volume as a numeric "
+                              "array with an ordinary compressor (blosc, zstd, gzip)")
+        if not numeric:
+            raise VistokError(f"{ref} has dtype {dtype!r}; vistok reads only numeric volumes (integers, floats), "
+                              "never objects: store the volume as e.g. uint8 or float32")
+        return
+
+
 def _need(module: str, what: str):
     try:
         return __import__(module)
@@ -88,7 +161,9 @@ def _read_hdf5(ref: VolumeRef) -> np.ndarray:
         with h5py.File(ref.path, "r") as f:
             names: list[str] = []
             f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            return np.asarray(f[_pick(names, ref, "dataset")])
+            ds = f[_pick(names, ref, "dataset")]
+            check_numeric(ds.dtype, ref)  # before any voxel is read
+            return np.asarray(ds)
     except OSError as err:
         raise VistokError(f"{ref.path} is not a readable HDF5 file ({err})") from None
 
@@ -96,6 +171,7 @@ def _read_hdf5(ref: VolumeRef) -> np.ndarray:
 def _read_zarr(ref: VolumeRef) -> np.ndarray:
     zarr = _need("zarr", "reading zarr volumes")
     store = ref.path / ref.dataset if ref.dataset else ref.path
+    check_zarr_array(store, ref)  # before zarr reads the metadata or decodes a chunk
     try:
         return np.asarray(zarr.open_array(store=str(store), mode="r")[...])
     except Exception as err:  # zarr raises several types for missing or non-array paths
@@ -119,6 +195,7 @@ def read_volume(arg: str | Path | VolumeRef) -> np.ndarray:
         except Exception as err:
             raise VistokError(f"{ref.path} is not a readable TIFF file ({err})") from None
     else:
+        check_file_dtypes(ref.path, "volume file", None if ref.format == "npy" or ref.dataset is None else [ref.dataset])
         try:
             loaded = np.load(ref.path, allow_pickle=False)
             if ref.format == "npz":
@@ -132,6 +209,7 @@ def read_volume(arg: str | Path | VolumeRef) -> np.ndarray:
             reason = " ".join(str(err).split())[:120] or type(err).__name__
             raise VistokError(f"{ref.path} is not a readable {ref.format} file ({reason}); write it again") from None
     vol = np.asarray(vol)
+    check_numeric(vol.dtype, ref)
     while vol.ndim > 3 and vol.shape[0] == 1:
         vol = vol[0]
     if vol.ndim != 3:
@@ -208,6 +286,7 @@ class Volume:
         while len(shape) - self.lead > 3 and shape[self.lead] == 1:
             self.lead += 1  # leading singleton axes, as read_volume drops them
         self.shape, self.dtype = shape[self.lead:], np.dtype(ds.dtype)
+        check_numeric(self.dtype, self.ref)
         if len(self.shape) != 3:
             raise VistokError(f"{self.ref} has shape {shape}; vistok expects a 3D (z, y, x) volume")
 
@@ -240,16 +319,20 @@ class Volume:
                 raise VistokError(f"{ref.path} is not a readable HDF5 file ({err})") from None
             names: list[str] = []
             f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            self._handle = (pid, f, f[_pick(names, ref, "dataset")])
+            ds = f[_pick(names, ref, "dataset")]
+            check_numeric(ds.dtype, ref)  # before any voxel is read
+            self._handle = (pid, f, ds)
         elif ref.format == "zarr":
             zarr = _need("zarr", "reading zarr volumes")
             store = ref.path / ref.dataset if ref.dataset else ref.path
+            check_zarr_array(store, ref)  # before zarr reads the metadata or decodes a chunk
             try:
                 self._handle = (pid, None, zarr.open_array(store=str(store), mode="r"))
             except Exception as err:  # zarr raises several types for missing or non-array paths
                 raise VistokError(f"cannot read a zarr array at {store} ({type(err).__name__}); "
                                   "name the array inside the store as FILE.zarr:ARRAY") from None
         elif ref.format == "npy":
+            check_file_dtypes(ref.path, "volume file")
             try:
                 self._handle = (pid, None, np.load(ref.path, mmap_mode="r", allow_pickle=False))
             except (OSError, ValueError) as err:

@@ -89,10 +89,12 @@ def clean_stale_temps(path: str | Path) -> None:
                     stale.unlink()
 
 
-def _umask_mode() -> int:
+def _umask_mode(folder: bool = False) -> int:
+    """The mode an ordinary file (0666) or folder (0777) gets under the user's umask: mkstemp and mkdtemp make
+    0600 / 0700 ones, which would hide every result from the user's group."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 def _explain(err: OSError, path: Path) -> VistokError:
@@ -142,6 +144,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent))
+        os.chmod(tmp, _umask_mode(folder=True))
     except OSError as err:
         raise _explain(err, path) from None
     try:

@@ -34,6 +34,7 @@ from vistok.config import save_config, to_dict
 from vistok.engine.atomic import atomic_folder, atomic_write
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
 from vistok.engine.optim import EMA
+from vistok.engine.outputs import check_export_target
 from vistok.errors import VistokError
 
 LAST = "last.pt"  # DDP and one process: the whole state in one file
@@ -119,13 +120,15 @@ def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
 
 
 def export(out_dir: str | Path, family: str, config: dict[str, Any], weights: dict[str, torch.Tensor],
-           extra: Callable[[Path], None] | None = None, **meta: Any) -> Path:
+           extra: Callable[[Path], None] | None = None, overwrite: bool = False, **meta: Any) -> Path:
     """Write `config.json` (family, model config, metadata) and `model.safetensors` to `out_dir`, as one unit.
 
     Both files (and whatever `extra(folder)` adds, e.g. a tokenizer sub-folder) are written into a temporary sibling
-    folder that then replaces `out_dir` whole, so a crash never leaves a new config beside old weights. Non-finite
+    folder that then replaces `out_dir` whole, so a crash never leaves a new config beside old weights. Since the
+    whole folder is replaced, `out_dir` must be new, empty or an export of the same family (a re-export); a folder
+    of other files is refused unless `overwrite` (or `outputs.allow_replace`) says to replace it. Non-finite
     weights are refused before anything is written. Files a caller adds to `out_dir` afterwards (a preview) stay."""
-    out = Path(out_dir)
+    out = check_export_target(out_dir, family, overwrite, what="export folder")
     bad = nonfinite_names(weights.items())
     if bad:
         raise VistokError(f"refusing to export {out}: non-finite weights in {', '.join(bad[:4])}; "

@@ -26,6 +26,7 @@ from vistok.engine.checkpoint import Checkpointer
 from vistok.engine.dist import DistEnv
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
+from vistok.engine.lock import hold_run_folder
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
@@ -183,6 +184,7 @@ class Trainer:
     def __init__(self, model: nn.Module, cfg: Any, env: DistEnv, tokens_per_sample: int | None = None) -> None:
         tc = cfg.train
         self.micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
+        hold_run_folder(self, tc.run_dir, env)  # one writer per run folder: a second run is refused in one line
         self.tc, self.env, self.model, self.tokens_per_sample = tc, env, model, tokens_per_sample
         warn_slow_precision(tc.precision, env.device)
         if env.device.type == "cpu":
