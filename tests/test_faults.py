@@ -153,7 +153,7 @@ def test_non_finite_state_is_never_written(tmp_path):
     good = (tmp_path / "last.pt").read_bytes()
     with torch.no_grad():
         run.model.fc2.bias.fill_(float("nan"))
-    with pytest.raises(VistokError, match=r"refusing to write .*last.pt at step 3: non-finite values in fc2.bias") as err:
+    with pytest.raises(VistokError, match=r"refusing to write .*ckpt-000003.pt at step 3: non-finite values in fc2.bias") as err:
         run.ckpt.save(3)
     assert "\n" not in str(err.value)
     assert (tmp_path / "last.pt").read_bytes() == good
@@ -165,7 +165,7 @@ def test_non_finite_state_is_never_written(tmp_path):
     with pytest.raises(VistokError, match=r"refusing to export .*: non-finite weights in fc1.weight"):
         checkpoint.export(tmp_path / "export", "net", {}, run.ema_state())
     assert not (tmp_path / "export").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.yaml", "last.pt", "metrics.jsonl"]
+        "ckpt-000002.pt", "config.yaml", "last.pt", "metrics.jsonl"]
 
 
 def test_torn_metrics_line_is_skipped_on_resume(tmp_path, capsys):
@@ -197,7 +197,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
-    with pytest.raises(VistokError, match=r"cannot write .*last.pt: No space left on device") as err:
+    with pytest.raises(VistokError, match=r"cannot write .*ckpt-000004.pt: No space left on device") as err:
         train(cfg, 4)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(checkpoint, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
@@ -245,7 +245,7 @@ def test_mismatched_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(VistokError) as err:
         train(config(tmp_path, width=16, lr=5e-3), 4)
     message = str(err.value)
-    assert "\n" not in message and "last.pt does not match the model" in message
+    assert "\n" not in message and "ckpt-000002.pt does not match the model" in message
     assert "shape of fc1.weight [8, 4] (model [16, 4])" in message and "changed since: width" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # config.yaml, metrics and last.pt untouched
 
