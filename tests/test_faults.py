@@ -361,3 +361,119 @@ def test_torchrun_restarts_a_killed_rank_to_the_same_losses(tmp_path, shared_ima
     assert "local_rank: 1" in restarted.stderr and "exitcode: -9" in restarted.stderr  # killed, then restarted
     finish(reference)
     assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+# ------------------------------------------------------------------ kill -9 of the real scripts, at named points
+# The kill points are deterministic (VISTOK_KILL_AT, read by the engine: vistok/engine/faults.py), so each test kills
+# at the same place on every machine. One uninterrupted reference run per script (module-scoped) serves every test.
+# Both scripts draw from torch's global generator inside the step (xAR: dropout, label drop, t and noise; FlexTok: the
+# nested-dropout k, t, noise and null conditioning), so a resume that puts any RNG elsewhere changes the export.
+KILL_SCRIPTS = {
+    "xar": ["train/train_xar.py", "--config", "train/configs/xar_cifar10_tiny.yaml", "model.width=32",
+            "model.depth=1", "model.heads=2", "model.num_classes=2", "model.dropout=0.1", "model.attn_dropout=0.1",
+            "model.label_drop=0.5", "preview_per_class=1", "sample.steps=2"],
+    "flextok": ["train/train_flextok.py", "--config", "train/configs/flextok_cifar10_tiny.yaml", "model.registers=8",
+                "model.enc_width=32", "model.dec_width=32", "model.enc_depth=1", "model.dec_depth=1",
+                "model.head_dim=16", "preview_images=1", "sample.steps=2"],
+}
+KILL_TRAIN = ["train.batch_size=8", "train.total_steps=6", "train.ckpt_every=2", "train.warmup_steps=0",
+              "train.num_workers=0", "train.device=cpu", "train.log_every=1"]  # 32 images: an epoch ends at step 4
+
+
+def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "", nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if nproc > 1:  # no restarts: a killed rank ends the job, and the same command is run again
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0",
+                     "--monitor-interval=0.1"]
+    env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
+    if kill_at:
+        env["VISTOK_KILL_AT"] = kill_at
+    cmd = [*launcher, *KILL_SCRIPTS[script], f"train.run_dir={run_dir}", f"data.name={folder}", *KILL_TRAIN]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def killed(proc: subprocess.CompletedProcess, nproc: int = 1) -> None:
+    """The process died of SIGKILL (one process), or the job failed because a rank did (torchrun)."""
+    expected = "exitcode: -9" if nproc > 1 else None
+    if expected:
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-3000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def assert_same_export(run: Path, reference: Path) -> None:
+    """Bit for bit: every file of the export (weights, config, preview) and every logged loss."""
+    names = sorted(p.name for p in (reference / "export").iterdir())
+    assert "model.safetensors" in names and sorted(p.name for p in (run / "export").iterdir()) == names
+    for name in names:
+        assert (run / "export" / name).read_bytes() == (reference / "export" / name).read_bytes(), name
+    rows, ref = read_metrics(run), read_metrics(reference)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref] == list(range(1, 7))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    assert not list(run.glob(".*.tmp"))  # the killed writers' temporary files are gone
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, shared_image_folder) -> dict[str, Path]:
+    """One uninterrupted run per script, started together (two cores) and shared by every kill test."""
+    root = tmp_path_factory.mktemp("kill_refs")
+    procs = {}
+    for script in KILL_SCRIPTS:
+        cmd = [sys.executable, *KILL_SCRIPTS[script], f"train.run_dir={root / script}",
+               f"data.name={shared_image_folder}", *KILL_TRAIN]
+        env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
+        procs[script] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True)
+    for proc in procs.values():
+        finish(proc)
+    return {script: root / script for script in KILL_SCRIPTS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    killed(run_script(script, tmp_path, shared_image_folder, "step:3"))  # checkpoint at 2, killed after step 3
+    assert checkpoint.load_training_state(tmp_path)["step"] == 2 and not (tmp_path / "export").exists()
+    check_ok(run_script(script, tmp_path, shared_image_folder))
+    assert_same_export(tmp_path, references[script])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_sigkill_inside_a_checkpoint_write_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:4:4096"))  # 4 KB of step 4's file on disk
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000002.pt"]
+    assert len(list(tmp_path.glob(".ckpt-000004.pt.*.tmp"))) == 1  # the torn file never took a checkpoint's name
+    check_ok(run_script(script, tmp_path, shared_image_folder))
+    assert_same_export(tmp_path, references[script])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_three_sigkills_in_one_run_resume_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    """Between checkpoints, inside the last checkpoint's write, inside the export: the fourth try finishes."""
+    killed(run_script(script, tmp_path, shared_image_folder, "step:1"))  # before any checkpoint: starts over
+    assert not checkpoint.checkpoint_files(tmp_path)
+    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:6:100"))
+    assert checkpoint.load_training_state(tmp_path)["step"] == 4
+    killed(run_script(script, tmp_path, shared_image_folder, "export"))  # files written, not yet in place
+    assert checkpoint.load_training_state(tmp_path)["step"] == 6 and not (tmp_path / "export").exists()
+    assert len(list(tmp_path.glob(".export.*.tmp"))) == 1
+    done = run_script(script, tmp_path, shared_image_folder)
+    check_ok(done)
+    assert_same_export(tmp_path, references[script])
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000006.pt", "ckpt-000004.pt"]
+
+
+@pytest.mark.slow
+def test_sigkills_on_two_gloo_ranks_resume_bit_for_bit(tmp_path, shared_image_folder):
+    """torchrun, 2 ranks (each draws its own dropout and noise): rank 1 killed between checkpoints, then rank 0 inside
+    a checkpoint write; the run resumed twice equals an uninterrupted 2-rank run."""
+    reference = run_script("xar", tmp_path / "ref", shared_image_folder, nproc=2)
+    check_ok(reference)
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "step:3@1", nproc=2), nproc=2)
+    assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "ckpt:4:4096@0", nproc=2), nproc=2)
+    assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
+    check_ok(run_script("xar", tmp_path / "run", shared_image_folder, nproc=2))
+    assert_same_export(tmp_path / "run", tmp_path / "ref")
