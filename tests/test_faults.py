@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -248,6 +249,108 @@ def test_mismatched_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     assert "\n" not in message and "ckpt-000002.pt does not match the model" in message
     assert "shape of fc1.weight [8, 4] (model [16, 4])" in message and "changed since: width" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # config.yaml, metrics and last.pt untouched
+
+
+# ------------------------------------------------------------------------------------------ checkpoints you can trust
+def damage(path: Path, how: str) -> None:
+    """Damage a checkpoint in place (so `last.pt`, a hard link to the newest, sees the same bytes)."""
+    if how in ("hash", "nan"):  # a file that still loads: a changed value (the stored hash kept), or NaN (re-hashed)
+        state = torch.load(path, weights_only=True)
+        w = state["model"]["fc1.weight"]
+        if how == "hash":
+            w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))  # one ulp
+        else:
+            w[0, 0] = float("nan")
+            state["sha256"] = checkpoint.content_hash({k: v for k, v in state.items() if k != "sha256"})
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            torch.save(state, f)
+        return
+    data = bytearray(path.read_bytes())
+    if how == "garbage":  # 4 KB of random bytes written into the middle of the file
+        start = max(0, len(data) // 2 - 2048)
+        data[start:start + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    else:  # truncated: the second half lost
+        data = data[: len(data) // 2]
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "hash", "nan"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, how):
+    reference = train(config(tmp_path / "ref"), 8)
+    run_dir = tmp_path / "run"
+    train(config(run_dir), 6)  # checkpoints at 2, 4, 6: the newest two kept
+    assert [p.name for p in checkpoint.checkpoint_files(run_dir)] == ["ckpt-000006.pt", "ckpt-000004.pt"]
+    assert (run_dir / "last.pt").samefile(run_dir / "ckpt-000006.pt")
+    damage(run_dir / "ckpt-000006.pt", how)
+    capsys.readouterr()
+    resumed = train(config(run_dir), 8)
+    warnings = stderr_lines(capsys, "warning:")
+    assert len(warnings) == 1, warnings
+    why = {"garbage": ("cannot load checkpoint", "does not match the SHA-256"), "truncated": ("cannot load checkpoint",),
+           "hash": ("does not match the SHA-256",), "nan": ("non-finite values in model.fc1.weight",)}[how]
+    assert "ckpt-000006.pt" in warnings[0] and any(w in warnings[0] for w in why), warnings[0]
+    assert "kept as ckpt-000006.pt.damaged" in warnings[0]
+    assert warnings[0].endswith("resuming from the previous one, ckpt-000004.pt (step 4)")
+    # the run completed as if never damaged: the same losses and weights as the uninterrupted one
+    assert [r["loss"] for r in read_metrics(run_dir)] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
+    assert all(torch.equal(v, params(reference)[k]) for k, v in params(resumed).items())
+    assert (run_dir / "ckpt-000006.pt.damaged").is_file()  # set aside for a post-mortem, never loaded again
+    assert [p.name for p in checkpoint.checkpoint_files(run_dir)] == ["ckpt-000008.pt", "ckpt-000006.pt"]
+    capsys.readouterr()
+    assert train(config(run_dir), 8).step == 8 and not stderr_lines(capsys, "warning:")
+
+
+def test_no_valid_checkpoint_is_one_line_and_touches_nothing(tmp_path):
+    train(config(tmp_path), 4)
+    damage(tmp_path / "ckpt-000004.pt", "garbage")
+    damage(tmp_path / "ckpt-000002.pt", "truncated")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(VistokError, match=r"no checkpoint in .* is usable \(.*ckpt-000004.pt.*ckpt-000002.pt.*\); "
+                                          r"move them away to start a fresh run") as err:
+        train(config(tmp_path), 8)
+    assert "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_keep_checkpoints_keeps_the_newest_n(tmp_path):
+    run = train(config(tmp_path / "three", ckpt_every=1, keep_checkpoints=3), 8)
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path / "three")] == [
+        "ckpt-000008.pt", "ckpt-000007.pt", "ckpt-000006.pt"]
+    assert (tmp_path / "three" / "last.pt").samefile(tmp_path / "three" / "ckpt-000008.pt")
+    for p in checkpoint.checkpoint_files(tmp_path / "three"):  # each verifies: its stored hash is its content's
+        state = torch.load(p, weights_only=True)
+        assert state.pop("sha256") == checkpoint.content_hash(state) and state["step"] == int(p.stem[5:])
+    assert checkpoint.load_training_state(tmp_path / "three")["step"] == 8 == run.step
+    train(config(tmp_path / "one", keep_checkpoints=1), 8)
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.pt")) == ["ckpt-000008.pt", "last.pt"]
+    with pytest.raises(VistokError, match="train.keep_checkpoints must be positive"):
+        config(tmp_path, keep_checkpoints=0)
+
+
+def test_content_hash_sees_any_change():
+    state = {"step": 3, "model": {"w": torch.arange(6.0).reshape(2, 3)}, "rng": [{"pos": 1}], "lr": 0.1}
+    h = checkpoint.content_hash(state)
+    assert h == checkpoint.content_hash({k: state[k] for k in reversed(list(state))})  # key order does not matter
+    for changed in ({**state, "step": 4}, {**state, "lr": 0.10000000000000002},
+                    {**state, "model": {"w": torch.arange(6.0).reshape(3, 2)}},
+                    {**state, "model": {"w": torch.arange(6.0).reshape(2, 3).double()}},
+                    {**state, "rng": [{"pos": 2}]}):
+        assert checkpoint.content_hash(changed) != h
+
+
+def test_a_non_finite_first_step_after_resume_blames_the_checkpoint_not_the_lr(tmp_path):
+    train(config(tmp_path), 4)
+
+    def nan_loss(run: Trainer) -> None:
+        run._sums["loss"] = run._sums["loss"] * float("nan")
+
+    with pytest.raises(VistokError, match=r"at step 5 .*right after resuming from .*ckpt-000004.pt; training stopped. "
+                                          r"That checkpoint is likely damaged: move it away") as err:
+        train(config(tmp_path, nonfinite="stop"), 8, nan_loss)
+    assert "train.lr" not in str(err.value) and "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ subprocesses: kills
