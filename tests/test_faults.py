@@ -379,9 +379,9 @@ elif mode == "kill-rank-1":  # rank 1 dies after finishing `step` on torchrun's 
     loop.Trainer.finish_step = finish_step
     if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "1":  # as if on a node without the file
         from vistok.engine import checkpoint
-        def no_file(run_dir):
-            raise AssertionError("rank 1 read last.pt itself")
-        checkpoint.load_training_state = no_file
+        def no_file(*args, **kwargs):
+            raise AssertionError("rank 1 read a checkpoint itself")
+        checkpoint.newest_training_state = checkpoint.load_training_state = no_file
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
@@ -449,7 +449,7 @@ def test_sigkill_during_checkpoint_save_keeps_the_previous_one(tmp_path, shared_
     killed = launch(tmp_path / "run", shared_image_folder, driver=[str(driver), "kill-in-save", "4"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2  # the previous checkpoint survived
-    assert len(list((tmp_path / "run").glob(".last.pt.*.tmp"))) == 1  # the killed writer's half file
+    assert len(list((tmp_path / "run").glob(".ckpt-000004.pt.*.tmp"))) == 1  # the killed writer's half file
     check_ok(launch(tmp_path / "run", shared_image_folder))  # the same command again resumes
     assert not list((tmp_path / "run").glob(".*.tmp"))
     finish(reference)

@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.optim.lr_scheduler import LambdaLR
 
 from vistok.config import save_config, to_dict
-from vistok.engine.atomic import atomic_folder, atomic_write
+from vistok.engine.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
 from vistok.engine.faults import kill_in_write
 from vistok.engine.optim import EMA
@@ -121,7 +121,8 @@ def checkpoint_files(run_dir: str | Path) -> list[Path]:
 
 def _alias(target: Path, alias: Path) -> None:
     """Point `alias` at `target` atomically: a hard link renamed over it, or (no hard links there) a copy."""
-    tmp = alias.with_name(f".{alias.name}.p-{os.getpid()}.link.tmp")
+    clean_stale_temps(alias)  # a link a killed writer left behind
+    tmp = alias.with_name(f"{_temp_prefix(alias)}link{TMP_SUFFIX}")  # named after its writer, as atomic_write's
     tmp.unlink(missing_ok=True)
     try:
         os.link(target, tmp)
@@ -376,7 +377,8 @@ class Checkpointer:
         bad = [name for names in self._gather(nonfinite_names(named)) for name in names]
         if bad:
             raise VistokError(
-                f"refusing to write {self.file(step)} at step {step}: non-finite values in {', '.join(sorted(set(bad))[:4])}; "
+                f"refusing to write {self.file(step)} at step {step}: non-finite values in "
+                f"{', '.join(sorted(set(bad))[:4])}; "
                 "the last good checkpoint is kept. Lower train.lr (or set train.nonfinite=skip) and run again")
 
     def save(self, step: int, **extra: Any) -> None:
@@ -393,12 +395,13 @@ class Checkpointer:
             full = self.ema.full_state(unwrap(self.model))
             ema_state = {**self.ema.state_dict(), "shadow": {k: full[k] for k in self.ema.shadow}}
             if self.env.is_main:
-                save_training_state(self.run_dir, {**meta, "model": model_state, "optimizer": optim_state, "ema": ema_state},
-                                    keep=self.keep)
+                state = {**meta, "model": model_state, "optimizer": optim_state, "ema": ema_state}
+                save_training_state(self.run_dir, state, keep=self.keep)
         if _collective(self.env):
             dist.barrier()
         if self.env.is_main:  # a run switched between sharded and full: keep only the newest kind
-            for other in ([self.run_dir / LAST, *checkpoint_files(self.run_dir)] if self.sharded else [self.run_dir / SHARDED]):
+            others = [self.run_dir / LAST, *checkpoint_files(self.run_dir)] if self.sharded else [self.run_dir / SHARDED]
+            for other in others:
                 if other.exists():
                     shutil.rmtree(other) if other.is_dir() else other.unlink()
 
@@ -460,8 +463,8 @@ class Checkpointer:
     def _refuse(self, detail: str, saved_config: dict) -> VistokError:
         changed = [k for k in _diff_keys(saved_config, to_dict(self.config)) if not k.startswith("train.")]
         hint = f" (changed since: {', '.join(changed[:4])})" if changed else ""
-        return VistokError(f"{self.loaded or self.path} does not match the model: {detail}{hint}; restore the run's config "
-                           f"(saved as {self.run_dir / 'config.yaml'}) or use a new train.run_dir")
+        return VistokError(f"{self.loaded or self.path} does not match the model: {detail}{hint}; restore the run's "
+                           f"config (saved as {self.run_dir / 'config.yaml'}) or use a new train.run_dir")
 
     def _load_full(self) -> dict[str, Any] | None:
         """Rank 0 reads the newest valid checkpoint and broadcasts it (or its error), so no rank can start from

@@ -63,7 +63,7 @@ class _KillAfter:
 
 
 def kill_in_write(f: BinaryIO, step: int) -> BinaryIO:
-    """`f`, or a wrapper of it that dies inside step `step`'s checkpoint write when a `ckpt:STEP:BYTES` point says so."""
+    """`f`, or a wrapper of it that dies inside step `step`'s checkpoint write where a `ckpt:STEP:BYTES` point says."""
     if ENV not in os.environ:
         return f
     for point in _points():

@@ -180,7 +180,14 @@ class Trainer:
     every step and the verdict is agreed across ranks, so all ranks skip the same step (`train.nonfinite=skip`: no
     parameter or EMA update, at most `train.max_skips` in a row) or all stop (`stop`). Throughput (images/s, tokens/s
     when the script gives `tokens_per_sample`) and MFU are logged; the model FLOPs of a step are counted once, on the
-    run's first step (forward and backward, all micro-batches), and kept in the checkpoint."""
+    run's first step (forward and backward, all micro-batches), and kept in the checkpoint.
+
+    Exact resume: a run killed at any moment (kill -9 included) and run again continues from its newest valid
+    checkpoint (`train.keep_checkpoints` are kept) and gives the weights, losses and export of a run never
+    interrupted, bit for bit on the same machine: every rank's RNG states (Python, NumPy, torch, CUDA) are restored on
+    entering `logging()`, right before the first resumed step, so nothing the script builds in between can shift
+    them; the data order is a function of (seed, step). Generators a script keeps itself must be keyed by the step
+    (as pretrain_tokenunify.py's are) or they would restart."""
 
     def __init__(self, model: nn.Module, cfg: Any, env: DistEnv, tokens_per_sample: int | None = None) -> None:
         tc = cfg.train
