@@ -251,6 +251,21 @@ def test_mismatched_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # config.yaml, metrics and last.pt untouched
 
 
+def test_iterating_a_loader_leaves_the_global_rng_alone():
+    """A DataLoader's iterator draws its workers' base seed; from torch's global generator it would shift every later
+    draw of the step (the cause of inexact resumes: the checkpoint's RNG restored, then the loader built)."""
+    from vistok.data import build_loader
+
+    images = [(torch.full((3, 4, 4), float(i)), i % 2) for i in range(16)]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    batches = iter(build_loader(images, 8, seed=3, hflip=True, crop_pad=1))
+    first = next(batches)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = next(iter(build_loader(images, 8, seed=3, hflip=True, crop_pad=1)))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 # ------------------------------------------------------------------------------------------ checkpoints you can trust
 def damage(path: Path, how: str) -> None:
     """Damage a checkpoint in place (so `last.pt`, a hard link to the newest, sees the same bytes)."""
