@@ -500,8 +500,8 @@ def test_checkpointer_save_resume_sharded_under_fsdp2(tmp_path):
         meta = torch.load(meta_file, weights_only=True)
         torch.save({**meta, "step": meta["step"] + 1}, meta_file)  # the stored hash kept
         model, trained, ema, opt, sched = make_run(0, fully_shard)
-        with pytest.raises(VistokError, match=r"meta.pt is damaged \(its content does not match the SHA-256.*move .*last"
-                                              r".dcp away to start a fresh run") as err:
+        with pytest.raises(VistokError, match=r"meta.pt is damaged \(its content does not match the SHA-256.*"
+                                              r"move .*last.dcp away to start a fresh run") as err:
             Checkpointer(tmp_path / "run", CPU, trained, opt, sched, ema, TrainConfig(), sharded=True).resume()
         assert "\n" not in str(err.value)
     finally:

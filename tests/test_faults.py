@@ -154,7 +154,8 @@ def test_non_finite_state_is_never_written(tmp_path):
     good = (tmp_path / "last.pt").read_bytes()
     with torch.no_grad():
         run.model.fc2.bias.fill_(float("nan"))
-    with pytest.raises(VistokError, match=r"refusing to write .*ckpt-000003.pt at step 3: non-finite values in fc2.bias") as err:
+    with pytest.raises(VistokError, match=r"refusing to write .*ckpt-000003.pt at step 3: non-finite values in "
+                                          r"fc2.bias") as err:
         run.ckpt.save(3)
     assert "\n" not in str(err.value)
     assert (tmp_path / "last.pt").read_bytes() == good
@@ -263,7 +264,7 @@ def test_iterating_a_loader_leaves_the_global_rng_alone():
     first = next(batches)
     assert torch.equal(torch.get_rng_state(), state)
     again = next(iter(build_loader(images, 8, seed=3, hflip=True, crop_pad=1)))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints you can trust
@@ -304,8 +305,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     resumed = train(config(run_dir), 8)
     warnings = stderr_lines(capsys, "warning:")
     assert len(warnings) == 1, warnings
-    why = {"garbage": ("cannot load checkpoint", "does not match the SHA-256"), "truncated": ("cannot load checkpoint",),
-           "hash": ("does not match the SHA-256",), "nan": ("non-finite values in model.fc1.weight",)}[how]
+    why = {"garbage": ("cannot load checkpoint", "does not match the SHA-256"),
+           "truncated": ("cannot load checkpoint",), "hash": ("does not match the SHA-256",),
+           "nan": ("non-finite values in model.fc1.weight",)}[how]
     assert "ckpt-000006.pt" in warnings[0] and any(w in warnings[0] for w in why), warnings[0]
     assert "kept as ckpt-000006.pt.damaged" in warnings[0]
     assert warnings[0].endswith("resuming from the previous one, ckpt-000004.pt (step 4)")
@@ -498,7 +500,8 @@ KILL_TRAIN = ["train.batch_size=8", "train.total_steps=6", "train.ckpt_every=2",
               "train.num_workers=0", "train.device=cpu", "train.log_every=1"]  # 32 images: an epoch ends at step 4
 
 
-def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "", nproc: int = 1) -> subprocess.CompletedProcess:
+def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "",
+               nproc: int = 1) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if nproc > 1:  # no restarts: a killed rank ends the job, and the same command is run again
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0",

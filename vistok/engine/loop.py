@@ -74,7 +74,8 @@ class TrainConfig:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise VistokError("train.total_steps, train.batch_size and train.grad_accum must be positive")
         if self.ckpt_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
-            raise VistokError("train.ckpt_every, train.log_every and train.keep_checkpoints must be positive (at least 1)")
+            raise VistokError("train.ckpt_every, train.log_every and train.keep_checkpoints must be positive "
+                              "(at least 1)")
         if self.max_skips < 0 or self.dist_timeout_s <= 0 or self.peak_tflops < 0:
             raise VistokError("train.max_skips and train.peak_tflops must be >= 0 and train.dist_timeout_s positive")
 
