@@ -174,7 +174,7 @@ def test_ema_state_dict_round_trip_and_full_state():
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     old = {"step": 1, "w": torch.arange(4.0)}
     path = checkpoint.save_training_state(tmp_path, old)
-    assert path == tmp_path / "last.pt"
+    assert path == tmp_path / "ckpt-000001.pt" and (tmp_path / "last.pt").samefile(path)  # last.pt: the newest
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"partial bytes of a checkpoint")
@@ -184,7 +184,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         checkpoint.save_training_state(tmp_path, {"step": 2, "w": torch.zeros(4)})
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001.pt", "last.pt"]  # no temporary file left
     loaded = checkpoint.load_training_state(tmp_path)
     assert loaded["step"] == 1 and torch.equal(loaded["w"], old["w"])
 
@@ -193,8 +193,8 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        atomic.atomic_write(tmp_path / "last.pt", interrupted)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+        atomic.atomic_write(tmp_path / "ckpt-000001.pt", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001.pt", "last.pt"]
     assert checkpoint.load_training_state(tmp_path)["step"] == 1
 
 
@@ -438,8 +438,12 @@ def check_checkpointer_round_trip(tmp_path: Path, wrap=None, sharded: bool = Fal
     assert all(torch.equal(saved["model"][k], full(v)) for k, v in model.state_dict().items())
 
     model2, trained2, ema2, opt2, sched2 = make_run(1, wrap)  # different initial weights
-    step = Checkpointer(tmp_path, CPU, trained2, opt2, sched2, ema2, cfg, sharded=sharded).resume()
-    assert step == 3
+    resumed = Checkpointer(tmp_path, CPU, trained2, opt2, sched2, ema2, cfg, sharded=sharded)
+    rng_before = torch.get_rng_state()
+    step = resumed.resume()
+    assert step == 3 and torch.equal(torch.get_rng_state(), rng_before)  # not here: right before the first step
+    torch.rand(5)  # setup may draw in between (a DataLoader's iterator takes a seed)
+    resumed.restore_rng()
     assert torch.equal(torch.rand(3), after_save)
     for k, v in model.state_dict().items():
         assert torch.equal(full(model2.state_dict()[k]), full(v)), k
@@ -491,6 +495,15 @@ def test_checkpointer_save_resume_sharded_under_fsdp2(tmp_path):
         model, trained, ema, opt, sched = make_run(0)
         with pytest.raises(VistokError, match="holds an FSDP .sharded. checkpoint .last.dcp.; resume it with train.parallel=fsdp"):
             Checkpointer(tmp_path / "run", CPU, trained, opt, sched, ema, TrainConfig()).resume()
+        # one sharded checkpoint is kept (no older one to fall back to): its meta.pt is verified against its hash
+        meta_file = tmp_path / "run" / "last.dcp" / "meta.pt"
+        meta = torch.load(meta_file, weights_only=True)
+        torch.save({**meta, "step": meta["step"] + 1}, meta_file)  # the stored hash kept
+        model, trained, ema, opt, sched = make_run(0, fully_shard)
+        with pytest.raises(VistokError, match=r"meta.pt is damaged \(its content does not match the SHA-256.*"
+                                              r"move .*last.dcp away to start a fresh run") as err:
+            Checkpointer(tmp_path / "run", CPU, trained, opt, sched, ema, TrainConfig(), sharded=True).resume()
+        assert "\n" not in str(err.value)
     finally:
         tdist.destroy_process_group()
 

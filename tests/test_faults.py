@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -153,7 +154,8 @@ def test_non_finite_state_is_never_written(tmp_path):
     good = (tmp_path / "last.pt").read_bytes()
     with torch.no_grad():
         run.model.fc2.bias.fill_(float("nan"))
-    with pytest.raises(VistokError, match=r"refusing to write .*last.pt at step 3: non-finite values in fc2.bias") as err:
+    with pytest.raises(VistokError, match=r"refusing to write .*ckpt-000003.pt at step 3: non-finite values in "
+                                          r"fc2.bias") as err:
         run.ckpt.save(3)
     assert "\n" not in str(err.value)
     assert (tmp_path / "last.pt").read_bytes() == good
@@ -165,7 +167,7 @@ def test_non_finite_state_is_never_written(tmp_path):
     with pytest.raises(VistokError, match=r"refusing to export .*: non-finite weights in fc1.weight"):
         checkpoint.export(tmp_path / "export", "net", {}, run.ema_state())
     assert not (tmp_path / "export").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.yaml", "last.pt", "metrics.jsonl"]
+        "ckpt-000002.pt", "config.yaml", "last.pt", "metrics.jsonl"]
 
 
 def test_torn_metrics_line_is_skipped_on_resume(tmp_path, capsys):
@@ -197,7 +199,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
-    with pytest.raises(VistokError, match=r"cannot write .*last.pt: No space left on device") as err:
+    with pytest.raises(VistokError, match=r"cannot write .*ckpt-000004.pt: No space left on device") as err:
         train(cfg, 4)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(checkpoint, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
@@ -245,9 +247,127 @@ def test_mismatched_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(VistokError) as err:
         train(config(tmp_path, width=16, lr=5e-3), 4)
     message = str(err.value)
-    assert "\n" not in message and "last.pt does not match the model" in message
+    assert "\n" not in message and "ckpt-000002.pt does not match the model" in message
     assert "shape of fc1.weight [8, 4] (model [16, 4])" in message and "changed since: width" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # config.yaml, metrics and last.pt untouched
+
+
+def test_iterating_a_loader_leaves_the_global_rng_alone():
+    """A DataLoader's iterator draws its workers' base seed; from torch's global generator it would shift every later
+    draw of the step (the cause of inexact resumes: the checkpoint's RNG restored, then the loader built)."""
+    from vistok.data import build_loader
+
+    images = [(torch.full((3, 4, 4), float(i)), i % 2) for i in range(16)]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    batches = iter(build_loader(images, 8, seed=3, hflip=True, crop_pad=1))
+    first = next(batches)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = next(iter(build_loader(images, 8, seed=3, hflip=True, crop_pad=1)))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints you can trust
+def damage(path: Path, how: str) -> None:
+    """Damage a checkpoint in place (so `last.pt`, a hard link to the newest, sees the same bytes)."""
+    if how in ("hash", "nan"):  # a file that still loads: a changed value (the stored hash kept), or NaN (re-hashed)
+        state = torch.load(path, weights_only=True)
+        w = state["model"]["fc1.weight"]
+        if how == "hash":
+            w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))  # one ulp
+        else:
+            w[0, 0] = float("nan")
+            state["sha256"] = checkpoint.content_hash({k: v for k, v in state.items() if k != "sha256"})
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            torch.save(state, f)
+        return
+    data = bytearray(path.read_bytes())
+    if how == "garbage":  # 4 KB of random bytes written into the middle of the file
+        start = max(0, len(data) // 2 - 2048)
+        data[start:start + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    else:  # truncated: the second half lost
+        data = data[: len(data) // 2]
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "hash", "nan"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, how):
+    reference = train(config(tmp_path / "ref"), 8)
+    run_dir = tmp_path / "run"
+    train(config(run_dir), 6)  # checkpoints at 2, 4, 6: the newest two kept
+    assert [p.name for p in checkpoint.checkpoint_files(run_dir)] == ["ckpt-000006.pt", "ckpt-000004.pt"]
+    assert (run_dir / "last.pt").samefile(run_dir / "ckpt-000006.pt")
+    damage(run_dir / "ckpt-000006.pt", how)
+    capsys.readouterr()
+    resumed = train(config(run_dir), 8)
+    warnings = stderr_lines(capsys, "warning:")
+    assert len(warnings) == 1, warnings
+    why = {"garbage": ("cannot load checkpoint", "does not match the SHA-256"),
+           "truncated": ("cannot load checkpoint",), "hash": ("does not match the SHA-256",),
+           "nan": ("non-finite values in model.fc1.weight",)}[how]
+    assert "ckpt-000006.pt" in warnings[0] and any(w in warnings[0] for w in why), warnings[0]
+    assert "kept as ckpt-000006.pt.damaged" in warnings[0]
+    assert warnings[0].endswith("resuming from the previous one, ckpt-000004.pt (step 4)")
+    # the run completed as if never damaged: the same losses and weights as the uninterrupted one
+    assert [r["loss"] for r in read_metrics(run_dir)] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
+    assert all(torch.equal(v, params(reference)[k]) for k, v in params(resumed).items())
+    assert (run_dir / "ckpt-000006.pt.damaged").is_file()  # set aside for a post-mortem, never loaded again
+    assert [p.name for p in checkpoint.checkpoint_files(run_dir)] == ["ckpt-000008.pt", "ckpt-000006.pt"]
+    capsys.readouterr()
+    assert train(config(run_dir), 8).step == 8 and not stderr_lines(capsys, "warning:")
+
+
+def test_no_valid_checkpoint_is_one_line_and_touches_nothing(tmp_path):
+    train(config(tmp_path), 4)
+    damage(tmp_path / "ckpt-000004.pt", "garbage")
+    damage(tmp_path / "ckpt-000002.pt", "truncated")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(VistokError, match=r"no checkpoint in .* is usable \(.*ckpt-000004.pt.*ckpt-000002.pt.*\); "
+                                          r"move them away to start a fresh run") as err:
+        train(config(tmp_path), 8)
+    assert "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_keep_checkpoints_keeps_the_newest_n(tmp_path):
+    run = train(config(tmp_path / "three", ckpt_every=1, keep_checkpoints=3), 8)
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path / "three")] == [
+        "ckpt-000008.pt", "ckpt-000007.pt", "ckpt-000006.pt"]
+    assert (tmp_path / "three" / "last.pt").samefile(tmp_path / "three" / "ckpt-000008.pt")
+    for p in checkpoint.checkpoint_files(tmp_path / "three"):  # each verifies: its stored hash is its content's
+        state = torch.load(p, weights_only=True)
+        assert state.pop("sha256") == checkpoint.content_hash(state) and state["step"] == int(p.stem[5:])
+    assert checkpoint.load_training_state(tmp_path / "three")["step"] == 8 == run.step
+    train(config(tmp_path / "one", keep_checkpoints=1), 8)
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.pt")) == ["ckpt-000008.pt", "last.pt"]
+    with pytest.raises(VistokError, match="train.keep_checkpoints must be positive"):
+        config(tmp_path, keep_checkpoints=0)
+
+
+def test_content_hash_sees_any_change():
+    state = {"step": 3, "model": {"w": torch.arange(6.0).reshape(2, 3)}, "rng": [{"pos": 1}], "lr": 0.1}
+    h = checkpoint.content_hash(state)
+    assert h == checkpoint.content_hash({k: state[k] for k in reversed(list(state))})  # key order does not matter
+    for changed in ({**state, "step": 4}, {**state, "lr": 0.10000000000000002},
+                    {**state, "model": {"w": torch.arange(6.0).reshape(3, 2)}},
+                    {**state, "model": {"w": torch.arange(6.0).reshape(2, 3).double()}},
+                    {**state, "rng": [{"pos": 2}]}):
+        assert checkpoint.content_hash(changed) != h
+
+
+def test_a_non_finite_first_step_after_resume_blames_the_checkpoint_not_the_lr(tmp_path):
+    train(config(tmp_path), 4)
+
+    def nan_loss(run: Trainer) -> None:
+        run._sums["loss"] = run._sums["loss"] * float("nan")
+
+    with pytest.raises(VistokError, match=r"at step 5 .*right after resuming from .*ckpt-000004.pt; training stopped. "
+                                          r"That checkpoint is likely damaged: move it away") as err:
+        train(config(tmp_path, nonfinite="stop"), 8, nan_loss)
+    assert "train.lr" not in str(err.value) and "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ subprocesses: kills
@@ -276,9 +396,9 @@ elif mode == "kill-rank-1":  # rank 1 dies after finishing `step` on torchrun's 
     loop.Trainer.finish_step = finish_step
     if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "1":  # as if on a node without the file
         from vistok.engine import checkpoint
-        def no_file(run_dir):
-            raise AssertionError("rank 1 read last.pt itself")
-        checkpoint.load_training_state = no_file
+        def no_file(*args, **kwargs):
+            raise AssertionError("rank 1 read a checkpoint itself")
+        checkpoint.newest_training_state = checkpoint.load_training_state = no_file
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
@@ -346,7 +466,7 @@ def test_sigkill_during_checkpoint_save_keeps_the_previous_one(tmp_path, shared_
     killed = launch(tmp_path / "run", shared_image_folder, driver=[str(driver), "kill-in-save", "4"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2  # the previous checkpoint survived
-    assert len(list((tmp_path / "run").glob(".last.pt.*.tmp"))) == 1  # the killed writer's half file
+    assert len(list((tmp_path / "run").glob(".ckpt-000004.pt.*.tmp"))) == 1  # the killed writer's half file
     check_ok(launch(tmp_path / "run", shared_image_folder))  # the same command again resumes
     assert not list((tmp_path / "run").glob(".*.tmp"))
     finish(reference)
@@ -361,3 +481,120 @@ def test_torchrun_restarts_a_killed_rank_to_the_same_losses(tmp_path, shared_ima
     assert "local_rank: 1" in restarted.stderr and "exitcode: -9" in restarted.stderr  # killed, then restarted
     finish(reference)
     assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+# ------------------------------------------------------------------ kill -9 of the real scripts, at named points
+# The kill points are deterministic (VISTOK_KILL_AT, read by the engine: vistok/engine/faults.py), so each test kills
+# at the same place on every machine. One uninterrupted reference run per script (module-scoped) serves every test.
+# Both scripts draw from torch's global generator inside the step (xAR: dropout, label drop, t and noise; FlexTok: the
+# nested-dropout k, t, noise and null conditioning), so a resume that puts any RNG elsewhere changes the export.
+KILL_SCRIPTS = {
+    "xar": ["train/train_xar.py", "--config", "train/configs/xar_cifar10_tiny.yaml", "model.width=32",
+            "model.depth=1", "model.heads=2", "model.num_classes=2", "model.dropout=0.1", "model.attn_dropout=0.1",
+            "model.label_drop=0.5", "preview_per_class=1", "sample.steps=2"],
+    "flextok": ["train/train_flextok.py", "--config", "train/configs/flextok_cifar10_tiny.yaml", "model.registers=8",
+                "model.enc_width=32", "model.dec_width=32", "model.enc_depth=1", "model.dec_depth=1",
+                "model.head_dim=16", "preview_images=1", "sample.steps=2"],
+}
+KILL_TRAIN = ["train.batch_size=8", "train.total_steps=6", "train.ckpt_every=2", "train.warmup_steps=0",
+              "train.num_workers=0", "train.device=cpu", "train.log_every=1"]  # 32 images: an epoch ends at step 4
+
+
+def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "",
+               nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if nproc > 1:  # no restarts: a killed rank ends the job, and the same command is run again
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0",
+                     "--monitor-interval=0.1"]
+    env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
+    if kill_at:
+        env["VISTOK_KILL_AT"] = kill_at
+    cmd = [*launcher, *KILL_SCRIPTS[script], f"train.run_dir={run_dir}", f"data.name={folder}", *KILL_TRAIN]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def killed(proc: subprocess.CompletedProcess, nproc: int = 1) -> None:
+    """The process died of SIGKILL (one process), or the job failed because a rank did (torchrun)."""
+    expected = "exitcode: -9" if nproc > 1 else None
+    if expected:
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-3000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def assert_same_export(run: Path, reference: Path) -> None:
+    """Bit for bit: every file of the export (weights, config, preview) and every logged loss."""
+    names = sorted(p.name for p in (reference / "export").iterdir())
+    assert "model.safetensors" in names and sorted(p.name for p in (run / "export").iterdir()) == names
+    for name in names:
+        assert (run / "export" / name).read_bytes() == (reference / "export" / name).read_bytes(), name
+    rows, ref = read_metrics(run), read_metrics(reference)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref] == list(range(1, 7))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    assert not list(run.glob(".*.tmp"))  # the killed writers' temporary files are gone
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, shared_image_folder) -> dict[str, Path]:
+    """One uninterrupted run per script, started together (two cores) and shared by every kill test."""
+    root = tmp_path_factory.mktemp("kill_refs")
+    procs = {}
+    for script in KILL_SCRIPTS:
+        cmd = [sys.executable, *KILL_SCRIPTS[script], f"train.run_dir={root / script}",
+               f"data.name={shared_image_folder}", *KILL_TRAIN]
+        env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
+        procs[script] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True)
+    for proc in procs.values():
+        finish(proc)
+    return {script: root / script for script in KILL_SCRIPTS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    killed(run_script(script, tmp_path, shared_image_folder, "step:3"))  # checkpoint at 2, killed after step 3
+    assert checkpoint.load_training_state(tmp_path)["step"] == 2 and not (tmp_path / "export").exists()
+    check_ok(run_script(script, tmp_path, shared_image_folder))
+    assert_same_export(tmp_path, references[script])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_sigkill_inside_a_checkpoint_write_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:4:4096"))  # 4 KB of step 4's file on disk
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000002.pt"]
+    assert len(list(tmp_path.glob(".ckpt-000004.pt.*.tmp"))) == 1  # the torn file never took a checkpoint's name
+    check_ok(run_script(script, tmp_path, shared_image_folder))
+    assert_same_export(tmp_path, references[script])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_three_sigkills_in_one_run_resume_bit_for_bit(tmp_path, shared_image_folder, references, script):
+    """Between checkpoints, inside the last checkpoint's write, inside the export: the fourth try finishes."""
+    killed(run_script(script, tmp_path, shared_image_folder, "step:1"))  # before any checkpoint: starts over
+    assert not checkpoint.checkpoint_files(tmp_path)
+    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:6:100"))
+    assert checkpoint.load_training_state(tmp_path)["step"] == 4
+    killed(run_script(script, tmp_path, shared_image_folder, "export"))  # files written, not yet in place
+    assert checkpoint.load_training_state(tmp_path)["step"] == 6 and not (tmp_path / "export").exists()
+    assert len(list(tmp_path.glob(".export.*.tmp"))) == 1
+    done = run_script(script, tmp_path, shared_image_folder)
+    check_ok(done)
+    assert_same_export(tmp_path, references[script])
+    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000006.pt", "ckpt-000004.pt"]
+
+
+@pytest.mark.slow
+def test_sigkills_on_two_gloo_ranks_resume_bit_for_bit(tmp_path, shared_image_folder):
+    """torchrun, 2 ranks (each draws its own dropout and noise): rank 1 killed between checkpoints, then rank 0 inside
+    a checkpoint write; the run resumed twice equals an uninterrupted 2-rank run."""
+    reference = run_script("xar", tmp_path / "ref", shared_image_folder, nproc=2)
+    check_ok(reference)
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "step:3@1", nproc=2), nproc=2)
+    assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "ckpt:4:4096@0", nproc=2), nproc=2)
+    assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
+    check_ok(run_script("xar", tmp_path / "run", shared_image_folder, nproc=2))
+    assert_same_export(tmp_path / "run", tmp_path / "ref")

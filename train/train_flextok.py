@@ -31,6 +31,7 @@ from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
 from vistok.engine import checkpoint, dist
 from vistok.engine.atomic import atomic_write
+from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.metrics.fid_net import load_fid_net
@@ -233,7 +234,8 @@ def main() -> None:
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
             resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
             data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
-            repa_teacher=cfg.repa.teacher)
+            repa_teacher=cfg.repa.teacher,
+            extra=lambda tmp: kill_point("export"))  # tests: SIGKILL with the files not yet in place
         print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
               f"--num 100 --out DIR")
         if cfg.preview_images:

@@ -26,6 +26,7 @@ from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subs
 from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import checkpoint, dist
 from vistok.engine.atomic import atomic_write
+from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator
@@ -114,7 +115,8 @@ def main() -> None:
         out = checkpoint.export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
             tokenizer=tokenizer_spec, classes=classes, resolution=resolution, sample=to_dict(cfg.sample), step=run.step,
-            data=cfg.data.latents or cfg.data.name)
+            data=cfg.data.latents or cfg.data.name,
+            extra=lambda tmp: kill_point("export"))  # tests: SIGKILL with the files not yet in place
         print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
         if cfg.preview_per_class:
             labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)

@@ -81,9 +81,13 @@ def build_loader(
     dataset: Dataset, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, start_step: int = 0,
     num_workers: int = 0, shuffle: bool = True, hflip: bool = False, crop_pad: int = 0, gray_p: float = 0.0,
 ) -> DataLoader:
-    """An infinite loader of per-rank batches, deterministic in (seed, step) and resumable at `start_step`."""
+    """An infinite loader of per-rank batches, deterministic in (seed, step) and resumable at `start_step`.
+
+    The loader has its own generator: iterating a DataLoader draws its workers' base seed from it, which would otherwise
+    come from torch's global generator and shift every later draw of the training step (dropout, noise, timesteps)."""
     sampler = StepBatchSampler(len(dataset), global_batch, rank, world_size, seed, shuffle, start_step)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + start_step) * 1_009 + rank)
     return DataLoader(
         Augmented(dataset, seed, hflip, crop_pad, gray_p), batch_sampler=sampler, num_workers=num_workers,
-        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(), generator=generator,
     )

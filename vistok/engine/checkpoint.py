@@ -1,12 +1,20 @@
-"""Checkpoints: atomic training state with auto-resume, and safetensors export of EMA weights.
+"""Checkpoints: atomic, verified training state with auto-resume, and safetensors export of EMA weights.
 
-Training state (`RUN/last.pt`): model, EMA, optimizer, scheduler, step, RNG states and the resolved config. It is
-written to a temporary file in the same folder, flushed to disk and renamed over the old one (then the folder is
-fsynced), so a crash or SIGKILL at any moment leaves either the old or the new checkpoint, never a torn one; a
-killed writer's `.last.pt.*.tmp` is removed by the next save. Running the same command again finds `last.pt` and
-resumes (`Checkpointer`). It loads with `torch.load(weights_only=True)`: RNG states are stored as tensors and plain
-Python values, never pickled objects. FSDP2 runs save `RUN/last.dcp/` instead, sharded with
-torch.distributed.checkpoint, so no rank ever holds the full state.
+Training state (`RUN/ckpt-STEP.pt`, e.g. `ckpt-000200.pt`): model, EMA, optimizer, scheduler, step, RNG states and the
+resolved config, with a SHA-256 of that content. Each is written to a temporary file in the same folder, flushed to
+disk and renamed into place (then the folder is fsynced), so a crash or SIGKILL at any moment leaves complete
+checkpoints only; a killed writer's `.ckpt-STEP.pt.*.tmp` is removed by the next save. The newest
+`train.keep_checkpoints` are kept, and `RUN/last.pt` is a hard link to the newest (an alias: no extra space).
+
+Running the same command again resumes from the newest checkpoint that is valid: one that loads, whose content hash
+matches and whose weights and optimizer state are finite. A damaged one (torn, overwritten, bit-flipped: a file
+system or a disk failing where the atomic rename cannot help) is renamed `NAME.damaged`, one line on stderr says so,
+and the run falls back to the one before; when none is valid the run stops with one line. Files load with
+`torch.load(weights_only=True)`: RNG states are stored as tensors and plain Python values, never pickled objects.
+
+FSDP2 runs save `RUN/last.dcp/` instead, sharded with torch.distributed.checkpoint, so no rank ever holds the full
+state: one checkpoint, replaced as a whole (a temporary folder swapped in), its `meta.pt` hashed and verified like a
+full checkpoint; `train.keep_checkpoints` does not apply there (the shards are written in place by every rank).
 
 Export (`DIR/config.json` + `DIR/model.safetensors`): the EMA weights and the model's own config, enough to rebuild the
 model from that folder alone (`registry.load_model`), written as one unit (a temporary sibling folder swapped in).
@@ -14,13 +22,16 @@ model from that folder alone (`registry.load_model`), written as one unit (a tem
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,13 +42,17 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.optim.lr_scheduler import LambdaLR
 
 from vistok.config import save_config, to_dict
-from vistok.engine.atomic import atomic_folder, atomic_write
+from vistok.engine.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
+from vistok.engine.faults import kill_in_write
 from vistok.engine.optim import EMA
 from vistok.engine.outputs import check_export_target
 from vistok.errors import VistokError
 
-LAST = "last.pt"  # DDP and one process: the whole state in one file
+LAST = "last.pt"  # DDP and one process: an alias (hard link) of the newest RUN/ckpt-STEP.pt
+CKPT = re.compile(r"ckpt-(\d+)\.pt")  # DDP and one process: the whole state in one file per kept step
+DAMAGED = ".damaged"  # suffix of a checkpoint that failed verification (kept for a post-mortem, never loaded)
+HASH = "sha256"  # the key of a checkpoint's content hash
 SHARDED = "last.dcp"  # FSDP2: a torch.distributed.checkpoint folder, one file per rank, plus META
 META = "meta.pt"
 
@@ -68,19 +83,134 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write `state` (plain tensors / containers / numbers / strings) to RUN/last.pt."""
-    path = Path(run_dir) / LAST
-    atomic_write(path, lambda f: torch.save(state, f))
+def content_hash(state: Any) -> str:
+    """SHA-256 of a checkpoint's content: every key, plain value and tensor (dtype, shape and bytes) in a fixed order.
+
+    Hashing the content rather than the file's bytes lets the hash live inside the file it checks (a torch zip file
+    cannot carry a trailer), and catches every change that would reach the model: damage that still unzips included."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(f"D{len(obj)}".encode())
+            for k in sorted(obj, key=repr):
+                h.update(repr(k).encode())
+                feed(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"L{len(obj)}".encode())
+            for v in obj:
+                feed(v)
+        else:  # numbers, strings, None, booleans: their repr is exact (floats round-trip)
+            h.update(f"V{type(obj).__name__}{obj!r}".encode())
+
+    feed(state)
+    return h.hexdigest()
+
+
+def checkpoint_files(run_dir: str | Path) -> list[Path]:
+    """The run's full checkpoints, newest first: RUN/ckpt-STEP.pt by step, or a lone RUN/last.pt (older vistok)."""
+    run_dir = Path(run_dir)
+    found = sorted(((int(m[1]), p) for p in run_dir.glob("ckpt-*.pt") if (m := CKPT.fullmatch(p.name))), reverse=True)
+    if found:
+        return [p for _, p in found]
+    return [run_dir / LAST] if (run_dir / LAST).is_file() else []
+
+
+def _alias(target: Path, alias: Path) -> None:
+    """Point `alias` at `target` atomically: a hard link renamed over it, or (no hard links there) a copy."""
+    clean_stale_temps(alias)  # a link a killed writer left behind
+    tmp = alias.with_name(f"{_temp_prefix(alias)}link{TMP_SUFFIX}")  # named after its writer, as atomic_write's
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+        os.replace(tmp, alias)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write(alias, lambda f: f.write(target.read_bytes()))
+
+
+def save_training_state(run_dir: str | Path, state: dict[str, Any], keep: int = 2) -> Path:
+    """Atomically write `state` (plain tensors / containers / numbers / strings) with its content hash to
+    RUN/ckpt-STEP.pt, point RUN/last.pt at it and remove all but the `keep` newest checkpoints."""
+    run_dir = Path(run_dir)
+    step = int(state.get("step", 0))
+    path = run_dir / f"ckpt-{step:06d}.pt"
+    blob = {**state, HASH: content_hash(state)}
+    atomic_write(path, lambda f: torch.save(blob, kill_in_write(f, step)))
+    _alias(path, run_dir / LAST)
+    for old in checkpoint_files(run_dir)[max(keep, 1):]:
+        if old != path and old.name != LAST:
+            old.unlink(missing_ok=True)
     return path
 
 
-def load_training_state(run_dir: str | Path) -> dict[str, Any] | None:
-    """RUN/last.pt loaded on the CPU with weights_only=True, or None when the run has no checkpoint yet."""
-    path = Path(run_dir) / LAST
-    if not path.is_file():
+def verify_training_state(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path`, loaded on the CPU with weights_only=True and verified: it loads, its content hash
+    matches, its weights, EMA and optimizer state are finite. Raises VistokError naming the file and the damage."""
+    state = _load(path)
+    stored = state.pop(HASH, None)
+    if stored is not None and stored != content_hash(state):
+        raise VistokError(f"checkpoint {path} is damaged (its content does not match the SHA-256 stored with it)")
+    bad = nonfinite_names([(f"{part}.{k}", v) for part, tree in (("model", state.get("model", {})),
+                                                                  ("ema", state.get("ema", {}).get("shadow", {})),
+                                                                  ("optimizer", state.get("optimizer", {})))
+                           for k, v in _flat(tree)])
+    if bad:
+        raise VistokError(f"checkpoint {path} is damaged (non-finite values in {', '.join(bad[:3])}; training never "
+                          "writes those)")
+    return state
+
+
+def _flat(tree: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(tree, torch.Tensor):
+        return [(prefix, tree)]
+    if isinstance(tree, dict):
+        return [kv for k, v in tree.items() for kv in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(tree, (list, tuple)):
+        return [kv for i, v in enumerate(tree) for kv in _flat(v, f"{prefix}.{i}" if prefix else str(i))]
+    return []
+
+
+class Found(NamedTuple):
+    """The newest valid checkpoint of a run, and the newer ones that failed verification (with why)."""
+
+    path: Path
+    state: dict[str, Any]
+    damaged: list[tuple[Path, str]]
+
+
+def newest_training_state(run_dir: str | Path, warn: bool = True) -> Found | None:
+    """The run's newest valid checkpoint, or None when it has none yet. With `warn`, each damaged newer one is named in
+    one line on stderr; when none is valid, one VistokError names them."""
+    files, damaged = checkpoint_files(run_dir), []
+    for path in files:
+        try:
+            state = verify_training_state(path)
+        except VistokError as err:
+            damaged.append((path, str(err)))
+            continue
+        if warn:
+            for _, why in damaged:
+                print(f"warning: {why}; using the previous one, {path.name} (step {int(state.get('step', 0))})",
+                      file=sys.stderr)
+        return Found(path, state, damaged)
+    if not damaged:
         return None
-    return _load(path)
+    if len(damaged) == 1:
+        raise VistokError(f"{damaged[0][1]} and the run has no older checkpoint; move it away to start a fresh run")
+    raise VistokError(f"no checkpoint in {run_dir} is usable ({'; '.join(why for _, why in damaged[:3])}); "
+                      "move them away to start a fresh run")
+
+
+def load_training_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """The newest valid checkpoint of RUN loaded on the CPU (see `newest_training_state`), or None when the run has no
+    checkpoint yet."""
+    found = newest_training_state(run_dir)
+    return None if found is None else found.state
 
 
 def read_sharded_state(run_dir: str | Path) -> dict[str, Any] | None:
@@ -104,9 +234,8 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a foreign or damaged file: say which and how to proceed
-        raise VistokError(
-            f"cannot load checkpoint {path} ({type(err).__name__}); move it away to start a fresh run"
-        ) from None
+        raise VistokError(f"cannot load checkpoint {path} ({type(err).__name__}: the file is damaged or not a "
+                          "vistok checkpoint)") from None
 
 
 def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
@@ -203,8 +332,10 @@ def _collective(env: DistEnv) -> bool:
 class Checkpointer:
     """Saves and restores the whole training state of one run folder; the same command resumes a stopped run.
 
-    DDP and one process: `RUN/last.pt`, gathered and written by rank 0; on resume rank 0 reads it and broadcasts it,
-    so every rank continues from the same step even when only rank 0's node holds the file. FSDP2 (`sharded`):
+    DDP and one process: `RUN/ckpt-STEP.pt` (the newest `keep`, `last.pt` an alias of the newest), gathered and
+    written by rank 0; on resume rank 0 reads the newest valid one (falling back past damaged ones, each named in one
+    line and renamed `NAME.damaged` once the older one has loaded) and broadcasts it, so every rank continues from the
+    same step even when only rank 0's node holds the file. FSDP2 (`sharded`):
     `RUN/last.dcp/`, written and read shard by shard with torch.distributed.checkpoint (no rank holds the full state),
     with `meta.pt` (step, schedule, RNG, config); every rank checks that it sees the same step before loading.
 
@@ -213,13 +344,20 @@ class Checkpointer:
     `train.schedule`, `train.warmup_steps` and `train.total_steps` take effect), the EMA uses the current decay, and
     the data loader continues at the resumed step with the current batch size. A checkpoint whose tensors do not fit
     the model (a changed width) is refused with one line naming the keys; nothing in the run folder is written before
-    a load succeeded. Parameters or EMA weights holding NaN or infinity are never written."""
+    a load succeeded. Parameters or EMA weights holding NaN or infinity are never written.
+
+    The RNG states (every rank's own: Python, NumPy, torch, CUDA) are not set by `resume` but by `restore_rng`, which
+    the trainer calls right before the first resumed step: whatever setup draws in between (a data loader's iterator
+    takes a seed from torch's generator, a model may initialise weights that the checkpoint then replaces), the
+    resumed step draws exactly what the uninterrupted run drew."""
 
     def __init__(self, run_dir: str | Path, env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: LambdaLR, ema: EMA, config: Any, sharded: bool = False) -> None:
-        self.run_dir, self.env, self.sharded = Path(run_dir), env, sharded
+                 scheduler: LambdaLR, ema: EMA, config: Any, sharded: bool = False, keep: int = 2) -> None:
+        self.run_dir, self.env, self.sharded, self.keep = Path(run_dir), env, sharded, keep
         self.model, self.optimizer, self.scheduler, self.ema, self.config = model, optimizer, scheduler, ema, config
         self.meta: dict[str, Any] = {}  # extra values of the resumed checkpoint (e.g. skip counters)
+        self.loaded: Path | None = None  # the file the run resumed from
+        self._rng: dict[str, Any] | None = None  # this rank's RNG states of the resumed checkpoint, until restored
 
     @property
     def path(self) -> Path:
@@ -233,12 +371,17 @@ class Checkpointer:
         dist.all_gather_object(out, obj)
         return out
 
+    def file(self, step: int) -> Path:
+        """Where the checkpoint of `step` goes."""
+        return self.path if self.sharded else self.run_dir / f"ckpt-{step:06d}.pt"
+
     def _check_finite(self, step: int) -> None:
         named = [*unwrap(self.model).named_parameters(), *((f"ema.{k}", v) for k, v in self.ema.shadow.items())]
         bad = [name for names in self._gather(nonfinite_names(named)) for name in names]
         if bad:
             raise VistokError(
-                f"refusing to write {self.path} at step {step}: non-finite values in {', '.join(sorted(set(bad))[:4])}; "
+                f"refusing to write {self.file(step)} at step {step}: non-finite values in "
+                f"{', '.join(sorted(set(bad))[:4])}; "
                 "the last good checkpoint is kept. Lower train.lr (or set train.nonfinite=skip) and run again")
 
     def save(self, step: int, **extra: Any) -> None:
@@ -255,12 +398,15 @@ class Checkpointer:
             full = self.ema.full_state(unwrap(self.model))
             ema_state = {**self.ema.state_dict(), "shadow": {k: full[k] for k in self.ema.shadow}}
             if self.env.is_main:
-                save_training_state(self.run_dir, {**meta, "model": model_state, "optimizer": optim_state, "ema": ema_state})
+                state = {**meta, "model": model_state, "optimizer": optim_state, "ema": ema_state}
+                save_training_state(self.run_dir, state, keep=self.keep)
         if _collective(self.env):
             dist.barrier()
-        other = self.run_dir / (LAST if self.sharded else SHARDED)
-        if self.env.is_main and other.exists():  # a run switched between sharded and full: keep only the newest
-            shutil.rmtree(other) if other.is_dir() else other.unlink()
+        if self.env.is_main:  # a run switched between sharded and full: keep only the newest kind
+            others = [self.run_dir / LAST, *checkpoint_files(self.run_dir)] if self.sharded else [self.run_dir / SHARDED]
+            for other in others:
+                if other.exists():
+                    shutil.rmtree(other) if other.is_dir() else other.unlink()
 
     def _save_sharded(self, meta: dict[str, Any]) -> None:
         from torch.distributed import checkpoint as dcp
@@ -268,19 +414,22 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(self.model, self.optimizer)  # DTensor shards: no full copy anywhere
         state = {"model": model_state, "optim": optim_state, "ema": dict(self.ema.shadow)}
         meta = {**meta, "ema": {"decay": self.ema.decay, "num_updates": self.ema.num_updates}}
+        meta[HASH] = content_hash(meta)
         if self.env.is_main:
             with atomic_folder(self.path) as tmp:  # every rank writes its shards into one temporary folder
                 broadcast_object(str(tmp))
                 dcp.save(state, checkpoint_id=tmp)  # returns once every rank's files are written and synced
-                atomic_write(tmp / META, lambda f: torch.save(meta, f))
+                atomic_write(tmp / META, lambda f: torch.save(meta, kill_in_write(f, meta["step"])))
         else:
             dcp.save(state, checkpoint_id=broadcast_object(None))
 
     # -------------------------------------------------------------------------------------------- resume
     def resume(self) -> int:
         """Load the run's checkpoint if there is one and return its step (0 for a fresh run); then save the config."""
-        other = self.run_dir / (LAST if self.sharded else SHARDED)
-        if self._exists_anywhere(other) and not self._exists_anywhere(self.path):
+        full = any(self._gather(bool(checkpoint_files(self.run_dir))))
+        sharded = self._exists_anywhere(self.run_dir / SHARDED)
+        if (full and self.sharded and not sharded) or (sharded and not self.sharded and not full):
+            other = self.run_dir / (LAST if self.sharded else SHARDED)
             kind = "an FSDP (sharded)" if other.name == SHARDED else "a DDP / one-process"
             fix = "fsdp" if other.name == SHARDED else "ddp"
             raise VistokError(f"{self.run_dir} holds {kind} checkpoint ({other.name}); resume it with "
@@ -294,7 +443,7 @@ class Checkpointer:
                 group.update(hyper)
             self._schedule_at(step)
             rng = meta["rng"]
-            set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+            self._rng = rng[self.env.rank] if self.env.rank < len(rng) else rng[0]  # set by restore_rng
             self.meta = {k: v for k, v in meta.items() if k in ("skips", "flops")}
             changed = _diff_keys(meta["config"], to_dict(self.config))
             if changed and self.env.is_main:
@@ -304,31 +453,41 @@ class Checkpointer:
             save_config(self.config, self.run_dir / "config.yaml")
         return step
 
+    def restore_rng(self) -> None:
+        """Put every RNG where the resumed checkpoint had it (once; a no-op for a fresh run). Call it right before the
+        first resumed step."""
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
+
     def _exists_anywhere(self, path: Path) -> bool:
         return any(self._gather(path.exists()))
 
     def _refuse(self, detail: str, saved_config: dict) -> VistokError:
         changed = [k for k in _diff_keys(saved_config, to_dict(self.config)) if not k.startswith("train.")]
         hint = f" (changed since: {', '.join(changed[:4])})" if changed else ""
-        return VistokError(f"{self.path} does not match the model: {detail}{hint}; restore the run's config "
-                           f"(saved as {self.run_dir / 'config.yaml'}) or use a new train.run_dir")
+        return VistokError(f"{self.loaded or self.path} does not match the model: {detail}{hint}; restore the run's "
+                           f"config (saved as {self.run_dir / 'config.yaml'}) or use a new train.run_dir")
 
     def _load_full(self) -> dict[str, Any] | None:
-        """Rank 0 reads last.pt and broadcasts it (or its error), so no rank can start from another step."""
+        """Rank 0 reads the newest valid checkpoint and broadcasts it (or its error), so no rank can start from
+        another step."""
         result: tuple[str, Any] = ("none", None)
+        found = None
         if self.env.is_main:
             try:
-                state = load_training_state(self.run_dir)
-                result = ("ok", state) if state is not None else ("none", None)
+                found = newest_training_state(self.run_dir, warn=False)
+                result = ("ok", (found.path, found.state)) if found is not None else ("none", None)
             except VistokError as err:
                 result = ("error", str(err))
         if _collective(self.env):
             result = broadcast_object(result)
-        kind, state = result
+        kind, payload = result
         if kind == "error":
-            raise VistokError(state)
+            raise VistokError(payload)
         if kind == "none":
             return None
+        self.loaded, state = payload
         expected = _shapes(unwrap(self.model).state_dict())
         detail = _mismatch(_shapes(state["model"]), expected) or _mismatch(
             _shapes(state["ema"]["shadow"]), {k: expected[k] for k in self.ema.shadow})
@@ -340,6 +499,15 @@ class Checkpointer:
         except (RuntimeError, KeyError, ValueError) as err:
             raise self._refuse(f"optimizer state ({str(err).strip().splitlines()[0][:120]})", state["config"]) from None
         self.ema.load_state_dict(state["ema"])
+        if found is not None and found.damaged:  # only now, with the older checkpoint in place: set the damaged aside
+            for bad, why in found.damaged:
+                kept = ""
+                if bad.name != LAST and bad.exists():
+                    os.replace(bad, bad.with_name(bad.name + DAMAGED))
+                    kept = f" (kept as {bad.name}{DAMAGED})"
+                print(f"warning: {why}{kept}; resuming from the previous one, {self.loaded.name} (step "
+                      f"{int(state['step'])})", file=sys.stderr)
+            _alias(self.loaded, self.run_dir / LAST)  # last.pt: the newest valid checkpoint
         return state
 
     def _load_sharded(self) -> dict[str, Any] | None:
@@ -347,7 +515,16 @@ class Checkpointer:
         from torch.distributed import checkpoint as dcp
 
         meta_file = self.path / META
-        meta = _load(meta_file) if meta_file.is_file() else None
+        meta = None
+        if meta_file.is_file():
+            try:
+                meta = _load(meta_file)
+            except VistokError as err:
+                raise VistokError(f"{err}; move {self.path} away to start a fresh run") from None
+            stored = meta.pop(HASH, None)
+            if stored is not None and stored != content_hash(meta):
+                raise VistokError(f"checkpoint {meta_file} is damaged (its content does not match the SHA-256 stored "
+                                  f"with it); move {self.path} away to start a fresh run")
         steps = self._gather(None if meta is None else int(meta["step"]))
         if len(set(steps)) > 1:
             seen = ", ".join(f"rank {r}: {'none' if s is None else f'step {s}'}" for r, s in enumerate(steps))
@@ -355,6 +532,7 @@ class Checkpointer:
                               "needs train.run_dir on a file system every node shares")
         if meta is None:
             return None
+        self.loaded = self.path
         stored = dcp.FileSystemReader(str(self.path)).read_metadata().state_dict_metadata
         saved = {k[len("model."):]: tuple(v.size) for k, v in stored.items() if k.startswith("model.") and hasattr(v, "size")}
         detail = _mismatch(saved, _shapes(unwrap(self.model).state_dict()))
@@ -380,6 +558,10 @@ class Checkpointer:
 
 __all__ = [
     "Checkpointer",
+    "checkpoint_files",
+    "content_hash",
+    "newest_training_state",
+    "verify_training_state",
     "nonfinite_names",
     "read_sharded_state",
     "export",

@@ -24,6 +24,7 @@ from vistok.config import load_config, to_dict, valid_keys
 from vistok.engine import dist as vdist
 from vistok.engine.checkpoint import Checkpointer
 from vistok.engine.dist import DistEnv
+from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
 from vistok.engine.lock import hold_run_folder
@@ -58,6 +59,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)); false: ema_decay from the first step (xAR)
     ckpt_every: int = 500
+    keep_checkpoints: int = 2  # RUN/ckpt-STEP.pt files kept (the newest); a damaged newest falls back to the one before
     log_every: int = 10
     num_workers: int = 2
     tensorboard: bool = False
@@ -72,8 +74,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise VistokError("train.total_steps, train.batch_size and train.grad_accum must be positive")
-        if self.ckpt_every < 1 or self.log_every < 1:
-            raise VistokError("train.ckpt_every and train.log_every must be positive")
+        if self.ckpt_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise VistokError("train.ckpt_every, train.log_every and train.keep_checkpoints must be positive "
+                              "(at least 1)")
         if self.max_skips < 0 or self.dist_timeout_s <= 0 or self.peak_tflops < 0:
             raise VistokError("train.max_skips and train.peak_tflops must be >= 0 and train.dist_timeout_s positive")
 
@@ -179,7 +182,14 @@ class Trainer:
     every step and the verdict is agreed across ranks, so all ranks skip the same step (`train.nonfinite=skip`: no
     parameter or EMA update, at most `train.max_skips` in a row) or all stop (`stop`). Throughput (images/s, tokens/s
     when the script gives `tokens_per_sample`) and MFU are logged; the model FLOPs of a step are counted once, on the
-    run's first step (forward and backward, all micro-batches), and kept in the checkpoint."""
+    run's first step (forward and backward, all micro-batches), and kept in the checkpoint.
+
+    Exact resume: a run killed at any moment (kill -9 included) and run again continues from its newest valid
+    checkpoint (`train.keep_checkpoints` are kept) and gives the weights, losses and export of a run never
+    interrupted, bit for bit on the same machine: every rank's RNG states (Python, NumPy, torch, CUDA) are restored on
+    entering `logging()`, right before the first resumed step, so nothing the script builds in between can shift
+    them; the data order is a function of (seed, step). Generators a script keeps itself must be keyed by the step
+    (as pretrain_tokenunify.py's are) or they would restart."""
 
     def __init__(self, model: nn.Module, cfg: Any, env: DistEnv, tokens_per_sample: int | None = None) -> None:
         tc = cfg.train
@@ -198,10 +208,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps, tc.min_lr,
                                          tc.decay_start)
         self.ckpt = Checkpointer(tc.run_dir, env, self.ddp_model, self.optimizer, self.scheduler, self.ema, cfg,
-                                 sharded=tc.parallel == "fsdp" and env.distributed)
-        self.step = self.ckpt.resume()
+                                 sharded=tc.parallel == "fsdp" and env.distributed, keep=tc.keep_checkpoints)
+        self.step = self.resumed_at = self.ckpt.resume()  # RNG states: restored by logging(), at the loop's start
         if self.step == 0:
-            vdist.seed_everything(tc.seed, env.rank)  # ranks draw different noise; a resume restores every rank's RNG
+            vdist.seed_everything(tc.seed, env.rank)  # ranks draw different noise
         self.skips, self.skipped = self.ckpt.meta.get("skips", [0, 0])  # non-finite steps: in a row, in all
         self.log: MetricsLog | None = None
         self._sums: dict[str, torch.Tensor] = {}
@@ -286,6 +296,7 @@ class Trainer:
                          lr=self.scheduler.get_last_lr()[0], skipped=self.skipped, **self._throughput(step))
         if step % self.tc.ckpt_every == 0 or step == self.tc.total_steps:
             self.ckpt.save(step, skips=[self.skips, self.skipped], flops=[self._flops_key, self.flops_per_step])
+        kill_point("step", step)  # the kill -9 tests' deterministic "between checkpoints" (VISTOK_KILL_AT=step:N)
 
     def _skip(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
         """A step whose loss or gradients are not finite on some rank: no update anywhere, or the end of the run."""
@@ -294,6 +305,10 @@ class Trainer:
         what = f"loss is {loss.item():.4g} and the gradient norm {norm.item():.4g} at step {step}"
         if self.tc.nonfinite == "stop" or self.skips > self.tc.max_skips:
             why = "" if self.tc.nonfinite == "stop" else f" after {self.tc.max_skips} skipped steps in a row"
+            if self.ckpt.loaded is not None and step - self.skips <= self.resumed_at:  # no good step since the resume
+                raise VistokError(
+                    f"{what} (on some rank){why}, right after resuming from {self.ckpt.loaded}; training stopped. "
+                    "That checkpoint is likely damaged: move it away and run again (it resumes from the one before)")
             raise VistokError(
                 f"{what} (on some rank){why}; training stopped. Lower train.lr, use train.precision=fp32 or raise "
                 "train.warmup_steps, then run again (it resumes from the last checkpoint)")
@@ -318,7 +333,11 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- run-level
     @contextlib.contextmanager
     def logging(self) -> Iterator[MetricsLog]:
-        """The metrics log and progress bar, closed first on the way out so an error message starts its own line."""
+        """The loop's context: the metrics log and progress bar (closed first on the way out, so an error message
+        starts its own line), and, on entry, every RNG put where the resumed checkpoint had it. Restoring here, right
+        before the first resumed step, rather than when the checkpoint is read, makes the resume exact whatever the
+        script does in between (building a data loader's iterator draws a seed from torch's generator)."""
+        self.ckpt.restore_rng()
         self.log = MetricsLog(self.tc.run_dir, self.env.is_main, self.step, self.tc.total_steps, self.tc.tensorboard)
         self._clock = None
         try:
