@@ -96,6 +96,11 @@ def test_the_tokenizer_example(readme) -> None:
     assert sorted(by_k) == [1, 4, 16] and all(v.shape == photos.shape for v in by_k.values())
     mse = {k: np.mean((v.astype(np.float64) - photos) ** 2) for k, v in by_k.items()}
     assert mse[16] < mse[4] < mse[1]  # more tokens, closer to the image: FlexTok's ordering
+    lat, same, noise = ns["lat"], ns["same"], ns["noise"]
+    assert lat.shape == (4, *tok.latent_shape) and lat.dtype == np.float32
+    assert np.array_equal(same, tok.decode(ids, k=4, steps=10, noise=noise))  # the given noise, not a seed
+    assert not np.array_equal(same, tok.decode(ids, k=4, steps=10, seed=0))
+    assert ns["ids_again"].shape == ids.shape and ns["ids_again"].dtype == np.int64
 
 
 def test_the_paired_generator_example(readme) -> None:
