@@ -11,6 +11,7 @@ non-zero, never a traceback. Long commands show tqdm progress on stderr when it 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -23,9 +24,44 @@ from vistok.errors import VistokError
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that refuses a flag given twice.
+
+    argparse lets the last of `--labels 3 --labels 5` win silently (the user gets [5]); here every flag that takes a
+    value may appear once per command (a flag and its alias, `--num` and `--samples`, count as one). Flags without a
+    value (`--quiet`) may repeat: repeating them changes nothing."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given: dict[str, str] = {}  # dest -> the option string that set it, for this parse
+        for action in self._actions:
+            if action.option_strings and action.nargs != 0 and not isinstance(action, _Once):
+                action.__class__ = _once(type(action))
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+class _Once(argparse.Action):
+    """Marks an action that refuses to be given twice (see _Parser)."""
+
+
+@functools.cache
+def _once(cls: type[argparse.Action]) -> type[argparse.Action]:
+    """`cls` with a __call__ that refuses a second value for the same destination in one parse."""
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: N807
+        given = getattr(parser, "_given", None)
+        if given is not None:
+            if self.dest in given:
+                first = given[self.dest]
+                what = f"{option_string} given twice" if first == option_string else \
+                    f"{first} and {option_string} (the same setting) both given"
+                listing = f" (several values go after one flag: {option_string} A B)" if self.nargs in ("+", "*") else ""
+                parser.error(f"{what}; the second would silently replace the first, so give it once{listing}")
+            given[self.dest] = option_string
+        cls.__call__(self, parser, namespace, values, option_string)
+
+    return type(f"Once{cls.__name__}", (cls, _Once), {"__call__": __call__})
 
 
 def _positive(text: str) -> int:
@@ -434,7 +470,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: show what the shipped models do (see README)")
     p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
-    p.add_argument("--num", type=int, default=1000, help="images to score")
+    p.add_argument("--num", type=_positive, default=1000, help="images to score (at least 1)")
     p.add_argument("--data-root", help="data root (default $VISTOK_DATA)")
     p.set_defaults(func=cmd_demo)
 

@@ -48,6 +48,8 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     raw = Volume(src)  # lazily: metadata only; the volume is read window by window
+    if 0 in raw.shape:  # before the model loads
+        raise VistokError(f"{src} is empty (shape {raw.shape}); pass a volume with at least one voxel in each axis")
     model, meta = load_segmenter(args.ckpt, device)
     stored = meta.get("inference") or {}
     flags = {"roi": roi, "overlap": args.overlap, "batch_size": args.batch_size, "threshold": args.threshold,
