@@ -227,8 +227,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _split(items: Sequence[str] | None) -> list[str] | None:
-    """--labels 3 5 / --labels 3,5 / --labels cat dog -> ["3", "5"] ..."""
-    return None if not items else [s.strip() for item in items for s in item.split(",") if s.strip()]
+    """--labels 3 5 / --labels 3,5 / --labels cat dog -> ["3", "5"] ...; a flag with only commas is refused."""
+    if not items:
+        return None
+    labels = [s.strip() for item in items for s in item.split(",") if s.strip()]
+    if not labels:
+        raise VistokError(f"--labels {' '.join(items)!r} names no class; pass class indices or names, e.g. --labels 3 5")
+    return labels
 
 
 # ------------------------------------------------------------------------------------------- FlexTok: reconstruct
@@ -360,12 +365,16 @@ def cmd_decode(args: argparse.Namespace) -> None:
     k = arrays.get("k", np.full(len(ids), ids.shape[1]))
     if k.shape != (len(ids),) or k.dtype.kind not in "iu":
         raise VistokError(f"{args.tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
+    labels = np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64)))
+    if labels.shape != (len(ids),) or labels.dtype.kind not in "iu":  # else written beside the images as they are
+        raise VistokError(f"{args.tokens}: 'labels' must hold one integer class per image ({len(ids)}), got "
+                          f"{labels.dtype} {labels.shape}")
     tok = _load(args, api.Tokenizer)
     decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
     start = time.perf_counter()
     images = tok.decode(ids, k, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
                         batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
-    written = save_samples(args.out, images, np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64))))
+    written = save_samples(args.out, images, labels)
     print(f"{len(images)} images in {time.perf_counter() - start:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
           f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
 

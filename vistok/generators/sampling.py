@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 
 from vistok import flow
-from vistok.checks import GUIDANCE_WHY, MAX_GUIDANCE, MAX_STEPS, MAX_TEMPERATURE, choice_arg, float_arg, int_arg
+from vistok.checks import MAX_STEPS, MAX_TEMPERATURE, float_arg, guidance_arg, int_arg
 from vistok.errors import require
 from vistok.generators.ar import AR
 from vistok.generators.xar import XAR
@@ -63,9 +63,9 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         int_arg(self.steps, "steps (flow steps per entity)", 1, MAX_STEPS)
-        choice_arg(self.cfg_schedule, "cfg_schedule", flow.CFG_SCHEDULES)
-        choice_arg(self.method, "method", ("sde", "ode"))
-        float_arg(self.cfg, "cfg (the guidance scale)", 0.0, MAX_GUIDANCE, lo_open=True, why=GUIDANCE_WHY)
+        flow.check_cfg_schedule(self.cfg_schedule)
+        require(self.method in ("sde", "ode"), f"unknown sampling method {self.method!r}; use sde or ode")
+        guidance_arg(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ class ARSampleConfig:
     top_p: float = 1.0  # 1: off
 
     def __post_init__(self) -> None:
-        float_arg(self.cfg, "cfg (the guidance scale)", 0.0, MAX_GUIDANCE, lo_open=True, why=GUIDANCE_WHY)
+        guidance_arg(self.cfg)
         float_arg(self.temperature, "temperature", 0.0, MAX_TEMPERATURE, why=" (0: greedy)")
         int_arg(self.top_k, "top_k", 0, why=" (0: off)")
-        float_arg(self.top_p, "top_p", 0.0, 1.0, lo_open=True, why=" (1: off)")
+        require(0.0 < float_arg(self.top_p, "top_p") <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
 
 
 

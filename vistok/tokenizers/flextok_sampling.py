@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 import torch
 
 from vistok import flow
-from vistok.checks import GUIDANCE_WHY, MAX_GUIDANCE, MAX_STEPS, choice_arg, float_arg, int_arg
+from vistok.checks import MAX_STEPS, guidance_arg, int_arg
 from vistok.errors import VistokError, require
 from vistok.tokenizers.flextok import FlexTok
 
@@ -46,8 +46,8 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         int_arg(self.steps, "steps (decoder Euler steps)", 1, MAX_STEPS)
-        float_arg(self.cfg, "cfg (the guidance scale)", 0.0, MAX_GUIDANCE, lo_open=True, why=GUIDANCE_WHY)
-        choice_arg(self.guidance, "guidance", ("cfg", "apg"))
+        guidance_arg(self.cfg)
+        require(self.guidance in ("cfg", "apg"), f"guidance must be cfg or apg, got {self.guidance!r}")
 Guidance = Literal["cfg", "apg"]
 
 
