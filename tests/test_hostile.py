@@ -355,8 +355,8 @@ def test_valid_numpy_arguments_still_sample_the_same_images(xar):
 
 def test_paired_generator_arguments_raise_named_errors():
     gpt = vistok.load("cifar10-flextok-gpt-tiny")
-    for kwargs, error, fragment in [({"tokens": 2.5}, TypeError, "tokens must be an integer in [1, 16]"),
-                                    ({"tokens": 0}, ValueError, "tokens must be an integer in [1, 16], got 0"),
+    for kwargs, error, fragment in [({"tokens": 2.5}, TypeError, "tokens must be an integer, got float 2.5"),
+                                    ({"tokens": 0}, VistokError, "--tokens 0 is not a length this generator stops at"),
                                     ({"decode_steps": 1.5}, TypeError, "steps (decoder Euler steps) must be an integer"),
                                     ({"top_k": 1.5}, TypeError, "top_k must be an integer >= 0"),
                                     ({"temperature": "1"}, TypeError, "temperature must be a number in [0, 100]")]:

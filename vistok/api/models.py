@@ -250,7 +250,7 @@ class PairedGenerator(Generator):
 
     def _step(self, given: dict[str, Any], labels: torch.Tensor, seed: int, first: int) -> Callable[[int, int, int], Arrays]:
         tokens = given.pop("tokens", None)
-        tokens = None if tokens is None else int_arg(tokens, "tokens", 1, self.codes.registers)
+        tokens = None if tokens is None else int_arg(tokens, "tokens")  # check_k names the lengths it stops at
         k, decoding = check_k(self.model, tokens), self.decoding(given.pop("decode_steps", None))
         s = self.settings(**given)
 
