@@ -252,6 +252,11 @@ def test_non_finite_em_volume_is_refused(tmp_path, capsys, segmenter, fill, frac
     assert not (tmp_path / "seg.npy").exists()
     with pytest.raises(ValueError, match=r"volume \(Z, Y, X\) holds NaN or infinite values"):
         segmenter.segment(volume)
+    from vistok.em.volumes import Volume, intensity_range
+
+    for mode in ("exact", "sample"):  # training reads ranges this way too (the builtin min would drop a NaN)
+        with pytest.raises(VistokError, match="NaN or infinite values"):
+            intensity_range(Volume(tmp_path / "vol.npy"), mode, samples=64, block=(16, 32, 32))
 
 
 @pytest.mark.parametrize("num", ["0", "-5"])

@@ -296,6 +296,7 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
         for _ in range(samples):
             window = tuple(slice(st, st + b) for st, b in
                            ((int(rng.integers(0, max(1, n - b + 1))), b) for n, b in zip(vol.shape, block)))
+            part = vol.read(window)
             part_lo, part_hi = finite_range(float(part.min()), float(part.max()))  # the builtin min drops a NaN
             lo, hi = min(lo, part_lo), max(hi, part_hi)
         return lo, hi
