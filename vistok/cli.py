@@ -49,7 +49,7 @@ class _Once(argparse.Action):
 @functools.cache
 def _once(cls: type[argparse.Action]) -> type[argparse.Action]:
     """`cls` with a __call__ that refuses a second value for the same destination in one parse."""
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: N807
+    def __call__(self, parser, namespace, values, option_string=None):
         given = getattr(parser, "_given", None)
         if given is not None:
             if self.dest in given:
