@@ -293,6 +293,14 @@ def test_repeated_flags_are_refused(capsys, tmp_path):
     assert args.seed == 4
 
 
+def test_huge_image_counts_are_one_line(capsys, tmp_path):
+    """`--num 1000000000000` raised a MemoryError traceback (7 TiB of labels)."""
+    code, err = run_cli(capsys, "sample", "--ckpt", "cifar10-xar-tiny", "--num", "1000000000000", "--out", tmp_path / "s")
+    assert code == 1
+    one_line(err, "num must be an integer in [1, 10000000], got 1000000000000")
+    assert not (tmp_path / "s").exists()
+
+
 def test_labels_of_only_commas_is_one_line(capsys, tmp_path):
     code, err = run_cli(capsys, "sample", "--ckpt", "cifar10-xar-tiny", "--labels", ",", "--num", "1", "--steps", "1",
                         "--out", tmp_path / "s")  # an IndexError traceback before
@@ -335,8 +343,9 @@ def test_token_file_labels_must_be_one_integer_per_image(capsys, tmp_path):
     ({"steps": 2.5}, TypeError, "steps (flow steps per entity) must be an integer in [1, 10000], got float 2.5"),
     ({"cfg": "2"}, TypeError, "cfg: the guidance scale must be a positive number, got str '2'"),
     ({"cfg": float("nan")}, ValueError, "guidance scale must be a positive number at most 100, got nan"),
-    ({"num": 0}, ValueError, "num must be an integer >= 1, got 0"),
-    ({"num": 2.5}, TypeError, "num must be an integer >= 1"),
+    ({"num": 0}, ValueError, "num must be an integer in [1, 10000000], got 0"),
+    ({"num": 2.5}, TypeError, "num must be an integer in [1, 10000000]"),
+    ({"num": 10**12}, ValueError, "num must be an integer in [1, 10000000], got 1000000000000"),  # a MemoryError
     ({"batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
     ({"precision": "fp16"}, ValueError, "precision must be one of fp32, bf16"),
     ({"labels": []}, ValueError, "labels is empty"),

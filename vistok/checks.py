@@ -20,15 +20,19 @@ from vistok.errors import ArgumentTypeError, ArgumentValueError
 MAX_GUIDANCE = 100.0  # CFG/APG scales in the papers are 1..10; above ~100 the guided velocity is noise times the scale
 GUIDANCE_WHY = " (the papers use 1-10; a larger scale turns the guided velocity into noise times the scale)"
 MAX_STEPS = 10_000  # flow / decoder Euler steps: the papers use 25-100 (xAR: 50 per entity)
+MAX_IMAGES = 10_000_000  # images per sampling call: 200x an FID-50k run; more would only exhaust memory for labels
 MAX_TEMPERATURE = 100.0  # GPT softmax temperature; far above 1 the logits no longer matter (uniform tokens)
 
 
 def _range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    def show(v: float) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        return f"in {'(' if lo_open else '['}{show(lo)}, {show(hi)}]"
     if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    return f"<= {hi:g}" if hi is not None else ""
+        return f"{'>' if lo_open else '>='} {show(lo)}"
+    return f"<= {show(hi)}" if hi is not None else ""
 
 
 def _space(text: str) -> str:
@@ -101,5 +105,5 @@ def array_arg(value: Any, name: str, ndim: int | None = None, nonempty: bool = T
     return arr
 
 
-__all__ = ["GUIDANCE_WHY", "MAX_GUIDANCE", "MAX_STEPS", "MAX_TEMPERATURE", "array_arg", "choice_arg", "float_arg",
+__all__ = ["GUIDANCE_WHY", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_STEPS", "MAX_TEMPERATURE", "array_arg", "choice_arg", "float_arg",
            "guidance_arg", "int_arg"]

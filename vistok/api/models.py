@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vistok.checks import array_arg, choice_arg, float_arg, int_arg
+from vistok.checks import MAX_IMAGES, array_arg, choice_arg, float_arg, int_arg
 from vistok.data.images import to_float, to_uint8
 from vistok.errors import ArgumentTypeError, ArgumentValueError, VistokError, require
 from vistok.generators.ar import AR
@@ -156,7 +156,7 @@ class Generator:
     def labels(self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None, num: int | None = None) -> np.ndarray:
         """(num,) int64 class indices: `labels` (indices or class names) cycled to `num` (default: as many as given),
         or round-robin over all classes (num default: one per class)."""
-        num = None if num is None else int_arg(num, "num", 1)
+        num = None if num is None else int_arg(num, "num", 1, MAX_IMAGES)
         if isinstance(labels, (str, bytes)) or (labels is not None and not hasattr(labels, "__len__")):
             raise ArgumentTypeError(f"labels must be a list of class indices or names, got {type(labels).__name__} "
                                     f"{labels!r}; e.g. labels=[3] or labels=[{self.classes[0]!r}]")
