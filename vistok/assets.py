@@ -11,11 +11,13 @@ This module sits low (it imports no model code), so every layer may turn a sourc
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from vistok.errors import VistokError
 
 HF_PREFIX = "hf://"
+HF_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")  # the hub's org and repo names
 
 
 def assets_dir() -> Path:
@@ -42,6 +44,10 @@ def parse_hf(source: str) -> tuple[str, str | None, str]:
     parts = [p for p in rest.split("/") if p]
     if len(parts) < 2 or (_ and not revision):
         raise VistokError(f"{source!r} is not a Hugging Face source; write hf://org/repo or hf://org/repo@revision")
+    bad = [p for p in parts[:2] if not HF_NAME.fullmatch(p) or ".." in p or "--" in p] + [p for p in parts[2:] if p == ".."]
+    if bad:  # checked here, not by huggingface_hub's validator, whose error would surface as a traceback
+        raise VistokError(f"{source!r}: {bad[0]!r} is not a valid Hugging Face name (letters, digits, '-', '_', '.', at "
+                          "most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); write hf://org/repo")
     return f"{parts[0]}/{parts[1]}", revision or None, "/".join(parts[2:])
 
 
@@ -62,6 +68,8 @@ def download_hf(source: str) -> Path:
         raise VistokError(f"{source}: no revision {revision!r} in {repo_id}; name a branch, tag or commit") from None
     except RepositoryNotFoundError:
         raise VistokError(f"{source}: no repository {repo_id} on the hub (or it is private: log in first)") from None
+    except ValueError as err:  # huggingface_hub's HFValidationError: a name it refuses that HF_NAME let through
+        raise VistokError(f"{source}: not a valid Hugging Face repo id or revision ({str(err).splitlines()[0][:120]})") from None
     except OSError as err:  # network and file-system errors: one line, not a traceback
         raise VistokError(f"cannot fetch {source} ({err.__class__.__name__}: {str(err).splitlines()[0][:120]})") from None
     folder = folder / sub if sub else folder

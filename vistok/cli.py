@@ -11,6 +11,7 @@ non-zero, never a traceback. Long commands show tqdm progress on stderr when it 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -24,9 +25,44 @@ from vistok.errors import VistokError
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that refuses a flag given twice.
+
+    argparse lets the last of `--labels 3 --labels 5` win silently (the user gets [5]); here every flag that takes a
+    value may appear once per command (a flag and its alias, `--num` and `--samples`, count as one). Flags without a
+    value (`--quiet`) may repeat: repeating them changes nothing."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given: dict[str, str] = {}  # dest -> the option string that set it, for this parse
+        for action in self._actions:
+            if action.option_strings and action.nargs != 0 and not isinstance(action, _Once):
+                action.__class__ = _once(type(action))
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+class _Once(argparse.Action):
+    """Marks an action that refuses to be given twice (see _Parser)."""
+
+
+@functools.cache
+def _once(cls: type[argparse.Action]) -> type[argparse.Action]:
+    """`cls` with a __call__ that refuses a second value for the same destination in one parse."""
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(parser, "_given", None)
+        if given is not None:
+            if self.dest in given:
+                first = given[self.dest]
+                what = f"{option_string} given twice" if first == option_string else \
+                    f"{first} and {option_string} (the same setting) both given"
+                listing = f" (several values go after one flag: {option_string} A B)" if self.nargs in ("+", "*") else ""
+                parser.error(f"{what}; the second would silently replace the first, so give it once{listing}")
+            given[self.dest] = option_string
+        cls.__call__(self, parser, namespace, values, option_string)
+
+    return type(f"Once{cls.__name__}", (cls, _Once), {"__call__": __call__})
 
 
 def _positive(text: str) -> int:
@@ -204,8 +240,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _split(items: Sequence[str] | None) -> list[str] | None:
-    """--labels 3 5 / --labels 3,5 / --labels cat dog -> ["3", "5"] ..."""
-    return None if not items else [s.strip() for item in items for s in item.split(",") if s.strip()]
+    """--labels 3 5 / --labels 3,5 / --labels cat dog -> ["3", "5"] ...; a flag with only commas is refused."""
+    if not items:
+        return None
+    labels = [s.strip() for item in items for s in item.split(",") if s.strip()]
+    if not labels:
+        raise VistokError(f"--labels {' '.join(items)!r} names no class; pass class indices or names, e.g. --labels 3 5")
+    return labels
 
 
 # ------------------------------------------------------------------------------------------- FlexTok: reconstruct
@@ -341,12 +382,16 @@ def cmd_decode(args: argparse.Namespace) -> None:
     k = arrays.get("k", np.full(len(ids), ids.shape[1]))
     if k.shape != (len(ids),) or k.dtype.kind not in "iu":
         raise VistokError(f"{args.tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
+    labels = np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64)))
+    if labels.shape != (len(ids),) or labels.dtype.kind not in "iu":  # else written beside the images as they are
+        raise VistokError(f"{args.tokens}: 'labels' must hold one integer class per image ({len(ids)}), got "
+                          f"{labels.dtype} {labels.shape}")
     tok = _load(args, api.Tokenizer)
     decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
     start = time.perf_counter()
     images = tok.decode(ids, k, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
                         batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
-    written = save_samples(args.out, images, np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64))))
+    written = save_samples(args.out, images, labels)
     print(f"{len(images)} images in {time.perf_counter() - start:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
           f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
 
@@ -458,7 +503,7 @@ def add_demo(sub) -> None:
     p.add_argument("--out", default="demo_out", help="folder for the demo's outputs (an earlier demo's are replaced)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files (they are "
                                                             "deleted)")
-    p.add_argument("--num", type=int, default=1000, help="images to score")
+    p.add_argument("--num", type=_positive, default=1000, help="images to score (at least 1)")
     p.add_argument("--data-root", help="data root (default $VISTOK_DATA)")
     p.set_defaults(func=cmd_demo)
 

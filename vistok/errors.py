@@ -16,3 +16,11 @@ def require(condition: bool, message: str) -> None:
     """Raise `VistokError(message)` unless `condition` holds (fail loudly and early)."""
     if not condition:
         raise VistokError(message)
+
+
+class ArgumentValueError(VistokError, ValueError):
+    """A Python API argument of the right type outside its valid range (also a ValueError, as Python's own)."""
+
+
+class ArgumentTypeError(VistokError, TypeError):
+    """A Python API argument of the wrong type, e.g. steps=2.5 or cfg="2" (also a TypeError, as Python's own)."""

@@ -10,7 +10,6 @@ or decoding settings ("sample", "decode"), which every keyword and flag override
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from vistok import registry
 from vistok.assets import resolve_ckpt
 from vistok.config import from_dict
 from vistok.engine import checkpoint
-from vistok.engine.export_check import inside_export
+from vistok.engine.export_check import inside_export, read_config
 from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
@@ -50,11 +49,7 @@ def read_meta(ckpt: str | Path) -> tuple[Path, dict[str, Any]]:
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise VistokError(f"{folder} is not an exported vistok model (needs config.json and model.safetensors); pass a "
                           "training run's export, a shipped model name (`vistok models` lists them) or hf://org/repo")
-    try:
-        return folder, json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise VistokError(f"cannot read {folder / 'config.json'} ({err.__class__.__name__}); pass a vistok export "
-                          "(config.json + model.safetensors)") from None
+    return folder, read_config(folder)  # size, nesting and entry types checked: one line, never a traceback
 
 
 def is_paired(meta: dict[str, Any]) -> bool:

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vistok.checks import MAX_IMAGES, array_arg, choice_arg, float_arg, int_arg
 from vistok.data.images import to_float, to_uint8
 from vistok.engine.precision import warn_slow_precision
-from vistok.errors import VistokError, require
+from vistok.errors import ArgumentTypeError, ArgumentValueError, VistokError, require
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import SAMPLING as FLEXTOK_SAMPLING
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_k, sample_ids, valid_ks
@@ -45,20 +46,31 @@ Arrays = dict[str, np.ndarray]
 
 # ------------------------------------------------------------------------------------------------------ arrays in
 def as_images(images: np.ndarray | torch.Tensor, what: str = "images") -> np.ndarray:
-    """uint8 (N, H, W, 3) from numpy or torch uint8 images, NHWC or NCHW."""
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    """uint8 (N, H, W, 3) from numpy or torch uint8 images, NHWC or NCHW, at least one (zero images would give an
+    empty result that looks like success)."""
+    arr = array_arg(images, what, nonempty=False, finite=False)
     if arr.ndim == 4 and arr.shape[-1] != 3 and arr.shape[1] == 3:
         arr = arr.transpose(0, 2, 3, 1)
-    require(arr.ndim == 4 and arr.shape[-1] == 3 and arr.dtype == np.uint8,
+    if not (arr.ndim == 4 and arr.shape[-1] == 3 and arr.dtype == np.uint8):
+        raise (ArgumentValueError if arr.dtype == np.uint8 else ArgumentTypeError)(
             f"{what} must be uint8 (N, H, W, 3) or (N, 3, H, W), got {arr.dtype} {arr.shape}")
+    if len(arr) == 0 or arr.size == 0:
+        raise ArgumentValueError(f"{what} hold no pixels (shape {arr.shape}); pass at least one image")
     return np.ascontiguousarray(arr)
 
 
-def as_ints(values: Any, what: str) -> np.ndarray:
-    """int64 numpy array from numpy, torch or a list of integers."""
-    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    require(arr.dtype.kind in "iu" or arr.size == 0, f"{what} must be integers, got {arr.dtype}")
+def as_ints(values: Any, what: str, nonempty: bool = False) -> np.ndarray:
+    """int64 numpy array from numpy, torch, an int or a list of integers."""
+    arr = array_arg(values, what, nonempty=nonempty, finite=False)
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise ArgumentTypeError(f"{what} must be integers, got {arr.dtype}")
     return arr.astype(np.int64)
+
+
+def common_args(seed: Any, batch_size: Any, precision: Any = "fp32") -> tuple[int, int, str]:
+    """The keywords every generating method takes, checked: (seed >= 0, batch_size >= 1, precision)."""
+    return (int_arg(seed, "seed", 0), int_arg(batch_size, "batch_size", 1),
+            choice_arg(precision, "precision", ("fp32", "bf16")))
 
 
 def nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -84,8 +96,7 @@ def run_batches(
     """Yield (start, arrays of images start..start+n-1) for `count` images in batches. `step(start, n, rows)` makes
     `rows` >= n rows (padded to MIN_ROWS) from local index `start` on, under bf16 autocast when asked; the loop keeps
     the first n rows and shows progress."""
-    require(batch_size >= 1, f"the batch size must be at least 1, got {batch_size}")
-    require(precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {precision!r}")
+    _, batch_size, precision = common_args(0, batch_size, precision)
     warn_slow_precision(precision, device)
     with progress_bar(total=count, desc=desc, enabled=progress) as bar, torch.no_grad():
         for start in range(0, count, batch_size):
@@ -120,6 +131,9 @@ class Generator:
         self.model, self.tokenizer, self.source = model.eval(), tokenizer, str(source)
         self.defaults = sampling if sampling is not None else SampleConfig()
         self.classes = list(classes) if classes else [str(i) for i in range(model.config.num_classes)]
+        require(len(self.classes) == model.config.num_classes,  # else labels would silently cover only some classes
+                f"{source} names {len(self.classes)} classes but its model has {model.config.num_classes}; "
+                "fix 'classes' in its config.json or re-export it")
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +158,10 @@ class Generator:
     def labels(self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None, num: int | None = None) -> np.ndarray:
         """(num,) int64 class indices: `labels` (indices or class names) cycled to `num` (default: as many as given),
         or round-robin over all classes (num default: one per class)."""
+        num = None if num is None else int_arg(num, "num", 1, MAX_IMAGES)
+        if isinstance(labels, (str, bytes)) or (labels is not None and not hasattr(labels, "__len__")):
+            raise ArgumentTypeError(f"labels must be a list of class indices or names, got {type(labels).__name__} "
+                                    f"{labels!r}; e.g. labels=[3] or labels=[{self.classes[0]!r}]")
         if labels is None:
             return np.arange(num if num is not None else len(self.classes)) % len(self.classes)
         if len(labels) == 0:  # e.g. a rank's empty share of a short run
@@ -170,7 +188,8 @@ class Generator:
         a run between them reproduce it."""
         given = {k: v for k, v in overrides.items() if v is not None}
         self.reject({k: k for k in given})
-        require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
+        seed, batch_size, precision = common_args(seed, batch_size, precision)
+        first_index = int_arg(first_index, "first_index", 0)
         classes = torch.from_numpy(self.labels(labels, num)).to(self.device)
         return run_batches(self._step(given, classes, seed, first_index), len(classes), batch_size, precision,
                            self.device, "sample", progress)
@@ -191,9 +210,17 @@ class Generator:
         method: str | None = None, batch_size: int = 64, precision: str = "fp32", progress: bool | None = False,
     ) -> np.ndarray:
         """uint8 (N, H, W, 3) images of `labels` (class indices or names; None: round-robin, `num` images)."""
+        _nonempty_labels(labels)
         batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision, progress=progress,
                                steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, method=method)
         return collect(batches, {"images": np.zeros((0, 1, 1, 3), np.uint8)})["images"]
+
+
+def _nonempty_labels(labels: Any) -> None:
+    """`sample` of no labels would return an empty (0, 1, 1, 3) array that looks like success (`batches` allows it: a
+    rank's empty share of a short run)."""
+    if labels is not None and hasattr(labels, "__len__") and len(labels) == 0:
+        raise ArgumentValueError("labels is empty; pass at least one class index or name (or labels=None, num=N)")
 
 
 class PairedGenerator(Generator):
@@ -224,7 +251,9 @@ class PairedGenerator(Generator):
         return self.codes.decoding if decode_steps is None else dataclasses.replace(self.codes.decoding, steps=decode_steps)
 
     def _step(self, given: dict[str, Any], labels: torch.Tensor, seed: int, first: int) -> Callable[[int, int, int], Arrays]:
-        k, decoding = check_k(self.model, given.pop("tokens", None)), self.decoding(given.pop("decode_steps", None))
+        tokens = given.pop("tokens", None)
+        tokens = None if tokens is None else int_arg(tokens, "tokens")  # check_k names the lengths it stops at
+        k, decoding = check_k(self.model, tokens), self.decoding(given.pop("decode_steps", None))
         s = self.settings(**given)
 
         def step(start: int, n: int, rows: int) -> Arrays:
@@ -245,6 +274,7 @@ class PairedGenerator(Generator):
         batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision, progress=progress,
                                tokens=tokens, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, method=method,
                                temperature=temperature, top_k=top_k, top_p=top_p, decode_steps=decode_steps)
+        _nonempty_labels(labels)
         return collect(batches, {"images": np.zeros((0, 1, 1, 3), np.uint8)})["images"]
 
     def ladder(self, labels: Sequence[int | str], seed: int = 0) -> np.ndarray:
@@ -294,6 +324,7 @@ class Tokenizer:
                progress: bool | None = False) -> np.ndarray:
         """uint8 images (N, H, W, 3) -> int64 (N, K) token ids. `seed`: a VAE tokenizer's posterior sample."""
         pixels = as_images(images)
+        seed, batch_size, _ = common_args(seed, batch_size)
         require(pixels.shape[1:3] == (self.resolution, self.resolution),
                 f"images are {pixels.shape[1]}x{pixels.shape[2]} but {self.source} takes {self.resolution}x{self.resolution}")
 
@@ -315,8 +346,11 @@ class Tokenizer:
     def _latents_in(self, latents: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
         """float32 (N, C, H, W) CPU tensor from numpy or torch, checked against `latent_shape`."""
         x = latents.detach().cpu() if isinstance(latents, torch.Tensor) else torch.from_numpy(np.asarray(latents))
-        require(x.is_floating_point() and x.ndim == 4 and tuple(x.shape[1:]) == self.latent_shape,
-                f"{what} must be float (N, {', '.join(map(str, self.latent_shape))}) arrays, got {x.dtype} {tuple(x.shape)}")
+        if not (x.is_floating_point() and x.ndim == 4 and tuple(x.shape[1:]) == self.latent_shape and len(x)):
+            raise ArgumentValueError(f"{what} must be float (N, {', '.join(map(str, self.latent_shape))}) arrays with "
+                                     f"N >= 1, got {x.dtype} {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ArgumentValueError(f"{what} hold NaN or infinity; pass finite values")
         return x.float()
 
     def encode_latents(self, latents: np.ndarray | torch.Tensor, *, batch_size: int = 64,
@@ -336,9 +370,14 @@ class Tokenizer:
                  d: DecodeConfig) -> tuple[int, Callable[[int, int, int], torch.Tensor]]:
         """(N, latents(start, n, rows) -> (rows, C, H, W) float32): token ids to latents, from the given starting
         noise (N, C, H, W) or from image i's own generator seeded by (seed, i)."""
-        tokens = torch.from_numpy(as_ints(ids, "token ids"))
-        require(tokens.ndim == 2, f"token ids must be (N, K), got shape {tuple(tokens.shape)}")
-        keep = flextok_sampling.prefix_lengths(None if k is None else torch.from_numpy(as_ints(k, "k")), len(tokens),
+        tokens = torch.from_numpy(as_ints(ids, "token ids", nonempty=True))  # no ids: no images, not a (0, 1, 1, 3) array
+        if tokens.ndim != 2:
+            raise ArgumentValueError(f"token ids must be (N, K), got shape {tuple(tokens.shape)}")
+        seed = int_arg(seed, "seed", 0)
+        given_k = None if k is None else as_ints(k, "k", nonempty=True)
+        if given_k is not None and not ((given_k >= 1) & (given_k <= tokens.shape[1])).all():
+            raise ArgumentValueError(f"k must lie in 1..{tokens.shape[1]} (the ids given per image), got {given_k.tolist()}")
+        keep = flextok_sampling.prefix_lengths(None if given_k is None else torch.from_numpy(given_k), len(tokens),
                                                tokens.shape[1])  # (N,)
         start_noise = None if noise is None else self._latents_in(noise, "noise")
         require(start_noise is None or len(start_noise) == len(tokens),
@@ -393,11 +432,15 @@ class Tokenizer:
     ) -> np.ndarray | dict[int, np.ndarray]:
         """Encode once, decode from the first k tokens: uint8 (N, H, W, 3) for one k (None: all K), {k: images} for a
         list of k. Image i decodes with the same noise at every k."""
+        single = k is None or not hasattr(k, "__len__")
+        ks = [k] if single else list(k)
+        if not ks:
+            raise ArgumentValueError(f"k is empty; pass a prefix length in 1..{self.registers}, a list of them, or None")
+        ks = [kk if kk is None else int_arg(kk, "k", 1, self.registers) for kk in ks]
         ids = self.encode(images, seed=seed, batch_size=batch_size, progress=progress)
-        ks = [k] if k is None or isinstance(k, int) else list(k)
         out = {kk: self.decode(ids, kk, seed=seed, steps=steps, cfg=cfg, guidance=guidance, batch_size=batch_size,
                                precision=precision, progress=progress) for kk in ks}
-        return out[ks[0]] if k is None or isinstance(k, int) else out
+        return out[ks[0]] if single else out
 
 
 # ------------------------------------------------------------------------------------------------ EM, features
@@ -421,8 +464,7 @@ class Segmenter:
         """(affinities float32 (3, Z, Y, X), uint32 (Z, Y, X) neuron ids from 1)."""
         from vistok.em.inference import segment_volume
 
-        raw = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-        require(raw.ndim == 3, f"an EM volume is (Z, Y, X), got shape {raw.shape}")
+        raw = array_arg(volume, "volume (Z, Y, X)", ndim=3)  # empty or NaN volumes: one line, not "41 segments"
         affs, seg = segment_volume(self.model, raw, self.settings(**overrides))
         return affs, seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64)
 
@@ -430,7 +472,16 @@ class Segmenter:
                 batch_size: int | None = None, threshold: float | None = None,
                 fragment_threshold: float | None = None) -> np.ndarray:
         """Raw volume (Z, Y, X), any dtype -> uint32 (Z, Y, X) neuron ids."""
-        return self.affinities_and_segment(volume, roi=None if roi is None else tuple(roi), overlap=overlap,
+        if roi is not None:
+            if not hasattr(roi, "__len__") or isinstance(roi, str) or len(roi) != 3:
+                raise ArgumentTypeError(f"roi must be three window sizes (D, H, W), got {roi!r}")
+            roi = tuple(int_arg(r, "roi entries", 1) for r in roi)
+        overlap = None if overlap is None else float_arg(overlap, "overlap", 0.0, 1.0)
+        batch_size = None if batch_size is None else int_arg(batch_size, "batch_size", 1)
+        threshold = None if threshold is None else float_arg(threshold, "threshold", 0.0, 1.0)
+        fragment_threshold = None if fragment_threshold is None else float_arg(fragment_threshold, "fragment_threshold",
+                                                                               0.0, 1.0)
+        return self.affinities_and_segment(volume, roi=roi, overlap=overlap,
                                            batch_size=batch_size, threshold=threshold,
                                            fragment_threshold=fragment_threshold)[1]
 
@@ -466,12 +517,16 @@ class FeatureNet:
     def __init__(self, model: nn.Module, classes: Sequence[str] | None = None, source: str = "feature network") -> None:
         self.model, self.source = model.eval(), str(source)
         self.classes = list(classes) if classes else [str(i) for i in range(model.config.num_classes)]
+        require(len(self.classes) == model.config.num_classes,
+                f"{source} names {len(self.classes)} classes but its model has {model.config.num_classes}; "
+                "fix 'classes' in its config.json or re-export it")
 
     def __repr__(self) -> str:
         return f"FeatureNet({self.source!r}, {len(self.classes)} classes)"
 
     def _run(self, images: np.ndarray | torch.Tensor, head: bool, batch_size: int) -> np.ndarray:
         pixels, device, out = as_images(images), next(self.model.parameters()).device, []
+        batch_size = int_arg(batch_size, "batch_size", 1)
         with torch.no_grad():
             for start in range(0, len(pixels), batch_size):
                 feats = self.model.features(to_float(nchw(pixels[start:start + batch_size], device)))

@@ -54,6 +54,8 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     if device == "cuda" and not _cuda():
         raise VistokError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     raw = Volume(src)  # lazily: metadata only; the volume is read window by window
+    if 0 in raw.shape:  # before the model loads
+        raise VistokError(f"{src} is empty (shape {raw.shape}); pass a volume with at least one voxel in each axis")
     block = _block(args.block, args.workers)
     if args.worker_command and not args.workers:
         raise VistokError("--worker-command needs --workers N (N >= 1 worker slots)")

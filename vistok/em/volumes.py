@@ -371,6 +371,8 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
     to scan; a seeded choice, so every rank gets the same range)."""
     if vol.stored_range is not None:
         return vol.stored_range
+    if 0 in vol.shape:
+        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one voxel in each axis")
     if mode == "sample":
         rng = np.random.default_rng(seed)
         lo, hi = np.inf, -np.inf
@@ -378,7 +380,8 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
             window = tuple(slice(st, st + b) for st, b in
                            ((int(rng.integers(0, max(1, n - b + 1))), b) for n, b in zip(vol.shape, block)))
             part = vol.read(window)
-            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+            part_lo, part_hi = finite_range(float(part.min()), float(part.max()))  # the builtin min drops a NaN
+            lo, hi = min(lo, part_lo), max(hi, part_hi)
         return lo, hi
     if mode != "exact":
         raise VistokError(f"intensity range mode must be 'exact' or 'sample', got {mode!r}")
@@ -386,7 +389,17 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
     step = max(1, 2**24 // max(1, vol.shape[1] * vol.shape[2]))  # about 16M voxels per slab
     for z in range(0, vol.shape[0], step):
         part = vol.read((slice(z, z + step), slice(None), slice(None)))
-        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        part_lo, part_hi = finite_range(float(part.min()), float(part.max()))  # the builtin min drops a NaN
+        lo, hi = min(lo, part_lo), max(hi, part_hi)
+    return lo, hi
+
+
+def finite_range(lo: float, hi: float) -> tuple[float, float]:
+    """(lo, hi) if both are finite: a NaN anywhere makes min/max NaN and an infinity makes the scaled volume NaN, and
+    either would be segmented into meaningless ids with exit status 0."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise VistokError(f"the EM volume holds NaN or infinite values (min {lo}, max {hi}); replace them (e.g. "
+                          "np.nan_to_num) or crop them away before segmenting")
     return lo, hi
 
 
@@ -404,7 +417,9 @@ def normalize_range(part: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def normalize_minmax(volume: np.ndarray) -> np.ndarray:
     """The whole volume scaled to [0, 1] (float32); a constant volume becomes zeros."""
     vol = volume.astype(np.float32)
-    lo, hi = float(vol.min()), float(vol.max())
+    if vol.size == 0:
+        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one voxel")
+    lo, hi = finite_range(float(vol.min()), float(vol.max()))
     return (vol - lo) / (hi - lo) if hi > lo else np.zeros_like(vol)
 
 

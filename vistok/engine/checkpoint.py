@@ -44,6 +44,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from vistok.config import save_config, to_dict
 from vistok.engine.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
+from vistok.engine.export_check import check_finite, read_config
 from vistok.engine.faults import kill_in_write
 from vistok.engine.optim import EMA
 from vistok.engine.outputs import check_export_target
@@ -281,7 +282,9 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
             f"{path} is not an exported vistok model (needs config.json and model.safetensors); "
             "pass a folder written by a training run's export or the name of a shipped model (`vistok models` lists them)"
         )
-    return json.loads(cfg_file.read_text()), load_file(weights_file)
+    state = load_file(weights_file)
+    check_finite(state, path)  # NaN weights would give black images with exit status 0
+    return read_config(path), state
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -26,6 +26,7 @@ from vistok.errors import VistokError
 
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB
 MAX_CONFIG_INT = 1 << 24  # widths, depths, vocabularies, resolutions: the largest real ones are ~1e5
+MAX_CONFIG_DEPTH = 16  # exports nest 4 levels (tokenizer.config.ch_mult[i]); 16 leaves room, 1000 breaks parsers
 MODULES_PER_TENSOR = 64  # containers, activations, dropouts per stored tensor, generously
 
 
@@ -37,11 +38,73 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         if size > MAX_CONFIG_BYTES:
             raise VistokError(f"{path} is {size:,} bytes, not an export's config (at most {MAX_CONFIG_BYTES:,})")
         meta = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: absurdly nested JSON
         raise VistokError(f"cannot read {path} ({type(err).__name__}); pass a folder written by a vistok export") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
-        raise VistokError(f"{path} is not a vistok export config (a JSON object with 'family' and 'config')")
+    check_meta_shape(meta, path)
     return meta
+
+
+def check_meta_shape(meta: Any, path: str | Path) -> None:
+    """Refuse a config.json whose top-level entries have the wrong JSON types (a list for the whole file, a string for
+    the tokenizer, a number for the class names, nesting deeper than any export's), naming the entry, so that no
+    reader later fails inside `.get` or `dict(...)` with a traceback."""
+    def bad(what: str) -> VistokError:
+        return VistokError(f"{path}: {what}; the file is damaged or not a vistok export's config.json (re-export the model)")
+
+    if not isinstance(meta, dict):
+        raise bad(f"the top level is a JSON {_json_type(meta)}, not an object with 'family' and 'config'")
+    if _depth(meta) > MAX_CONFIG_DEPTH:
+        raise bad(f"entries are nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(meta.get("family"), str):
+        raise bad(f"'family' must be a string naming the model family, got {_json_type(meta.get('family'))}")
+    if not isinstance(meta.get("config"), dict):
+        raise bad(f"'config' must be an object of model settings, got {_json_type(meta.get('config'))}")
+    for key in ("sample", "decode", "inference"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"'{key}' must be an object of settings, got a JSON {_json_type(meta[key])}")
+    tokenizer = meta.get("tokenizer")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("family"), str):
+            raise bad("'tokenizer' must be an object with a string 'family'")
+        if not isinstance(tokenizer.get("config", {}), dict):
+            raise bad(f"'tokenizer.config' must be an object, got a JSON {_json_type(tokenizer['config'])}")
+        scale = tokenizer.get("code_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise bad(f"'tokenizer.code_scale' must be a positive number, got {scale!r}")
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise bad("'classes' must be a list of class names (strings)")
+    resolution = meta.get("resolution")
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                   or not 1 <= resolution <= MAX_CONFIG_INT):
+        raise bad(f"'resolution' must be a positive integer, got {resolution!r}")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def _depth(tree: Any) -> int:
+    """Nesting depth of a JSON value, iteratively (a recursive walk is what deep nesting attacks)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_CONFIG_DEPTH:
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else
+                                                  node if isinstance(node, list) else ()))
+    return deepest
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights with NaN or infinite values, naming the first tensors: such an export (a diverged run saved
+    outside vistok, a damaged file) otherwise loads and yields black or garbage images with exit status 0."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise VistokError(f"{source}: non-finite (NaN or infinite) weights in {', '.join(bad[:3])}"
+                          f"{f' and {len(bad) - 3} more tensors' if len(bad) > 3 else ''}; the export is damaged or "
+                          "its run diverged: re-export it from a good checkpoint")
 
 
 def check_config_values(meta: dict[str, Any], source: str) -> None:
@@ -168,4 +231,4 @@ def check_export(folder: str | Path, build: Callable[[dict[str, Any]], nn.Module
     return meta
 
 
-__all__ = ["check_config_values", "check_export", "inside_export", "read_config", "weights_header"]
+__all__ = ["check_config_values", "check_export", "check_finite", "check_meta_shape", "inside_export", "read_config", "weights_header"]

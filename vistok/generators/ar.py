@@ -67,6 +67,7 @@ class ARConfig:
                     f"model.vocab_size={self.vocab_size}; {list(self.levels)} give {levels}")
         require(self.vocab_size >= 2 and self.tokens >= 1, "model.vocab_size must be >= 2 and model.tokens >= 1")
         require(self.depth >= 1 and self.num_classes >= 1, "model.depth and model.num_classes must be positive")
+        require(self.width >= 1 and self.heads >= 1, f"model.width={self.width} and model.heads={self.heads} must be >= 1")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
         require(0.0 <= self.label_drop < 1.0, f"model.label_drop={self.label_drop} must be in [0, 1)")
 

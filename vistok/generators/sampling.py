@@ -35,7 +35,6 @@ Generation stops at any k <= K.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +42,7 @@ from typing import Literal
 import torch
 
 from vistok import flow
+from vistok.checks import MAX_STEPS, MAX_TEMPERATURE, float_arg, guidance_arg, int_arg
 from vistok.errors import require
 from vistok.generators.ar import AR
 from vistok.generators.xar import XAR
@@ -62,10 +62,10 @@ class SampleConfig:
     method: Method = "sde"
 
     def __post_init__(self) -> None:
-        require(self.steps >= 1, f"sampling steps must be at least 1, got {self.steps}")
+        int_arg(self.steps, "steps (flow steps per entity)", 1, MAX_STEPS)
         flow.check_cfg_schedule(self.cfg_schedule)
         require(self.method in ("sde", "ode"), f"unknown sampling method {self.method!r}; use sde or ode")
-        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
+        guidance_arg(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ class ARSampleConfig:
     top_p: float = 1.0  # 1: off
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
-        require(math.isfinite(self.temperature) and self.temperature >= 0, f"the temperature must be >= 0, got {self.temperature}")
-        require(self.top_k >= 0, f"top-k must be >= 0 (0: off), got {self.top_k}")
-        require(0.0 < self.top_p <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
+        guidance_arg(self.cfg)
+        float_arg(self.temperature, "temperature", 0.0, MAX_TEMPERATURE, why=" (0: greedy)")
+        int_arg(self.top_k, "top_k", 0, why=" (0: off)")
+        require(0.0 < float_arg(self.top_p, "top_p") <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
 
 
 

@@ -71,6 +71,7 @@ class XARConfig:
         require(len(self.grid) == 2, f"model.grid must be two numbers (h, w), got {self.grid}")
         require(self.entity in ALL_KINDS, f"model.entity={self.entity!r} is not one of {', '.join(ALL_KINDS)}")
         require(self.context in ("noisy", "clean"), f"model.context={self.context!r} must be noisy or clean")
+        require(self.width >= 1 and self.heads >= 1, f"model.width={self.width} and model.heads={self.heads} must be >= 1")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
         require((self.width // self.heads) % 4 == 0, f"head dim {self.width // self.heads} must divide by 4 for 2D RoPE")
         require(self.depth >= 1 and self.in_channels >= 1, "model.depth and model.in_channels must be positive")

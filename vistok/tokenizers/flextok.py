@@ -78,14 +78,15 @@ class FlexTokConfig:
     official_numerics: bool = False
 
     def __post_init__(self) -> None:
+        require(self.patch >= 1 and self.head_dim >= 1, f"model.patch={self.patch} and model.head_dim={self.head_dim} must be >= 1")
         require(len(self.grid) == 2 and all(n % self.patch == 0 for n in self.grid),
                 f"model.grid={self.grid} must be two sizes divisible by model.patch={self.patch}")
         for name in ("enc_width", "dec_width"):
             width = getattr(self, name)
             require(width % self.head_dim == 0, f"model.{name}={width} must divide by model.head_dim={self.head_dim}")
             require(width % 4 == 0, f"model.{name}={width} must divide by 4 for 2D sin-cos positions")
-        require(min(self.in_channels, self.registers, self.enc_depth, self.dec_depth) >= 1,
-                "model.in_channels, registers, enc_depth and dec_depth must be positive")
+        require(min(self.in_channels, self.registers, self.enc_depth, self.dec_depth, self.enc_width, self.dec_width) >= 1,
+                "model.in_channels, registers, enc_depth, dec_depth, enc_width and dec_width must be positive")
         require(self.nested_dropout in ("pow2", "uniform", "off"),
                 f"model.nested_dropout={self.nested_dropout!r} must be pow2, uniform or off")
         require(0.0 <= self.null_cond_p < 1.0 and self.t_std > 0, "model.null_cond_p must be in [0, 1) and model.t_std > 0")

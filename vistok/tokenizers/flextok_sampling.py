@@ -16,7 +16,6 @@ of its batch).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -24,6 +23,7 @@ from typing import Literal, Protocol
 import torch
 
 from vistok import flow
+from vistok.checks import MAX_STEPS, guidance_arg, int_arg
 from vistok.errors import VistokError, require
 from vistok.tokenizers.flextok import FlexTok
 
@@ -45,8 +45,8 @@ class DecodeConfig:
     guidance: Literal["cfg", "apg"] = "cfg"  # plain CFG or adaptive projected guidance (FlexTok's README default)
 
     def __post_init__(self) -> None:
-        require(self.steps >= 1, f"decoding steps must be at least 1, got {self.steps}")
-        require(math.isfinite(self.cfg) and self.cfg > 0, f"the guidance scale must be a positive number, got {self.cfg}")
+        int_arg(self.steps, "steps (decoder Euler steps)", 1, MAX_STEPS)
+        guidance_arg(self.cfg)
         require(self.guidance in ("cfg", "apg"), f"guidance must be cfg or apg, got {self.guidance!r}")
 Guidance = Literal["cfg", "apg"]
 
