@@ -151,8 +151,10 @@ def test_rerun_skips_finished_shards_and_refuses_another_cache(tmp_path, kl16_va
     assert cli.main(["cache-latents", "--vae", str(kl16_vae), "--input", str(folder), "--out", str(out),
                      "--resolution", "32", "--shard-size", "2", "--workers", "0", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip() == f"rank 0/1: encoded 0 images into 0 shards, 3 already finished -> {out}"
+    not_a_vae = tmp_path / "not-a-vae"  # a folder beside --out (one that held --out would be refused as its input)
+    not_a_vae.mkdir()
     for argv, fragment in ((["--vae", "vae-tiny-f4"], "random weights"), (["--vae", "vae-kl16"], "vistok convert"),
-                           (["--vae", str(tmp_path)], "neither a VAE preset"),
+                           (["--vae", str(not_a_vae)], "neither a VAE preset"),
                            (["--vae", str(tmp_path / "missing.ckpt")], "neither a VAE preset"),
                            (["--vae", str(kl16_vae), "--resolution", "40"], "must divide by the VAE's factor 16")):
         assert cli.main(["cache-latents", "--input", str(folder), "--out", str(tmp_path / "x"), "--device", "cpu",

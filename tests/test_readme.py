@@ -128,6 +128,9 @@ def test_the_segmenter_example(readme) -> None:
     one_segment = evaluate(np.ones_like(seg), truth)  # the trivial answer merges everything
     assert scores.voi < one_segment.voi and scores.arand < one_segment.arand
     assert scores.voi == pytest.approx(scores.voi_split + scores.voi_merge)
+    affs = ns["affs"]
+    assert affs.shape == (3, *volume.shape) and affs.dtype == np.float32 and 0 <= affs.min() <= affs.max() <= 1
+    assert np.array_equal(ns["same"], seg)  # segment = affinities, then the post-processing
 
 
 def test_the_feature_net_example(readme) -> None:
