@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from benchtools import fid_net_fingerprint, spread  # eval/benchtools.py
 

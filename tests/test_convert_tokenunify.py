@@ -113,4 +113,4 @@ def test_other_crops_need_their_sizes_and_wrong_files_fail_in_one_line(tmp_path:
         convert("tokenunify", tmp_path / "stage1.safetensors", tmp_path / "out2")
     with pytest.raises(SystemExit) as exit_:
         main(["convert", "--from", "tokenunify", "--input", "x.pth", "--out", "y", "--patch-size", "4,16"])
-    assert exit_.value.code == 2 and "three positive integers" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "three positive sizes" in capsys.readouterr().err

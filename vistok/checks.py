@@ -107,3 +107,14 @@ def array_arg(value: Any, name: str, ndim: int | None = None, nonempty: bool = T
 
 __all__ = ["GUIDANCE_WHY", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_STEPS", "MAX_TEMPERATURE", "array_arg", "choice_arg", "float_arg",
            "guidance_arg", "int_arg"]
+
+
+def sizes_arg(text: str, name: str, example: str = "16,64,64") -> tuple[int, int, int]:
+    """'Z,Y,X' (or 'ZxYxX') -> three positive ints, e.g. a block, window or crop size given on the command line."""
+    try:
+        sizes = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ArgumentValueError(f"{name} {text!r} must be three positive sizes Z,Y,X, e.g. {example}")
+    return sizes

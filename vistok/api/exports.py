@@ -114,7 +114,7 @@ def export_paired(
         (folder / TOKENIZER_DIR).mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
-        inner = json.loads((source / "config.json").read_text()).get("tokenizer", {}).get("path")
+        inner = read_config(source).get("tokenizer", {}).get("path")
         if inner:  # the FlexTok export's own VAE folder (a converted release), so the copy stays self-contained
             shutil.copytree(inside_export(source, inner, "tokenizer.path"), folder / TOKENIZER_DIR / inner)
 

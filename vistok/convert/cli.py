@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from vistok.checks import sizes_arg
 from vistok.convert import KINDS, convert
+from vistok.errors import VistokError
 from vistok.data.outputs import check_output_folder
 from vistok.engine.outputs import allow_replace, check_export_target
 
@@ -27,12 +29,9 @@ Pickled inputs are read with weights_only=True (argparse.Namespace allowed); any
 
 def _zyx(text: str) -> tuple[int, int, int]:
     try:
-        sizes = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 3 or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers Z,Y,X, got {text!r}")
-    return sizes
+        return sizes_arg(text, "size", "16,160,160")
+    except VistokError as err:  # argparse's own one-line error (exit 2), after the flag's name
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

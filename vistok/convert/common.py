@@ -55,6 +55,16 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dic
     return state
 
 
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The model's tensors of a weights file: a training container's `model` / `state_dict` / `model_state_dict`
+    entry unwrapped, DistributedDataParallel's `module.` prefix dropped."""
+    obj = read_weights(path, what)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    return strip_prefix(tensors_only(obj, str(path)))
+
+
 def check_against(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """The mapped state must have exactly the model's keys and shapes (what a strict load needs)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -95,5 +105,5 @@ def namespace_dict(args: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "read_weights", "strip_prefix", "tensors_only",
-           "write"]
+__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "read_state_dict", "read_weights", "strip_prefix",
+           "tensors_only", "write"]

@@ -83,11 +83,7 @@ def convert(input: str | Path, out: str | Path, nslices: int = 5) -> tuple[Path,
     """Write the export of a TokenUnify SegMamba state dict (.pth / .safetensors; a `model` / `state_dict` entry of
     a training checkpoint is unwrapped)."""
     source = str(input)
-    obj = common.read_weights(input, "SegMamba checkpoint")
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    official = common.strip_prefix(common.tensors_only(obj, source))
+    official = common.read_state_dict(input, "SegMamba checkpoint")
     cfg = infer_config(official, nslices, source)
     state = {map_key(k): v for k, v in official.items()}
     require(len(state) == len(official), f"{source}: two official keys map to one vistok key; report this layout")

@@ -64,11 +64,7 @@ def convert(input: str | Path, out: str | Path, nslices: int = 5, input_size: tu
             patch_size: tuple[int, ...] | None = None) -> tuple[Path, str]:
     """Write the `tokenunify` export of an official TokenUnify pretraining checkpoint (.pth / .safetensors)."""
     source = str(input)
-    obj = common.read_weights(input, "TokenUnify checkpoint")
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    official = common.strip_prefix(common.tensors_only(obj, source))
+    official = common.read_state_dict(input, "TokenUnify checkpoint")
     if "preciever.mlp.weight" not in official:
         raise VistokError(f"{source} has no next-token head (preciever.*): it is not a TokenUnify pretraining "
                           "checkpoint; a SegMamba without the head converts with --from segmamba")

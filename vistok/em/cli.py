@@ -18,26 +18,19 @@ import sys
 import time
 from collections.abc import Sequence
 
+from vistok.checks import sizes_arg
 from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
 
 
 def _roi(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        roi = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        roi = ()
-    if len(roi) != 3 or min(roi) < 1:
-        raise VistokError(f"--roi {text!r} must be three positive sizes D,H,W, e.g. --roi 16,64,64")
-    return roi
+    return None if text is None else sizes_arg(text, "--roi", "--roi 16,64,64")
 
 
 def cmd_em_segment(args: argparse.Namespace) -> None:
     from vistok.config import from_dict
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
-    from vistok.em.volumes import DEFAULT_DATASET, Volume, check_output, parse_volume_arg
+    from vistok.em.volumes import Volume, check_output, parse_volume_arg
     from vistok.engine.lock import WriterLock
 
     roi = _roi(args.roi)
@@ -91,13 +84,7 @@ def _block(text: str | None, workers: int) -> tuple[int, int, int] | None:
         return (64, 512, 512) if workers else None
     if not workers:
         raise VistokError("--block needs --workers N (N >= 1); --workers 0 segments in one process")
-    try:
-        block = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        block = ()
-    if len(block) != 3 or min(block) < 1:
-        raise VistokError(f"--block {text!r} must be three positive sizes Z,Y,X, e.g. --block 64,512,512")
-    return block
+    return sizes_arg(text, "--block", "--block 64,512,512")
 
 
 def _segment_blockwise(args, src, dst, raw, cfg, block, device: str) -> int:
