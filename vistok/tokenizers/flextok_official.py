@@ -50,6 +50,7 @@ from einops import rearrange
 
 from vistok.config import to_dict
 from vistok.engine import checkpoint
+from vistok.engine.export_check import MAX_CONFIG_BYTES
 from vistok.errors import VistokError, require
 from vistok.modules.posemb import sincos_posemb
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
@@ -88,9 +89,12 @@ SIMPLE = {  # official name (after the module_dict prefix) -> vistok name
 def hub_config(folder: str | Path) -> dict[str, Any] | None:
     """The Hydra tree of a released hub folder's config.json ({"encoder", "decoder", ...}, also when nested under
     "config" as huggingface_hub's mixin may write it), or None for anything else (a vistok export has a "family")."""
-    try:
-        spec = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
+    path = Path(folder) / "config.json"
+    try:  # anything unreadable is left to the export reader, which names the problem in one line
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return None
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     if isinstance(spec, dict) and "family" not in spec and isinstance(spec.get("config"), dict):
         spec = spec["config"]
