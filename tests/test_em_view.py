@@ -131,3 +131,39 @@ def test_cli_prints_the_url_and_serves_until_ctrl_c(volumes, capsys, monkeypatch
     lines = seen["printed"].splitlines()
     assert len(lines) == 1 and lines[0].startswith(seen["url"] + "/v/")
     assert not neuroglancer.server.is_server_running()  # Ctrl-C stopped it
+
+
+def test_zarr_resolutions_are_read_and_two_that_differ_are_refused(volumes) -> None:
+    import zarr
+
+    raw, seg, folder = volumes
+    for name, volume, resolution in (("raw", raw, [40, 4, 4]), ("ids", seg.astype(np.uint64), [40, 4, 4])):
+        array = zarr.open_array(str(folder / "v.zarr" / name), mode="w", shape=volume.shape, dtype=volume.dtype)
+        array[...], array.attrs["resolution"] = volume, resolution
+    viewer, _ = serve(f"{folder / 'v.zarr'}:raw", f"{folder / 'v.zarr'}:ids")
+    info, served = layer(viewer, "segmentation")
+    assert [s for s, _ in info["coordinateSpace"].values()] == pytest.approx([40e-9, 4e-9, 4e-9])
+    assert served.dtype == np.uint64 and np.array_equal(served, seg)
+    zarr.open_array(str(folder / "v.zarr" / "ids"), mode="r+").attrs["resolution"] = [30, 4, 4]
+    with pytest.raises(VistokError, match=r"resolution \(40.0, 4.0, 4.0\) but .* has \(30.0, 4.0, 4.0\); pass "
+                                          r"--voxel-size"):
+        serve(f"{folder / 'v.zarr'}:raw", f"{folder / 'v.zarr'}:ids")
+    zarr.open_array(str(folder / "v.zarr" / "ids"), mode="r+").attrs["resolution"] = [4, 4]
+    with pytest.raises(VistokError, match="'resolution' attribute .* must be three positive numbers"):
+        serve(raw, f"{folder / 'v.zarr'}:ids")
+    viewer, _ = serve(raw, f"{folder / 'v.zarr'}:ids", voxel_size=(8, 8, 8))  # the flag overrides a bad attribute
+    assert [s for s, _ in layer(viewer, "raw")[0]["coordinateSpace"].values()] == pytest.approx([8e-9] * 3)
+
+
+def test_a_port_in_use_is_one_line(volumes, capsys) -> None:
+    import socket
+
+    _, _, folder = volumes
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["em-view", str(folder / "raw.npy"), f"{folder / 'seg.h5'}:ids", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"vistok em-view: error: cannot serve on 127.0.0.1:{port} (Address already in use); choose " \
+                  "another --port or --bind-address\n"
