@@ -1,11 +1,13 @@
-"""`vistok em-segment` and `vistok em-eval`: neuron segmentation of an EM volume with a fine-tuned SegMamba, and its
-VOI / ARAND score against ground truth (TokenUnify, Chen et al., arXiv 2405.16847; scores as scikit-image's).
+"""`vistok em-segment`, `vistok em-eval` and `vistok em-view`: neuron segmentation of an EM volume with a fine-tuned
+SegMamba, its VOI / ARAND score against ground truth, and a neuroglancer view of it over the raw volume (TokenUnify,
+Chen et al., arXiv 2405.16847; scores as scikit-image's).
 
     vistok em-segment --ckpt CKPT --input FILE[:DATASET] --out FILE[:DATASET] [--roi D,H,W] [--overlap F] ...
     vistok em-segment --baseline --input FILE[:DATASET] --out FILE[:DATASET]   (no network: distance watershed)
     vistok em-eval --seg FILE[:DATASET] --gt FILE[:DATASET] [--per-slice] [--json]
+    vistok em-view RAW SEG [--voxel-size Z,Y,X] [--bind-address 127.0.0.1] [--port 0]   (neuroglancer, until Ctrl-C)
 
-`add_commands(subparsers)` registers both on the main `vistok` parser; `python -m vistok.em.cli ...` runs them alone.
+`add_commands(subparsers)` registers them on the main `vistok` parser; `python -m vistok.em.cli ...` runs them alone.
 Handlers raise VistokError for a user's mistake; the caller prints its one line and exits 1. Heavy imports (torch,
 scikit-image) happen inside the handlers, so `vistok --help` stays fast.
 """
@@ -157,6 +159,22 @@ def cmd_em_eval(args: argparse.Namespace) -> None:
               f"VOI merge {scores.voi_merge:.4f}  VOI {scores.voi:.4f}  ARAND {scores.arand:.4f}")
 
 
+def cmd_em_view(args: argparse.Namespace) -> None:
+    from vistok.em.view import parse_voxel_size, serve
+
+    voxel_size = None if args.voxel_size is None else parse_voxel_size(args.voxel_size)
+    _viewer, url = serve(args.raw, args.seg, voxel_size=voxel_size, bind_address=args.bind_address, port=args.port)
+    import neuroglancer  # present: serve checked it
+    print(url, flush=True)
+    try:
+        while True:  # the server runs in a background thread until Ctrl-C
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        neuroglancer.server.stop()
+
+
 def _cuda() -> bool:
     import torch
 
@@ -164,7 +182,7 @@ def _cuda() -> bool:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `em-segment` and `em-eval` on the `vistok` command's subparsers."""
+    """Register `em-segment`, `em-worker`, `em-eval` and `em-view` on the `vistok` command's subparsers."""
     p = subparsers.add_parser("em-segment", help="neuron segmentation of an EM volume with a fine-tuned SegMamba")
     p.add_argument("--ckpt", help="export of train/finetune_em_seg.py (folder) or shipped model name")
     p.add_argument("--baseline", action="store_true",
@@ -209,6 +227,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="2D scores averaged over z sections (serial-section data whose labels are 2D)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_em_eval)
+
+    p = subparsers.add_parser("em-view", help="look at a segmentation over its raw EM volume in neuroglancer (prints "
+                                              "the URL, serves until Ctrl-C)")
+    p.add_argument("raw", metavar="RAW", help="raw EM volume FILE[:DATASET] (.h5/.zarr/.npy/...), an image layer")
+    p.add_argument("seg", metavar="SEG", help="segmentation FILE[:DATASET] (integer ids), a segmentation layer")
+    p.add_argument("--voxel-size", metavar="Z,Y,X",
+                   help="voxel size in nm (default: the dataset's 'resolution' attribute, else 1,1,1)")
+    p.add_argument("--bind-address", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 shares it on the network)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default 0: any free port)")
+    p.set_defaults(func=cmd_em_view)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
