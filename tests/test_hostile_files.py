@@ -244,6 +244,26 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def test_sample_never_writes_over_a_folder_of_other_files(tmp_path, capsys):
+    """`vistok sample --out DIR` writes 000000.png, ... and grid.png: into a folder of the user's files it would
+    replace any of the same name. Such a folder is refused before any work; a new folder and an earlier sample output
+    are fine (the second run replaces the first one's files)."""
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "000000.png").write_bytes(b"my photo")
+    (user / "notes.txt").write_text("mine")
+    before = digest(user)
+    code, err = run(["sample", "--ckpt", "cifar10-xar-tiny", "--num", "2", "--steps", "1", "--out", str(user)], capsys)
+    one_line(code, err, "notes.txt", "did not write", "new or empty folder")
+    assert digest(user) == before
+    out = tmp_path / "samples"
+    for seed in ("0", "1"):  # new, then an earlier sample output
+        code, err = run(["sample", "--ckpt", "cifar10-xar-tiny", "--num", "2", "--steps", "1", "--seed", seed,
+                         "--out", str(out)], capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "grid.png", "samples.npz"]
+
+
 def test_second_sample_into_one_out_is_refused_naming_the_holder(tmp_path, capsys):
     """Two `vistok sample` runs into one --out produced a samples.npz mixing both seeds; the second now gets one
     line naming the first (pid, host, since when) before it loads a model, and writes nothing."""

@@ -9,6 +9,7 @@ writes the shards of its own images and rank 0 merges them: the files equal thos
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -26,11 +27,24 @@ from vistok.viz import GRID_MAX, class_grid
 SHARDS = ".shards"
 
 
+SAMPLE_FILES = re.compile(rf"\d{{6,}}\.png|grid\.png|samples\.npz|tokens\.npz|{re.escape(SHARDS)}")
+
+
 def check_out(out: str | Path) -> Path:
-    """An --out that is a .png (grid alone) or a folder (not an existing file), and writable: checked before any work."""
+    """An --out that is a .png (grid alone) or a folder (not an existing file), and writable: checked before any work.
+
+    A folder may be new, empty or an earlier sample output: one that holds other files is refused, since the PNGs
+    (`000000.png`, ...) and `grid.png` would be written over whatever of the user's has those names."""
     from vistok.data.outputs import check_output_folder
 
-    return check_output_folder(out)
+    path = check_output_folder(out)
+    if path.suffix.lower() != ".png" and path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if not SAMPLE_FILES.fullmatch(p.name))
+        if foreign:
+            raise VistokError(f"--out {path} holds files a sample run did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); pass a new or empty folder (an earlier "
+                              "`vistok sample` output is fine)")
+    return path
 
 
 def write_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]]) -> Path:
