@@ -169,7 +169,7 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
 
 # ----------------------------------------------------------------------------------------------------- import graph
 LAYERS = [  # (rank, module prefixes): a module imports only modules of its own rank or lower, lazily or not
-    (0, ["vistok.errors", "vistok.checks"]),
+    (0, ["vistok.errors", "vistok.checks", "vistok.lazy"]),
     (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.assets", "vistok.seeding",
          "vistok.progress", "vistok.viz"]),
     (2, ["vistok.modules", "vistok.metrics"]),

@@ -8,12 +8,20 @@ libraries, imported when used), baseline (no-network distance watershed), blockw
 and resumable on daisy), streaming (the greedy path for volumes larger than memory), metrics (VOI, ARAND, per slice).
 """
 
-from vistok.em.backbone import SegMamba, SegMambaConfig
-from vistok.em.metrics import SegScores, arand, evaluate, evaluate_per_slice, voi
-from vistok.em.objectives import MixSchedule, PretrainLoss, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
-from vistok.em.segmentation import affinities, agglomerate, fragments, segment, sliding_window_inference, weighted_mse
-from vistok.em.synthetic import synthetic_em_volume
-from vistok.em.volumes import EMCrops, Volume, open_volumes, parse_volume_arg, read_volume, write_volume
+from __future__ import annotations
+
+from vistok.lazy import lazy_exports
+
+# resolved on first use: importing a light submodule (vistok.em.cli, for `vistok --help`) does not import torch
+__getattr__ = lazy_exports(__name__, globals(), {
+    "backbone": ("SegMamba", "SegMambaConfig"),
+    "metrics": ("SegScores", "arand", "evaluate", "evaluate_per_slice", "voi"),
+    "objectives": ("MixSchedule", "PretrainLoss", "TaskWeights", "TokenUnify", "TokenUnifyConfig",
+                   "load_pretrained_backbone"),
+    "segmentation": ("affinities", "agglomerate", "fragments", "segment", "sliding_window_inference", "weighted_mse"),
+    "synthetic": ("synthetic_em_volume",),
+    "volumes": ("EMCrops", "Volume", "open_volumes", "parse_volume_arg", "read_volume", "write_volume"),
+})
 
 __all__ = [
     "EMCrops", "MixSchedule", "PretrainLoss", "SegMamba", "SegMambaConfig", "SegScores", "TaskWeights", "TokenUnify",
