@@ -3,6 +3,7 @@ and the bf16-on-a-CPU warning in training and sampling. (ADM's evaluator definit
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,3 +142,69 @@ def test_bf16_on_cpu_warns_in_training_and_sampling(tmp_path, fresh_warning) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fp32 sampling stays silent
         list(run_batches(step, 2, precision="fp32", device=torch.device("cpu")))
+
+
+# ---------------------------------------------------------------------------------------------- fp16 + GradScaler
+@dataclass(frozen=True)
+class _Run:
+    train: TrainConfig
+
+
+def _fp16_run(run_dir, **train):
+    from vistok.engine import dist
+    from vistok.engine.loop import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    cfg = TrainConfig(**{"run_dir": str(run_dir), "precision": "fp16", "device": "cpu", "batch_size": 4, "lr": 1e-2,
+                         "total_steps": 6, "ckpt_every": 1, "log_every": 1, "warmup_steps": 0, **train})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16 on a CPU warns (tested above)
+        return Trainer(model, _Run(cfg), dist.setup("cpu"))
+
+
+def _step(run) -> None:
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(run.step))
+    for xm in run.micro_batches(x):
+        run.backward(run.ddp_model(xm).float().pow(2).mean())
+    run.finish_step()
+
+
+def test_fp16_overflow_halves_the_loss_scale_without_an_update_or_a_skip(tmp_path) -> None:
+    """The official recipe's fp16: the loss is scaled before backward and the gradients unscaled before clipping; a
+    step whose fp16 gradients overflow changes nothing but the scale (halved), and is not a failed step."""
+    run = _fp16_run(tmp_path / "run", total_steps=20, schedule="constant")
+    assert run.scaler.is_enabled()
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)  # far beyond fp16's 65504: the first steps overflow
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in run.ema.shadow.items()}
+    with run.logging():
+        _step(run)
+        assert run.scaler.get_scale() == 2.0 ** 23 and run.skipped == 0 and run.step == 1
+        assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())  # no update
+        assert all(torch.equal(ema_before[k], v) for k, v in run.ema.shadow.items())
+        while run.step < 20:
+            _step(run)
+    assert run.scaler.get_scale() < 2.0 ** 23 and run.skipped == 0  # halved until the gradients fit fp16
+    assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())  # updates once it fits
+
+
+def test_fp16_loss_scale_is_saved_and_resumed_and_fp32_has_none(tmp_path) -> None:
+    run = _fp16_run(tmp_path / "run", total_steps=3)
+    with run.logging():
+        while run.step < 3:
+            _step(run)
+    saved = run.scaler.state_dict()
+    assert saved["scale"] == 65536.0 and saved["_growth_tracker"] == 3  # three good steps at the initial scale
+    again = _fp16_run(tmp_path / "run", total_steps=4)
+    assert again.step == 3 and again.scaler.state_dict() == saved
+    plain = _fp16_run(tmp_path / "plain", precision="fp32")
+    assert not plain.scaler.is_enabled()
+    with pytest.raises(VistokError, match="fp16 .* not supported with train.parallel=fsdp"):
+        TrainConfig(precision="fp16", parallel="fsdp")
+
+
+@pytest.mark.parametrize("size", ["b", "l", "h"])
+def test_paper_configs_train_in_fp16(size) -> None:
+    text = (Path(__file__).resolve().parents[1] / "train" / "configs" / f"xar_{size}_in256.yaml").read_text()
+    assert re.search(r"^  precision: fp16\b", text, re.M)

@@ -447,7 +447,7 @@ class Checkpointer:
             self._schedule_at(step)
             rng = meta["rng"]
             self._rng = rng[self.env.rank] if self.env.rank < len(rng) else rng[0]  # set by restore_rng
-            self.meta = {k: v for k, v in meta.items() if k in ("skips", "flops")}
+            self.meta = {k: v for k, v in meta.items() if k in ("skips", "flops", "scaler")}
             changed = _diff_keys(meta["config"], to_dict(self.config))
             if changed and self.env.is_main:
                 print(f"note: resuming {self.run_dir} at step {step} with changed config keys: {', '.join(changed)}; "

@@ -53,7 +53,7 @@ class TrainConfig:
     min_lr: float = 0.0  # constant-cosine: the rate reached at total_steps
     decay_start: float = 0.75  # constant-cosine: fraction of total_steps where the cosine tail starts (xAR: 600/800)
     grad_clip: float = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: autocast + a dynamic loss scale (GradScaler), as xAR
     parallel: Literal["ddp", "fsdp"] = "ddp"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ema_decay: float = 0.999
@@ -77,6 +77,9 @@ class TrainConfig:
         if self.ckpt_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise VistokError("train.ckpt_every, train.log_every and train.keep_checkpoints must be positive "
                               "(at least 1)")
+        if self.precision == "fp16" and self.parallel == "fsdp":
+            raise VistokError("train.precision=fp16 (a dynamic loss scale) is not supported with train.parallel=fsdp; "
+                              "use train.precision=bf16 with FSDP, or fp16 with ddp as the official xAR recipe does")
         if self.max_skips < 0 or self.dist_timeout_s <= 0 or self.peak_tflops < 0:
             raise VistokError("train.max_skips and train.peak_tflops must be >= 0 and train.dist_timeout_s positive")
 
@@ -117,8 +120,8 @@ def run_main(main: Callable[[], Any]) -> None:
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 
@@ -213,6 +216,10 @@ class Trainer:
         if self.step == 0:
             vdist.seed_everything(tc.seed, env.rank)  # ranks draw different noise
         self.skips, self.skipped = self.ckpt.meta.get("skips", [0, 0])  # non-finite steps: in a row, in all
+        # fp16: the dynamic loss scale (a disabled scaler passes everything through unchanged); resumed with the run
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=tc.precision == "fp16")
+        if self.scaler.is_enabled() and self.ckpt.meta.get("scaler"):
+            self.scaler.load_state_dict(self.ckpt.meta["scaler"])
         self.log: MetricsLog | None = None
         self._sums: dict[str, torch.Tensor] = {}
         # this rank's model FLOPs per optimizer step, counted once per run: counting runs the step under a dispatch mode,
@@ -229,7 +236,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- one step
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The run's precision (bf16 autocast or nothing), e.g. for a frozen teacher's forward outside micro-batches."""
+        """The run's precision (bf16/fp16 autocast or nothing), e.g. for a frozen teacher's forward outside micro-batches."""
         return autocast(self.tc.precision, self.env.device)
 
     def micro_batches(self, *batch: torch.Tensor) -> Iterator[Any]:
@@ -262,7 +269,7 @@ class Trainer:
         """Backward of `loss` / grad_accum (outside autocast); `loss` and `metrics` are averaged over the micro-batches
         for the log."""
         with torch.autocast(self.env.device.type, enabled=False):
-            (loss / self.tc.grad_accum).backward()
+            self.scaler.scale(loss / self.tc.grad_accum).backward()  # fp16: times the loss scale; else as it is
         for name, value in {"loss": loss, **metrics}.items():
             value = torch.as_tensor(value, device=self.env.device).detach().float() / self.tc.grad_accum
             self._sums[name] = self._sums[name] + value if name in self._sums else value
@@ -275,12 +282,21 @@ class Trainer:
             raise RuntimeError("Trainer.finish_step: call run.backward(loss) for each micro-batch first")
         sums, self._sums = self._sums, {}
         loss = sums["loss"]
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (a no-op otherwise)
         norm = clip_and_norm(self.ddp_model, self.tc.grad_clip)
         step = self.step + 1  # numbered like metrics.jsonl: the step being taken
-        if vdist.any_rank(not (torch.isfinite(loss) and torch.isfinite(norm)), self.env.device):
+        finite_loss = not vdist.any_rank(not torch.isfinite(loss), self.env.device)
+        if self.scaler.is_enabled() and finite_loss and vdist.any_rank(not torch.isfinite(norm), self.env.device):
+            # fp16 gradients overflowed at this loss scale: no update, the scale halves (the official recipe's
+            # GradScaler); this is how the scale is found, not a failure, so it does not count as a skipped step
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+        elif not finite_loss or vdist.any_rank(not torch.isfinite(norm), self.env.device):
+            self.scaler.update()  # fp16: closes this step's unscale_ (and halves the scale); a no-op otherwise
             self._skip(step, loss, norm)
         else:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # optimizer.step() (fp16: after checking the unscaled gradients)
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.model)
             self.skips = 0
@@ -295,7 +311,8 @@ class Trainer:
             self.log.log(step, **dict(zip(names, means)), **logged, grad_norm=norm,
                          lr=self.scheduler.get_last_lr()[0], skipped=self.skipped, **self._throughput(step))
         if step % self.tc.ckpt_every == 0 or step == self.tc.total_steps:
-            self.ckpt.save(step, skips=[self.skips, self.skipped], flops=[self._flops_key, self.flops_per_step])
+            self.ckpt.save(step, skips=[self.skips, self.skipped], flops=[self._flops_key, self.flops_per_step],
+                           scaler=self.scaler.state_dict())
         kill_point("step", step)  # the kill -9 tests' deterministic "between checkpoints" (VISTOK_KILL_AT=step:N)
 
     def _skip(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Precision choices that are legal but a trap: bf16 autocast on a CPU.
+"""Precision choices that are legal but a trap: bf16 (or fp16) autocast on a CPU.
 
 On a CPU, bf16 autocast is many times slower than fp32 wherever its kernels are emulated or it adds a cast around
 every op (one report: 4 tiny 256-px images took 821 s in bf16), and a CPU gains no memory bandwidth worth that. It stays
@@ -15,11 +15,12 @@ _warned: set[str] = set()
 
 
 def warn_slow_precision(precision: str, device: torch.device | str) -> bool:
-    """Warn (once per process) when `precision` is bf16 on a CPU device; returns whether this call warned."""
-    if precision != "bf16" or torch.device(device).type != "cpu" or "bf16-cpu" in _warned:
+    """Warn (once per process and precision) when `precision` is bf16 or fp16 on a CPU device; returns whether this
+    call warned."""
+    if precision not in ("bf16", "fp16") or torch.device(device).type != "cpu" or precision in _warned:
         return False
-    _warned.add("bf16-cpu")
-    warnings.warn("precision bf16 on a CPU is often many times slower than fp32 (4 tiny 256-px images took 821 s); "
-                  "use fp32 on a CPU (train.precision=fp32, --precision fp32) unless you have measured bf16 faster",
-                  stacklevel=3)
+    _warned.add(precision)
+    warnings.warn(f"precision {precision} on a CPU is often many times slower than fp32 (4 tiny 256-px images took 821 s "
+                  f"in bf16); use fp32 on a CPU (train.precision=fp32, --precision fp32) unless you have measured "
+                  f"{precision} faster", stacklevel=3)
     return True
