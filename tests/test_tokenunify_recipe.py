@@ -73,6 +73,7 @@ def test_official_ar_config_names_the_official_recipe() -> None:
     assert tc.batch_size == 160 and math.isclose(tc.lr, 1e-3 * 160 / 256) and tc.warmup_steps == 0
     assert tc.min_lr == 0 and tc.schedule == "cosine" and tc.betas == (0.9, 0.95) and tc.weight_decay == 0.05
     assert tc.precision == "fp16" and tc.decay_rule == "official" and tc.grad_clip == 0 and tc.nonfinite == "skip"
+    assert tc.ema_decay == 0  # no EMA: the export holds the trained weights
 
 
 def official_ar_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
