@@ -2,11 +2,12 @@
 official input perturbations, the next-token target as the official loader forms it, and the named config; plus the
 EM data settings and loaders in vistok/em/data.py (issue 28, item 4).
 
-References are written from the official sources, not from vistok's code: the loader
-`dataloader/data_provider_pretraining_autoregress.py` (raster tokens with z slowest, k ~ U{1..K-1}, tokens [k, K) filled,
-the next token cut out of the crop the network sees), `src/segmamba_ar.py` (MSE(sigmoid(out), clean) + MSE(sigmoid(
-Preciever(out)), next token)), and dbMiM's `utils/consistency_aug_perturbations.py` (OpenCV Gaussian kernel, clipping,
-cutout boxes) with `config/pretraining_all.yaml` (the ranges).
+References are written from the official sources, not from vistok's code:
+- the loader `dataloader/data_provider_pretraining_autoregress.py`: raster tokens with z slowest, k ~ U{1..K-1},
+  tokens [k, K) filled, the next token cut out of the crop the network sees;
+- `src/segmamba_ar.py`: MSE(sigmoid(out), clean) + MSE(sigmoid(Preciever(out)), next token);
+- dbMiM's `utils/consistency_aug_perturbations.py` (OpenCV Gaussian kernel, clipping, cutout boxes) and
+  `config/pretraining_all.yaml` (the ranges).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_train_script
 from safetensors.torch import save_file
 from scipy import ndimage
 
-from conftest import load_train_script
 from vistok import registry
 from vistok.config import load_config
 from vistok.convert import convert
@@ -41,9 +42,7 @@ from vistok.engine.dist import DistEnv
 from vistok.errors import VistokError
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = REPO.parent.parent / "shared" / "fixtures" / "official"
-if not FIX.exists():
-    FIX = Path("/work/shared/fixtures/official")
+FIX = REPO.parent / "shared" / "fixtures" / "official"  # the repo's sibling shared/ (as test_convert_tokenunify)
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:vistok Mamba")]
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -290,7 +289,7 @@ def test_pretraining_script_feeds_the_perturbed_crop_to_the_network_and_the_clea
     calls = []
     forward = objectives.TokenUnify.forward
 
-    def spy(self, volume, weights=TaskWeights(), generator=None, inputs=None):
+    def spy(self, volume, weights, generator=None, inputs=None):
         calls.append((volume.detach().clone(), inputs.detach().clone()))
         return forward(self, volume, weights, generator, inputs)
 

@@ -13,7 +13,10 @@ The task mix is `schedule`, a function of the step kept out of the model:
     one-run two-stage:  schedule.kind=two_stage schedule.weights=[1,1,1] schedule.switch=0.5  (shares one optimizer)
     all three per step: schedule.kind=constant  schedule.weights=[1,1,1]   (two forward passes per step)
 The paper's schedule is the first two lines chained: stage 2 loads every weight of stage 1's export (strictly; the
-model config must be equal) and starts its own warm-up, cosine and AdamW state.
+model config must be equal) and starts its own warm-up, cosine and AdamW state. The official autoregressive stage
+(its backbone variant, input perturbations, optimizer and precision) is train/configs/tokenunify_official_ar.yaml;
+`data.perturb` hands the network a perturbed crop (tokens are hidden in it, the next token is cut out of it) while
+the next-all target stays the clean crop. Data settings and loaders: vistok/em/data.py.
 Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
 (config.json + model.safetensors, family `tokenunify`) with each task's MSE on fixed crops; fine-tune from it with
 `python train/finetune_em_seg.py ... init_from=RUN/export`.
