@@ -101,6 +101,7 @@ def test_a_released_ar_checkpoint_converts_into_the_ar_preset_and_fine_tunes(tmp
     assert sum(k.startswith("vit.stages.0.") and k.endswith(".norm.weight") for k in official) == 3
     save_file(official, tmp_path / "tokenunify_ar.safetensors")
     done = convert("tokenunify", tmp_path / "tokenunify_ar.safetensors", tmp_path / "tu")
+    assert done.summary.startswith("TokenUnify (preset tokenunify-ar-base):")
     model, meta = registry.load_model(done.path)  # builds from config.json and loads strictly
     assert isinstance(model, TokenUnify) and model.config == PRESETS["tokenunify-ar-base"]
     state = model.state_dict()
