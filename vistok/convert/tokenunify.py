@@ -79,6 +79,6 @@ def convert(input: str | Path, out: str | Path, nslices: int = 5, input_size: tu
     n = sum(v.numel() for v in state.values())
     preset = next((name for name, c in PRESETS.items() if c == cfg), None)  # e.g. tokenunify-ar-base (segmamba_ar.py)
     named = f" (preset {preset})" if preset else ""
-    return path, (f"TokenUnify{named}: SegMamba feat_size {list(backbone.feat_size)}, hidden {backbone.hidden_size}, depths "
-                  f"{list(backbone.depths)}, Mamba {backbone.bimamba_type}; next-token head for {crop} crops of "
+    return path, (f"TokenUnify{named}: SegMamba feat_size {list(backbone.feat_size)}, hidden {backbone.hidden_size}, "
+                  f"depths {list(backbone.depths)}, Mamba {backbone.bimamba_type}; next-token head for {crop} crops of "
                   f"{patch} tokens; {n:,} parameters")
