@@ -23,48 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from vistok.config import from_dict, to_dict
-from vistok.data.loader import StepBatchSampler
 from vistok.em.backbone import FAMILY, PRESETS, SegMamba, SegMambaConfig
+from vistok.em.data import EvalConfig, SegDataConfig, read_eval, seg_crops, step_loader
 from vistok.em.inference import InferenceConfig, segment_volume
 from vistok.em.metrics import evaluate
 from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
 from vistok.em.objectives import load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse
-from vistok.em.volumes import EMCrops, intensity_range, open_volumes, read_volume
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
-
-
-@dataclass(frozen=True)
-class SegDataConfig:
-    raw: tuple[str, ...] = ()  # FILE[:DATASET] each, e.g. ../shared/data/em/gala_fib_medulla.h5:train/raw
-    labels: tuple[str, ...] = ()  # the matching neuron ids (0 = boundary / unlabelled), same shapes
-    crop: tuple[int, int, int] = (16, 64, 64)
-    samples_per_epoch: int = 1000
-    augment: bool = True  # in-plane flips and 90-degree rotations
-    widen_border: bool = True  # zero labels between two different ids in-plane (the official seg_widen_border)
-    intensity: str = "exact"  # raw min-max range unless stored as attributes: exact (streaming pass) or sample
-    shard_volumes: bool = True  # with N ranks and >= N volumes, rank r crops only volumes r, r + N, ...
-
-    def __post_init__(self) -> None:
-        require(len(self.raw) == len(self.labels), f"data.raw has {len(self.raw)} volume(s) but data.labels "
-                f"{len(self.labels)}; give one label volume each")
-        require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
-        require(self.intensity in ("exact", "sample"),
-                f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    raw: str = ""  # test volume FILE[:DATASET]; empty: export without a test score
-    labels: str = ""  # its neuron ids
-
-    def __post_init__(self) -> None:
-        require(bool(self.raw) == bool(self.labels), "set both eval.raw and eval.labels, or neither")
 
 
 @dataclass(frozen=True)
@@ -106,8 +76,10 @@ def main() -> None:
     infer = replace(cfg.inference, roi=tuple(cfg.inference.roi) or tuple(cfg.data.crop))
     cfg.model.check_input(tuple(cfg.data.crop))
     cfg.model.check_input(infer.roi)  # a bad window fails now, not after training
-    raw, labels = open_volumes(cfg.data.raw), open_volumes(cfg.data.labels)  # lazily: crops read only their chunks
-    test = (read_volume(cfg.eval.raw), read_volume(cfg.eval.labels)) if cfg.eval.raw else None
+    # (raw, ids) crops keyed by (index, epoch): deterministic in (seed, step), independent of workers and resume; read
+    # lazily (a bad path fails here, before anything is built); each label crop border-widened as the whole volume
+    crops = seg_crops(cfg.data, tc.seed, env)
+    test = read_eval(cfg.eval)
 
     model = SegMamba(cfg.model).to(env.device)
     if cfg.init_from:  # before the EMA, which starts from these weights
@@ -116,17 +88,7 @@ def main() -> None:
             print(f"init_from {cfg.init_from}: pretrained backbone loaded; new: {', '.join(fresh) or 'nothing'}")
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
-
-    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers and resume; each label crop
-    # is border-widened as the whole volume would be
-    shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
-    crops = EMCrops(raw, cfg.data.crop, cfg.data.samples_per_epoch, labels=labels, seed=tc.seed,
-                    augment=cfg.data.augment, widen_border=cfg.data.widen_border,
-                    ranges=[intensity_range(v, cfg.data.intensity) for v in raw], rank=shard[0], world_size=shard[1])
-    sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
-                               tc.seed, start_step=run.step)
-    loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
-                        pin_memory=env.device.type == "cuda")
+    loader = step_loader(crops, tc.batch_size, tc.num_workers, tc.seed, env, start_step=run.step)
     if env.is_main and run.step == 0:
         print(f"SegMamba: {sum(p.numel() for p in model.parameters()):,} parameters, {micro} crops of "
               f"{tuple(cfg.data.crop)} per forward, {'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")

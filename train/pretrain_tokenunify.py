@@ -13,7 +13,10 @@ The task mix is `schedule`, a function of the step kept out of the model:
     one-run two-stage:  schedule.kind=two_stage schedule.weights=[1,1,1] schedule.switch=0.5  (shares one optimizer)
     all three per step: schedule.kind=constant  schedule.weights=[1,1,1]   (two forward passes per step)
 The paper's schedule is the first two lines chained: stage 2 loads every weight of stage 1's export (strictly; the
-model config must be equal) and starts its own warm-up, cosine and AdamW state.
+model config must be equal) and starts its own warm-up, cosine and AdamW state. The official autoregressive stage
+(its backbone variant, input perturbations, optimizer and precision) is train/configs/tokenunify_official_ar.yaml;
+`data.perturb` hands the network a perturbed crop (tokens are hidden in it, the next token is cut out of it) while
+the next-all target stays the clean crop. Data settings and loaders: vistok/em/data.py.
 Running the same command again resumes from RUN/last.pt. At the end the EMA weights are exported to RUN/export
 (config.json + model.safetensors, family `tokenunify`) with each task's MSE on fixed crops; fine-tune from it with
 `python train/finetune_em_seg.py ... init_from=RUN/export`.
@@ -24,31 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
 
 from vistok.config import from_dict, to_dict
-from vistok.data.loader import StepBatchSampler
+from vistok.em.data import VolumeDataConfig, fixed_crops, pretrain_crops, step_loader, volume_ranges
 from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
                                   load_pretrained)
-from vistok.em.volumes import EMCrops, intensity_range, open_volumes
+from vistok.em.volumes import EMCrops, open_volumes
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
-
-
-@dataclass(frozen=True)
-class VolumeDataConfig:
-    volumes: tuple[str, ...] = ()  # FILE[:DATASET] each, e.g. ../shared/data/em/gala_fib_medulla.h5:train/raw
-    samples_per_epoch: int = 1000  # crops per epoch (each (seed, epoch, index) draws its own crop and augmentation)
-    augment: bool = True  # in-plane flips and 90-degree rotations
-    intensity: str = "exact"  # min-max range per volume unless stored as min/max attributes: exact (one streaming
-    #                           pass) or sample (random blocks, for corpora too big to scan)
-    shard_volumes: bool = True  # with N ranks and >= N volumes, rank r crops only volumes r, r + N, ...
-
-    def __post_init__(self) -> None:
-        require(self.samples_per_epoch >= 1, "data.samples_per_epoch must be positive")
-        require(self.intensity in ("exact", "sample"),
-                f"data.intensity must be 'exact' or 'sample', got {self.intensity!r}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +91,10 @@ def main() -> None:
     tc = cfg.train
     micro = tc.micro_batch(env.world_size)  # validates the batch split before any work
     volumes = open_volumes(cfg.data.volumes)  # lazily (metadata only); a bad path fails before anything is built
-    ranges = [intensity_range(v, cfg.data.intensity) for v in volumes]  # whole-volume min-max, without loading it
+    ranges = volume_ranges(volumes, cfg.data.intensity)  # whole-volume min-max, without loading it
+    # (input, clean) crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size
+    # and resume; the input is perturbed with probability data.perturb.p (the official recipe: 0.5)
+    crops = pretrain_crops(cfg.data, volumes, ranges, cfg.model.input_size, tc.seed, env)
 
     model = TokenUnify(cfg.model).to(env.device)
     if cfg.init_from:  # before the Trainer: the EMA starts from these weights; the optimizer and schedule are new
@@ -114,15 +104,7 @@ def main() -> None:
                   f"step {prev.get('step')})")
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
-
-    # crops keyed by (index, epoch): deterministic in (seed, step), independent of workers, world size and resume
-    shard = (env.rank, env.world_size) if cfg.data.shard_volumes else (0, 1)
-    crops = EMCrops(volumes, cfg.model.input_size, cfg.data.samples_per_epoch, seed=tc.seed, augment=cfg.data.augment,
-                    ranges=ranges, rank=shard[0], world_size=shard[1])
-    sampler = StepBatchSampler(len(crops), tc.batch_size, env.rank, env.world_size,
-                               tc.seed, start_step=run.step)
-    loader = DataLoader(crops, batch_sampler=sampler, num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
-                        pin_memory=env.device.type == "cuda")
+    loader = step_loader(crops, tc.batch_size, tc.num_workers, tc.seed, env, start_step=run.step)
     if env.is_main and run.step == 0:
         print(f"TokenUnify: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.num_tokens} tokens "
               f"per {tuple(cfg.model.input_size)} crop, {micro} crops per forward, schedule {cfg.schedule.kind} "
@@ -131,11 +113,11 @@ def main() -> None:
     batches = iter(loader)
     with run.logging():
         while run.step < tc.total_steps:
-            volume = next(batches).to(env.device, non_blocking=True)  # (B, 1, D, H, W) in [0, 1]
+            seen, volume = (t.to(env.device, non_blocking=True) for t in next(batches))  # 2 x (B, 1, D, H, W), [0, 1]
             weights = cfg.schedule.at(run.step, tc.total_steps)  # this step's task mix
             gen = step_generator(tc.seed, run.step, env.rank, env.device)
-            for x in run.micro_batches(volume):
-                out = ddp_model(x, weights, gen)
+            for x, x_seen in run.micro_batches(volume, seen):
+                out = ddp_model(x, weights, gen, x_seen)
                 run.backward(out.loss, random=out.random, next_all=out.next_all, next=out.next)
             run.finish_step(w_random=weights.random, w_next_all=weights.next_all, w_next=weights.next)
 
@@ -144,7 +126,7 @@ def main() -> None:
     if env.is_main:
         scores = {}
         if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
-            fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False, ranges=ranges)
+            fixed = fixed_crops(volumes, ranges, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1)
             scores = task_errors(ema_model, fixed, tc.seed, env.device)
         out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),

@@ -7,7 +7,8 @@ SegMamba of `src/segmamba_ar.py`: the SegMamba layout (`vit.*` Mamba encoder, MO
 `decoder1..5`, `out`) plus the next-token head `preciever.*`, three stride-2 3^3 convolutions (1 -> 12 -> 12 -> 1
 channels) and one Linear from the reduced map (2 x 20 x 20 for the paper's 16 x 160 x 160 crop) to the next token's
 voxels (4 x 16 x 16). vistok's `TokenUnify` (vistok/em/objectives.py) is the same network: the SegMamba under
-`backbone.` (mapped by `vistok.convert.segmamba.map_key`) and `next_head` for the head:
+`backbone.` (mapped by `vistok.convert.segmamba.map_key`) and `next_head` for the head. segmamba_ar.py's own sizes
+(depths [3, 3, 3, 3], (1, 3, 3) kernels, widths 32-256, hidden 512) convert to the preset `tokenunify-ar-base`:
 
     preciever.conv1 / conv2 / conv3 -> next_head.convs.0 / .2 / .4      preciever.mlp -> next_head.proj
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from vistok.convert import common, segmamba
-from vistok.em.objectives import TokenUnifyConfig
+from vistok.em.objectives import PRESETS, TokenUnifyConfig
 from vistok.errors import VistokError
 
 HEAD = {"conv1": "convs.0", "conv2": "convs.2", "conv3": "convs.4", "mlp": "proj"}
@@ -76,6 +77,8 @@ def convert(input: str | Path, out: str | Path, nslices: int = 5, input_size: tu
     state = {map_key(k): v for k, v in official.items()}
     path = common.write(out, "tokenunify", cfg, state, source, converted_from={"kind": "tokenunify", "source": source})
     n = sum(v.numel() for v in state.values())
-    return path, (f"TokenUnify: SegMamba feat_size {list(backbone.feat_size)}, hidden {backbone.hidden_size}, depths "
-                  f"{list(backbone.depths)}, Mamba {backbone.bimamba_type}; next-token head for {crop} crops of "
+    preset = next((name for name, c in PRESETS.items() if c == cfg), None)  # e.g. tokenunify-ar-base (segmamba_ar.py)
+    named = f" (preset {preset})" if preset else ""
+    return path, (f"TokenUnify{named}: SegMamba feat_size {list(backbone.feat_size)}, hidden {backbone.hidden_size}, "
+                  f"depths {list(backbone.depths)}, Mamba {backbone.bimamba_type}; next-token head for {crop} crops of "
                   f"{patch} tokens; {n:,} parameters")

@@ -17,7 +17,7 @@ Instance norms have no affine parameters and decoder convolutions no bias, as in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -209,8 +209,13 @@ class SegMamba(nn.Module):
         return self.head(self.features(x))  # (B, out_chans, D, H, W)
 
 
+# TokenUnify's autoregressive-stage variant (src/segmamba_ar.py, the released pretrained weights): base widths, three
+# Mamba layers per stage, (1, 3, 3) UNETR kernels, the official anisotropic encoder; 1 output channel (reconstruction)
+AR_BASE = SegMambaConfig(out_chans=1, depths=(3, 3, 3, 3), kernel_size=(1, 3, 3))
+
 PRESETS = {  # sizes of TokenUnify's models_mamba.py (base = "EMmamba", 28.3M in the paper's table), and a CPU toy
     "segmamba-base": SegMambaConfig(out_chans=3),
+    "segmamba-ar-base": replace(AR_BASE, out_chans=3),  # fine-tunes from a converted TokenUnify release
     "segmamba-small": SegMambaConfig(out_chans=3, feat_size=(64, 128, 256, 512), hidden_size=1024),
     "segmamba-mid": SegMambaConfig(out_chans=3, feat_size=(96, 192, 384, 768), hidden_size=1024),
     "segmamba-large": SegMambaConfig(out_chans=3, feat_size=(144, 288, 576, 1104), hidden_size=2048),

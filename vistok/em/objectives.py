@@ -6,8 +6,13 @@ voxels in [0, 1] with MSE on sigmoid outputs, as in the official code:
 
     random:    input = volume with a random subset of tokens hidden;  target = the whole clean volume
     next-all:  input = volume with tokens [k, K) hidden;             target = the whole clean volume
-    next:      same input (one shared forward pass);                  target = token k, from a small head (3 stride-2
-               convs + Linear, the official "Perceiver resampler") on the full-resolution output map
+    next:      same input (one shared forward pass);                  target = token k of the input volume, from a
+               small head (3 stride-2 convs + Linear, the official "Perceiver resampler") on the output logits
+
+"Input volume" is the crop as the data side hands it over: perturbed with probability 0.5 in the official recipe
+(`vistok.em.perturb`). The official loader cuts the next token out of that perturbed crop, while the next-all target
+is the clean crop; `forward(volume, ..., inputs=perturbed)` does the same (k ~ U{1 .. K-1} per sample, the hidden
+tokens filled with 0 or N(0, 1)).
 
 The mix is a schedule of task weights over training steps (`MixSchedule`), kept out of `forward`. The paper's
 schedule is two runs: random-token prediction, then next-all + next-token 1:1 from its weights with a fresh optimizer
@@ -25,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistok.em.backbone import SegMamba, SegMambaConfig
+from vistok.em.backbone import AR_BASE, SegMamba, SegMambaConfig
 from vistok.em.tokens import (hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask,
                               token_grid)
 from vistok.errors import VistokError, require
@@ -134,25 +139,29 @@ class TokenUnify(nn.Module):
         return hide_tokens(volume, mask, self.config.patch_size, self.config.fill, generator)
 
     def forward(self, volume: torch.Tensor, weights: TaskWeights = TaskWeights(),
-                generator: torch.Generator | None = None) -> PretrainLoss:
-        """(B, C, D, H, W) volumes in [0, 1] -> the weighted loss and each task's MSE."""
+                generator: torch.Generator | None = None, inputs: torch.Tensor | None = None) -> PretrainLoss:
+        """(B, C, D, H, W) clean volumes in [0, 1] -> the weighted loss and each task's MSE. `inputs` (same shape) is
+        what the network sees before tokens are hidden, e.g. the perturbed crops; the default is `volume`."""
         cfg = self.config
         if tuple(volume.shape[2:]) != cfg.input_size:
             raise VistokError(f"TokenUnify was built for {cfg.input_size} crops, got {tuple(volume.shape[2:])}; "
                               "set model.input_size to the crop size")
+        seen = volume if inputs is None else inputs
+        if seen.shape != volume.shape:
+            raise VistokError(f"inputs of shape {tuple(seen.shape)} do not match the volumes' {tuple(volume.shape)}")
         b, k, dev = volume.shape[0], cfg.num_tokens, volume.device
         zero = volume.new_zeros(())
         l_random = l_all = l_next = zero
         logits = None
         if weights.random > 0:  # random-token prediction
             mask = random_token_mask(b, k, cfg.mask_ratio, generator, dev)  # (B, K)
-            logits = self.backbone(self.hide(volume, mask, generator))  # (B, C, D, H, W)
+            logits = self.backbone(self.hide(seen, mask, generator))  # (B, C, D, H, W)
             l_random = F.mse_loss(torch.sigmoid(logits), volume)
         if weights.next_all > 0 or weights.next > 0:  # next-all and next-token from one forward pass
             prefix = prefix_lengths(b, k, generator, dev)  # (B,)
-            logits = self.backbone(self.hide(volume, prefix_mask(prefix, k), generator))
+            logits = self.backbone(self.hide(seen, prefix_mask(prefix, k), generator))
             l_all = F.mse_loss(torch.sigmoid(logits), volume)
-            target = next_token_target(volume, prefix, cfg.patch_size)  # (B, C * prod(patch))
+            target = next_token_target(seen, prefix, cfg.patch_size)  # (B, C * prod(patch)), as the official loader
             l_next = F.mse_loss(torch.sigmoid(self.next_head(logits)), target)
         if logits is None:
             raise VistokError(f"task weights {tuple(weights)} are all zero; at least one task must run")
@@ -203,6 +212,9 @@ _TINY = SegMambaConfig(out_chans=1, feat_size=(8, 16, 32, 64), hidden_size=64, d
 
 PRESETS = {  # the paper's crop 16x160x160 (400 tokens); the tiny one fits the 16x64x64 crops of the CPU demos
     "tokenunify-base": TokenUnifyConfig(backbone=_BASE),
+    # the official autoregressive stage's model (src/segmamba_ar.py): what `convert --from tokenunify` of a released
+    # pretraining checkpoint builds
+    "tokenunify-ar-base": TokenUnifyConfig(backbone=AR_BASE),
     "tokenunify-tiny": TokenUnifyConfig(backbone=_TINY, input_size=(16, 64, 64)),
 }
 
