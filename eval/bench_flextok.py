@@ -165,12 +165,11 @@ def released_row(preset: str, device: torch.device, steps: int, cfg_scale: float
     if cuda:
         row += (gib(enc_cuda), gib(max(dec_cuda, vae_cuda)))
     print(f"  {preset}: {n} steps {flow_s:.1f} s, VAE decode {vae_s:.1f} s", flush=True)
-    del model, tokenizer, ids, latents, images
-    gc.collect()
-    return row
+    return row  # the model goes with this frame, before the next preset is built
 
 
-def released_rows(presets: list[str], device: torch.device, steps: int, cfg_scale: float, measure_steps: int) -> list[tuple]:
+def released_rows(presets: list[str], device: torch.device, steps: int, cfg_scale: float,
+                  measure_steps: int) -> list[tuple]:
     header = ("model (random weights)", "weights GiB", "encode s", "encode peak RSS GiB",
               f"decode s ({steps} steps, APG {cfg_scale}, + VAE)", "s / step", "VAE decode s", "decode peak RSS GiB")
     if device.type == "cuda":
@@ -195,7 +194,7 @@ def main() -> None:
                         "flextok-d12-d12,flextok-d18-d28 (default: none)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the released rows")
     parser.add_argument("--steps", type=int, default=25, help="released rows: Euler steps (default 25)")
-    parser.add_argument("--apg", type=float, default=7.5, help="released rows: APG scale (default 7.5, the released one)")
+    parser.add_argument("--apg", type=float, default=7.5, help="released rows: APG scale (default 7.5, as released)")
     parser.add_argument("--measure-steps", type=int, default=0,
                         help="released rows: time this many steps and extrapolate to --steps (default 0: run them all)")
     args = parser.parse_args()

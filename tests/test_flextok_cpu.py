@@ -22,7 +22,7 @@ from bench_flextok import peak_rss, reset_peak_rss  # noqa: E402
 
 
 def tiny(width: int = 32, depth: int = 2, grid: int = 16, patch: int = 4, registers: int = 8) -> FlexTok:
-    """A pixel FlexTok with every zero-initialised weight (heads, adaLN) made random, so outputs depend on all inputs."""
+    """A pixel FlexTok with every zero-initialised weight (heads, adaLN) random, so outputs depend on all inputs."""
     torch.manual_seed(0)
     model = FlexTok(FlexTokConfig(in_channels=3, grid=(grid, grid), patch=patch, registers=registers, enc_width=width,
                                   enc_depth=depth, dec_width=width, dec_depth=depth, head_dim=16, null_cond_p=0.0))
@@ -127,3 +127,16 @@ def test_decode_peak_memory_does_not_grow_with_steps() -> None:
     two = peak(2)  # before the 8-step run: memory freed after a run stays resident and would hide a later peak
     growth = peak(8) - two
     assert growth < 16 * 2**20, f"decoding 8 steps peaked {growth / 2**20:.0f} MB above decoding 2"
+
+
+def test_bench_released_row_runs_and_extrapolates() -> None:
+    """eval/bench_flextok.py's released-size row on the smallest preset: one row of the header's width, the decode
+    time labelled as extrapolated when fewer steps were measured, and equal to VAE + steps x per-step time."""
+    from bench_flextok import released_rows
+
+    header, row = released_rows(["flextok-test"], torch.device("cpu"), steps=25, cfg_scale=7.5, measure_steps=2)
+    assert len(row) == len(header) and "25 steps, APG 7.5" in header[4]
+    decode, per_step, vae = row[4], float(row[5]), float(row[6])
+    assert decode.endswith("(extrapolated from 2 steps)")
+    assert abs(float(decode.split()[0]) - (vae + 25 * per_step)) <= 0.1 + 25 * 0.005  # the printed roundings
+    assert float(row[3]) >= float(row[1]) and float(row[7]) >= float(row[1])  # peak RSS holds the weights
