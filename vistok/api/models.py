@@ -367,9 +367,10 @@ class Tokenizer:
         return collect(batches, {"ids": np.zeros((0, self.registers), np.int64)})["ids"]
 
     def _decoder(self, ids: np.ndarray | torch.Tensor, k: Any, seed: int, noise: np.ndarray | torch.Tensor | None,
-                 d: DecodeConfig) -> tuple[int, Callable[[int, int, int], torch.Tensor]]:
+                 d: DecodeConfig, progress: bool | None = False) -> tuple[int, Callable[[int, int, int], torch.Tensor]]:
         """(N, latents(start, n, rows) -> (rows, C, H, W) float32): token ids to latents, from the given starting
-        noise (N, C, H, W) or from image i's own generator seeded by (seed, i)."""
+        noise (N, C, H, W) or from image i's own generator seeded by (seed, i); `progress`: a bar over each batch's
+        Euler steps too."""
         tokens = torch.from_numpy(as_ints(ids, "token ids", nonempty=True))  # no ids: no images, not a (0, 1, 1, 3) array
         if tokens.ndim != 2:
             raise ArgumentValueError(f"token ids must be (N, K), got shape {tuple(tokens.shape)}")
@@ -386,9 +387,9 @@ class Tokenizer:
         def latents(start: int, n: int, rows: int) -> torch.Tensor:
             batch, kb = pad_rows(tokens[start:start + n], rows), pad_rows(keep[start:start + n], rows)
             if start_noise is not None:
-                return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance,
+                return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance, progress=progress,
                                                noise=pad_rows(start_noise[start:start + n], rows).to(self.device)).float()
-            return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance,
+            return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance, progress=progress,
                                            generator=image_generators(seed, start, rows)).float()  # (B, C, h, w)
 
         return len(tokens), latents
@@ -400,8 +401,10 @@ class Tokenizer:
     ) -> np.ndarray:
         """(N, n) token ids, the first k of each used (an int, one per image, or None: all n) -> uint8 (N, H, W, 3).
         Image i draws its noise from its own generator seeded by (seed, i), or starts from `noise` (N, C, H, W) (as
-        diffusers' `latents=`): the same as `decode_latents` then the VAE's decode."""
-        count, latents = self._decoder(ids, k, seed, noise, self.settings(steps=steps, cfg=cfg, guidance=guidance))
+        diffusers' `latents=`): the same as `decode_latents` then the VAE's decode. `progress`: bars over the images
+        and over each batch's Euler steps, on stderr when it is a terminal (False: none)."""
+        count, latents = self._decoder(ids, k, seed, noise, self.settings(steps=steps, cfg=cfg, guidance=guidance),
+                                       progress)
 
         def step(start: int, n: int, rows: int) -> Arrays:
             return {"images": nhwc(to_uint8(self.tokenizer.decode(latents(start, n, rows))))}

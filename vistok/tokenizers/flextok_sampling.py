@@ -12,6 +12,13 @@ Every image may have its own prefix length k in the same batch: k only selects w
 never attend to each other, so a mixed batch gives each image what it would get alone (up to float rounding).
 Random draws come from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the rest
 of its batch).
+
+Memory is bounded by one step (the released d18-d28, 2.5B parameters, decodes a 256 px image on a laptop-class CPU):
+decoding runs under `torch.inference_mode` (no autograd graph, so nothing of step i outlives step i), attention is
+SDPA (fused kernels, no (L, L) score matrix per head), and what does not depend on t is computed once: the
+conditional and null register inputs and the positions. Nothing more can be reused across steps: the registers pass
+through the same t-modulated (adaLN) blocks as the noised patches, so their keys and values change every step. A
+tqdm bar (`progress=`) ticks once per Euler step.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from vistok import flow
 from vistok.checks import MAX_STEPS, guidance_arg, int_arg
 from vistok.errors import VistokError, require
+from vistok.progress import progress as progress_bar
 from vistok.tokenizers.flextok import FlexTok
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -75,12 +83,12 @@ def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) 
     return torch.randn(shape, generator=generator, device=src).to(device)
 
 
-@torch.no_grad()
 def encode(model: FlexTok, images: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
     """(B, 3, H, W) images (through `tokenizer`, or already the model's input grid) -> (B, K) int64 token ids."""
-    with flow.eval_mode(model):
+    with flow.eval_mode(model), torch.inference_mode():
         x = tokenizer.encode(images) if tokenizer is not None else images
-        return model.quantize(model.encode(x)).indices
+        ids = model.quantize(model.encode(x)).indices
+    return ids.clone()  # a normal tensor: an inference tensor cannot be saved for backward (an embedding lookup)
 
 
 def k_ladder(registers: int) -> list[int]:
@@ -129,11 +137,11 @@ def guided_velocity(
     return flow.guide(v_cond, v_uncond, scale), None
 
 
-@torch.no_grad()
 def decode(
     model: FlexTok, ids: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, steps: int = 20,
     cfg: Scale = 1.0, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
     seed: int | None = None, noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
+    progress: bool | None = False,
 ) -> torch.Tensor:
     """Token ids (B, n) -> (B, C, H, W) latents, or images when a `tokenizer` is given.
 
@@ -141,6 +149,8 @@ def decode(
     cfg: guidance scale (a float or a function of t); 1.0 is no guidance (the conditional branch alone, no null
     pass). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
     the initial noise (a list of B generators gives each image its own); noise: the (B, C, H, W) initial noise itself.
+    progress: a tqdm bar on stderr with one tick per Euler step (True: when stderr is a terminal; None: the same;
+    False: none); it never changes the result.
     """
     require(steps >= 1, f"steps must be at least 1, got {steps}")
     require(guidance in ("cfg", "apg"), f"unknown guidance {guidance!r}; use cfg or apg")
@@ -154,7 +164,8 @@ def decode(
         generator = torch.Generator().manual_seed(seed) if generator is None and seed is not None else generator
         noise = _randn((batch, c.in_channels, *c.grid), generator, device)
     require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
-    with flow.eval_mode(model):
+    with flow.eval_mode(model), torch.inference_mode(), \
+            progress_bar(total=steps, desc="decode", enabled=progress, unit="step") as bar:
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
         if is_guided(cfg):
             null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
@@ -164,10 +175,11 @@ def decode(
         for t, t_next in zip(grid[:-1], grid[1:]):
             v, running = guided_velocity(model, x, t, registers, cfg, guidance, apg, running)
             x = flow.euler_step(x, v.float(), t, t_next)
-    return tokenizer.decode(x) if tokenizer is not None else x
+            bar.update(1)
+        out = tokenizer.decode(x) if tokenizer is not None else x
+    return out.clone()  # a normal tensor (inference tensors refuse in-place updates and autograd later)
 
 
-@torch.no_grad()
 def reconstruct(
     model: FlexTok, images: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, **kwargs
 ) -> torch.Tensor:
