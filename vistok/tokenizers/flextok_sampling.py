@@ -10,8 +10,9 @@ momentum -0.5, norm threshold 2.5, eta 0). The scale w may be a function of t.
 
 Every image may have its own prefix length k in the same batch: k only selects which registers are masked, and images
 never attend to each other, so a mixed batch gives each image what it would get alone (up to float rounding).
-Random draws come from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the rest
-of its batch).
+`decode` takes its `DecodeConfig` (what an export stores and a user overrides) plus the per-call data. Its noise comes
+through `vistok.seeding` from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the
+rest of its batch).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import torch
 
 from vistok import flow
 from vistok.checks import MAX_STEPS, guidance_arg, int_arg
-from vistok.errors import VistokError, require
+from vistok.errors import ArgumentTypeError, VistokError, require
+from vistok.seeding import Generators, randn, resolve
 from vistok.tokenizers.flextok import FlexTok
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
 Scale = float | Callable[[float], float]
 
 
@@ -66,13 +67,6 @@ class APGConfig:
     eta: float = 0.0  # weight of the guidance component parallel to the conditional velocity
 
 
-
-
-def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
-    if isinstance(generator, Sequence):  # one generator per image: its noise ignores the rest of the batch
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
-    src = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=src).to(device)
 
 
 @torch.no_grad()
@@ -131,28 +125,29 @@ def guided_velocity(
 
 @torch.no_grad()
 def decode(
-    model: FlexTok, ids: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, steps: int = 20,
-    cfg: Scale = 1.0, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
-    seed: int | None = None, noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
+    model: FlexTok, ids: torch.Tensor, settings: DecodeConfig = DecodeConfig(), *,
+    keep_k: int | Sequence[int] | torch.Tensor | None = None, seed: int | None = None, generator: Generators = None,
+    noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None, apg: APGConfig = APGConfig(),
+    schedule: Callable[[float], float] | None = None,
 ) -> torch.Tensor:
     """Token ids (B, n) -> (B, C, H, W) latents, or images when a `tokenizer` is given.
 
-    keep_k: tokens used per image (None: all n; an int; or one per image), each in 1..n. steps: Euler steps T.
-    cfg: guidance scale (a float or a function of t); 1.0 is no guidance (the conditional branch alone, no null
-    pass). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
-    the initial noise (a list of B generators gives each image its own); noise: the (B, C, H, W) initial noise itself.
+    settings: Euler steps T, guidance scale (1.0: no guidance, the conditional branch alone, no null pass) and
+    guidance, "cfg" or "apg" (with `apg`'s settings). keep_k: tokens used per image (None: all n; an int; or one per
+    image), each in 1..n. seed / generator: the source of the initial noise (`vistok.seeding.resolve`; a list of B
+    generators gives each image its own); noise: the (B, C, H, W) initial noise itself. schedule: a guidance scale
+    that varies with t, used instead of settings.cfg (it always runs the null branch).
     """
-    require(steps >= 1, f"steps must be at least 1, got {steps}")
-    require(guidance in ("cfg", "apg"), f"unknown guidance {guidance!r}; use cfg or apg")
+    if not isinstance(settings, DecodeConfig):
+        raise ArgumentTypeError(f"decode: settings must be a DecodeConfig (e.g. DecodeConfig(steps=25)), got "
+                                f"{type(settings).__name__} {settings!r}")
+    cfg: Scale = schedule if schedule is not None else settings.cfg
     c, batch = model.config, ids.shape[0]
     device = next(model.parameters()).device
     codes = ids_to_codes(model, ids.to(device))  # (B, K, d)
     k = prefix_lengths(keep_k, batch, ids.shape[1]).to(device)  # (B,)
     if noise is None:
-        if isinstance(generator, Sequence):
-            require(len(generator) == batch, f"got {len(generator)} generators for {batch} images; pass one per image")
-        generator = torch.Generator().manual_seed(seed) if generator is None and seed is not None else generator
-        noise = _randn((batch, c.in_channels, *c.grid), generator, device)
+        noise = randn((batch, c.in_channels, *c.grid), resolve(generator, seed, batch), device)
     require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
     with flow.eval_mode(model):
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
@@ -160,16 +155,17 @@ def decode(
             null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
             registers = torch.cat([registers, null])  # (2B, K, D)
         x, running = noise.to(device).float(), None
-        grid = flow.time_grid(steps, sde=False)  # 1 -> 0, uniform
+        grid = flow.time_grid(settings.steps, sde=False)  # 1 -> 0, uniform
         for t, t_next in zip(grid[:-1], grid[1:]):
-            v, running = guided_velocity(model, x, t, registers, cfg, guidance, apg, running)
+            v, running = guided_velocity(model, x, t, registers, cfg, settings.guidance, apg, running)
             x = flow.euler_step(x, v.float(), t, t_next)
     return tokenizer.decode(x) if tokenizer is not None else x
 
 
 @torch.no_grad()
 def reconstruct(
-    model: FlexTok, images: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, **kwargs
+    model: FlexTok, images: torch.Tensor, settings: DecodeConfig = DecodeConfig(), *,
+    keep_k: int | Sequence[int] | torch.Tensor | None = None, tokenizer: Tokenizer | None = None, **kwargs
 ) -> torch.Tensor:
-    """encode, then decode the first keep_k tokens of each image; kwargs go to `decode`."""
-    return decode(model, encode(model, images, kwargs.get("tokenizer")), keep_k, **kwargs)
+    """encode, then decode the first keep_k tokens of each image; kwargs (seed, generator, ...) go to `decode`."""
+    return decode(model, encode(model, images, tokenizer), settings, keep_k=keep_k, tokenizer=tokenizer, **kwargs)
