@@ -26,6 +26,7 @@ import yaml
 
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import PRESETS, FlexTok, FlexTokConfig
+from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 from benchtools import timed  # eval/benchtools.py
@@ -64,8 +65,9 @@ def cpu_rows(batch: int, ks: list[int], steps: list[int], cfg_scale: float, repe
     for k in ks:
         row = [f"{k}", f"{batch / enc_s:.0f}"]
         for t, scale in settings:
-            s = timed(lambda: sampling.decode(model, ids, k, t, scale, seed=0, tokenizer=tokenizer), device,  # noqa: B023
-                      repeats, warmup=0)
+            decoding = DecodeConfig(steps=t, cfg=scale)
+            s = timed(lambda: sampling.decode(model, ids, decoding, keep_k=k, seed=0, tokenizer=tokenizer),  # noqa: B023
+                      device, repeats, warmup=0)
             row.append(f"{batch / s:.1f}")
         rows.append(tuple(row))
         print(f"  measured k = {k}", flush=True)
@@ -98,7 +100,8 @@ def large_rows(preset: str, device: torch.device, batch: int, steps: int, cfg_sc
 
     def decode(with_tokenizer: bool) -> None:
         with bf16():
-            sampling.decode(model, ids, None, steps, cfg_scale, seed=0, tokenizer=tokenizer if with_tokenizer else None)
+            sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=cfg_scale), seed=0,
+                            tokenizer=tokenizer if with_tokenizer else None)
 
     latents_s = timed(lambda: decode(False), device, repeats)
     images_s = timed(lambda: decode(True), device, repeats)
