@@ -139,7 +139,7 @@ def decode(
     that varies with t, used instead of settings.cfg (it always runs the null branch).
     """
     if not isinstance(settings, DecodeConfig):
-        raise ArgumentTypeError(f"decode: settings must be a DecodeConfig (e.g. DecodeConfig(steps=25)), got "
+        raise ArgumentTypeError(f"decode: the settings must be one DecodeConfig, e.g. DecodeConfig(steps=25); got "
                                 f"{type(settings).__name__} {settings!r}")
     cfg: Scale = schedule if schedule is not None else settings.cfg
     c, batch = model.config, ids.shape[0]
