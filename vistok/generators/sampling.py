@@ -94,8 +94,8 @@ def settings_arg(settings: object, kind: type, sampler: str) -> None:
     """A one-line TypeError when a sampler is handed something other than its settings object (e.g. an old-style
     number of steps in its place)."""
     if not isinstance(settings, kind):
-        raise ArgumentTypeError(f"{sampler}: settings must be a {kind.__name__} (e.g. {kind.__name__}(cfg=2.0)), got "
-                                f"{type(settings).__name__} {settings!r}")
+        raise ArgumentTypeError(f"{sampler}: the settings must be one {kind.__name__}, e.g. {kind.__name__}(cfg=2.0); "
+                                f"got {type(settings).__name__} {settings!r}")
 
 
 @torch.no_grad()
