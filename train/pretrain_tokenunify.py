@@ -141,17 +141,14 @@ def main() -> None:
 
     ema_model = TokenUnify(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())
-    if env.is_main:
-        scores = {}
-        if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
-            fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False, ranges=ranges)
-            scores = task_errors(ema_model, fixed, tc.seed, env.device)
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
-                                init_from=cfg.init_from or None,
-                                eval={"crops": cfg.eval_crops, **scores})
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        print(f"exported EMA weights (step {run.step}) to {out}{'; ' + shown if shown else ''}")
+    scores = {}
+    if env.is_main and cfg.eval_crops:  # the same crops and masks for every run of a config: comparable schedules
+        fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False, ranges=ranges)
+        scores = task_errors(ema_model, fixed, tc.seed, env.device)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), schedule=to_dict(cfg.schedule),
+               volumes=list(cfg.data.volumes), init_from=cfg.init_from or None,
+               eval={"crops": cfg.eval_crops, **scores}, note=f"; {shown}" if shown else "")
     dist.cleanup()
 
 
