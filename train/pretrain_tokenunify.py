@@ -34,6 +34,7 @@ from vistok.em.volumes import EMCrops, intensity_range, open_volumes
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
+from vistok.seeding import step_generator
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,6 @@ class Config:
 
     def __post_init__(self) -> None:
         require(self.eval_crops >= 0, "eval_crops must be >= 0")
-
-
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """Masks, prefix lengths and fill noise of one step: a function of (seed, step, rank), so a resumed run draws
-    exactly what an uninterrupted one would."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
 def load_init(model: TokenUnify, init_from: str) -> dict:
@@ -133,7 +128,7 @@ def main() -> None:
         while run.step < tc.total_steps:
             volume = next(batches).to(env.device, non_blocking=True)  # (B, 1, D, H, W) in [0, 1]
             weights = cfg.schedule.at(run.step, tc.total_steps)  # this step's task mix
-            gen = step_generator(tc.seed, run.step, env.rank, env.device)
+            gen = step_generator(tc.seed, run.step, env.rank, env.device)  # masks, prefix lengths, fill noise
             for x in run.micro_batches(volume):
                 out = ddp_model(x, weights, gen)
                 run.backward(out.loss, random=out.random, next_all=out.next_all, next=out.next)

@@ -6,8 +6,10 @@ exactly as one process would), and the first n images of a run of N > n are the 
 (xAR, the GPT, FlexTok decoding) draws through `randn` / `rand` below, which take one generator for the batch or a list
 of generators, one per image (the leading axis): with a list, image i's draws come from its own generator only, so they
 do not depend on the rest of its batch. Draws are made on each generator's device (the CPU for `image_generators`) and
-then moved, so the same seed gives the same noise on any device. This module sits low so that tokenizers and generators
-share it without importing each other.
+then moved, so the same seed gives the same noise on any device. Training draws are keyed the same way: the data order
+by (seed, epoch), an item's augmentation by (seed, epoch, index), a step's draws by (seed, step, rank), so a resumed run
+draws what an uninterrupted one would. This module sits low so that data, tokenizers and generators share it without
+importing each other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ def image_generators(seed: int, start: int, count: int, stream: int = 0) -> list
     extra = [stream] if stream else []
     states = (np.random.SeedSequence([seed, i, *extra]).generate_state(2, np.uint32) for i in range(start, start + count))
     return [torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1]) >> 1) for s in states]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of a run's `epoch`-th data order: a function of (seed, epoch) alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of item `index`'s random augmentation on its `epoch`-th visit: a function of (seed, epoch, index)
+    alone, so whichever worker, rank or resumed run loads the item draws the same crop, flip or posterior sample."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator keyed by (seed, step, rank), on `device`: what one rank draws at one training step (or a loader
+    started at that step), so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
 def resolve(generator: Generators, seed: int | None, batch: int) -> Generators:
@@ -61,4 +80,5 @@ def rand(batch: int, generator: Generators) -> torch.Tensor:
     return torch.rand(batch, generator=generator, dtype=torch.float64, device=src).cpu()
 
 
-__all__ = ["Generators", "image_generators", "rand", "randn", "resolve"]
+__all__ = ["Generators", "epoch_generator", "image_generators", "item_generator", "rand", "randn", "resolve",
+           "step_generator"]
