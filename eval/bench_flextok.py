@@ -36,6 +36,7 @@ import yaml
 
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import PRESETS, FlexTok, FlexTokConfig
+from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 from benchtools import sync, timed  # eval/benchtools.py
@@ -74,8 +75,9 @@ def cpu_rows(batch: int, ks: list[int], steps: list[int], cfg_scale: float, repe
     for k in ks:
         row = [f"{k}", f"{batch / enc_s:.0f}"]
         for t, scale in settings:
-            s = timed(lambda: sampling.decode(model, ids, k, t, scale, seed=0, tokenizer=tokenizer), device,  # noqa: B023
-                      repeats, warmup=0)
+            decoding = DecodeConfig(steps=t, cfg=scale)
+            s = timed(lambda: sampling.decode(model, ids, decoding, keep_k=k, seed=0, tokenizer=tokenizer),  # noqa: B023
+                      device, repeats, warmup=0)
             row.append(f"{batch / s:.1f}")
         rows.append(tuple(row))
         print(f"  measured k = {k}", flush=True)
@@ -151,7 +153,7 @@ def released_row(preset: str, device: torch.device, steps: int, cfg_scale: float
     n = measure_steps if 0 < measure_steps < steps else steps
     print(f"  {preset}: encode {enc_s:.1f} s; decoding {n} steps", flush=True)
     latents, flow_s, dec_rss, dec_cuda = measured(
-        lambda: sampling.decode(model, ids, None, n, cfg_scale, "apg", seed=0, progress=None), device)
+        lambda: sampling.decode(model, ids, DecodeConfig(steps=n, cfg=cfg_scale, guidance="apg"), seed=0, progress=None), device)
     images, vae_s, vae_rss, vae_cuda = measured(lambda: tokenizer.decode(latents), device)
     assert images.shape == (1, 3, size, size) and bool(torch.isfinite(images).all())
     per_step = flow_s / n

@@ -73,7 +73,7 @@ def main() -> None:
     rows = []
     for k in k_ladder(flextok.config.registers):
         ids = torch.randint(0, flextok.fsq.codebook_size, (args.batch, k))
-        decode_s = seconds(lambda: flextok_sampling.decode(flextok, ids, steps=args.decode_steps, seed=0))  # noqa: B023
+        decode_s = seconds(lambda: flextok_sampling.decode(flextok, ids, DecodeConfig(steps=args.decode_steps), seed=0))  # noqa: B023
         row = [str(k)]
         for name, model in (("gpt", gpt), ("xar", xar)):
             if k not in valid_ks(model):

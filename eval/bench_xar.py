@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import os
 import resource
 import statistics
@@ -90,6 +91,15 @@ def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str 
     return step
 
 
+def sample(model: XAR, labels: torch.Tensor, steps: int, cfg_scale: float, **kw) -> torch.Tensor:
+    """`sample_xar` from seed 0; a `--code` checkout that predates its settings object takes them as loose arguments."""
+    if "settings" not in inspect.signature(sample_xar).parameters:
+        return sample_xar(model, labels, steps, cfg_scale, seed=0, **kw)
+    from vistok.generators.sampling import SampleConfig
+
+    return sample_xar(model, labels, SampleConfig(steps=steps, cfg=cfg_scale), seed=0, **kw)
+
+
 def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_scale: float, precision: str = "fp32",
             compile: bool = False) -> Callable[[], None]:
     model = XAR(cfg).to(device).eval()
@@ -97,7 +107,7 @@ def sampler(cfg: XARConfig, batch: int, device: torch.device, steps: int, cfg_sc
 
     def run() -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            sample_xar(model, labels, steps, cfg_scale, seed=0, **({"compile": True} if compile else {}))
+            sample(model, labels, steps, cfg_scale, **({"compile": True} if compile else {}))
 
     return run
 

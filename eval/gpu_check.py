@@ -42,6 +42,7 @@ SIZES = {  # what each row runs at: the issue's sizes on CUDA, tiny ones on the 
 def flextok_decode_row(device: torch.device, preset: str, batch: int, steps: int, cfg_scale: float = 2.0) -> dict:
     from vistok.tokenizers import flextok_sampling as fs
     from vistok.tokenizers.flextok import PRESETS, FlexTok
+    from vistok.tokenizers.flextok_sampling import DecodeConfig
 
     cfg = dataclasses.replace(PRESETS[preset], repa_dim=0)
     model = FlexTok(cfg).to(device).eval()
@@ -49,7 +50,7 @@ def flextok_decode_row(device: torch.device, preset: str, batch: int, steps: int
 
     def decode() -> None:
         with torch.autocast(device.type, torch.bfloat16):
-            fs.decode(model, ids, None, steps, cfg_scale, seed=0)
+            fs.decode(model, ids, DecodeConfig(steps=steps, cfg=cfg_scale), seed=0)
 
     seconds = timed(decode, device, repeats=3, warmup=1)
     return dict(row=f"{preset} decode, bf16, batch {batch}, {steps} steps, CFG {cfg_scale} (latents)",
@@ -158,14 +159,14 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
 def kv_cache_checks(device: torch.device, compile: bool = True) -> list[dict]:
     """xAR sampling with the static KV cache (eager, and with the compiled stack) against full recompute, in float32
     with TF32 off, 2+2 blocks, 4 heads, 4 cells, CFG: the largest difference over the samples."""
-    from vistok.generators.sampling import sample_xar
+    from vistok.generators.sampling import SampleConfig, sample_xar
     from vistok.generators.xar import PRESETS as XAR_PRESETS
     from vistok.generators.xar import XAR
 
     torch.manual_seed(0)
     model = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], depth=2, entity_size=2)).to(device).eval()
     labels = torch.tensor([0, 3, 7], device=device)
-    run = lambda **kw: sample_xar(model, labels, steps=3, cfg=2.0, seed=0, **kw)  # noqa: E731
+    run = lambda **kw: sample_xar(model, labels, SampleConfig(steps=3, cfg=2.0), seed=0, **kw)  # noqa: E731
     ref, rows = run(full_recompute=True), []
     for label, kw in (("eager", {}), ("compiled stack", {"compile": True}))[: 2 if compile else 1]:
         diff = (run(**kw) - ref).abs().max().item()

@@ -13,7 +13,7 @@ from vistok.errors import VistokError
 from vistok.modules.repa import DinoV2Teacher, build_teacher
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, register_mask
-from vistok.tokenizers.flextok_sampling import APGConfig
+from vistok.tokenizers.flextok_sampling import APGConfig, DecodeConfig
 
 
 
@@ -238,13 +238,15 @@ def test_mixed_k_batch_equals_per_image_decoding() -> None:
     keep = [1, 2, 4, 8]
     noise = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     for kwargs in (dict(), dict(cfg=3.0), dict(cfg=3.0, guidance="apg")):
-        batched = sampling.decode(model, ids, keep, steps=3, noise=noise, **kwargs)
+        batched = sampling.decode(model, ids, DecodeConfig(steps=3, **kwargs), keep_k=keep, noise=noise)
         for i in range(4):
-            alone = sampling.decode(model, ids[i : i + 1], keep[i], steps=3, noise=noise[i : i + 1], **kwargs)
+            alone = sampling.decode(model, ids[i : i + 1], DecodeConfig(steps=3, **kwargs), keep_k=keep[i],
+                                    noise=noise[i : i + 1])
             torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-5)
     gens = [torch.Generator().manual_seed(10 + i) for i in range(4)]  # per-image generators: the same noise alone
-    batched = sampling.decode(model, ids, keep, steps=2, generator=gens)
-    alone = sampling.decode(model, ids[2:3], keep[2], steps=2, generator=[torch.Generator().manual_seed(12)])
+    batched = sampling.decode(model, ids, DecodeConfig(steps=2), keep_k=keep, generator=gens)
+    alone = sampling.decode(model, ids[2:3], DecodeConfig(steps=2), keep_k=keep[2],
+                            generator=[torch.Generator().manual_seed(12)])
     torch.testing.assert_close(batched[2:3], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -252,11 +254,11 @@ def test_truncated_ids_are_padded_and_masked() -> None:
     model = randomized(tiny())
     ids = sampling.encode(model, images(2))
     noise = torch.randn(2, 3, 16, 16)
-    short = sampling.decode(model, ids[:, :3], steps=2, noise=noise)  # keep_k defaults to the 3 ids given
-    full = sampling.decode(model, ids, 3, steps=2, noise=noise)
+    short = sampling.decode(model, ids[:, :3], DecodeConfig(steps=2), noise=noise)  # keep_k defaults to the 3 ids given
+    full = sampling.decode(model, ids, DecodeConfig(steps=2), keep_k=3, noise=noise)
     torch.testing.assert_close(short, full, rtol=0, atol=0)
     with pytest.raises(VistokError, match="1..3"):
-        sampling.decode(model, ids[:, :3], 4, steps=2)
+        sampling.decode(model, ids[:, :3], DecodeConfig(steps=2), keep_k=4)
     with pytest.raises(VistokError, match="token ids"):
         sampling.decode(model, ids.float())
     with pytest.raises(VistokError, match="0..63999"):
@@ -279,8 +281,9 @@ def test_cfg_scale_one_equals_the_conditional_prediction() -> None:
     assert (v_three - v_cond).abs().max() > 1e-3  # the unconditional branch really differs
     noise = torch.randn(3, 3, 16, 16)
     ids = model.fsq.codes_to_indices(codes)
-    torch.testing.assert_close(sampling.decode(model, ids, keep, steps=3, cfg=lambda t: 1.0, noise=noise),
-                               sampling.decode(model, ids, keep, steps=3, noise=noise), rtol=1e-5, atol=1e-5)
+    one = sampling.decode(model, ids, DecodeConfig(steps=3), keep_k=keep, noise=noise, schedule=lambda t: 1.0)
+    torch.testing.assert_close(one, sampling.decode(model, ids, DecodeConfig(steps=3), keep_k=keep, noise=noise),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_apg_reduces_to_cfg_without_momentum_clipping_or_projection() -> None:
@@ -292,10 +295,11 @@ def test_apg_reduces_to_cfg_without_momentum_clipping_or_projection() -> None:
         torch.testing.assert_close(guided, flow.guide(v_c, v_u, scale), rtol=1e-5, atol=1e-5)
     model = randomized(tiny())
     ids, noise = sampling.encode(model, images(2)), torch.randn(2, 3, 16, 16)
-    cfg = sampling.decode(model, ids, [2, 8], steps=3, cfg=4.0, noise=noise)
-    apg = sampling.decode(model, ids, [2, 8], steps=3, cfg=4.0, guidance="apg", apg=APGConfig(0.0, 0.0, 1.0), noise=noise)
+    cfg = sampling.decode(model, ids, DecodeConfig(steps=3, cfg=4.0), keep_k=[2, 8], noise=noise)
+    apg = sampling.decode(model, ids, DecodeConfig(steps=3, cfg=4.0, guidance="apg"), keep_k=[2, 8],
+                          apg=APGConfig(0.0, 0.0, 1.0), noise=noise)
     torch.testing.assert_close(apg, cfg, rtol=1e-5, atol=1e-5)
-    default = sampling.decode(model, ids, [2, 8], steps=3, cfg=4.0, guidance="apg", noise=noise)
+    default = sampling.decode(model, ids, DecodeConfig(steps=3, cfg=4.0, guidance="apg"), keep_k=[2, 8], noise=noise)
     assert (default - cfg).abs().max() > 1e-4
 
 
@@ -314,10 +318,10 @@ def test_apg_defaults_project_clip_and_carry_momentum() -> None:
 def test_same_seed_same_decode_and_callable_scale() -> None:
     model = randomized(tiny())
     ids = sampling.encode(model, images(2))
-    a = sampling.decode(model, ids, steps=2, cfg=lambda t: 1.0 + 2.0 * t, seed=7)
-    b = sampling.decode(model, ids, steps=2, cfg=lambda t: 1.0 + 2.0 * t, seed=7)
+    a = sampling.decode(model, ids, DecodeConfig(steps=2), schedule=lambda t: 1.0 + 2.0 * t, seed=7)
+    b = sampling.decode(model, ids, DecodeConfig(steps=2), schedule=lambda t: 1.0 + 2.0 * t, seed=7)
     assert torch.equal(a, b) and a.shape == (2, 3, 16, 16)
-    recon = sampling.reconstruct(model, images(2), [1, 8], steps=2, seed=7)
+    recon = sampling.reconstruct(model, images(2), DecodeConfig(steps=2), keep_k=[1, 8], seed=7)
     assert recon.shape == (2, 3, 16, 16) and torch.isfinite(recon).all()
 
 
@@ -371,4 +375,4 @@ def test_meta_model_materialises() -> None:
     model.to_empty(device="cpu")
     model.reset_parameters()
     ids = sampling.encode(model, torch.zeros(1, 3, 32, 32))
-    assert torch.isfinite(sampling.decode(model, ids, 2, steps=1, seed=0)).all()
+    assert torch.isfinite(sampling.decode(model, ids, DecodeConfig(steps=1), keep_k=2, seed=0)).all()

@@ -15,6 +15,7 @@ import vistok.progress
 from vistok.api.models import Tokenizer
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
+from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
@@ -43,7 +44,7 @@ def ids_of(model: FlexTok, batch: int = 2) -> torch.Tensor:
 def test_progress_ticks_once_per_step_and_never_changes_the_result(monkeypatch, capsys) -> None:
     model, steps = tiny(), 5
     ids = ids_of(model)
-    plain = sampling.decode(model, ids, [8, 3], steps, 3.0, "apg", seed=0, progress=False)
+    plain = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=False)
     events: list[str] = []
     bars = []
     real_bar = sampling.progress_bar
@@ -59,16 +60,16 @@ def test_progress_ticks_once_per_step_and_never_changes_the_result(monkeypatch, 
     model.decoder.register_forward_hook(lambda *_: events.append("forward"))
     monkeypatch.setattr(vistok.progress, "is_terminal", lambda: True)  # as if stderr were a terminal
     capsys.readouterr()
-    shown = sampling.decode(model, ids, [8, 3], steps, 3.0, "apg", seed=0, progress=True)
+    shown = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=True)
     assert events == ["forward", "tick 1"] * steps  # both guidance branches in one forward, then one tick
     assert torch.equal(shown, plain)
     assert len(bars) == 1 and not bars[0][1] and bars[0][0].total == steps and bars[0][0].n == steps
     err = capsys.readouterr().err  # tqdm redraws at most every 0.1 s and clears the bar when done: its start shows
     assert f"0/{steps} " in err and "step" in err
     # asked off, or stderr not a terminal: a silent bar (still one tick per step), the same result
-    assert torch.equal(sampling.decode(model, ids, [8, 3], steps, 3.0, "apg", seed=0, progress=False), plain)
+    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=False), plain)
     monkeypatch.setattr(vistok.progress, "is_terminal", lambda: False)
-    assert torch.equal(sampling.decode(model, ids, [8, 3], steps, 3.0, "apg", seed=0, progress=True), plain)
+    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=True), plain)
     assert [disabled for _, disabled in bars[1:]] == [True, True] and capsys.readouterr().err == ""
 
 
@@ -101,7 +102,7 @@ def test_decode_keeps_nothing_of_a_step_for_the_next() -> None:
 
     model.decoder.blocks[0].register_forward_hook(hook)
     assert torch.is_grad_enabled()  # the caller's mode: decode turns gradients off itself
-    out = sampling.decode(model, ids, None, steps, 2.0, "cfg", seed=0)
+    out = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=2.0), seed=0)
     assert alive_at_call == [0] * steps
     assert modes == [(False, False)] * steps
     # what comes back is an ordinary tensor: usable in autograd and in-place afterwards (not an inference tensor)
@@ -120,7 +121,7 @@ def test_decode_peak_memory_does_not_grow_with_steps() -> None:
 
     def peak(steps: int) -> int:
         reset_peak_rss()
-        sampling.decode(model, ids, None, steps, 2.0, "apg", seed=0)
+        sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=2.0, guidance="apg"), seed=0)
         return peak_rss()
 
     peak(2)  # warm-up: allocator pools, kernels' scratch

@@ -105,11 +105,11 @@ def test_prefix_partition_groups_end_on_the_ladder() -> None:
 def test_gpt_kv_cache_equals_full_recompute(embedding) -> None:
     model, labels = gpt(embedding=embedding, depth=2, heads=2), torch.tensor([0, 3, 7])  # each layer its own slot
     for kw in (dict(temperature=0.0), dict(temperature=0.0, cfg=3.0), dict(temperature=1.0, top_k=50, cfg=2.0)):
-        cached = sample_ar(model, labels, seed=5, **kw)
-        full = sample_ar(model, labels, seed=5, full_recompute=True, **kw)
+        cached = sample_ar(model, labels, ARSampleConfig(**kw), seed=5)
+        full = sample_ar(model, labels, ARSampleConfig(**kw), seed=5, full_recompute=True)
         assert cached.shape == (3, K) and torch.equal(cached, full), kw
     # the cached forward's logits are the full forward's, position by position
-    ids = sample_ar(model, labels, temperature=0.0)
+    ids = sample_ar(model, labels, ARSampleConfig(temperature=0.0))
     full = model.logits(model.embed(labels, ids[:, :-1]))  # (3, K, V)
     cache = model.new_cache()
     steps = [model.logits(model.label_emb(labels)[:, None], 0, cache, store=True)]
@@ -122,12 +122,12 @@ def test_sampled_ids_stay_in_the_vocabulary() -> None:
     model, labels = gpt(), torch.arange(6) % 10
     vocab = model.config.vocab_size
     for kw in (dict(temperature=1.5), dict(top_k=5), dict(top_p=0.5), dict(temperature=0.7, top_k=20, top_p=0.9, cfg=4.0)):
-        ids = sample_ar(model, labels, seed=1, **kw)
+        ids = sample_ar(model, labels, ARSampleConfig(**kw), seed=1)
         assert ids.dtype == torch.int64 and ids.shape == (6, K) and ((ids >= 0) & (ids < vocab)).all(), kw
-    greedy = sample_ar(model, labels, temperature=0.0)
-    assert torch.equal(sample_ar(model, labels, top_k=1, seed=9), greedy)  # top-1 is greedy
-    assert torch.equal(sample_ar(model, labels, top_p=1e-6, seed=9), greedy)  # so is the smallest nucleus
-    assert not torch.equal(sample_ar(model, labels, temperature=2.0, seed=9), greedy)
+    greedy = sample_ar(model, labels, ARSampleConfig(temperature=0.0))
+    assert torch.equal(sample_ar(model, labels, ARSampleConfig(top_k=1), seed=9), greedy)  # top-1 is greedy
+    assert torch.equal(sample_ar(model, labels, ARSampleConfig(top_p=1e-6), seed=9), greedy)  # so is the least nucleus
+    assert not torch.equal(sample_ar(model, labels, ARSampleConfig(temperature=2.0), seed=9), greedy)
 
 
 def test_top_k_and_top_p_filters() -> None:
@@ -140,7 +140,7 @@ def test_top_k_and_top_p_filters() -> None:
     assert keep(top_k=3, top_p=1.0) == [False, True, True, True]
     # inverse-CDF draws follow the filtered distribution
     gen = torch.Generator().manual_seed(0)
-    draws = torch.cat([draw_tokens(logits.expand(1000, 4), top_p=0.7, generator=gen) for _ in range(4)])
+    draws = torch.cat([draw_tokens(logits.expand(1000, 4), ARSampleConfig(top_p=0.7), gen) for _ in range(4)])
     counts = torch.bincount(draws, minlength=4).float() / len(draws)
     assert counts[0] == 0 and counts[2] == 0 and abs(counts[1] - 0.625) < 0.03  # 0.5 / 0.8
     with pytest.raises(VistokError):
@@ -154,24 +154,26 @@ def test_gpt_cfg_scale_one_equals_conditional_logits() -> None:
     logits = model.logits(model.embed(both, ids))[:, -1]  # (4, V): [cond; null]
     torch.testing.assert_close(guided_logits(logits, 1.0), logits[:2], rtol=0, atol=1e-5)
     assert (guided_logits(logits, 3.0) - logits[:2]).abs().max() > 1e-2
-    greedy = dict(temperature=0.0)
-    assert torch.equal(sample_ar(model, labels, cfg=1.0 + 1e-12, **greedy), sample_ar(model, labels, cfg=1.0, **greedy))
-    assert not torch.equal(sample_ar(model, labels, cfg=8.0, **greedy), sample_ar(model, labels, **greedy))
+    greedy = lambda cfg: sample_ar(model, labels, ARSampleConfig(cfg=cfg, temperature=0.0))  # noqa: E731
+    assert torch.equal(greedy(1.0 + 1e-12), greedy(1.0))
+    assert not torch.equal(greedy(8.0), greedy(1.0))
 
 
 def test_stopping_early_is_the_beginning_of_a_longer_run() -> None:
     labels = torch.tensor([2, 5, 9])
     model = gpt()
-    long = sample_ar(model, labels, cfg=2.0, generator=image_generators(3, 0, 3))
+    long = sample_ar(model, labels, ARSampleConfig(cfg=2.0), generator=image_generators(3, 0, 3))
     for k in (1, 4):
-        assert torch.equal(sample_ar(model, labels, k, cfg=2.0, generator=image_generators(3, 0, 3)), long[:, :k])
+        short = sample_ar(model, labels, ARSampleConfig(cfg=2.0), tokens=k, generator=image_generators(3, 0, 3))
+        assert torch.equal(short, long[:, :k])
     model = xar()
-    full = sample_entities(model, labels, None, steps=2, cfg=2.0, generator=image_generators(3, 0, 3))  # (3, 8, 6)
-    two = sample_entities(model, labels, 2, steps=2, cfg=2.0, generator=image_generators(3, 0, 3))  # k = 2
+    settings = SampleConfig(steps=2, cfg=2.0)
+    full = sample_entities(model, labels, settings, generator=image_generators(3, 0, 3))  # (3, 8, 6)
+    two = sample_entities(model, labels, settings, entities=2, generator=image_generators(3, 0, 3))  # k = 2
     assert full.shape == (3, K, 6) and two.shape == (3, 2, 6)
     torch.testing.assert_close(two, full[:, :2], rtol=0, atol=1e-6)
     with pytest.raises(VistokError):
-        sample_entities(model, labels, 5)
+        sample_entities(model, labels, SampleConfig(), entities=5)
 
 
 # ------------------------------------------------------------------------------------------------------ snapping
@@ -218,7 +220,7 @@ def test_snapped_xar_codes_lie_exactly_on_the_fsq_lattice(cfg) -> None:
     """Every generated code, in every group, is the scaled FSQ code of its own id, bit for bit: ids -> training
     input (`ids_to_grid`) gives back the very same tensor."""
     codes, labels = random_codes(), torch.tensor([0, 4, 7])
-    seq = sample_entities(deep_xar(), labels, None, steps=3, cfg=cfg, generator=image_generators(1, 0, 3),
+    seq = sample_entities(deep_xar(), labels, SampleConfig(steps=3, cfg=cfg), generator=image_generators(1, 0, 3),
                           snap=codes.snap)  # (3, K, 6)
     again = Partition("prefix", (1, K)).split(codes.ids_to_grid(codes.to_ids(seq)))  # ids -> scaled codes
     assert torch.equal(seq, again)
@@ -231,7 +233,7 @@ def test_without_the_snap_hook_codes_are_off_the_lattice() -> None:
     """The planted bug the test above must catch: with no hook, a random model's codes sit a good fraction of a grid
     step off the lattice, and since later groups are then conditioned on other inputs, their ids change too."""
     codes, labels, gens = random_codes(), torch.tensor([0, 4, 7]), lambda: image_generators(1, 0, 3)  # noqa: E731
-    raw = sample_entities(deep_xar(), labels, None, steps=3, cfg=2.0, generator=gens())
+    raw = sample_entities(deep_xar(), labels, SampleConfig(steps=3, cfg=2.0), generator=gens())
     gap = lattice_gap(codes, raw)
     assert gap.mean() > 0.1 and (gap > 0.01).float().mean() > 0.8, gap.mean()
     snapped = sample_ids(deep_xar(), codes, labels, K, SampleConfig(steps=3, cfg=2.0), gens())
@@ -246,9 +248,10 @@ def test_snapped_context_is_what_the_kv_cache_holds(cfg) -> None:
     """With snapping, the KV-cached sampler (context stored once) equals full recomputation (context re-fed from the
     finished entities at every step), so the cache holds the snapped codes, in both guidance branches."""
     codes, labels = random_codes(), torch.tensor([0, 4, 7])
-    kw = dict(steps=3, cfg=cfg, snap=codes.snap)
-    cached = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), **kw)
-    full = sample_entities(deep_xar(), labels, None, generator=image_generators(2, 0, 3), full_recompute=True, **kw)
+    settings = SampleConfig(steps=3, cfg=cfg)
+    cached = sample_entities(deep_xar(), labels, settings, generator=image_generators(2, 0, 3), snap=codes.snap)
+    full = sample_entities(deep_xar(), labels, settings, generator=image_generators(2, 0, 3), full_recompute=True,
+                           snap=codes.snap)
     assert torch.equal(cached, full), (cached - full).abs().max()
     assert lattice_gap(codes, cached).max() == 0
 
@@ -257,8 +260,8 @@ def test_cfg_schedules_on_prefix_groups() -> None:
     """Group 0 (FlexTok's most semantic token) under each schedule: linear leaves it unguided (the conditional model),
     constant and linear-guided guide it, the latter at 1 + (w - 1) / E, which a constant run at that scale reproduces."""
     codes, labels = random_codes(), torch.tensor([1, 6])
-    run = lambda cfg, sched: sample_entities(deep_xar(), labels, 1, steps=3, cfg=cfg, cfg_schedule=sched,  # noqa: E731
-                                             generator=image_generators(5, 0, 2))[:, :1]
+    run = lambda cfg, sched: sample_entities(deep_xar(), labels, SampleConfig(steps=3, cfg=cfg, cfg_schedule=sched),  # noqa: E731
+                                             entities=1, generator=image_generators(5, 0, 2))[:, :1]
     plain = run(1.0, "linear")
     torch.testing.assert_close(run(3.0, "linear"), plain, rtol=0, atol=1e-5)  # guided batch vs plain: rounding only
     assert (run(3.0, "constant") - plain).abs().max() > 1e-3
@@ -266,7 +269,8 @@ def test_cfg_schedules_on_prefix_groups() -> None:
     torch.testing.assert_close(run(3.0, "linear-guided"), run(1.0 + 2.0 / E, "constant"), rtol=0, atol=1e-5)
     assert (run(3.0, "linear-guided") - plain).abs().max() > 1e-3
     with pytest.raises(VistokError, match="unknown CFG schedule 'cosine'"):
-        sample_entities(deep_xar(), labels, 1, steps=2, cfg=2.0, cfg_schedule="cosine", snap=codes.snap)
+        sample_entities(deep_xar(), labels, SampleConfig(steps=2, cfg=2.0, cfg_schedule="cosine"), entities=1,
+                        snap=codes.snap)
     with pytest.raises(VistokError, match="unknown CFG schedule 'cosine'; use one of linear, constant, linear-guided"):
         SampleConfig(cfg_schedule="cosine")
     with pytest.raises(VistokError, match="unknown sampling method 'heun'"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from vistok.errors import VistokError
 from vistok.generators.ar import AR, ARConfig
 from vistok.generators.entities import block_causal_mask
-from vistok.generators.sampling import sample_ar, sample_xar
+from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_ar, sample_xar
 from vistok.generators.xar import XAR, XARConfig
 from vistok.modules.attention import BlockCausal, KVCache, attend, flex_attention, set_attention_backend
 from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
@@ -83,7 +83,7 @@ def test_xar_sampling_never_concatenates_the_cache(monkeypatch) -> None:
         return real_cat(tensors, *args, **kwargs)
 
     monkeypatch.setattr(torch, "cat", spy)
-    sample_xar(model, torch.tensor([1, 2]), steps=2, cfg=2.0, seed=0)
+    sample_xar(model, torch.tensor([1, 2]), SampleConfig(steps=2, cfg=2.0), seed=0)
     assert seen == []
 
 
@@ -160,11 +160,11 @@ def test_xar_flex_block_mask_equals_sdpa(entity: str, size: int) -> None:
     t, noise = torch.rand(3, model.partition.num_entities), torch.randn(3, model.partition.num_tokens, 4)
     set_attention_backend(model, "sdpa")
     ref = model(tokens, labels, t=t, noise=noise)
-    ref_samples = sample_xar(model, labels[:2], steps=2, cfg=2.0, seed=1, full_recompute=True)
+    ref_samples = sample_xar(model, labels[:2], SampleConfig(steps=2, cfg=2.0), seed=1, full_recompute=True)
     set_attention_backend(model, "flex")
     assert type(model.entity_mask(0, model.partition.num_entities, 0, torch.device("cpu"))).__name__ == "BlockMask"
     torch.testing.assert_close(model(tokens, labels, t=t, noise=noise), ref, rtol=1e-5, atol=1e-6)
-    samples = sample_xar(model, labels[:2], steps=2, cfg=2.0, seed=1, full_recompute=True)
+    samples = sample_xar(model, labels[:2], SampleConfig(steps=2, cfg=2.0), seed=1, full_recompute=True)
     torch.testing.assert_close(samples, ref_samples, rtol=1e-4, atol=1e-5)
 
 
@@ -328,23 +328,24 @@ def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step(exact_s
 
     torch._dynamo.reset()
     labels = torch.tensor([1, 6])
-    ref = sample_xar(tiny_xar().eval(), labels, steps=3, cfg=2.0, seed=2)
+    ref = sample_xar(tiny_xar().eval(), labels, SampleConfig(steps=3, cfg=2.0), seed=2)
     model, backend = tiny_xar().eval(), CountingBackend()
     entities = model.partition.num_entities
     assert entities >= 3
     model.compile_stack(backend=backend, exact_shapes=exact_shapes)
     model.compile_stack(backend=backend)  # idempotent
-    out = sample_xar(model, labels, steps=3, cfg=2.0, seed=2, compile=True)
+    out = sample_xar(model, labels, SampleConfig(steps=3, cfg=2.0), seed=2, compile=True)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     first = backend.compiles
     if exact_shapes:  # one graph per (cache length, store): the flow steps of entity s, then its store
         assert first == 2 * entities - 1
     else:
         assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
-    sample_xar(model, labels, steps=6, cfg=2.0, seed=3, compile=True)  # twice the steps, other noise
+    sample_xar(model, labels, SampleConfig(steps=6, cfg=2.0), seed=3, compile=True)  # twice the steps, other noise
     assert backend.compiles == first
-    out = sample_xar(model, labels, steps=3, cfg=1.0, seed=4, compile=True)  # no CFG: half the batch
-    torch.testing.assert_close(out, sample_xar(tiny_xar().eval(), labels, steps=3, cfg=1.0, seed=4), rtol=1e-5, atol=1e-5)
+    out = sample_xar(model, labels, SampleConfig(steps=3, cfg=1.0), seed=4, compile=True)  # no CFG: half the batch
+    ref = sample_xar(tiny_xar().eval(), labels, SampleConfig(steps=3, cfg=1.0), seed=4)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert backend.compiles <= (2 * first if exact_shapes else first + 1)  # static: the batch size becomes dynamic once
 
 
@@ -361,8 +362,9 @@ def test_xar_compiled_sampling_keeps_compiling_for_several_batch_sizes() -> None
     for batch in (1, 2):
         before = backend.compiles
         labels = torch.arange(batch)
-        out = sample_xar(model, labels, steps=2, cfg=2.0, seed=batch, compile=True)
-        torch.testing.assert_close(out, sample_xar(tiny_xar().eval(), labels, steps=2, cfg=2.0, seed=batch), rtol=1e-5, atol=1e-5)
+        out = sample_xar(model, labels, SampleConfig(steps=2, cfg=2.0), seed=batch, compile=True)
+        ref = sample_xar(tiny_xar().eval(), labels, SampleConfig(steps=2, cfg=2.0), seed=batch)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         per_batch.append(backend.compiles - before)
     assert per_batch == [2 * model.partition.num_entities - 1] * 2, per_batch
 
@@ -372,10 +374,10 @@ def test_gpt_compiled_sampling_equals_eager() -> None:
 
     torch._dynamo.reset()
     labels = torch.tensor([0, 3, 7])
-    ref = sample_ar(tiny_gpt(), labels, cfg=2.0, temperature=1.0, seed=1)
+    ref = sample_ar(tiny_gpt(), labels, ARSampleConfig(cfg=2.0, temperature=1.0), seed=1)
     model, backend = tiny_gpt(), CountingBackend()
     model.compile_stack(backend=backend)
-    out = sample_ar(model, labels, cfg=2.0, temperature=1.0, seed=1, compile=True)
+    out = sample_ar(model, labels, ARSampleConfig(cfg=2.0, temperature=1.0), seed=1, compile=True)
     assert torch.equal(out, ref)
     assert backend.compiles == 1  # static shapes: one graph for the class token and every later position
 
@@ -384,6 +386,7 @@ def test_flextok_compiled_decoder_equals_eager() -> None:
     import torch._dynamo
 
     from vistok.tokenizers import flextok_sampling as fs
+    from vistok.tokenizers.flextok_sampling import DecodeConfig
 
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -392,9 +395,10 @@ def test_flextok_compiled_decoder_equals_eager() -> None:
         torch.nn.init.normal_(p, std=0.05)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     ids = fs.encode(model, images)
-    ref = fs.decode(model, ids, 4, steps=3, seed=0)
+    ref = fs.decode(model, ids, DecodeConfig(steps=3), keep_k=4, seed=0)
     model.compile_stack(backend="aot_eager")
-    torch.testing.assert_close(fs.decode(model, ids, 4, steps=3, seed=0), ref, rtol=1e-5, atol=1e-5)
+    out = fs.decode(model, ids, DecodeConfig(steps=3), keep_k=4, seed=0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_backend_is_checked() -> None:

@@ -11,7 +11,7 @@ from vistok import flow
 from vistok.config import from_dict
 from vistok.errors import VistokError
 from vistok.generators.entities import Partition
-from vistok.generators.sampling import sample_xar
+from vistok.generators.sampling import SampleConfig, sample_xar
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
 from vistok.modules.attention import rope_tables
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
@@ -142,9 +142,9 @@ ENTITIES = [("cell", 2, 2.0, "ode"), ("cell", 2, 1.0, "ode"), ("token", 1, 3.0, 
 def test_kv_cache_equals_full_recompute(entity: str, size: int, cfg: float, method: str) -> None:
     model = loud_labels(tiny(entity=entity, entity_size=size, depth=2))  # 4 layers, 4 heads: each its own cache slot
     labels = torch.tensor([0, 5, 9])
-    kw = dict(steps=3, cfg=cfg, method=method, seed=3)
-    cached = sample_xar(model, labels, **kw)
-    full = sample_xar(model, labels, full_recompute=True, **kw)
+    settings = SampleConfig(steps=3, cfg=cfg, method=method)
+    cached = sample_xar(model, labels, settings, seed=3)
+    full = sample_xar(model, labels, settings, seed=3, full_recompute=True)
     assert cached.shape == (3, 4, 4, 4)
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
 
@@ -153,16 +153,18 @@ def test_cfg_one_equals_conditional_model() -> None:
     model = loud_labels(tiny())
     labels = torch.tensor([2, 8])
     # a scale a hair above 1 runs the doubled batch with the null branch; 1.0 itself runs the conditional branch alone
-    guided = sample_xar(model, labels, steps=4, cfg=1.0 + 1e-12, seed=0)
-    plain = sample_xar(model, labels, steps=4, cfg=1.0, seed=0)
+    guided = sample_xar(model, labels, SampleConfig(steps=4, cfg=1.0 + 1e-12), seed=0)
+    plain = sample_xar(model, labels, SampleConfig(steps=4, cfg=1.0), seed=0)
     torch.testing.assert_close(guided, plain, rtol=0, atol=1e-5)
-    assert (sample_xar(model, labels, steps=4, cfg=3.0, seed=0, cfg_schedule="constant") - plain).abs().max() > 1e-3
+    guided = sample_xar(model, labels, SampleConfig(steps=4, cfg=3.0, cfg_schedule="constant"), seed=0)
+    assert (guided - plain).abs().max() > 1e-3
 
 
 def test_linear_schedule_leaves_the_first_entity_unguided() -> None:
     model = loud_labels(tiny())
     part, labels = model.partition, torch.tensor([1, 6])
-    run = lambda cfg, sched: part.split(sample_xar(model, labels, steps=4, cfg=cfg, cfg_schedule=sched, seed=11))  # noqa: E731
+    run = lambda cfg, sched: part.split(  # noqa: E731
+        sample_xar(model, labels, SampleConfig(steps=4, cfg=cfg, cfg_schedule=sched), seed=11))
     weak, strong = run(1.0, "linear"), run(4.0, "linear")
     torch.testing.assert_close(strong[:, :4], weak[:, :4], rtol=0, atol=1e-6)  # entity 0: scale 1 either way
     assert (strong[:, 12:] - weak[:, 12:]).abs().max() > 1e-3  # the last entity is guided
@@ -181,25 +183,25 @@ def test_an_unguided_first_entity_skips_the_null_branch_but_the_cache_still_gets
         return predict(x, labels_in, t, first=first, cache=cache, store=store)
 
     model.predict = counting
-    strong = part.split(sample_xar(model, labels, steps=4, cfg=4.0, cfg_schedule="linear", seed=11))
+    strong = part.split(sample_xar(model, labels, SampleConfig(steps=4, cfg=4.0, cfg_schedule="linear"), seed=11))
     flow_rows = [(first, rows) for first, rows, store in calls if not store]
     assert flow_rows[:4] == [(0, 2)] * 4  # entity 0: 4 flow steps on B rows
     assert all(rows == 4 for _, rows in flow_rows[4:]) and len(flow_rows) == 4 * part.num_entities
     assert [(first, rows) for first, rows, store in calls if store] == [(e, 4) for e in range(part.num_entities - 1)]
-    weak = part.split(sample_xar(model, labels, steps=4, cfg=1.0, seed=11))
+    weak = part.split(sample_xar(model, labels, SampleConfig(steps=4, cfg=1.0), seed=11))
     assert torch.equal(strong[:, :4], weak[:, :4])
     calls.clear()
-    sample_xar(model, labels, steps=4, cfg=4.0, cfg_schedule="constant", seed=11)
+    sample_xar(model, labels, SampleConfig(steps=4, cfg=4.0, cfg_schedule="constant"), seed=11)
     assert all(rows == 4 for _, rows, _ in calls)
 
 
 def test_same_seed_same_samples() -> None:
     model = tiny().train()
     labels = torch.tensor([1, 2, 3])
-    a = sample_xar(model, labels, steps=3, cfg=2.0, seed=42)
-    b = sample_xar(model, labels, steps=3, cfg=2.0, generator=torch.Generator().manual_seed(42))
+    a = sample_xar(model, labels, SampleConfig(steps=3, cfg=2.0), seed=42)
+    b = sample_xar(model, labels, SampleConfig(steps=3, cfg=2.0), generator=torch.Generator().manual_seed(42))
     assert torch.equal(a, b)
-    assert (sample_xar(model, labels, steps=3, cfg=2.0, seed=43) - a).abs().max() > 1e-3
+    assert (sample_xar(model, labels, SampleConfig(steps=3, cfg=2.0), seed=43) - a).abs().max() > 1e-3
     assert model.training  # sampling ran in eval mode and restored the mode
 
 
@@ -270,7 +272,7 @@ def test_tiny_preset_on_pixel_tokens() -> None:
     assert torch.equal(scaled.decode(scaled.encode(images)), images)
     model = XAR(PRESETS["xar-test"])
     assert torch.isfinite(model(tokens, torch.tensor([0, 9])))
-    out = sample_xar(model, torch.tensor([0, 9]), steps=2, cfg=2.0, seed=0)
+    out = sample_xar(model, torch.tensor([0, 9]), SampleConfig(steps=2, cfg=2.0), seed=0)
     assert tok.decode(out).shape == (2, 3, 32, 32)
     with pytest.raises(VistokError, match="patch size"):
         tok.encode(torch.zeros(1, 3, 30, 32))

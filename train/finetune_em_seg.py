@@ -105,23 +105,20 @@ def main() -> None:
 
     ema_model = SegMamba(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())
-    if env.is_main:
-        scores = {}
-        if test is not None:
-            start = time.perf_counter()
-            _, seg = segment_volume(ema_model.eval(), test[0], infer)
-            scores = {"raw": cfg.eval.raw, "labels": cfg.eval.labels, **evaluate(seg, test[1])._asdict(),
-                      "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
-            Path(tc.run_dir, "eval.json").write_text(json.dumps(
-                {"step": run.step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=run.step, init_from=cfg.init_from or None, inference=to_dict(infer),
-                                data=list(cfg.data.raw), eval=scores or None)
-        print(f"exported EMA weights (step {run.step}) to {out}")
-        if scores:
-            print(f"{cfg.eval.raw}: VOI split {scores['voi_split']:.4f}  VOI merge {scores['voi_merge']:.4f}  "
-                  f"VOI {scores['voi']:.4f}  ARAND {scores['arand']:.4f}  ({scores['segments']} segments) "
-                  f"-> {Path(tc.run_dir, 'eval.json')}")
+    scores = {}
+    if env.is_main and test is not None:  # the test volume is scored once, by rank 0
+        start = time.perf_counter()
+        _, seg = segment_volume(ema_model.eval(), test[0], infer)
+        scores = {"raw": cfg.eval.raw, "labels": cfg.eval.labels, **evaluate(seg, test[1])._asdict(),
+                  "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
+        Path(tc.run_dir, "eval.json").write_text(json.dumps(
+            {"step": run.step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
+    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), init_from=cfg.init_from or None,
+               inference=to_dict(infer), data=list(cfg.data.raw), eval=scores or None)
+    if scores:
+        print(f"{cfg.eval.raw}: VOI split {scores['voi_split']:.4f}  VOI merge {scores['voi_merge']:.4f}  "
+              f"VOI {scores['voi']:.4f}  ARAND {scores['arand']:.4f}  ({scores['segments']} segments) "
+              f"-> {Path(tc.run_dir, 'eval.json')}")
     dist.cleanup()
 
 

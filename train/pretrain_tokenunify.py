@@ -36,6 +36,7 @@ from vistok.em.volumes import EMCrops, open_volumes
 from vistok.engine import checkpoint, dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
+from vistok.seeding import step_generator
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,6 @@ class Config:
 
     def __post_init__(self) -> None:
         require(self.eval_crops >= 0, "eval_crops must be >= 0")
-
-
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """Masks, prefix lengths and fill noise of one step: a function of (seed, step, rank), so a resumed run draws
-    exactly what an uninterrupted one would."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
 def load_init(model: TokenUnify, init_from: str) -> dict:
@@ -115,7 +110,7 @@ def main() -> None:
         while run.step < tc.total_steps:
             seen, volume = (t.to(env.device, non_blocking=True) for t in next(batches))  # 2 x (B, 1, D, H, W), [0, 1]
             weights = cfg.schedule.at(run.step, tc.total_steps)  # this step's task mix
-            gen = step_generator(tc.seed, run.step, env.rank, env.device)
+            gen = step_generator(tc.seed, run.step, env.rank, env.device)  # masks, prefix lengths, fill noise
             for x, x_seen in run.micro_batches(volume, seen):
                 out = ddp_model(x, weights, gen, x_seen)
                 run.backward(out.loss, random=out.random, next_all=out.next_all, next=out.next)
@@ -123,17 +118,14 @@ def main() -> None:
 
     ema_model = TokenUnify(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())
-    if env.is_main:
-        scores = {}
-        if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
-            fixed = fixed_crops(volumes, ranges, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1)
-            scores = task_errors(ema_model, fixed, tc.seed, env.device)
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
-                                init_from=cfg.init_from or None,
-                                eval={"crops": cfg.eval_crops, **scores})
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        print(f"exported EMA weights (step {run.step}) to {out}{'; ' + shown if shown else ''}")
+    scores = {}
+    if env.is_main and cfg.eval_crops:  # the same crops and masks for every run of a config: comparable schedules
+        fixed = fixed_crops(volumes, ranges, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1)
+        scores = task_errors(ema_model, fixed, tc.seed, env.device)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), schedule=to_dict(cfg.schedule),
+               volumes=list(cfg.data.volumes), init_from=cfg.init_from or None,
+               eval={"crops": cfg.eval_crops, **scores}, note=f"; {shown}" if shown else "")
     dist.cleanup()
 
 

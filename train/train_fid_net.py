@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
-from vistok.config import to_dict
 from vistok.errors import require
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
 
@@ -74,10 +73,8 @@ def main() -> None:
     ema_model.load_state_dict(run.ema_state())
     eval_set = subset(build_image_dataset(cfg.eval_data, cfg.data.root or None, cfg.model.resolution), cfg.eval_limit)
     acc = accuracy(ema_model, eval_set, env)
-    if env.is_main:
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-                                step=run.step, eval_data=cfg.eval_data, eval_images=len(eval_set), eval_accuracy=acc)
-        print(f"{cfg.eval_data} accuracy {acc:.4f} ({len(eval_set)} images); exported EMA weights to {out}")
+    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), eval_data=cfg.eval_data, eval_images=len(eval_set),
+               eval_accuracy=acc, note=f"; {cfg.eval_data} accuracy {acc:.4f} ({len(eval_set)} images)")
     dist.cleanup()
 
 

@@ -29,9 +29,8 @@ from torch.utils.data import Dataset
 
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.atomic import atomic_write
-from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.metrics.fid_net import load_fid_net
@@ -226,27 +225,22 @@ def main() -> None:
             run.finish_step()
 
     ema_model = export_model(cfg, run.ema_state(), env.device)
-    if env.is_main:
-        tok = tokenizer_spec(cfg)
-        mix = {"mix": cfg.data.mix, "mix_frac": cfg.data.mix_frac, "gray_p": cfg.data.gray_p} \
-            if cfg.data.mix or cfg.data.gray_p else None  # what widened the training images, if anything
-        out = checkpoint.export(
-            f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
-            resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
-            data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
-            repa_teacher=cfg.repa.teacher,
-            extra=lambda tmp: kill_point("export"))  # tests: SIGKILL with the files not yet in place
-        print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "
-              f"--num 100 --out DIR")
-        if cfg.preview_images:
-            rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets
-            pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))])).permute(0, 2, 3, 1).numpy()  # NHWC
-            ks = k_ladder(cfg.model.registers)
-            recons = Tokenizer(ema_model, tokenizer, cfg.sample, resolution=cfg.data.resolution).reconstruct(
-                pixels, ks, seed=tc.seed)  # a VAE's grid is not the image size
-            grid = recon_grid(pixels, recons, rows=len(pixels))  # (rows * H, cols * W, 3) uint8
-            atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
-            print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
+    mix = {"mix": cfg.data.mix, "mix_frac": cfg.data.mix_frac, "gray_p": cfg.data.gray_p} \
+        if cfg.data.mix or cfg.data.gray_p else None  # what widened the training images, if anything
+    out = run.export(FAMILY[0], ema_model.config, ema_model.state_dict(), tokenizer=tokenizer_spec(cfg),
+                     resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
+                     data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
+                     repa_teacher=cfg.repa.teacher,
+                     note="; try: vistok reconstruct --ckpt {out} --input cifar10-test --num 100 --out DIR")
+    if out is not None and cfg.preview_images:
+        rows = subset(images, cfg.preview_images)  # evenly spaced: one per class for sorted datasets
+        pixels = to_uint8(torch.stack([rows[i][0] for i in range(len(rows))])).permute(0, 2, 3, 1).numpy()  # NHWC
+        ks = k_ladder(cfg.model.registers)
+        recons = Tokenizer(ema_model, tokenizer, cfg.sample, resolution=cfg.data.resolution).reconstruct(
+            pixels, ks, seed=tc.seed)  # a VAE's grid is not the image size
+        grid = recon_grid(pixels, recons, rows=len(pixels))  # (rows * H, cols * W, 3) uint8
+        atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
+        print(f"wrote {out / 'preview.png'} (rows: images; columns: input, then k = {', '.join(map(str, ks))})")
     dist.cleanup()
 
 

@@ -14,6 +14,7 @@ needs nothing else; a preview grid (one row per k = 1, 2, 4, ..., K, one column 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from vistok.api.token_training import export_with_preview, token_dataset
 from vistok.config import to_dict
@@ -61,16 +62,14 @@ def main() -> None:
                 run.backward(ddp_model(x, y))  # next-token cross-entropy over the K ids
             run.finish_step()
 
-    weights = run.ema_state()
-    if env.is_main:
-        out = export_with_preview(
-            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), weights, cfg.tokenizer.ckpt, list(dataset.classes),
-            cfg.preview_per_class, tc.seed, env.device, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.tokens)
-        print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --tokens "
-              f"{flextok.registers} --num 100 --out DIR")
-        if cfg.preview_per_class:
-            print(f"wrote {out / 'preview.png'} (rows: k = {', '.join(map(str, k_ladder(flextok.registers)))}; "
-                  "columns: classes)")
+    writer = partial(export_with_preview, tokenizer_ckpt=cfg.tokenizer.ckpt, classes=list(dataset.classes),
+                     preview_per_class=cfg.preview_per_class, seed=tc.seed, device=env.device)  # + FlexTok, preview
+    hint = f"; sample with: vistok sample --ckpt {{out}} --tokens {flextok.registers} --num 100 --out DIR"
+    out = run.export(FAMILY[0], cfg.model, writer=writer, sample=to_dict(cfg.sample), step=run.step,
+                     data=cfg.data.tokens, note=hint)
+    if out is not None and cfg.preview_per_class:
+        print(f"wrote {out / 'preview.png'} (rows: k = {', '.join(map(str, k_ladder(flextok.registers)))}; "
+              "columns: classes)")
     dist.cleanup()
 
 

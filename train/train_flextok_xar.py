@@ -17,6 +17,7 @@ row per k, one column per class) is written next to them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from vistok.api.token_training import export_with_preview, token_dataset
 from vistok.config import to_dict
@@ -72,17 +73,15 @@ def main() -> None:
                 run.backward(ddp_model(x, y))  # flow-matching loss over all groups, each with its own t
             run.finish_step()
 
-    weights = run.ema_state()
-    if env.is_main:
-        out = export_with_preview(
-            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), weights, cfg.tokenizer.ckpt, list(dataset.classes),
-            cfg.preview_per_class, tc.seed, env.device, code_scale=scale, sample=to_dict(cfg.sample), step=run.step,
-            data=cfg.data.tokens)
-        ends = ", ".join(map(str, cfg.model.partition.offsets[1:]))
-        print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --tokens "
-              f"{flextok.registers} --num 100 --out DIR (--tokens: one of {ends})")
-        if cfg.preview_per_class:
-            print(f"wrote {out / 'preview.png'} (rows: k = {ends}; columns: classes)")
+    writer = partial(export_with_preview, tokenizer_ckpt=cfg.tokenizer.ckpt, classes=list(dataset.classes),
+                     preview_per_class=cfg.preview_per_class, seed=tc.seed, device=env.device)  # + FlexTok, preview
+    ends = ", ".join(map(str, cfg.model.partition.offsets[1:]))
+    hint = (f"; sample with: vistok sample --ckpt {{out}} --tokens {flextok.registers} --num 100 --out DIR (--tokens: "
+            f"one of {ends})")
+    out = run.export(FAMILY[0], cfg.model, writer=writer, code_scale=scale, sample=to_dict(cfg.sample), step=run.step,
+                     data=cfg.data.tokens, note=hint)
+    if out is not None and cfg.preview_per_class:
+        print(f"wrote {out / 'preview.png'} (rows: k = {ends}; columns: classes)")
     dist.cleanup()
 
 

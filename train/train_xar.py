@@ -24,9 +24,8 @@ from PIL import Image
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.data.latents import LatentCache, latent_loader
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.atomic import atomic_write
-from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator
@@ -111,19 +110,16 @@ def main() -> None:
 
     ema_model = XAR(cfg.model).to(env.device)
     ema_model.load_state_dict(run.ema_state())
-    if env.is_main:
-        out = checkpoint.export(
-            f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
-            tokenizer=tokenizer_spec, classes=classes, resolution=resolution, sample=to_dict(cfg.sample), step=run.step,
-            data=cfg.data.latents or cfg.data.name,
-            extra=lambda tmp: kill_point("export"))  # tests: SIGKILL with the files not yet in place
-        print(f"exported EMA weights (step {run.step}) to {out}; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
-        if cfg.preview_per_class:
-            labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
-            images = Generator(ema_model, tokenizer, cfg.sample).sample(labels, seed=tc.seed)  # (N, H, W, 3) uint8
-            grid = class_grid(images, labels.numpy())  # (rows * H, cols * W, 3) uint8
-            atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
-            print(f"wrote {out / 'preview.png'} ({cfg.sample.steps} steps, cfg {cfg.sample.cfg}, one row per class)")
+    out = run.export(FAMILY[0], cfg.model, ema_model.state_dict(), tokenizer=tokenizer_spec, classes=classes,
+                     resolution=resolution, sample=to_dict(cfg.sample), step=run.step,
+                     data=cfg.data.latents or cfg.data.name,
+                     note="; sample with: vistok sample --ckpt {out} --num 100 --out DIR")
+    if out is not None and cfg.preview_per_class:
+        labels = torch.arange(cfg.preview_per_class * len(classes)) % len(classes)
+        images = Generator(ema_model, tokenizer, cfg.sample).sample(labels, seed=tc.seed)  # (N, H, W, 3) uint8
+        grid = class_grid(images, labels.numpy())  # (rows * H, cols * W, 3) uint8
+        atomic_write(out / "preview.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
+        print(f"wrote {out / 'preview.png'} ({cfg.sample.steps} steps, cfg {cfg.sample.cfg}, one row per class)")
     dist.cleanup()
 
 

@@ -199,8 +199,8 @@ class Generator:
 
         def step(start: int, n: int, rows: int) -> Arrays:
             batch = pad_rows(labels[start:start + n], rows)
-            tokens = sample_xar(self.model, batch, s.steps, s.cfg, s.cfg_schedule, s.method,
-                                generator=image_generators(seed, first + start, rows))  # (B, C, h, w)
+            gens = image_generators(seed, first + start, rows)
+            tokens = sample_xar(self.model, batch, s, generator=gens)  # (B, C, h, w)
             return {"images": nhwc(to_uint8(self.tokenizer.decode(tokens.float())))}  # (B, H, W, 3)
         return step
 
@@ -387,9 +387,9 @@ class Tokenizer:
         def latents(start: int, n: int, rows: int) -> torch.Tensor:
             batch, kb = pad_rows(tokens[start:start + n], rows), pad_rows(keep[start:start + n], rows)
             if start_noise is not None:
-                return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance, progress=progress,
+                return flextok_sampling.decode(self.model, batch, d, keep_k=kb, progress=progress,
                                                noise=pad_rows(start_noise[start:start + n], rows).to(self.device)).float()
-            return flextok_sampling.decode(self.model, batch, kb, d.steps, d.cfg, d.guidance, progress=progress,
+            return flextok_sampling.decode(self.model, batch, d, keep_k=kb, progress=progress,
                                            generator=image_generators(seed, start, rows)).float()  # (B, C, h, w)
 
         return len(tokens), latents

@@ -43,6 +43,7 @@ from vistok.data.loader import StepBatchSampler
 from vistok.engine.atomic import atomic_write, atomic_write_bytes
 from vistok.errors import VistokError, require
 from vistok.progress import progress as bar_of
+from vistok.seeding import item_generator
 
 FORMAT, VERSION = "vistok-latent-cache", 1
 MANIFEST, FILES = "manifest.json", "files.txt"
@@ -285,7 +286,7 @@ class LatentCache(Dataset):
         return mean, std, int(f.get_slice("label")[j:j + 1][0])
 
     def generator(self, index: int, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63)
+        return item_generator(self.seed, epoch, index)
 
     def draw(self, index: int, epoch: int = 0) -> tuple[torch.Tensor, int, bool]:
         """(scaled latent (C, h, w), label, whether the flip's moments were used) for one visit of image `index`."""

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vistok.errors import VistokError
+from vistok.seeding import epoch_generator, item_generator, step_generator
 
 
 class StepBatchSampler:
@@ -35,8 +36,7 @@ class StepBatchSampler:
     def epoch_order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
+        return torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, offset = divmod(self.start_step, self.steps_per_epoch)
@@ -64,7 +64,7 @@ class Augmented(Dataset):
         image, label = self.dataset[index]
         if not (self.hflip or self.crop_pad or self.gray_p):
             return image, label
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63)
+        g = item_generator(self.seed, epoch, index)
         if self.crop_pad:
             p = self.crop_pad
             padded = torch.nn.functional.pad(image[None], (p, p, p, p), mode="reflect")[0]
@@ -86,7 +86,7 @@ def build_loader(
     The loader has its own generator: iterating a DataLoader draws its workers' base seed from it, which would otherwise
     come from torch's global generator and shift every later draw of the training step (dropout, noise, timesteps)."""
     sampler = StepBatchSampler(len(dataset), global_batch, rank, world_size, seed, shuffle, start_step)
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + start_step) * 1_009 + rank)
+    generator = step_generator(seed, start_step, rank)
     return DataLoader(
         Augmented(dataset, seed, hflip, crop_pad, gray_p), batch_sampler=sampler, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(), generator=generator,

@@ -1,7 +1,7 @@
 """The pieces every training script shares, each small: the run config, the command line, the optimizer step, the
 non-finite guard, mixed precision and micro-steps, throughput and MFU, and `Trainer`, which sets them up together
-(with the checkpointer: auto-resume) and closes each step. A script stays a readable top-to-bottom loop: config,
-model, Trainer, data, loop, export.
+(with the checkpointer: auto-resume), closes each step and writes the export (`Trainer.export`). A script stays a
+readable top-to-bottom loop: config, model, Trainer, data, loop, export.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vistok.config import load_config, to_dict, valid_keys
 from vistok.engine import dist as vdist
-from vistok.engine.checkpoint import Checkpointer
+from vistok.engine.checkpoint import Checkpointer, export
 from vistok.engine.dist import DistEnv
 from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
@@ -34,6 +35,8 @@ from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
 
 C = TypeVar("C")
+# writes an export folder: (out_dir, family, model config, weights, **meta) -> the folder (`checkpoint.export`)
+Writer = Callable[..., Path]
 
 
 @dataclass(frozen=True)
@@ -363,5 +366,31 @@ class Trainer:
             self.log.close()
 
     def ema_state(self) -> dict[str, torch.Tensor]:
-        """The EMA weights as a plain state dict of the unwrapped model."""
+        """The EMA weights as a plain state dict of the unwrapped model (on every rank: under FSDP it gathers)."""
         return self.ema.full_state(self.model)
+
+    def export(
+        self, family: str, config: Any, weights: dict[str, torch.Tensor] | None = None, *,
+        writer: Writer | None = None, note: str = "", **meta: Any,
+    ) -> Path | None:
+        """Write RUN/export, the end of every training script: the EMA weights (`weights`, default `ema_state()`; a
+        script that evaluates or trims its EMA model passes that model's state dict) with `config.json` holding the
+        family, the model `config` (its dataclass), the step and `meta`, in the order given (`step` first unless the
+        caller places it).
+
+        Call it on every rank: the weights are gathered everywhere, rank 0 alone writes and returns the folder, the
+        other ranks get None. `writer` has `checkpoint.export`'s signature (the default: atomic, the export-target
+        check, non-finite weights refused); a paired generator passes one that also copies its FlexTok in. With the
+        default writer the kill -9 tests' "export" point falls between writing the files and putting them in place.
+        On rank 0 one line says where the export went, followed by `note` (where "{out}" stands for the folder)."""
+        weights = self.ema_state() if weights is None else weights
+        if not self.env.is_main:
+            return None
+        meta = meta if "step" in meta else {"step": self.step, **meta}
+        out_dir = Path(self.tc.run_dir) / "export"
+        if writer is None:
+            out = export(out_dir, family, to_dict(config), weights, extra=lambda tmp: kill_point("export"), **meta)
+        else:
+            out = writer(out_dir, family, to_dict(config), weights, **meta)
+        print(f"exported EMA weights (step {self.step}) to {out}{note.replace('{out}', str(out))}")
+        return out

@@ -30,6 +30,7 @@ from vistok.generators.ar import AR, ARConfig
 from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_ar, sample_entities
 from vistok.generators.xar import XAR, XARConfig
 from vistok.modules.fsq import FSQ
+from vistok.seeding import Generators
 from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
@@ -107,11 +108,10 @@ class FlexTokCodes(nn.Module):
         return fsq.codes_to_indices(fsq.snap(seq.float().to(self.device) / self.code_scale))
 
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor, generator: flextok_sampling.Generators = None,
+    def decode(self, ids: torch.Tensor, generator: Generators = None,
                decoding: DecodeConfig | None = None) -> torch.Tensor:
         """(B, k) ids, k <= K -> (B, 3, H, W) uint8 images decoded from those k tokens (`decoding`: default ours)."""
-        d = decoding or self.decoding
-        latents = flextok_sampling.decode(self.flextok, ids, None, d.steps, d.cfg, d.guidance, generator=generator)
+        latents = flextok_sampling.decode(self.flextok, ids, decoding or self.decoding, generator=generator)
         return to_uint8(self.image_tokenizer.decode(latents.float()))  # (B, 3, H, W)
 
 
@@ -136,17 +136,16 @@ def check_k(model: TokenGenerator, k: int | None) -> int:
 @torch.no_grad()
 def sample_ids(
     model: TokenGenerator, codes: FlexTokCodes, labels: torch.Tensor, k: int, sampling: SampleConfig | ARSampleConfig,
-    generator: flextok_sampling.Generators = None, snap: bool = True,
+    generator: Generators = None, snap: bool = True,
 ) -> torch.Tensor:
     """(B,) labels -> (B, k) FlexTok ids from the GPT, or from xAR's codes snapped to the FSQ grid. snap (xAR): each
     finished group is snapped before it joins the context (False: only the final codes are, to read off the ids)."""
     k = check_k(model, k)
     if isinstance(model, AR):
-        return sample_ar(model, labels, k, sampling.cfg, sampling.temperature, sampling.top_k, sampling.top_p,
-                         generator=generator)
+        return sample_ar(model, labels, sampling, tokens=k, generator=generator)
     entities = valid_ks(model).index(k) + 1
-    seq = sample_entities(model, labels, entities, sampling.steps, sampling.cfg, sampling.cfg_schedule, sampling.method,
-                          generator=generator, snap=codes.snap if snap else None)  # (B, k, C) in prefix order
+    seq = sample_entities(model, labels, sampling, entities=entities, generator=generator,
+                          snap=codes.snap if snap else None)  # (B, k, C) in prefix order
     return codes.to_ids(seq)
 
 

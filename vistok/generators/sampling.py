@@ -18,10 +18,12 @@ the null branch's cache still receives the finished entity, as the next entities
 the sampler for FlexTok codes passes the FSQ lattice (`FlexTokCodes.snap`), so later groups are conditioned on exactly
 the codes training fed (the nearest grid points), not on the flow's slightly-off continuous output.
 
-Every random draw comes from one `torch.Generator` on the CPU (`seed` makes one), so the same seed gives the same
-samples on any device and batch layout of the guidance branches.
-A list of generators, one per image, draws each image's noise from its own: an image then does not depend on which
-other images share its batch (`vistok.seeding` seeds them by (seed, image index) so any batch size gives the same images).
+Each sampler takes its frozen settings object (`SampleConfig`, `ARSampleConfig`: what an export stores and a user
+overrides) plus the per-call data: the model, the labels, and the source of its draws. Every random draw goes through
+`vistok.seeding` from one `torch.Generator` on the CPU (`seed` makes one), so the same seed gives the same samples on
+any device and batch layout of the guidance branches; a list of generators, one per image, draws each image's noise
+from its own, so an image does not depend on which other images share its batch (`vistok.seeding.image_generators`
+seeds them by (seed, image index), so any batch size gives the same images).
 `sample_entities` may stop after any entity: on FlexTok register codes (prefix groups ending at k = 1, 2, 4, ..., K)
 that is generation of the first k tokens, and the first entities of a longer run are exactly those of a shorter one.
 
@@ -35,7 +37,7 @@ Generation stops at any k <= K.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,10 +45,11 @@ import torch
 
 from vistok import flow
 from vistok.checks import MAX_STEPS, MAX_TEMPERATURE, float_arg, guidance_arg, int_arg
-from vistok.errors import require
+from vistok.errors import ArgumentTypeError, require
 from vistok.generators.ar import AR
 from vistok.generators.xar import XAR
 from vistok.modules.attention import KVCache
+from vistok.seeding import Generators, rand, randn, resolve
 
 Method = Literal["sde", "ode"]
 
@@ -84,64 +87,57 @@ class ARSampleConfig:
         require(0.0 < float_arg(self.top_p, "top_p") <= 1.0, f"top-p must lie in (0, 1] (1: off), got {self.top_p}")
 
 
-
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
 Snap = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
-    if isinstance(generator, Sequence):  # one generator per image (the leading axis)
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
-    src = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=src).to(device)
+def settings_arg(settings: object, kind: type, sampler: str) -> None:
+    """A one-line TypeError when a sampler is handed something other than its settings object (e.g. an old-style
+    number of steps in its place)."""
+    if not isinstance(settings, kind):
+        raise ArgumentTypeError(f"{sampler}: the settings must be one {kind.__name__}, e.g. {kind.__name__}(cfg=2.0); "
+                                f"got {type(settings).__name__} {settings!r}")
 
 
 @torch.no_grad()
 def sample_xar(
-    model: XAR, labels: torch.Tensor, steps: int = 50, cfg: float = 1.0,
-    cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
+    model: XAR, labels: torch.Tensor, settings: SampleConfig = SampleConfig(), *, seed: int | None = None,
     generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
     snap: Snap | None = None,
 ) -> torch.Tensor:
     """Class-conditional samples: labels (B,) -> (B, C, h, w) token grid (decode with the model's tokenizer).
 
-    steps: network evaluations per entity. cfg: guidance scale; 1.0 is no guidance (the conditional branch alone, no
-    null pass). method: "sde" (Euler-Maruyama on linspace(1, t_last,
-    steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)). seed / generator: the source of every random draw
-    (neither: torch's global RNG); `generator` may be a list of B generators, one per image. compile: run the
-    transformer stack through `torch.compile` (`XAR.compile_stack`; compiled once per model, the same numbers up
-    to float rounding). snap: a map (B', len, C) -> (B', len, C) applied to every finished entity before it joins the
-    context and the output (None: the flow's output as it is).
+    settings: steps per entity, cfg (1.0: no guidance, the conditional branch alone, no null pass), its schedule and the
+    method, "sde" (Euler-Maruyama on linspace(1, t_last, steps) then 0) or "ode" (Euler on linspace(1, 0, steps + 1)).
+    seed / generator: the source of every random draw (`vistok.seeding.resolve`; neither: torch's global RNG);
+    `generator` may be a list of B generators, one per image. compile: run the transformer stack through
+    `torch.compile` (`XAR.compile_stack`; compiled once per model, the same numbers up to float rounding). snap: a map
+    (B', len, C) -> (B', len, C) applied to every finished entity before it joins the context and the output (None:
+    the flow's output as it is).
     """
-    seq = sample_entities(model, labels, None, steps, cfg, cfg_schedule, method, seed, generator, t_last, full_recompute,
-                          compile, snap)
+    seq = sample_entities(model, labels, settings, seed=seed, generator=generator, t_last=t_last,
+                          full_recompute=full_recompute, compile=compile, snap=snap)
     return model.partition.merge(seq)  # (B, C, h, w)
 
 
 @torch.no_grad()
 def sample_entities(
-    model: XAR, labels: torch.Tensor, entities: int | None = None, steps: int = 50, cfg: float = 1.0,
-    cfg_schedule: flow.CfgSchedule = "linear", method: Method = "sde", seed: int | None = None,
-    generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False, compile: bool = False,
-    snap: Snap | None = None,
+    model: XAR, labels: torch.Tensor, settings: SampleConfig = SampleConfig(), *, entities: int | None = None,
+    seed: int | None = None, generator: Generators = None, t_last: float = 0.04, full_recompute: bool = False,
+    compile: bool = False, snap: Snap | None = None,
 ) -> torch.Tensor:
     """The first `entities` entities (None: all) of class-conditional samples, as a (B, L', C) float sequence in
     entity order (L' = their tokens). The CFG schedule runs over all the model's entities, so stopping early gives
     exactly the beginning of a full run. Other arguments as in `sample_xar`."""
-    require(method in ("sde", "ode"), f"unknown sampling method {method!r}; use sde or ode")
-    flow.check_cfg_schedule(cfg_schedule)
+    settings_arg(settings, SampleConfig, "sample_entities")
     require(labels.ndim == 1, f"labels must be a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
-    if isinstance(generator, Sequence):
-        require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
-    if generator is None and seed is not None:
-        generator = torch.Generator().manual_seed(seed)
+    generator = resolve(generator, seed, labels.shape[0])
     if compile:
         model.compile_stack()
     param = next(model.parameters())
     part, device, dtype = model.partition, param.device, param.dtype
     labels = labels.to(device)
-    grid = flow.time_grid(steps, sde=method == "sde", t_last=t_last)
+    cfg, method = settings.cfg, settings.method
+    grid = flow.time_grid(settings.steps, sde=method == "sde", t_last=t_last)
     guided = cfg != 1.0  # scale 1 is the conditional model: no null branch
     labels_in = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels  # (B',)
     batch, rows = labels.shape[0], labels_in.shape[0]
@@ -154,10 +150,10 @@ def sample_entities(
         for s, length in enumerate(part.lengths[:stop]):
             if cache is not None and s > 0:  # the previous entity joins the context clean, at t = 0, once
                 model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1, cache=cache, store=True)
-            scale = flow.cfg_scale(cfg, s, part.num_entities, cfg_schedule) if guided else 1.0
+            scale = flow.cfg_scale(cfg, s, part.num_entities, settings.cfg_schedule) if guided else 1.0
             # scale 1: the null branch would not change v; for entity 0 (no cached rows to slice) it is skipped
             both = guided and not (s == 0 and scale == 1.0)
-            x = _randn((batch, length, model.config.in_channels), generator, device)  # (B, len_s, C) at t = 1
+            x = randn((batch, length, model.config.in_channels), generator, device)  # (B, len_s, C) at t = 1
             for t, t_next in zip(grid[:-1], grid[1:]):
                 if both:
                     v = _velocity(model, x.repeat(2, 1, 1).to(dtype), labels_in, s, t, done, cache).float()  # (B', len_s, C)
@@ -167,7 +163,7 @@ def sample_entities(
                 if method == "ode":
                     x = flow.euler_step(x, v, t, t_next)
                 else:  # the last step (t_last -> 0) is deterministic
-                    noise = _randn(x.shape, generator, device) if t_next > 0 else None
+                    noise = randn(x.shape, generator, device) if t_next > 0 else None
                     x = flow.euler_maruyama_step(x, v, t, t_next, noise)
             x = snap(x) if snap is not None else x  # e.g. onto the FSQ lattice, before the context and the output
             done.append((torch.cat([x, x]) if guided else x).to(dtype))  # both branches continue from the same entity
@@ -187,14 +183,6 @@ def _velocity(
 
 
 # ------------------------------------------------------------------------------------------------------------ GPT
-def _rand(batch: int, generator: Generators) -> torch.Tensor:
-    """(B,) float64 uniforms on the CPU: one per image from its own generator, or B from one."""
-    if isinstance(generator, Sequence):
-        return torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device).cpu() for g in generator])
-    src = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(batch, generator=generator, dtype=torch.float64, device=src).cpu()
-
-
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(B, V) logits with everything outside the top_k largest (0: no cut) and outside the top-p nucleus (the fewest
     most likely tokens whose probabilities reach p; the most likely token always stays) set to -inf."""
@@ -211,15 +199,16 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def draw_tokens(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: Generators = None,
+    logits: torch.Tensor, settings: ARSampleConfig = ARSampleConfig(), generator: Generators = None,
 ) -> torch.Tensor:
-    """(B, V) logits -> (B,) int64 ids: argmax at temperature 0, else an inverse-CDF draw from the filtered softmax."""
-    require(temperature >= 0, f"the temperature must be >= 0, got {temperature}")
-    if temperature == 0:
+    """(B, V) logits -> (B,) int64 ids: argmax at temperature 0, else an inverse-CDF draw from the softmax filtered by
+    the settings' top-k and top-p (their cfg is applied before, by `guided_logits`)."""
+    if settings.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.double() / temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    logits = filter_logits(logits.double() / settings.temperature, settings.top_k, settings.top_p)
+    probs = logits.softmax(dim=-1)  # (B, V)
     cdf = probs.cumsum(dim=-1)
-    u = _rand(logits.shape[0], generator).to(logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
+    u = rand(logits.shape[0], generator).to(logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).clamp_max(logits.shape[-1] - 1)[:, 0]
 
 
@@ -230,28 +219,27 @@ def guided_logits(logits: torch.Tensor, cfg: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_ar(
-    model: AR, labels: torch.Tensor, tokens: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
-    top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: Generators = None,
-    full_recompute: bool = False, compile: bool = False,
+    model: AR, labels: torch.Tensor, settings: ARSampleConfig = ARSampleConfig(), *, tokens: int | None = None,
+    seed: int | None = None, generator: Generators = None, full_recompute: bool = False, compile: bool = False,
 ) -> torch.Tensor:
     """Class-conditional token ids: labels (B,) -> (B, tokens) int64 ids (None: all K), the first `tokens` of an
     image's sequence (stopping early draws exactly the beginning of a longer run).
 
-    cfg: guidance scale on the logits; 1.0 is no guidance (the conditional branch alone, no null pass). temperature (0: greedy), top_k (0: off), top_p (1: off): see `draw_tokens`.
-    seed / generator: the source of every draw (neither: torch's global RNG); a list gives one generator per image.
+    settings: cfg on the logits (1.0: no guidance, the conditional branch alone, no null pass), temperature (0:
+    greedy), top_k (0: off), top_p (1: off); see `draw_tokens`. seed / generator: the source of every draw
+    (`vistok.seeding.resolve`; neither: torch's global RNG); a list gives one generator per image.
     compile: run the block stack through `torch.compile` (`AR.compile_stack`).
     """
+    settings_arg(settings, ARSampleConfig, "sample_ar")
     k = model.config.tokens if tokens is None else tokens
     require(1 <= k <= model.config.tokens, f"tokens={tokens} must lie in 1..{model.config.tokens}")
     require(labels.ndim == 1, f"labels must be a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
-    if isinstance(generator, Sequence):
-        require(len(generator) == labels.shape[0], f"got {len(generator)} generators for {labels.shape[0]} labels; pass one per image")
-    if generator is None and seed is not None:
-        generator = torch.Generator().manual_seed(seed)
+    generator = resolve(generator, seed, labels.shape[0])
     if compile:
         model.compile_stack()
     device = next(model.parameters()).device
     labels = labels.to(device)
+    cfg = settings.cfg
     guided = cfg != 1.0
     labels_in = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels  # (B',)
     cache = None if full_recompute else model.new_cache()
@@ -266,6 +254,6 @@ def sample_ar(
             else:  # only the newest token, at position n
                 logits = model.logits(model.token_embedding(ids[:, -1:]), n, cache, store=True)[:, -1]
             logits = guided_logits(logits, cfg) if guided else logits  # (B, V)
-            nxt = draw_tokens(logits, temperature, top_k, top_p, generator)  # (B,)
+            nxt = draw_tokens(logits, settings, generator)  # (B,)
             ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
     return ids[:labels.shape[0]]  # (B, k)

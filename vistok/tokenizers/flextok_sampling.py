@@ -10,8 +10,9 @@ momentum -0.5, norm threshold 2.5, eta 0). The scale w may be a function of t.
 
 Every image may have its own prefix length k in the same batch: k only selects which registers are masked, and images
 never attend to each other, so a mixed batch gives each image what it would get alone (up to float rounding).
-Random draws come from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the rest
-of its batch).
+`decode` takes its `DecodeConfig` (what an export stores and a user overrides) plus the per-call data. Its noise comes
+through `vistok.seeding` from one `torch.Generator` on the CPU, or one per image (then an image does not depend on the
+rest of its batch).
 
 Memory is bounded by one step (the released d18-d28, 2.5B parameters, decodes a 256 px image on a laptop-class CPU):
 decoding runs under `torch.inference_mode` (no autograd graph, so nothing of step i outlives step i), attention is
@@ -31,11 +32,11 @@ import torch
 
 from vistok import flow
 from vistok.checks import MAX_STEPS, guidance_arg, int_arg
-from vistok.errors import VistokError, require
+from vistok.errors import ArgumentTypeError, VistokError, require
 from vistok.progress import progress as progress_bar
+from vistok.seeding import Generators, randn, resolve
 from vistok.tokenizers.flextok import FlexTok
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
 Scale = float | Callable[[float], float]
 
 
@@ -72,15 +73,6 @@ class APGConfig:
     momentum: float = -0.5
     norm_threshold: float = 2.5  # 0 disables clipping
     eta: float = 0.0  # weight of the guidance component parallel to the conditional velocity
-
-
-
-
-def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
-    if isinstance(generator, Sequence):  # one generator per image: its noise ignores the rest of the batch
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
-    src = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=src).to(device)
 
 
 def encode(model: FlexTok, images: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
@@ -138,42 +130,41 @@ def guided_velocity(
 
 
 def decode(
-    model: FlexTok, ids: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, steps: int = 20,
-    cfg: Scale = 1.0, guidance: Guidance = "cfg", apg: APGConfig = APGConfig(), generator: Generators = None,
-    seed: int | None = None, noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
-    progress: bool | None = False,
+    model: FlexTok, ids: torch.Tensor, settings: DecodeConfig = DecodeConfig(), *,
+    keep_k: int | Sequence[int] | torch.Tensor | None = None, seed: int | None = None, generator: Generators = None,
+    noise: torch.Tensor | None = None, tokenizer: Tokenizer | None = None, apg: APGConfig = APGConfig(),
+    schedule: Callable[[float], float] | None = None, progress: bool | None = False,
 ) -> torch.Tensor:
     """Token ids (B, n) -> (B, C, H, W) latents, or images when a `tokenizer` is given.
 
-    keep_k: tokens used per image (None: all n; an int; or one per image), each in 1..n. steps: Euler steps T.
-    cfg: guidance scale (a float or a function of t); 1.0 is no guidance (the conditional branch alone, no null
-    pass). guidance: "cfg" or "apg" (with `apg`'s settings). generator / seed: the source of
-    the initial noise (a list of B generators gives each image its own); noise: the (B, C, H, W) initial noise itself.
-    progress: a tqdm bar on stderr with one tick per Euler step (True: when stderr is a terminal; None: the same;
-    False: none); it never changes the result.
+    settings: Euler steps T, guidance scale (1.0: no guidance, the conditional branch alone, no null pass) and
+    guidance, "cfg" or "apg" (with `apg`'s settings). keep_k: tokens used per image (None: all n; an int; or one per
+    image), each in 1..n. seed / generator: the source of the initial noise (`vistok.seeding.resolve`; a list of B
+    generators gives each image its own); noise: the (B, C, H, W) initial noise itself. schedule: a guidance scale
+    that varies with t, used instead of settings.cfg (it always runs the null branch). progress: a tqdm bar on stderr
+    with one tick per Euler step (True or None: when stderr is a terminal; False: none); it never changes the result.
     """
-    require(steps >= 1, f"steps must be at least 1, got {steps}")
-    require(guidance in ("cfg", "apg"), f"unknown guidance {guidance!r}; use cfg or apg")
+    if not isinstance(settings, DecodeConfig):
+        raise ArgumentTypeError(f"decode: the settings must be one DecodeConfig, e.g. DecodeConfig(steps=25); got "
+                                f"{type(settings).__name__} {settings!r}")
+    cfg: Scale = schedule if schedule is not None else settings.cfg
     c, batch = model.config, ids.shape[0]
     device = next(model.parameters()).device
     codes = ids_to_codes(model, ids.to(device))  # (B, K, d)
     k = prefix_lengths(keep_k, batch, ids.shape[1]).to(device)  # (B,)
     if noise is None:
-        if isinstance(generator, Sequence):
-            require(len(generator) == batch, f"got {len(generator)} generators for {batch} images; pass one per image")
-        generator = torch.Generator().manual_seed(seed) if generator is None and seed is not None else generator
-        noise = _randn((batch, c.in_channels, *c.grid), generator, device)
+        noise = randn((batch, c.in_channels, *c.grid), resolve(generator, seed, batch), device)
     require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
     with flow.eval_mode(model), torch.inference_mode(), \
-            progress_bar(total=steps, desc="decode", enabled=progress, unit="step") as bar:
+            progress_bar(total=settings.steps, desc="decode", enabled=progress, unit="step") as bar:
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
         if is_guided(cfg):
             null = model.decoder.condition(codes, k, torch.ones(batch, dtype=torch.bool, device=device))
             registers = torch.cat([registers, null])  # (2B, K, D)
         x, running = noise.to(device).float(), None
-        grid = flow.time_grid(steps, sde=False)  # 1 -> 0, uniform
+        grid = flow.time_grid(settings.steps, sde=False)  # 1 -> 0, uniform
         for t, t_next in zip(grid[:-1], grid[1:]):
-            v, running = guided_velocity(model, x, t, registers, cfg, guidance, apg, running)
+            v, running = guided_velocity(model, x, t, registers, cfg, settings.guidance, apg, running)
             x = flow.euler_step(x, v.float(), t, t_next)
             bar.update(1)
         out = tokenizer.decode(x) if tokenizer is not None else x
@@ -181,7 +172,8 @@ def decode(
 
 
 def reconstruct(
-    model: FlexTok, images: torch.Tensor, keep_k: int | Sequence[int] | torch.Tensor | None = None, **kwargs
+    model: FlexTok, images: torch.Tensor, settings: DecodeConfig = DecodeConfig(), *,
+    keep_k: int | Sequence[int] | torch.Tensor | None = None, tokenizer: Tokenizer | None = None, **kwargs
 ) -> torch.Tensor:
-    """encode, then decode the first keep_k tokens of each image; kwargs go to `decode`."""
-    return decode(model, encode(model, images, kwargs.get("tokenizer")), keep_k, **kwargs)
+    """encode, then decode the first keep_k tokens of each image; kwargs (seed, generator, ...) go to `decode`."""
+    return decode(model, encode(model, images, tokenizer), settings, keep_k=keep_k, tokenizer=tokenizer, **kwargs)
