@@ -40,7 +40,7 @@ def prefix_list(tokens: str | int | Sequence[int] | None, registers: int) -> lis
     """Prefix lengths k from "1,2,4", an int or a list (None or "": the ladder 1, 2, 4, ..., K); each in 1..K."""
     from vistok.tokenizers.flextok_sampling import k_ladder
 
-    if tokens is None or tokens == "":
+    if tokens is None or isinstance(tokens, str) and not tokens:
         return k_ladder(registers)
     text = isinstance(tokens, str)
     flag, shown = ("--tokens", repr(tokens)) if text else ("tokens", str(tokens))
