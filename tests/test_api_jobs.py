@@ -219,9 +219,21 @@ def test_segment_file_mistakes_are_one_line_before_the_model_loads(tmp_path: Pat
 def test_preset_table_lists_every_preset_with_its_count() -> None:
     from vistok import registry
 
-    table = jobs.preset_table()
+    table = jobs.preset_table().result
     assert [r["name"] for r in table["presets"]] == list(registry.presets())
     assert table["shipped"] == sorted(registry.shipped_models()) and "cifar10-xar-tiny" in table["shipped"]
     row = next(r for r in table["presets"] if "tiny" in r["name"])
     preset = registry.get_preset(row["name"])  # built for real: the table counts on the meta device
     assert row["params"] == sum(p.numel() for p in registry.build(preset.family, preset.config).parameters())
+
+
+def test_fid_stats_then_fid_of_the_same_images_is_zero(tmp_path: Path) -> None:
+    from vistok.metrics import fid
+
+    np.savez(tmp_path / "a.npz", arr_0=pictures(12))
+    made = jobs.fid_stats(tmp_path / "a.npz", tmp_path / "s.npz", num=10)
+    assert made.result["num"] == 10 and made.summary() == (f"wrote {tmp_path / 's.npz'}: cifar10-net statistics of 10 "
+                                                           f"images from {tmp_path / 'a.npz'}")
+    same = jobs.fid(tmp_path / "a.npz", tmp_path / "s.npz", num=10)
+    assert same.result == fid.calculate(tmp_path / "a.npz", tmp_path / "s.npz", num=10)
+    assert abs(same.result["fid"]) < 1e-3 and same.summary().startswith(f"FID {same.result['fid']:.4f}  (10 images")

@@ -2,8 +2,8 @@
 `em-*` (vistok/em/cli.py), `convert` (vistok/convert/cli.py) and `demo`.
 
 Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that makes ONE call into the Python API
-(`vistok.api.jobs`, `vistok.metrics.fid`, `vistok.demo`) and prints what it returns, so the same seed gives the same
-bits from Python and the shell. A user's mistake (bad path, bad flag, missing weights) prints one line and exits
+(`vistok.api.jobs`, `vistok.demo`) and prints what it returns, so the same seed gives the same bits from Python and
+the shell. A user's mistake (bad path, bad flag, missing weights) prints one line and exits
 non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal (`--quiet`: never).
 `python -m vistok` runs the same command, also under `torchrun` (`vistok sample` then shards its images over ranks).
 Parsing imports no torch, so every `--help` is quick.
@@ -18,6 +18,8 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from vistok.convert.cli import add_commands as add_convert
+from vistok.em.cli import add_commands as add_em
 from vistok.engine.host_memory import keep_freed_memory
 from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
@@ -116,12 +118,7 @@ def add_models(sub) -> None:
 
 def cmd_models(args: argparse.Namespace) -> None:
     table = _jobs().preset_table()
-    if args.json:
-        return print(json.dumps({"presets": table["presets"], "shipped": table["shipped"]}, indent=2))
-    print(f"{'preset':<28}{'family':<14}{'params':>14}")
-    for r in table["presets"]:
-        print(f"{r['name']:<28}{r['family']:<14}{r['params']:>14,}")
-    print(f"\nshipped models in {table['assets']}: {', '.join(table['shipped']) or 'none'}")
+    print(json.dumps(table.result, indent=2) if args.json else table.summary())
 
 
 # ---------------------------------------------------------------------------------------------------------- sample
@@ -260,11 +257,9 @@ def add_cache_latents(sub) -> None:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
-    report, rank, world_size = _jobs().cache_latents(
-        args.vae, args.input, args.out, resolution=args.resolution, flip=args.flip, shard_size=args.shard_size,
-        batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, device=args.device, progress=not args.quiet)
-    print(f"rank {rank}/{world_size}: encoded {report.images} images into {len(report.written)} shards, "
-          f"{len(report.skipped)} already finished -> {args.out}")
+    print(_jobs().cache_latents(args.vae, args.input, args.out, resolution=args.resolution, flip=args.flip,
+                                shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers,
+                                dtype=args.dtype, device=args.device, progress=not args.quiet).summary())
 
 
 # ------------------------------------------------------------------------------------------------------ fid, stats
@@ -297,24 +292,11 @@ def add_fid(sub) -> None:
 
 
 def cmd_fid(args: argparse.Namespace) -> None:
-    from vistok.metrics import fid
-
-    res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
-                        weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
-                        data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
-                        progress=not args.quiet, adm=args.adm)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        line = f"FID {res['fid']:.4f}" + (f"  sFID {res['sfid']:.4f}" if "sfid" in res else "")
-        if "kid" in res:
-            line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
-        if "isc" in res:
-            line += f"  IS {res['isc']:.4f} +- {res['isc_std']:.4f}"
-        if "precision" in res:
-            line += f"  precision {res['precision']:.4f}  recall {res['recall']:.4f}"
-        adm = ", ADM definitions" if args.adm else ""
-        print(f"{line}  ({res['num_fake']} images, {res['extractor']}{adm}, real: {res.get('real_stats', res['real'])})")
+    scores = _jobs().fid(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
+                         weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
+                         data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
+                         progress=not args.quiet, adm=args.adm)
+    print(json.dumps(scores.result, indent=2) if args.json else scores.summary())
 
 
 def add_fid_stats(sub) -> None:
@@ -326,10 +308,9 @@ def add_fid_stats(sub) -> None:
 
 
 def cmd_fid_stats(args: argparse.Namespace) -> None:
-    num = _jobs().fid_stats(args.input, args.out, extractor=args.extractor, num=args.num, resolution=args.resolution,
+    print(_jobs().fid_stats(args.input, args.out, extractor=args.extractor, num=args.num, resolution=args.resolution,
                             weights=args.inception_weights or args.extractor_weights, data_root=args.data_root,
-                            batch_size=args.batch_size, progress=not args.quiet)
-    print(f"wrote {args.out}: {args.extractor} statistics of {num} images from {args.input}")
+                            batch_size=args.batch_size, progress=not args.quiet).summary())
 
 
 # ------------------------------------------------------------------------------------------------------------ demo
@@ -349,18 +330,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.num, args.data_root, overwrite=args.overwrite)
 
 
-def add_em(sub) -> None:
-    from vistok.em.cli import add_commands
-
-    add_commands(sub)
-
-
-def add_convert(sub) -> None:
-    from vistok.convert.cli import add_commands
-
-    add_commands(sub)
-
-
 # subcommands in `vistok --help` order; another one is one more add_* function here
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models, add_sample, add_reconstruct, add_encode, add_decode, add_cache_latents, add_fid, add_fid_stats, add_em,
@@ -376,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command (argv: sys.argv[1:] when None; parser: `build_parser()`'s, or one with fewer commands)."""
+    args = (parser or build_parser()).parse_args(argv)
     keep_freed_memory()  # this process's tensors reuse freed host memory (see vistok.engine.host_memory)
     try:
         check_cli_paths(args)  # an --out or --json that is, holds or sits in an input: refused before any work

@@ -298,25 +298,48 @@ def decode_folder(
     return DecodeRun(len(images), written, time.perf_counter() - start, decoding, seed)
 
 
-# ------------------------------------------------------------------------------------ statistics, caches, presets
+# ------------------------------------------------------------------------------- FID, statistics, caches, presets
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """A job's result as a dict (`result`, what `--json` prints) and its one-line `summary()`."""
+    result: dict[str, Any]
+    line: str
+
+    def summary(self) -> str:
+        return self.line
+
+
+def fid(fake: Source, real: Source, *, adm: bool = False, **options: Any) -> Scores:
+    """`vistok.metrics.fid.calculate(fake, real, adm=adm, **options)` with its summary line (FID, and sFID, KID, IS,
+    precision/recall where asked for)."""
+    from vistok.metrics import fid as fid_metric
+
+    res = fid_metric.calculate(fake, real, adm=adm, **options)
+    line = f"FID {res['fid']:.4f}" + (f"  sFID {res['sfid']:.4f}" if "sfid" in res else "")
+    line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}" if "kid" in res else ""
+    line += f"  IS {res['isc']:.4f} +- {res['isc_std']:.4f}" if "isc" in res else ""
+    line += f"  precision {res['precision']:.4f}  recall {res['recall']:.4f}" if "precision" in res else ""
+    return Scores(res, f"{line}  ({res['num_fake']} images, {res['extractor']}{', ADM definitions' if adm else ''}, "
+                       f"real: {res.get('real_stats', res['real'])})")
+
+
 def fid_stats(input: Source, out: str | Path, *, extractor: str = "cifar10-net", weights: str | None = None,
               num: int | None = None, resolution: int | None = None, data_root: str | None = None,
-              batch_size: int = 64, progress: bool | None = False) -> int:
-    """Write FID reference statistics (mu, sigma, and the extractor's fingerprint) of a set of images to `out` (.npz);
-    returns how many images they summarise."""
-    from vistok.metrics import fid
+              batch_size: int = 64, progress: bool | None = False) -> Scores:
+    """Write FID reference statistics (mu, sigma, and the extractor's fingerprint) of a set of images to `out` (.npz)."""
+    from vistok.metrics import fid as fid_metric
 
-    fid.check_output(out)  # before any work
-    images = fid.as_images(input, num, resolution, data_root)
-    stats = fid.compute_statistics(images, extractor, weights, batch_size, progress=progress)
-    fid.save_statistics(stats, out, extractor=extractor, source=str(input), num=len(images),
-                        fingerprint=fid.extractor_fingerprint(extractor, weights))
-    return len(images)
+    fid_metric.check_output(out)  # before any work
+    images = fid_metric.as_images(input, num, resolution, data_root)
+    stats = fid_metric.compute_statistics(images, extractor, weights, batch_size, progress=progress)
+    fid_metric.save_statistics(stats, out, extractor=extractor, source=str(input), num=len(images),
+                               fingerprint=fid_metric.extractor_fingerprint(extractor, weights))
+    return Scores({"out": str(out), "num": len(images)},
+                  f"wrote {out}: {extractor} statistics of {len(images)} images from {input}")
 
 
-def cache_latents(vae: str, input: str | Path, out: str | Path, **options: Any) -> tuple[Any, int, int]:
-    """`vistok.tokenizers.latent_cache.cache_latents` under `out`'s writer lock (torchrun ranks of one job share it):
-    (its report, this rank, the world size)."""
+def cache_latents(vae: str, input: str | Path, out: str | Path, **options: Any) -> Scores:
+    """`vistok.tokenizers.latent_cache.cache_latents` under `out`'s writer lock (torchrun ranks of one job share it)."""
     from vistok.data.outputs import check_output_folder
     from vistok.engine.lock import WriterLock
     from vistok.tokenizers import latent_cache
@@ -324,18 +347,24 @@ def cache_latents(vae: str, input: str | Path, out: str | Path, **options: Any) 
     with WriterLock(check_output_folder(out, grid_suffix=None), "--out"):
         report = latent_cache.cache_latents(vae, input, out, **options)
     rank, world_size, _ = latent_cache.world()
-    return report, rank, world_size
+    return Scores({"rank": rank, "world_size": world_size, "images": report.images, "written": len(report.written),
+                   "skipped": len(report.skipped)},
+                  f"rank {rank}/{world_size}: encoded {report.images} images into {len(report.written)} shards, "
+                  f"{len(report.skipped)} already finished -> {out}")
 
 
-def preset_table() -> dict[str, Any]:
-    """{"presets": [{name, family, params (counted on the meta device), shipped}], "shipped": [names]}."""
+def preset_table() -> Scores:
+    """{"presets": [{name, family, params (counted on the meta device), shipped}], "shipped": [names]} and a table."""
     from vistok import registry
 
     shipped = registry.shipped_models()
     rows = [{"name": p.name, "family": p.family, "params": registry.param_count(p), "shipped": p.name in shipped}
             for p in registry.presets().values()]
-    return {"presets": rows, "shipped": sorted(shipped), "assets": str(registry.assets_dir())}
+    lines = [f"{'preset':<28}{'family':<14}{'params':>14}"] + [f"{r['name']:<28}{r['family']:<14}{r['params']:>14,}"
+                                                               for r in rows]
+    lines.append(f"\nshipped models in {registry.assets_dir()}: {', '.join(shipped) or 'none'}")
+    return Scores({"presets": rows, "shipped": sorted(shipped)}, "\n".join(lines))
 
 
-__all__ = ["DecodeRun", "ReconstructReport", "SampleRun", "TokenFile", "cache_latents", "decode_folder", "encode_file",
-           "fid_stats", "load_as", "preset_table", "prefix_list", "reconstruct_report", "sample_folder"]
+__all__ = ["DecodeRun", "ReconstructReport", "SampleRun", "Scores", "TokenFile", "cache_latents", "decode_folder",
+           "encode_file", "fid", "fid_stats", "load_as", "preset_table", "prefix_list", "reconstruct_report", "sample_folder"]

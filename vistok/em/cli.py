@@ -21,8 +21,6 @@ import sys
 from collections.abc import Sequence
 
 from vistok.checks import sizes_arg
-from vistok.engine.outputs import check_cli_paths
-from vistok.errors import VistokError
 
 
 def cmd_em_segment(args: argparse.Namespace) -> None:
@@ -123,17 +121,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m vistok.em.cli em-segment|em-eval ...`, with the main CLI's error behaviour."""
-    parser = argparse.ArgumentParser(prog="vistok", description="EM neuron segmentation and its scores.")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        check_cli_paths(args)  # as the main `vistok` command: an --out in an input's file (any :DATASET) is refused
-        args.func(args)
-    except VistokError as err:
-        print(f"vistok {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    """`python -m vistok.em.cli em-segment|em-eval ...`: these commands alone, run as the main `vistok` command runs."""
+    from vistok.cli import _Parser
+    from vistok.cli import main as run
+
+    parser = _Parser(prog="vistok", description="EM neuron segmentation and its scores.")
+    add_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    return run(argv, parser)
 
 
 if __name__ == "__main__":
