@@ -131,7 +131,8 @@ def test_reconstruct_report_from_python_equals_the_tokenizer_and_the_cli(tok, tm
     assert lines[0].split() == ["k", "MSE", "PSNR", "SSIM"] and [line.split()[0] for line in lines[1:3]] == ["1", "4"]
     np.savez(tmp_path / "in.npz", arr_0=images)  # the command on the same images: the same files
     assert cli.main(["reconstruct", "--ckpt", "cifar10-flextok-tiny", "--input", str(tmp_path / "in.npz"), "--tokens",
-                     "1,4", "--steps", "2", "--seed", "1", "--no-fid", "--grid-rows", "2", "--out", str(tmp_path / "cli"),
+                     "1,4", "--steps", "2", "--seed", "1", "--no-fid", "--grid-rows", "2",
+                     "--out", str(tmp_path / "cli"),
                      "--device", "cpu", "--quiet"]) == 0
     for name in ("k001.npz", "k004.npz", "grid.png"):
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
@@ -141,8 +142,10 @@ def test_prefix_lists_from_text_or_integers(tok, tmp_path: Path) -> None:
     assert jobs.prefix_list(None, 16) == [1, 2, 4, 8, 16] and jobs.prefix_list("", 6) == [1, 2, 4, 6]
     assert jobs.prefix_list("3, 8", 8) == [3, 8] == jobs.prefix_list([3, 8], 8) == jobs.prefix_list(np.array([3, 8]), 8)
     assert jobs.prefix_list(5, 8) == [5]
-    for bad, message in (("0,2", "--tokens '0,2': every k must lie in 1..8"), ("a", "--tokens 'a' must be a comma list"),
-                         ([9], r"tokens \[9\]: every k must lie in 1..8"), ([2.5], "must be a comma list"), ([], "1..8")):
+    for bad, message in (("0,2", "--tokens '0,2': every k must lie in 1..8"),
+                         ("a", "--tokens 'a' must be a comma list"),
+                         ([9], r"tokens \[9\]: every k must lie in 1..8"), ([2.5], "must be a comma list"),
+                         ([], "1..8")):
         with pytest.raises(VistokError, match=message):
             jobs.prefix_list(bad, 8)
     with pytest.raises(VistokError, match="every k must lie in 1..16"):  # before any file or image is made

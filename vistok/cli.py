@@ -76,11 +76,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _ks(text: str | None, registers: int) -> list[int]:
-    """Prefix lengths from "1,2,4" (None or "": the ladder 1, 2, 4, ..., K), each in 1..K (jobs.prefix_list)."""
-    return _jobs().prefix_list(text, registers)
-
-
 def _jobs():
     """vistok.api.jobs, imported when a command runs (it imports torch; parsing and --help do not)."""
     import vistok.api.jobs as jobs

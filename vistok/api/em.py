@@ -34,7 +34,8 @@ class SegmentRun:
     how: str
 
     def summary(self) -> str:
-        return f"{self.input} {self.shape} -> {self.segments} segments in {self.seconds:.1f} s ({self.how}) -> {self.out}"
+        return (f"{self.input} {self.shape} -> {self.segments} segments in {self.seconds:.1f} s ({self.how}) -> "
+                f"{self.out}")
 
 
 def _shown(dst: Any) -> Any:
@@ -58,9 +59,9 @@ def segment_file(
     `source`: a fine-tuned segmenter (name, folder or loaded `Segmenter`), whose export's inference settings the
     keywords override; or None with `baseline=True`: the distance-transform watershed of the thresholded raw image (in
     memory; `per_slice`: one 2D watershed per z section). `workers` N >= 1: blockwise on daisy with N worker processes
-    into a zarr `out`, resumable (scratch and done markers in `<out>/.<dataset>.blockwise/`; `worker_command` starts each
-    worker elsewhere); 0: one process, reading the volume window by window. Every argument and output is checked before
-    the model loads; one writer per output."""
+    into a zarr `out`, resumable (scratch and done markers in `<out>/.<dataset>.blockwise/`; `worker_command` starts
+    each worker elsewhere); 0: one process, reading the volume window by window. Every argument and output is checked
+    before the model loads; one writer per output."""
     from vistok.em.volumes import Volume, check_output, parse_volume_arg
     from vistok.engine.lock import WriterLock
 
@@ -123,7 +124,7 @@ def _blockwise(source: Any, src: Any, dst: Any, raw: Any, cfg: Any, block: tuple
         raise VistokError("workers load the segmenter themselves: pass its name or folder, not a loaded Segmenter")
     name = (dst.dataset or DEFAULT_DATASET["zarr"]).strip("/")
     work = Path(dst.path) / f".{name.replace('/', '_')}.blockwise"
-    block = tuple(min(b, s) for b, s in zip(block, raw.shape))
+    block = tuple(min(b, s) for b, s in zip(block, raw.shape, strict=True))
     job = BlockwiseSegmentation(str(src), str(Path(dst.path) / name), work,
                                 functools.partial(load_predictor, str(source), device), tuple(cfg.roi), cfg.overlap,
                                 cfg.batch_size, cfg.threshold, block, intensity_range(raw), tuple(raw.shape))

@@ -45,7 +45,8 @@ def prefix_list(tokens: str | int | Sequence[int] | None, registers: int) -> lis
     text = isinstance(tokens, str)
     flag, shown = ("--tokens", repr(tokens)) if text else ("tokens", str(tokens))
     try:
-        ks = [int(s) for s in tokens.split(",") if s.strip()] if text else np.atleast_1d(as_ints(tokens, "tokens")).tolist()
+        ks = [int(s) for s in tokens.split(",") if s.strip()] if text else \
+            np.atleast_1d(as_ints(tokens, "tokens")).tolist()
     except (ValueError, TypeError):
         raise VistokError(f"{flag} {shown} must be a comma list of integers, e.g. 1,2,4,{registers}") from None
     if not ks or not all(1 <= k <= registers for k in ks):
@@ -103,7 +104,7 @@ def sample_folder(
 
     out = check_out(out)
     started = not torch.distributed.is_initialized()  # a process group the caller made is the caller's to end
-    env = dist.setup(device if isinstance(source, (str, Path)) else source.device.type)
+    env = dist.setup(source.device.type if isinstance(source, Generator) else device)
     try:
         with WriterLock(out, "--out"):  # torchrun ranks of one job share it
             gen = load_as(source, Generator, device, "`vistok sample`")
@@ -128,8 +129,8 @@ def sample_folder(
             written = writer.finish(labels) if env.is_main else []
             tokens = ""
             if isinstance(gen, PairedGenerator):
-                tokens = (f" from k={given.get('tokens') or gen.valid_ks()[-1]} of {gen.codes.registers} FlexTok tokens "
-                          f"({gen.kind}; decoder {gen.decoding(given.get('decode_steps')).steps} steps)")
+                tokens = (f" from k={given.get('tokens') or gen.valid_ks()[-1]} of {gen.codes.registers} FlexTok "
+                          f"tokens ({gen.kind}; decoder {gen.decoding(given.get('decode_steps')).steps} steps)")
             run = SampleRun(len(labels), written, time.perf_counter() - start, used, seed, env.device.type, precision,
                             env.world_size, env.is_main, tokens)
             dist.barrier()
@@ -150,10 +151,11 @@ class ReconstructReport:
     def summary(self) -> str:
         m, fid = self.metrics, self.metrics["fid_real"] is not None
         lines = [f"{'k':>4} {'MSE':>9} {'PSNR':>7} {'SSIM':>6}" + (f" {'FID':>8}" if fid else "")]
-        lines += [f"{k:>4} {v['mse']:>9.5f} {v['psnr']:>7.2f} {v['ssim']:>6.3f}" + (f" {v['fid']:>8.3f}" if "fid" in v else "")
-                  for k, v in m["metrics"].items()]
-        lines.append(f"{m['num']} images x {len(m['tokens'])} k in {m['seconds']:.1f} s ({m['steps']} steps, cfg {m['cfg']} "
-                     f"({m['guidance']}), seed {m['seed']}) -> {self.out}/grid.png, {self.out}/metrics.json, k*/ and k*.npz")
+        lines += [f"{k:>4} {v['mse']:>9.5f} {v['psnr']:>7.2f} {v['ssim']:>6.3f}"
+                  + (f" {v['fid']:>8.3f}" if "fid" in v else "") for k, v in m["metrics"].items()]
+        lines.append(f"{m['num']} images x {len(m['tokens'])} k in {m['seconds']:.1f} s ({m['steps']} steps, cfg "
+                     f"{m['cfg']} ({m['guidance']}), seed {m['seed']}) -> {self.out}/grid.png, "
+                     f"{self.out}/metrics.json, k*/ and k*.npz")
         return "\n".join(lines)
 
 
@@ -284,7 +286,8 @@ def decode_folder(
     ids = arrays["ids"]
     k = arrays.get("k", np.full(len(ids), ids.shape[1]))
     if k.shape != (len(ids),) or k.dtype.kind not in "iu":
-        raise VistokError(f"{tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
+        raise VistokError(f"{tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} "
+                          f"{k.shape}")
     labels = np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64)))
     if labels.shape != (len(ids),) or labels.dtype.kind not in "iu":  # else written beside the images as they are
         raise VistokError(f"{tokens}: 'labels' must hold one integer class per image ({len(ids)}), got "
@@ -326,7 +329,7 @@ def fid(fake: Source, real: Source, *, adm: bool = False, **options: Any) -> Sco
 def fid_stats(input: Source, out: str | Path, *, extractor: str = "cifar10-net", weights: str | None = None,
               num: int | None = None, resolution: int | None = None, data_root: str | None = None,
               batch_size: int = 64, progress: bool | None = False) -> Scores:
-    """Write FID reference statistics (mu, sigma, and the extractor's fingerprint) of a set of images to `out` (.npz)."""
+    """Write FID reference statistics (mu, sigma, the extractor's fingerprint) of a set of images to `out` (.npz)."""
     from vistok.metrics import fid as fid_metric
 
     fid_metric.check_output(out)  # before any work
@@ -367,4 +370,5 @@ def preset_table() -> Scores:
 
 
 __all__ = ["DecodeRun", "ReconstructReport", "SampleRun", "Scores", "TokenFile", "cache_latents", "decode_folder",
-           "encode_file", "fid", "fid_stats", "load_as", "preset_table", "prefix_list", "reconstruct_report", "sample_folder"]
+           "encode_file", "fid", "fid_stats", "load_as", "prefix_list", "preset_table", "reconstruct_report",
+           "sample_folder"]
