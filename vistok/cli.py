@@ -2,9 +2,10 @@
 `em-*` (vistok/em/cli.py), `convert` (vistok/convert/cli.py) and `demo`.
 
 Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that makes ONE call into the Python API
-(`vistok.api.jobs`, `vistok.demo`) and prints what it returns, so the same seed gives the same bits from Python and
-the shell. A user's mistake (bad path, bad flag, missing weights) prints one line and exits
-non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal (`--quiet`: never).
+(`vistok.api.jobs`; `vistok.api.em` for em-*, `vistok.convert`, `vistok.demo`) and prints what it returns, so the same
+seed gives the same bits from Python and the shell. A user's mistake (bad path, bad flag, missing weights) prints one
+line and exits non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal
+(`--quiet`: never).
 `python -m vistok` runs the same command, also under `torchrun` (`vistok sample` then shards its images over ranks).
 Parsing imports no torch, so every `--help` is quick.
 """
