@@ -254,7 +254,7 @@ def add_cache_latents(sub) -> None:
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
     print(_jobs().cache_latents(args.vae, args.input, args.out, resolution=args.resolution, flip=args.flip,
-                                shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers,
+                                shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.workers,
                                 dtype=args.dtype, device=args.device, progress=not args.quiet).summary())
 
 

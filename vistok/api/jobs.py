@@ -341,14 +341,19 @@ def fid_stats(input: Source, out: str | Path, *, extractor: str = "cifar10-net",
                   f"wrote {out}: {extractor} statistics of {len(images)} images from {input}")
 
 
-def cache_latents(vae: str, input: str | Path, out: str | Path, **options: Any) -> Scores:
-    """`vistok.tokenizers.latent_cache.cache_latents` under `out`'s writer lock (torchrun ranks of one job share it)."""
+def cache_latents(vae: str, input: str | Path, out: str | Path, *, resolution: int = 256, flip: bool = False,
+                  shard_size: int = 1024, batch_size: int = 32, num_workers: int = 4, dtype: str = "float16",
+                  device: str = "auto", progress: bool | None = True) -> Scores:
+    """Posterior moments of an image folder through a VAE into the cache folder `out`
+    (`vistok.tokenizers.latent_cache.cache_latents`: this rank's shards under torchrun, resumable), under `out`'s
+    writer lock (torchrun ranks of one job share it)."""
     from vistok.data.outputs import check_output_folder
     from vistok.engine.lock import WriterLock
     from vistok.tokenizers import latent_cache
 
     with WriterLock(check_output_folder(out, grid_suffix=None), "--out"):
-        report = latent_cache.cache_latents(vae, input, out, **options)
+        report = latent_cache.cache_latents(vae, input, out, resolution, flip, shard_size, batch_size, num_workers,
+                                            dtype, device, progress=progress)
     rank, world_size, _ = latent_cache.world()
     return Scores({"rank": rank, "world_size": world_size, "images": report.images, "written": len(report.written),
                    "skipped": len(report.skipped)},
