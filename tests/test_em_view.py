@@ -125,7 +125,7 @@ def test_cli_prints_the_url_and_serves_until_ctrl_c(volumes, capsys, monkeypatch
         seen["url"] = neuroglancer.server.get_server_url()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vistok.em.cli.time.sleep", interrupt)
+    monkeypatch.setattr("vistok.api.em.time.sleep", interrupt)
     assert cli.main(["em-view", str(folder / "raw.npy"), f"{folder / 'seg.h5'}:ids", "--voxel-size", "40,4,4"]) == 0
     assert seen["running"] and seen["url"].startswith("http://127.0.0.1:")
     lines = seen["printed"].splitlines()

@@ -24,7 +24,7 @@ from vistok.engine.checkpoint import export as write_export
 from vistok.errors import VistokError
 import vistok
 from vistok.api import load_flextok
-from vistok.cli import _ks as parse_ks
+from vistok.api.jobs import prefix_list as parse_ks
 from vistok.data.sources import load_images
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder

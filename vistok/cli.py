@@ -1,11 +1,13 @@
 """The `vistok` command: `models`, `sample`, `reconstruct`, `encode`, `decode`, `cache-latents`, `fid`, `fid-stats`,
-`em-segment`, `em-eval` and `demo`.
+`em-*` (vistok/em/cli.py), `convert` (vistok/convert/cli.py) and `demo`.
 
-Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that parses, calls the Python API
-(`vistok.api`: the same objects `vistok.load` returns, so the same seed gives the same bits from Python and the shell)
-and writes files and a summary line. A user's mistake (bad path, bad flag, missing weights) prints one line and exits
-non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal (`--quiet`: never).
+Each subcommand is one `add_*` function (its flags) and one `cmd_*` handler that makes ONE call into the Python API
+(`vistok.api.jobs`; `vistok.api.em` for em-*, `vistok.convert`, `vistok.demo`) and prints what it returns, so the same
+seed gives the same bits from Python and the shell. A user's mistake (bad path, bad flag, missing weights) prints one
+line and exits non-zero, never a traceback. Long commands show tqdm progress on stderr when it is a terminal
+(`--quiet`: never).
 `python -m vistok` runs the same command, also under `torchrun` (`vistok sample` then shards its images over ranks).
+Parsing imports no torch, so every `--help` is quick.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import argparse
 import functools
 import json
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
+from vistok.convert.cli import add_commands as add_convert
+from vistok.em.cli import add_commands as add_em
 from vistok.engine.host_memory import keep_freed_memory
 from vistok.engine.outputs import check_cli_paths
 from vistok.errors import VistokError
@@ -75,40 +77,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def _ks(text: str | None, registers: int) -> list[int]:
-    """Prefix lengths from "1,2,4" (None or "": the powers-of-two ladder up to K); each in 1..K."""
-    from vistok.tokenizers.flextok_sampling import k_ladder
+def _jobs():
+    """vistok.api.jobs, imported when a command runs (it imports torch; parsing and --help do not)."""
+    import vistok.api.jobs as jobs
 
-    if not text:
-        return k_ladder(registers)
-    try:
-        ks = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise VistokError(f"--tokens {text!r} must be a comma list of integers, e.g. 1,2,4,{registers}") from None
-    if not ks or not all(1 <= k <= registers for k in ks):
-        raise VistokError(f"--tokens {text!r}: every k must lie in 1..{registers} (this model's registers)")
-    return ks
-
-
-def _load(args: argparse.Namespace, kind: type):
-    """The --ckpt model through the Python API, checked to be of the kind this command needs."""
-    import vistok.api as api
-
-    obj = api.load(args.ckpt, api.resolve_device(args.device))
-    if not isinstance(obj, kind):
-        raise VistokError(f"{args.ckpt} is a {type(obj).__name__}, but `vistok {args.command}` needs a {kind.__name__}")
-    return obj
-
-
-_LOCKS: list = []  # writer locks the running command holds; `main` releases them when it ends
-
-
-def _writer_lock(out: Path) -> None:
-    """Hold the --out's writer lock until the command ends: a second run into the same --out is refused in one line
-    (a lock left by a killed run is taken over; torchrun ranks of one job share it)."""
-    from vistok.engine.lock import WriterLock
-
-    _LOCKS.append(WriterLock(out, "--out").acquire())
+    return jobs
 
 
 def _common(p: argparse.ArgumentParser, ckpt_help: str) -> None:
@@ -140,19 +113,8 @@ def add_models(sub) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from vistok import registry
-
-    rows = [{"name": p.name, "family": p.family, "params": registry.param_count(p)} for p in registry.presets().values()]
-    shipped = registry.shipped_models()
-    for r in rows:
-        r["shipped"] = r["name"] in shipped
-    if args.json:
-        print(json.dumps({"presets": rows, "shipped": sorted(shipped)}, indent=2))
-        return
-    print(f"{'preset':<28}{'family':<14}{'params':>14}")
-    for r in rows:
-        print(f"{r['name']:<28}{r['family']:<14}{r['params']:>14,}")
-    print(f"\nshipped models in {registry.assets_dir()}: {', '.join(shipped) or 'none'}")
+    table = _jobs().preset_table()
+    print(json.dumps(table.result, indent=2) if args.json else table.summary())
 
 
 # ---------------------------------------------------------------------------------------------------------- sample
@@ -194,49 +156,13 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    """Images of every rank's share of the per-image seeds, written as they come; rank 0 merges (see api.outputs)."""
-    import vistok.api as api
-    from vistok.api.outputs import SampleWriter, check_out
-    from vistok.engine import dist
-
-    out = check_out(args.out)
-    env = dist.setup(args.device)
-    try:
-        _writer_lock(out)  # until the command ends; torchrun ranks share it
-        gen = _load(args, api.Generator)
-        if args.compile:
-            gen.model.compile_stack()
-            if isinstance(gen, api.PairedGenerator):
-                gen.codes.flextok.compile_stack()
-        given = {key: getattr(args, key) for key in SAMPLE_FLAGS if getattr(args, key) is not None}
-        gen.reject({key: SAMPLE_FLAGS[key] for key in given})
-        labels = gen.labels(_split(args.labels), args.num if args.num or args.labels else 100)
-        lo, hi = len(labels) * env.rank // env.world_size, len(labels) * (env.rank + 1) // env.world_size
-        gen.settings(**{k: v for k, v in given.items() if k not in ("tokens", "decode_steps")})  # a bad --cfg: no files
-        if env.is_main:
-            SampleWriter(args.out)  # a fresh shard folder, before any rank writes into it
-        dist.barrier()
-        writer, start = SampleWriter(args.out, fresh=False), time.perf_counter()
-        for first, arrays in gen.batches(labels[lo:hi], seed=args.seed, first_index=lo, batch_size=args.batch_size,
-                                         precision=args.precision, progress=not args.quiet and env.is_main, **given):
-            writer.add(lo + first, arrays)
-        dist.barrier()
-        if env.is_main:
-            written = writer.finish(labels)
-            seconds = time.perf_counter() - start
-            used = gen.settings(**{k: v for k, v in given.items() if k not in ("tokens", "decode_steps")})
-            extra = ""
-            if isinstance(gen, api.PairedGenerator):
-                k = given.get("tokens") or gen.valid_ks()[-1]
-                extra = (f" from k={k} of {gen.codes.registers} FlexTok tokens ({gen.kind}; decoder "
-                         f"{gen.decoding(given.get('decode_steps')).steps} steps)")
-            print(f"{len(labels)} images{extra} in {seconds:.1f} s (" + ", ".join(f"{k} {v}" for k, v in vars(used).items())
-                  + f"; seed {args.seed}, {env.device.type}{', bf16' if args.precision == 'bf16' else ''}"
-                  + (f", {env.world_size} processes" if env.world_size > 1 else "") + ") -> "
-                  + ", ".join(str(p) for p in written) + (f" + {len(labels)} PNGs" if len(written) > 1 else ""))
-        dist.barrier()
-    finally:
-        dist.cleanup(wait=False)  # the barrier above on success; none on an error path (a dead rank never arrives)
+    """Every rank generates its share of the per-image seeds; rank 0 merges and prints (jobs.sample_folder)."""
+    run = _jobs().sample_folder(args.ckpt, args.out, _split(args.labels), args.num, seed=args.seed,
+                                batch_size=args.batch_size, precision=args.precision, device=args.device,
+                                compile=args.compile, progress=not args.quiet, spelled=SAMPLE_FLAGS,
+                                **{key: getattr(args, key) for key in SAMPLE_FLAGS})
+    if run.is_main:
+        print(run.summary())
 
 
 def _split(items: Sequence[str] | None) -> list[str] | None:
@@ -249,7 +175,7 @@ def _split(items: Sequence[str] | None) -> list[str] | None:
     return labels
 
 
-# ------------------------------------------------------------------------------------------- FlexTok: reconstruct
+# ------------------------------------------------------------------------------ FlexTok: reconstruct, encode, decode
 def add_reconstruct(sub) -> None:
     p = sub.add_parser("reconstruct", help="FlexTok reconstructions and MSE/PSNR/SSIM/FID per number of tokens k")
     _common(p, "FlexTok export")
@@ -268,64 +194,14 @@ def add_reconstruct(sub) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    """FlexTok reconstructions from the first k tokens, for each k: PNGs and an npz per k, a grid, JSON metrics."""
-    import numpy as np
-    from PIL import Image
-
-    import vistok.api as api
-    from vistok.data.outputs import check_output_folder, check_writable
-    from vistok.data.sources import load_images
-    from vistok.engine.atomic import atomic_write, atomic_write_bytes
-    from vistok.metrics import recon
-    from vistok.viz import recon_grid
-
-    out = check_output_folder(args.out, grid_suffix=None)  # writability of both outputs before any work
-    if args.json and Path(args.json).expanduser().is_dir():
-        raise VistokError(f"--json {args.json} is a folder; pass a file path for the JSON metrics")
-    if args.json:
-        check_writable(args.json, "--json")
-    _writer_lock(out)
-    tok = _load(args, api.Tokenizer)
-    if args.compile:
-        tok.model.compile_stack()
-    decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
-    ks = _ks(args.tokens, tok.registers)
-    images, _ = load_images(args.input, tok.resolution, args.num, args.data_root)
-    if not args.no_fid:
-        recon.check_fid_extractor(args.extractor_weights)
-    start = time.perf_counter()
-    recons = tok.reconstruct(images, ks, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
-                             batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    for k, rec in recons.items():
-        folder = out / f"k{k:03d}"
-        folder.mkdir(exist_ok=True)
-        atomic_write(out / f"k{k:03d}.npz", lambda f, rec=rec: np.savez(f, arr_0=rec))
-        for i, image in enumerate(rec):
-            Image.fromarray(image).save(folder / f"{i:06d}.png")
-    Image.fromarray(recon_grid(images, recons, rows=args.grid_rows)).save(out / "grid.png")
-    metrics = recon.score(images, recons, not args.no_fid, args.fid_real, args.extractor_weights, args.data_root, out)
-    result = {
-        "ckpt": str(args.ckpt), "input": str(args.input), "num": len(images), "tokens": ks, "steps": decoding.steps,
-        "cfg": decoding.cfg, "guidance": decoding.guidance, "seed": args.seed, "registers": tok.registers,
-        "fid_real": None if args.no_fid else args.fid_real, "seconds": round(seconds, 2),
-        "metrics": {str(k): v for k, v in metrics.items()},
-    }
-    if not args.no_fid:
-        result["fid_inputs"] = recon.fid_of(images, args.fid_real, args.extractor_weights, args.data_root)  # the floor
-    text = json.dumps(result, indent=2)
-    atomic_write_bytes(out / "metrics.json", (text + "\n").encode())  # a kill never leaves half a file
-    if args.json:
-        atomic_write_bytes(Path(args.json).expanduser(), (text + "\n").encode())
-    print(f"{'k':>4} {'MSE':>9} {'PSNR':>7} {'SSIM':>6}" + ("" if args.no_fid else f" {'FID':>8}"))
-    for k, m in metrics.items():
-        print(f"{k:>4} {m['mse']:>9.5f} {m['psnr']:>7.2f} {m['ssim']:>6.3f}" + (f" {m['fid']:>8.3f}" if "fid" in m else ""))
-    print(f"{len(images)} images x {len(ks)} k in {seconds:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
-          f"({decoding.guidance}), seed {args.seed}) -> {out}/grid.png, {out}/metrics.json, k*/ and k*.npz")
+    print(_jobs().reconstruct_report(
+        args.ckpt, args.input, args.out, tokens=args.tokens, num=args.num, data_root=args.data_root, seed=args.seed,
+        steps=args.steps, cfg=args.cfg, guidance=args.guidance, batch_size=args.batch_size, precision=args.precision,
+        fid=not args.no_fid, fid_real=args.fid_real, extractor_weights=args.extractor_weights,
+        grid_rows=args.grid_rows, json_path=args.json, compile=args.compile, device=args.device,
+        progress=not args.quiet).summary())
 
 
-# ------------------------------------------------------------------------------------------------ FlexTok: encode
 def add_encode(sub) -> None:
     p = sub.add_parser("encode", help="images -> FlexTok token ids (.npz: ids int32 (N, K), k per image, labels)")
     _common(p, "FlexTok export")
@@ -337,28 +213,11 @@ def add_encode(sub) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    """Images -> FlexTok token ids in an .npz: ids (N, K') int32, k (N,) int32, labels when the input has them."""
-    import numpy as np
-
-    import vistok.api as api
-    from vistok.data.sources import load_images
-    from vistok.data.tokens import write_token_file
-
-    from vistok.data.outputs import check_output_file
-
-    out = check_output_file(args.out, ".npz")  # before any work
-    tok = _load(args, api.Tokenizer)
-    ks = _ks(args.tokens or str(tok.registers), tok.registers)
-    images, labels = load_images(args.input, tok.resolution, args.num, args.data_root)
-    ids = tok.encode(images, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)  # (N, K)
-    k = np.asarray(ks)[np.arange(len(ids)) % len(ks)]  # cycled over the images
-    ids = np.where(np.arange(ids.shape[1]) < k[:, None], ids, 0)[:, :max(ks)]  # only each image's first k[i] kept
-    write_token_file(out, ids, k, labels)
-    print(f"{len(ids)} images -> {out}: ids {ids.shape} int32 (vocabulary {tok.vocab_size}), "
-          f"k per image in {{{', '.join(map(str, sorted(set(ks))))}}}" + (", labels" if labels is not None else ""))
+    print(_jobs().encode_file(args.ckpt, args.input, args.out, tokens=args.tokens, num=args.num,
+                              data_root=args.data_root, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                              progress=not args.quiet).summary())
 
 
-# ------------------------------------------------------------------------------------------------ FlexTok: decode
 def add_decode(sub) -> None:
     p = sub.add_parser("decode", help="FlexTok token ids (.npz from encode) -> images, each from its own k tokens")
     _common(p, "FlexTok export")
@@ -369,31 +228,9 @@ def add_decode(sub) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    """Token ids (.npz from `vistok encode` or `vistok sample`) -> images: PNGs, grid.png and samples.npz."""
-    import numpy as np
-
-    import vistok.api as api
-    from vistok.api.outputs import check_out, save_samples
-    from vistok.data.tokens import read_token_file
-
-    check_out(args.out)
-    arrays = read_token_file(args.tokens)
-    ids = arrays["ids"]
-    k = arrays.get("k", np.full(len(ids), ids.shape[1]))
-    if k.shape != (len(ids),) or k.dtype.kind not in "iu":
-        raise VistokError(f"{args.tokens}: 'k' must hold one integer prefix length per image ({len(ids)}), got {k.dtype} {k.shape}")
-    labels = np.asarray(arrays.get("labels", np.zeros(len(ids), np.int64)))
-    if labels.shape != (len(ids),) or labels.dtype.kind not in "iu":  # else written beside the images as they are
-        raise VistokError(f"{args.tokens}: 'labels' must hold one integer class per image ({len(ids)}), got "
-                          f"{labels.dtype} {labels.shape}")
-    tok = _load(args, api.Tokenizer)
-    decoding = tok.settings(steps=args.steps, cfg=args.cfg, guidance=args.guidance)
-    start = time.perf_counter()
-    images = tok.decode(ids, k, seed=args.seed, steps=args.steps, cfg=args.cfg, guidance=args.guidance,
-                        batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
-    written = save_samples(args.out, images, labels)
-    print(f"{len(images)} images in {time.perf_counter() - start:.1f} s ({decoding.steps} steps, cfg {decoding.cfg} "
-          f"({decoding.guidance}), seed {args.seed}) -> " + ", ".join(str(p) for p in written))
+    print(_jobs().decode_folder(args.ckpt, args.tokens, args.out, seed=args.seed, steps=args.steps, cfg=args.cfg,
+                                guidance=args.guidance, batch_size=args.batch_size, precision=args.precision,
+                                device=args.device, progress=not args.quiet).summary())
 
 
 # --------------------------------------------------------------------------------------------------- cache-latents
@@ -416,15 +253,9 @@ def add_cache_latents(sub) -> None:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
-    from vistok.data.outputs import check_output_folder
-    from vistok.tokenizers.latent_cache import cache_latents, world
-
-    _writer_lock(check_output_folder(args.out, grid_suffix=None))  # torchrun ranks of one job share it
-    report = cache_latents(args.vae, args.input, args.out, args.resolution, args.flip, args.shard_size, args.batch_size,
-                           args.workers, args.dtype, args.device, progress=not args.quiet)
-    rank, world_size, _ = world()
-    print(f"rank {rank}/{world_size}: encoded {report.images} images into {len(report.written)} shards, "
-          f"{len(report.skipped)} already finished -> {args.out}")
+    print(_jobs().cache_latents(args.vae, args.input, args.out, resolution=args.resolution, flip=args.flip,
+                                shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.workers,
+                                dtype=args.dtype, device=args.device, progress=not args.quiet).summary())
 
 
 # ------------------------------------------------------------------------------------------------------ fid, stats
@@ -457,24 +288,11 @@ def add_fid(sub) -> None:
 
 
 def cmd_fid(args: argparse.Namespace) -> None:
-    from vistok.metrics import fid
-
-    res = fid.calculate(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
-                        weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
-                        data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
-                        progress=not args.quiet, adm=args.adm)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        line = f"FID {res['fid']:.4f}" + (f"  sFID {res['sfid']:.4f}" if "sfid" in res else "")
-        if "kid" in res:
-            line += f"  KID {res['kid']:.6f} +- {res['kid_std']:.6f}"
-        if "isc" in res:
-            line += f"  IS {res['isc']:.4f} +- {res['isc_std']:.4f}"
-        if "precision" in res:
-            line += f"  precision {res['precision']:.4f}  recall {res['recall']:.4f}"
-        adm = ", ADM definitions" if args.adm else ""
-        print(f"{line}  ({res['num_fake']} images, {res['extractor']}{adm}, real: {res.get('real_stats', res['real'])})")
+    scores = _jobs().fid(args.fake, args.real, extractor=args.extractor, kid=args.kid, num=args.num,
+                         weights=args.inception_weights or args.extractor_weights, batch_size=args.batch_size,
+                         data_root=args.data_root, resolution=args.resolution, isc=args.isc, prc=args.prc,
+                         progress=not args.quiet, adm=args.adm)
+    print(json.dumps(scores.result, indent=2) if args.json else scores.summary())
 
 
 def add_fid_stats(sub) -> None:
@@ -486,15 +304,9 @@ def add_fid_stats(sub) -> None:
 
 
 def cmd_fid_stats(args: argparse.Namespace) -> None:
-    from vistok.metrics import fid
-
-    fid.check_output(args.out)  # before any work
-    images = fid.as_images(args.input, args.num, args.resolution, args.data_root)
-    weights = args.inception_weights or args.extractor_weights
-    stats = fid.compute_statistics(images, args.extractor, weights, args.batch_size, progress=not args.quiet)
-    fid.save_statistics(stats, args.out, extractor=args.extractor, source=str(args.input), num=len(images),
-                        fingerprint=fid.extractor_fingerprint(args.extractor, weights))
-    print(f"wrote {args.out}: {args.extractor} statistics of {len(images)} images from {args.input}")
+    print(_jobs().fid_stats(args.input, args.out, extractor=args.extractor, num=args.num, resolution=args.resolution,
+                            weights=args.inception_weights or args.extractor_weights, data_root=args.data_root,
+                            batch_size=args.batch_size, progress=not args.quiet).summary())
 
 
 # ------------------------------------------------------------------------------------------------------------ demo
@@ -514,23 +326,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.num, args.data_root, overwrite=args.overwrite)
 
 
-def add_em(sub) -> None:
-    from vistok.em.cli import add_commands
-
-    add_commands(sub)
-
-
-def add_convert(sub) -> None:
-    from vistok.convert.cli import add_commands
-
-    add_commands(sub)
-
-
 # subcommands in `vistok --help` order; another one is one more add_* function here
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models, add_sample, add_reconstruct, add_encode, add_decode, add_cache_latents, add_fid, add_fid_stats, add_em,
-    add_convert,
-    add_demo,
+    add_convert, add_demo,
 ]
 
 
@@ -542,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command (argv: sys.argv[1:] when None; parser: `build_parser()`'s, or one with fewer commands)."""
+    args = (parser or build_parser()).parse_args(argv)
     keep_freed_memory()  # this process's tensors reuse freed host memory (see vistok.engine.host_memory)
     try:
         check_cli_paths(args)  # an --out or --json that is, holds or sits in an input: refused before any work
@@ -556,9 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        while _LOCKS:
-            _LOCKS.pop().release()
     return 0
 
 
