@@ -202,7 +202,7 @@ def test_mar_vae_reproduces_the_official_moments_and_decode(tmp_path: Path) -> N
     torch.testing.assert_close(std, post.std * 0.2325)
     # Tolerance from the spread between float32 execution orders, not from one machine: on this decoder the official
     # output, ours with 1 or 2 threads and a float64 run differ by up to 3.5e-5 of a largest value of 3.27 (1.1e-5 of
-    # the range), and the 0.2325 scale round trip adds 1.8e-5 (`python eval/tolerance_spread.py` prints them).
+    # the range), and the 0.2325 scale round trip adds 1.8e-5 (`python benchmarks/tolerance_spread.py` prints them).
     # Another CPU's vector width reorders sums the same way, so allow 4x that: 4e-5 of the largest value.
     torch.testing.assert_close(vae.decode(io["mean"] * 0.2325), decoded, rtol=0, atol=4e-5 * decoded.abs().max().item())
 

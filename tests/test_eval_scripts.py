@@ -1,6 +1,6 @@
-"""The FlexTok evaluation scripts: the out-of-distribution image sets (`eval/flextok_ood.py`), the nested-dropout
-ablation's bookkeeping (`eval/ablate_flextok.py`) and the CFG-schedule sweep of xAR on FlexTok codes
-(`eval/sweep_flextok_xar_cfg.py`)."""
+"""The FlexTok evaluation scripts: the out-of-distribution image sets (`experiments/flextok_ood.py`), the nested-dropout
+ablation's bookkeeping (`experiments/ablate_flextok.py`) and the CFG-schedule sweep of xAR on FlexTok codes
+(`experiments/sweep_flextok_xar_cfg.py`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("experiments", "benchmarks")]
 
 import ablate_flextok  # noqa: E402
 import ablate_xar  # noqa: E402
@@ -103,7 +103,7 @@ def test_ablation_lanes_sharing_one_folder_keep_each_others_runs(tmp_path) -> No
 
 @pytest.mark.filterwarnings("ignore:10 fake images")  # FID of 10 images: only compared with itself here
 def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root, tmp_path) -> None:
-    """`eval/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
+    """`experiments/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
     no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored afterwards."""
     import sweep_flextok_xar_cfg as sweep
     import vistok.api.models as models
@@ -147,7 +147,7 @@ def test_ablations_rescore_kept_samples_once_when_the_feature_network_changes(tm
 
 
 def test_loss_curve_windows_and_clear_errors(tmp_path) -> None:
-    """`eval/plot_loss.py`: one value per step (a repeated step's later row), window means over steps 1..w, w+1..2w,
+    """`experiments/plot_loss.py`: one value per step (a repeated step's later row), window means over steps 1..w, w+1..2w,
     ... with non-finite values left out, and one-line errors for a folder without a log or a key it does not hold."""
     import json
 

@@ -18,7 +18,7 @@ from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_flextok import peak_rss, reset_peak_rss  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def test_decode_peak_memory_does_not_grow_with_steps() -> None:
 
 
 def test_bench_released_row_runs_and_extrapolates() -> None:
-    """eval/bench_flextok.py's released-size row on the smallest preset: one row of the header's width, the decode
+    """benchmarks/bench_flextok.py's released-size row on the smallest preset: one row of the header's width, the decode
     time labelled as extrapolated when fewer steps were measured, and equal to VAE + steps x per-step time."""
     from bench_flextok import released_rows
 

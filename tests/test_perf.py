@@ -3,7 +3,7 @@ block masks against SDPA, and `torch.compile` (same numbers as eager, no recompi
 
 Compile tests run dynamo through the `aot_eager` backend (graph capture, guards and AOTAutograd without inductor's
 C++ code generation, which takes minutes on a busy 2-core machine); a counting backend checks how often a graph is
-compiled. Inductor itself is exercised by `eval/bench_xar.py --compile` and `eval/gpu_check.py`.
+compiled. Inductor itself is exercised by `benchmarks/bench_xar.py --compile` and `benchmarks/gpu_check.py`.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def test_flextok_register_mask_flex_equals_sdpa() -> None:
 def test_flex_training_on_cpu_fails_in_one_line_and_cuda_gets_the_compiled_kernel() -> None:
     """FlexAttention has no CPU backward: a flex training forward there says so (before torch's NotImplementedError
     deep in the backward); an eager model on CUDA calls the separately compiled kernel (checked on a GPU by
-    eval/gpu_check.py), on the CPU the plain function."""
+    benchmarks/gpu_check.py), on the CPU the plain function."""
     from vistok.errors import VistokError
     from vistok.modules import attention
 
@@ -257,7 +257,7 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
 
 def test_compiled_cpu_attention_paths() -> None:
     """On the CPU a compiled training graph computes attention as two GEMMs around a softmax over the keys of each
-    query (faster there than the flash kernel's backward, eval/bench_xar.py); the same compiled model without
+    query (faster there than the flash kernel's backward, benchmarks/bench_xar.py); the same compiled model without
     gradients computes it keys-major (softmax over the key axis of k q^T) at head dim 16 and keeps SDPA at head dim
     64. The test above shows the training path gives eager's losses; the next one and the compiled sampling tests
     show the keys-major path gives SDPA's outputs."""
@@ -415,7 +415,7 @@ def run_script(*args: str, timeout: float = 300):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=root / "eval", env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_bench_xar_gpu_rows_run_on_cpu() -> None:

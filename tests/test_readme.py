@@ -249,7 +249,7 @@ def test_a_broken_line_would_be_caught() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the paths
-ROOTS = ("vistok", "train", "eval", "tests", "assets", "docs", ".ci")
+ROOTS = ("vistok", "train", "benchmarks", "experiments", "tests", "assets", "docs", ".ci")
 PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(re.escape(r) for r in ROOTS)})/[\w./{{}},*-]*[\w}}*])")
 
 
@@ -310,7 +310,7 @@ def test_the_path_check_catches_stale_names(tmp_path) -> None:
     """The names the README used to carry after their files were gone, and brace and glob forms."""
     assert not exists("vistok/generators/generate.py") and not exists("vistok/generators/paired.py")
     assert expand("vistok/generators/{ar,paired}.py") == ["vistok/generators/ar.py", "vistok/generators/paired.py"]
-    assert PATH.findall("see `vistok/generators/{entities,xar}.py` and eval/ablate_*.py.") == [
-        "vistok/generators/{entities,xar}.py", "eval/ablate_*.py"]
-    assert exists("eval/ablate_*.py") and not exists("eval/nothing_*.py")
+    assert PATH.findall("see `vistok/generators/{entities,xar}.py` and experiments/ablate_*.py.") == [
+        "vistok/generators/{entities,xar}.py", "experiments/ablate_*.py"]
+    assert exists("experiments/ablate_*.py") and not exists("experiments/nothing_*.py")
     assert resolves("vistok.engine.host_memory.keep_freed_memory") and not resolves("vistok.api.no_such_name")

@@ -82,7 +82,7 @@ def test_flextok_tiny_ordering_holds_on_real_photos_and_degrades_on_strokes(data
     """The out-of-distribution table of docs/flextok.md on 64 images per set: on photographs that are not CIFAR-10
     (colour and grayscale) and on printed text, 16 tokens at most halve the error of 1; on synthetic strokes they do
     not."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from flextok_ood import build_set, ladder
 
     tok = vistok.load("cifar10-flextok-tiny")

@@ -5,7 +5,7 @@ block above its mmap threshold (128 KiB at first, rising to at most 32 MiB as la
 `mmap` and unmaps it on `free`, and it returns the top of the heap to the OS beyond its trim threshold. Either way
 the next tensor of that size takes a page fault on every 4 KiB page it touches. A training step or a sampler forward
 allocates the same activations again and again, so those faults are pure overhead: on issue #12's xAR rows (width 64,
-batch 32, fp32) a compiled training step takes tens of thousands of them (`python eval/bench_xar.py --rows t32
+batch 32, fp32) a compiled training step takes tens of thousands of them (`python benchmarks/bench_xar.py --rows t32
 --compile --malloc-default` prints the count; the README has the measured times).
 
 `keep_freed_memory()` raises both thresholds with glibc's `mallopt`, so freed blocks stay in the heap and the next

@@ -166,7 +166,7 @@ def compile_for_training(model: nn.Module, device: torch.device) -> None:
     their keys). Static shapes: another batch size (an evaluation, a last batch) gets its own graph instead of a
     symbolic one that every later step would then run (slower kernels). On the CPU, random ops (dropout) draw from
     PyTorch's own generator (inductor's `fallback_random`): the same draws as eager, and faster there than inductor's
-    generated random numbers (eval/bench_xar.py, the dropout rows with --compile)."""
+    generated random numbers (benchmarks/bench_xar.py, the dropout rows with --compile)."""
     model.compile(dynamic=False, options={"fallback_random": True} if device.type == "cpu" else None)
 
 

@@ -209,7 +209,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, s
       fully-masked-row check that an unmasked call never needs;
     - in a compiled training graph: inductor fuses the scaling and the softmax (forward and backward) around two
       batched GEMMs, which beats the flash kernel's backward: 7-10% off a whole compiled xAR training step at head
-      dim 16 (`eval/bench_xar.py`), 5-9% at head dims 32 and 64 (up to 256 keys; eager SDPA is as fast or faster).
+      dim 16 (`benchmarks/bench_xar.py`), 5-9% at head dims 32 and 64 (up to 256 keys; eager SDPA is as fast or faster).
       The probabilities are kept for the backward, (B, H, L, S) floats per call;
     - in a compiled graph without gradients, at head dims up to 32 in float32: keys-major (`_keys_major`), where
       the flash kernel spends its time in GEMMs with an inner dimension of 16 or 32 on blocks of 32 queries."""

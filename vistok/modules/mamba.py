@@ -18,7 +18,7 @@ The scan runs on `mamba_ssm`'s CUDA kernel when that package imports and the ten
 PyTorch scan: a custom autograd Function with a hand-written backward (the same linear recurrence in reverse time),
 run in cache-sized time blocks whose states backward recomputes, as the CUDA kernel does (memory O(B L D), not
 O(B L D N)); inside a block a chunked scan loops over ~2 sqrt(T) positions, never over single time steps under
-autograd. `selective_scan_ref` is the naive sequential recurrence that the tests and eval/bench_mamba.py compare with.
+autograd. `selective_scan_ref` is the naive sequential recurrence that the tests and benchmarks/bench_mamba.py compare with.
 """
 
 from __future__ import annotations

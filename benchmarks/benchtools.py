@@ -1,4 +1,4 @@
-"""Timing helpers shared by the eval/bench_*.py scripts (importable because a script's folder is on sys.path)."""
+"""Timing helpers shared by the benchmarks/bench_*.py scripts (importable because a script's folder is on sys.path)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ decoders are set from (a CPU with another vector width or thread count reorders 
 Decodes the MAR KL-16 fixture latents with 1 and 2 threads, in float64, and through the 0.2325 scale round trip, and
 prints each one's largest difference from the official output, absolute and relative to the output's largest value.
 
-    python eval/tolerance_spread.py
+    python benchmarks/tolerance_spread.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Forward + backward time of the selective scan against sequence length: vistok's chunked pure-PyTorch scan (custom
 autograd backward) vs the naive sequential recurrence (a Python loop over time under autograd), as a table.
 
-    python eval/bench_mamba.py [--lengths 1024,2048,4096,8192,16384] [--batch 2] [--d-inner 16] [--d-state 16]
+    python benchmarks/bench_mamba.py [--lengths 1024,2048,4096,8192,16384] [--batch 2] [--d-inner 16] [--d-state 16]
                                [--repeats 3] [--threads N] [--naive-max 16384]
 
 Shapes are those of one Mamba direction: u, delta (B, L, d_inner); B, C (B, L, d_state). Time is the best of

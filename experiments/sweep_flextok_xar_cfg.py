@@ -2,8 +2,8 @@
 to the FSQ lattice (xAR, Ren et al., arXiv 2502.20388, CFG linear in the AR step; FlexTok, Bachmann et al.,
 arXiv 2502.13967, whose first tokens carry the semantics).
 
-    python eval/sweep_flextok_xar_cfg.py                                 # the README's sweep (about 15 CPU-minutes)
-    python eval/sweep_flextok_xar_cfg.py --seeds 0 1 --variants constant linear --ks 1 16 --num 1000
+    python experiments/sweep_flextok_xar_cfg.py                                 # the README's sweep (about 15 CPU-minutes)
+    python experiments/sweep_flextok_xar_cfg.py --seeds 0 1 --variants constant linear --ks 1 16 --num 1000
 
 A variant is a CFG schedule (`flow.CFG_SCHEDULES`), optionally with the suffix `-nosnap` (only the final codes are
 snapped, to read off the ids: the sampler before snapping existed). For each variant, k and seed: `--num` samples of

@@ -1,6 +1,6 @@
 """Feature-extraction throughput of vistok's FID extractors (images/s), as a table.
 
-    python eval/bench_fid.py [--num 512] [--batch-size 64] [--resolution 32]
+    python benchmarks/bench_fid.py [--num 512] [--batch-size 64] [--resolution 32]
 
 `cifar10-net` uses the shipped weights when present (else random ones of the same shape); `inception-v3-compat`
 uses random weights written to a temporary file (its speed does not depend on the values), so the benchmark runs

@@ -3,8 +3,8 @@
 Images into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Sec. 3 (nested dropout orders the registers
 coarse to fine); here the tiny CIFAR-10 recipe, so only the comparison is meaningful.
 
-    OMP_NUM_THREADS=1 python eval/ablate_flextok.py --out runs/flextok_ablation --fid           # the README table
-    python eval/ablate_flextok.py --out runs/flextok_ablation --train-steps 50 --num 32 --seeds 0  # a quick look
+    OMP_NUM_THREADS=1 python experiments/ablate_flextok.py --out runs/flextok_ablation --fid           # the README table
+    python experiments/ablate_flextok.py --out runs/flextok_ablation --train-steps 50 --num 32 --seeds 0  # a quick look
 
 Every variant is `train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml` with the same steps,
 batch, LR schedule (warm-up scaled with the budget) and per-seed `train.seed`, and only `model.nested_dropout` changed
@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 
-from benchtools import fid_net_fingerprint, spread  # eval/benchtools.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchtools import fid_net_fingerprint, spread  # noqa: E402  (benchmarks/benchtools.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/flextok_cifar10_tiny.yaml"
@@ -56,7 +57,7 @@ def evaluate(run_dir: Path, num: int, fid_stats: str | None) -> dict[int, dict[s
     from vistok.data.sources import load_images
     from vistok.metrics import fid
 
-    from flextok_ood import ladder  # eval/flextok_ood.py
+    from flextok_ood import ladder  # experiments/flextok_ood.py
 
     tokenizer = vistok.load(run_dir / "export")
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= tokenizer.registers]

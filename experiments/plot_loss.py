@@ -1,8 +1,8 @@
 """Training curves of one or more runs from their `RUN/metrics.jsonl`: a markdown table of the mean per window of
 steps, and optionally a PNG (the raw values faint, a moving average on top).
 
-    python eval/plot_loss.py runs/flextok_gpt_cifar10_tiny --window 1000 --out gpt_loss.png
-    python eval/plot_loss.py runs/a runs/b --key flow --label "pow2" "off" --out flow.png
+    python experiments/plot_loss.py runs/flextok_gpt_cifar10_tiny --window 1000 --out gpt_loss.png
+    python experiments/plot_loss.py runs/a runs/b --key flow --label "pow2" "off" --out flow.png
 
 A resumed run's log already holds one row per step (the engine truncates it to the checkpoint it resumes from); should
 a step still appear twice, its later row counts. The PNG needs matplotlib.

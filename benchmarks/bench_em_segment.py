@@ -3,7 +3,7 @@
 waterz agglomeration, affinities of the whole volume in memory), `streamed` (`--postprocess greedy`: vistok's
 streamed greedy merge) and `in-memory` (the same greedy merge on in-memory arrays).
 
-    python eval/bench_em_segment.py [--shape 64,512,512] [--cells 400] [--ckpt CKPT] [--modes waterz,streamed,in-memory]
+    python benchmarks/bench_em_segment.py [--shape 64,512,512] [--cells 400] [--ckpt CKPT] [--modes waterz,streamed,in-memory]
                                     [--roi 16,64,64] [--threads 1] [--work DIR]
 
 Each mode runs in its own process (so its peak RSS is its own) on the same zarr volume (chunks 16x128x128). Without

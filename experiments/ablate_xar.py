@@ -3,8 +3,8 @@
 Autoregressive Visual Generation", arXiv 2502.20388, Tables 1 and 3 (there on ImageNet 256 with xAR-B; here the tiny
 CIFAR-10 preset on 32x32 pixel tokens, so only the ranking is comparable).
 
-    OMP_NUM_THREADS=1 python eval/ablate_xar.py --out runs/xar_ablation --seeds 0,1   # the README table
-    python eval/ablate_xar.py --out runs/xar_ablation --train-steps 100 --num 100    # a quick look (seed 0)
+    OMP_NUM_THREADS=1 python experiments/ablate_xar.py --out runs/xar_ablation --seeds 0,1   # the README table
+    python experiments/ablate_xar.py --out runs/xar_ablation --train-steps 100 --num 100    # a quick look (seed 0)
 
 Every variant is `train/train_xar.py --config train/configs/xar_cifar10_tiny.yaml` with the same steps, batch, LR
 schedule, and only `model.entity` / `model.entity_size` / `model.context` changed. Seed s trains with
@@ -35,7 +35,8 @@ import torch
 import vistok
 from vistok.metrics import fid
 
-from benchtools import fid_net_fingerprint, spread  # eval/benchtools.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchtools import fid_net_fingerprint, spread  # noqa: E402  (benchmarks/benchtools.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train/configs/xar_cifar10_tiny.yaml"

@@ -1,15 +1,15 @@
 """xAR speed against the official implementation, per entity, and on a GPU (Ren et al., arXiv 2502.20388, Table 7).
 
-    python eval/bench_xar.py                     # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
-    python eval/bench_xar.py --rows t32,s8       # some rows only;  --repeats N  more interleaved rounds
-    python eval/bench_xar.py --compile           # the same with torch.compile (the first call of each row compiles)
-    python eval/bench_xar.py --compile t32,s8    # compile only these rows (the others eager): each row at its best
-    python eval/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
-    python eval/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
-    python eval/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
-    python eval/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
-    python eval/bench_xar.py --baseline /tmp/v0 [--compile ROWS]   # in lockstep with it: machine-corrected ratios
-    python eval/bench_xar.py --malloc-default    # without vistok's host-memory setting (vistok.engine.host_memory)
+    python benchmarks/bench_xar.py                     # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
+    python benchmarks/bench_xar.py --rows t32,s8       # some rows only;  --repeats N  more interleaved rounds
+    python benchmarks/bench_xar.py --compile           # the same with torch.compile (the first call of each row compiles)
+    python benchmarks/bench_xar.py --compile t32,s8    # compile only these rows (the others eager): each row at its best
+    python benchmarks/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
+    python benchmarks/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
+    python benchmarks/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
+    python benchmarks/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
+    python benchmarks/bench_xar.py --baseline /tmp/v0 [--compile ROWS]   # in lockstep with it: machine-corrected ratios
+    python benchmarks/bench_xar.py --malloc-default    # without vistok's host-memory setting (vistok.engine.host_memory)
 
 --code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
 parity with the official implementation), runs of both measure how much faster this machine is than the one the
@@ -52,7 +52,7 @@ from vistok.engine.optim import build_optimizer  # only what the issue rows need
 from vistok.generators.sampling import sample_xar
 from vistok.generators.xar import PRESETS, XAR, XARConfig
 
-from benchtools import timed  # eval/benchtools.py
+from benchtools import timed  # benchmarks/benchtools.py
 
 ISSUE = XARConfig(width=64, depth=2, heads=4, num_classes=1000)  # 16x16x16 latents, cells of 8x8 (the defaults)
 # row key -> (label, official median in ms, what to run)

@@ -1,7 +1,7 @@
 """One GPU check: the paper-size speed figures and the CUDA-only code paths, as one table and a JSON file.
 
-    python eval/gpu_check.py --out gpu_check.json                 # on a CUDA machine: the real sizes
-    python eval/gpu_check.py --device cpu --out /tmp/check.json   # tiny sizes on the CPU (what CI runs)
+    python benchmarks/gpu_check.py --out gpu_check.json                 # on a CUDA machine: the real sizes
+    python benchmarks/gpu_check.py --device cpu --out /tmp/check.json   # tiny sizes on the CPU (what CI runs)
 
 Rows (issue #12): xar-b (Ren et al., arXiv 2502.20388) training step time and MFU at batch 64 per GPU in bf16 (model
 FLOPs of forward + backward counted once with torch.utils.flop_counter, over the device's dense bf16 peak, or
@@ -30,8 +30,8 @@ import torch
 from vistok.engine.atomic import atomic_write_bytes
 from vistok.modules.attention import set_attention_backend
 
-import bench_xar  # eval/bench_xar.py
-from benchtools import timed  # eval/benchtools.py
+import bench_xar  # benchmarks/bench_xar.py
+from benchtools import timed  # benchmarks/benchtools.py
 
 SIZES = {  # what each row runs at: the issue's sizes on CUDA, tiny ones on the CPU
     "cuda": dict(flextok="flextok-d18-d18", flex_batch=64, flex_steps=20, scan=(8, 4096, 1536, 16)),

@@ -1,7 +1,7 @@
 """Plot FlexTok reconstruction metrics against the number of tokens k, from `vistok reconstruct --json` files
 (Bachmann et al., arXiv 2502.13967, Fig. 5: reconstruction quality against k).
 
-    python eval/plot_flextok_k.py --json recon.json recon_nond.json --label "nested dropout" "no nested dropout" \
+    python experiments/plot_flextok_k.py --json recon.json recon_nond.json --label "nested dropout" "no nested dropout" \
         --out assets/demo/flextok_mse_vs_k.png
 
 One panel per metric (MSE, PSNR, FID when present) against k on a log-2 axis, one line per file. Needs matplotlib

@@ -1,8 +1,8 @@
 """FlexTok's coarse-to-fine ordering on images unlike its training set (Bachmann et al., "FlexTok: Resampling Images
 into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Fig. 5: later tokens add detail to earlier ones).
 
-    python eval/flextok_ood.py                                  # the shipped tokenizer on every set, 256 images each
-    python eval/flextok_ood.py --ckpt runs/flextok/export --num 512 --json ood.json
+    python experiments/flextok_ood.py                                  # the shipped tokenizer on every set, 256 images each
+    python experiments/flextok_ood.py --ckpt runs/flextok/export --num 512 --json ood.json
 
 Builds image sets that are not CIFAR-10, deterministically from a seed (nothing is downloaded), reconstructs each
 image from its first k tokens (same decoder noise at every k) and prints MSE / PSNR against k per set, with the ratio

@@ -1,9 +1,9 @@
 """Generators on FlexTok tokens: sampling throughput against the number of tokens k (FlexTok, Bachmann et al.,
 arXiv 2502.13967, §4: one AR model, any k; xAR on FlexTok codes, Ren et al., arXiv 2502.20388).
 
-    python eval/bench_pairing.py                       # CPU, tiny presets, random weights (about a minute)
-    python eval/bench_pairing.py --threads 1 --batch 8 # a busy machine
-    python eval/bench_pairing.py --preset paper --device cuda --batch 64   # gpt-d12, xar-flextok-b, flextok-d12-d12
+    python benchmarks/bench_pairing.py                       # CPU, tiny presets, random weights (about a minute)
+    python benchmarks/bench_pairing.py --threads 1 --batch 8 # a busy machine
+    python benchmarks/bench_pairing.py --preset paper --device cuda --batch 64   # gpt-d12, xar-flextok-b, flextok-d12-d12
 
 For each k on the ladder 1, 2, 4, ..., K: images/s of the GPT drawing k ids (KV cache, CFG in a doubled batch) and of
 xAR generating k codes (prefix groups, flow steps per group, CFG, snapped to FSQ ids), of FlexTok decoding them (whose
@@ -27,7 +27,7 @@ from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok, PRESETS as FLEXTOK_PRESETS
 from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 
-from benchtools import timed  # eval/benchtools.py
+from benchtools import timed  # benchmarks/benchtools.py
 
 # preset -> (GPT, xAR, FlexTok): the CPU sizes of the cifar10 configs, and paper sizes (ImageNet, 256 tokens)
 PAIRS = {"tiny": ("gpt-tiny", "xar-flextok-tiny", "flextok-tiny-s"), "paper": ("gpt-d12", "xar-flextok-b", "flextok-d12-d12")}

@@ -1,10 +1,10 @@
 """FlexTok speed and memory (Bachmann et al., arXiv 2502.13967; decoding dominates the cost, and the spec's §8 predicts
 it does not depend on k: masked registers are still computed).
 
-    python eval/bench_flextok.py --threads 1     # CPU table: the tiny CIFAR-10 preset, random weights (~1 min)
-    OMP_NUM_THREADS=2 python eval/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --threads 2
-    python eval/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --device cuda   # on a GPU
-    python eval/bench_flextok.py --skip-tiny --released flextok-test --measure-steps 2   # smoke test (seconds)
+    python benchmarks/bench_flextok.py --threads 1     # CPU table: the tiny CIFAR-10 preset, random weights (~1 min)
+    OMP_NUM_THREADS=2 python benchmarks/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --threads 2
+    python benchmarks/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --device cuda   # on a GPU
+    python benchmarks/bench_flextok.py --skip-tiny --released flextok-test --measure-steps 2   # smoke test (seconds)
 
 Tiny rows: the model of train/configs/flextok_cifar10_tiny.yaml (32x32 pixels, 16 registers, width 96) at batch 64:
 encode images/s (images -> ids) and decode images/s (ids -> images, Euler, pixel tokenizer) for k = 1, 4, 16 and
@@ -39,7 +39,7 @@ from vistok.tokenizers.flextok import PRESETS, FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
-from benchtools import sync, timed  # eval/benchtools.py
+from benchtools import sync, timed  # benchmarks/benchtools.py
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "flextok_cifar10_tiny.yaml"
 
