@@ -16,7 +16,7 @@ import pytest
 
 import vistok
 from vistok.api import FeatureNet, Segmenter
-from vistok.assets import parse_hf, shipped_models
+from vistok.io.sources import parse_hf, shipped_models
 from vistok.errors import VistokError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
 # ----------------------------------------------------------------------------------------------------- import graph
 LAYERS = [  # (rank, module prefixes): a module imports only modules of its own rank or lower, lazily or not
     (0, ["vistok.errors", "vistok.checks", "vistok.lazy"]),
-    (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.assets", "vistok.seeding",
+    (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.io", "vistok.seeding",
          "vistok.progress", "vistok.viz"]),
     (2, ["vistok.modules", "vistok.metrics"]),
     (3, ["vistok.tokenizers", "vistok.em"]),

@@ -21,7 +21,8 @@ from torch import nn
 
 from vistok import registry
 from vistok.config import to_dict
-from vistok.engine import atomic, checkpoint, flops
+from vistok.engine import checkpoint, flops
+from vistok.io import atomic
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
 from vistok.engine.loop import Checkpointer, TrainConfig, Trainer, optimizer_step, run_main, split_micro_batches

@@ -14,8 +14,8 @@ import torch
 
 from vistok import registry
 from vistok.api import exports as paired
-from vistok.assets import resolve_ckpt
-from vistok.engine.export_check import MAX_CONFIG_INT, inside_export
+from vistok.io.sources import resolve_ckpt
+from vistok.io.checks import MAX_CONFIG_INT, inside_export
 from vistok.errors import VistokError
 
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from vistok.engine.safeload import load_pickle, sha256_file
+from vistok.io.safeload import load_pickle, sha256_file
 from vistok.errors import VistokError
 
 

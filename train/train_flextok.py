@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
 from vistok.engine import checkpoint, dist
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.engine.outputs import check_cli_paths
+from vistok.io.paths import check_cli_paths
 from vistok.errors import VistokError
 
 
@@ -275,7 +275,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     import vistok.api as api
     from vistok.data.outputs import check_output_folder, check_writable
     from vistok.data.sources import load_images
-    from vistok.engine.atomic import atomic_write, atomic_write_bytes
+    from vistok.io.atomic import atomic_write, atomic_write_bytes
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 

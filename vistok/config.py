@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from vistok.engine.atomic import atomic_write_bytes
+from vistok.io.atomic import atomic_write_bytes
 from vistok.errors import VistokError
 
 C = TypeVar("C")

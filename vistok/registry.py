@@ -2,7 +2,7 @@
 
 A family is a (config dataclass, module class) pair; a preset is a named config of a family. Exported models
 (`config.json` + `model.safetensors`) name their family, so a folder alone rebuilds its model. Models shipped in
-`assets/` (or on the Hugging Face hub, hf://org/repo) can be named instead of a path (`vistok.assets`).
+`assets/` (or on the Hugging Face hub, hf://org/repo) can be named instead of a path (`vistok.io.sources`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vistok.assets import assets_dir, resolve_ckpt, shipped_models  # re-exported: older callers import them here
+from vistok.io.sources import assets_dir, resolve_ckpt, shipped_models  # re-exported: older callers import them here
 from vistok.config import from_dict
 from vistok.engine.checkpoint import load_state_strict, read_export
-from vistok.engine.export_check import check_export
+from vistok.io.checks import check_export
 from vistok.errors import VistokError
 
 # modules that define families and presets; each has a `FAMILY = (name, ConfigClass, ModelClass)` and `PRESETS`

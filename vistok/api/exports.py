@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from vistok import registry
-from vistok.assets import resolve_ckpt
+from vistok.io.sources import resolve_ckpt
 from vistok.config import from_dict
 from vistok.engine import checkpoint
-from vistok.engine.export_check import inside_export, read_config
+from vistok.io.checks import inside_export, read_config
 from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing

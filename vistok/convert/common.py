@@ -13,8 +13,8 @@ from torch import nn
 
 from vistok.config import to_dict
 from vistok.engine import checkpoint
-from vistok.engine.outputs import check_export_target
-from vistok.engine.safeload import load_pickle
+from vistok.io.paths import check_export_target
+from vistok.io.safeload import load_pickle
 from vistok.errors import VistokError
 from vistok.registry import build
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from vistok.convert import common
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.engine.checkpoint import read_export
 from vistok.errors import VistokError
 from vistok.tokenizers.kl_vae import config_from_state, official_state

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from vistok.checks import sizes_arg
-from vistok.engine.outputs import check_cli_paths
+from vistok.io.paths import check_cli_paths
 from vistok.errors import VistokError
 
 

@@ -62,10 +62,10 @@ class InferenceConfig:
 
 def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[SegMamba, dict[str, Any]]:
     """(SegMamba in eval mode with the exported EMA weights, the export's config.json) of a fine-tuning export."""
-    from vistok.assets import resolve_ckpt
+    from vistok.io.sources import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
-    from vistok.engine.export_check import check_export, read_config
+    from vistok.io.checks import check_export, read_config
 
     folder = resolve_ckpt(ckpt)
     family = read_config(folder).get("family") if (Path(folder) / "config.json").is_file() else None

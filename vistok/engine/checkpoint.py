@@ -42,12 +42,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.optim.lr_scheduler import LambdaLR
 
 from vistok.config import save_config, to_dict
-from vistok.engine.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
+from vistok.io.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
-from vistok.engine.export_check import check_finite, read_config
+from vistok.io.checks import check_finite, read_config
 from vistok.engine.faults import kill_in_write
 from vistok.engine.optim import EMA
-from vistok.engine.outputs import check_export_target
+from vistok.io.paths import check_export_target
 from vistok.errors import VistokError
 
 LAST = "last.pt"  # DDP and one process: an alias (hard link) of the newest RUN/ckpt-STEP.pt

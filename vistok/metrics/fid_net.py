@@ -91,10 +91,10 @@ FAMILY = ("fid_net", FidNetConfig, FidNet)
 
 def load_fid_net(ckpt: str, device: str | torch.device = "cpu") -> FidNet:
     """A cifar10-net export (folder, shipped name or hf://) in eval mode with its EMA weights."""
-    from vistok.assets import resolve_ckpt
+    from vistok.io.sources import resolve_ckpt
     from vistok.config import from_dict
     from vistok.engine.checkpoint import load_state_strict, read_export
-    from vistok.engine.export_check import check_export
+    from vistok.io.checks import check_export
 
     def build(meta: dict) -> FidNet:
         require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "

@@ -50,7 +50,7 @@ from einops import rearrange
 
 from vistok.config import to_dict
 from vistok.engine import checkpoint
-from vistok.engine.export_check import MAX_CONFIG_BYTES
+from vistok.io.checks import MAX_CONFIG_BYTES
 from vistok.errors import VistokError, require
 from vistok.modules.posemb import sincos_posemb
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig

@@ -24,7 +24,7 @@ def assets_dir() -> Path:
     """The folder of shipped models: $VISTOK_ASSETS, else vistok/shipped (wheel), else assets/ beside the package."""
     if os.environ.get("VISTOK_ASSETS"):
         return Path(os.environ["VISTOK_ASSETS"])
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # vistok/, two levels above this file
     inside = package / "shipped"  # package data of a wheel install (setup.py)
     return inside if inside.is_dir() else package.parent / "assets"
 
