@@ -1,9 +1,8 @@
 """The Python API (`vistok.load`): keywords, labels and batching, hf:// sources from an offline
-cache, distributed sampling under torchrun, progress bars, and the import graph running only downward."""
+cache, distributed sampling under torchrun and progress bars (the import graph: test_layering.py)."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -16,8 +15,8 @@ import pytest
 
 import vistok
 from vistok.api import FeatureNet, Segmenter
-from vistok.io.sources import parse_hf, shipped_models
 from vistok.errors import VistokError
+from vistok.io.sources import parse_hf, shipped_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,50 +164,3 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
     assert "sample" in capsys.readouterr().err
     gen.sample([1, 2], steps=1)
     assert capsys.readouterr().err == ""
-
-
-# ----------------------------------------------------------------------------------------------------- import graph
-LAYERS = [  # (rank, module prefixes): a module imports only modules of its own rank or lower, lazily or not
-    (0, ["vistok.errors", "vistok.checks", "vistok.lazy"]),
-    (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.io", "vistok.seeding",
-         "vistok.progress", "vistok.viz"]),
-    (2, ["vistok.modules", "vistok.metrics"]),
-    (3, ["vistok.tokenizers", "vistok.em"]),
-    (4, ["vistok.generators"]),
-    (5, ["vistok.registry"]),
-    (6, ["vistok.api", "vistok.demo"]),
-    (7, ["vistok", "vistok.cli", "vistok.__main__", "vistok.em.cli"]),
-]
-
-
-def layer(module: str) -> int:
-    matches = [(len(p), rank) for rank, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")]
-    return max(matches)[1]
-
-
-def imports(source: str) -> list[str]:
-    """Every vistok module a file imports, at the top or inside functions."""
-    out = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out += [f"{node.module}.{a.name}" if node.module == "vistok" else node.module for a in node.names]
-    return [m for m in out if m.split(".")[0] == "vistok" and m != "vistok"]
-
-
-def upward_imports(root: Path) -> list[str]:
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
-        found += [f"{module} -> {m}" for m in imports(path.read_text()) if layer(m) > layer(module)]
-    return found
-
-
-def test_the_import_graph_runs_only_downward(tmp_path) -> None:
-    assert upward_imports(REPO / "vistok") == []
-    # the check sees lazy imports: a planted one inside a tokenizer function is caught
-    fake = tmp_path / "vistok"
-    (fake / "tokenizers").mkdir(parents=True)
-    (fake / "tokenizers" / "x.py").write_text("def f():\n    from vistok import registry\n    import vistok.api\n")
-    assert upward_imports(fake) == ["vistok.tokenizers.x -> vistok.registry", "vistok.tokenizers.x -> vistok.api"]

@@ -15,9 +15,6 @@ from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, register_mask
 from vistok.tokenizers.flextok_sampling import APGConfig
 
-
-
-
 K = 8
 
 
@@ -197,7 +194,7 @@ def test_dinov2_teacher_needs_local_weights(tmp_path) -> None:
 
 
 def test_fid_net_teacher_from_an_export(tmp_path) -> None:
-    from vistok.engine.checkpoint import export
+    from vistok.io.exports import write_export as export
     from vistok.metrics.fid_net import PRESETS as FID_PRESETS
     from vistok.metrics.fid_net import FidNet, load_fid_net
 

@@ -14,16 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_train_script
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import load_train_script
 
 import vistok
 from vistok import cli
 from vistok.config import load_config
-from vistok.data.latents import (CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name,
-                                 write_cache)
+from vistok.data.latents import CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name, write_cache
 from vistok.engine.optim import EMA, build_scheduler, constant_cosine
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS
@@ -80,7 +78,7 @@ def kl16_vae(tmp_path_factory) -> Path:
     """MAR's KL-16 layout (ch_mult (1, 1, 2, 2, 4), attention at 16x16, 16 latent channels, f16, scale 0.2325) at
     ch 32 with one block per level, random weights: a `kl-vae` export as `vistok convert --from mar-vae` writes."""
     from vistok.config import to_dict
-    from vistok.engine.checkpoint import export
+    from vistok.io.exports import write_export as export
     from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
 
     folder = tmp_path_factory.mktemp("vae") / "kl16-small"

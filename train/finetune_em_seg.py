@@ -34,9 +34,10 @@ from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
 from vistok.em.objectives import load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse
 from vistok.em.volumes import EMCrops, intensity_range, open_volumes, read_volume
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
+from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Config:
 
 def load_init(model: SegMamba, init_from: str) -> list[str]:
     """Load a pretrained backbone strictly into `model`; returns the keys left at their init (the output head)."""
-    meta, state = checkpoint.read_export(init_from)
+    meta, state = exports.read_export(init_from)
     family = meta.get("family")
     if family == PRETRAIN_FAMILY[0]:
         backbone, prefix = meta["config"]["backbone"], "backbone."
@@ -152,7 +153,7 @@ def main() -> None:
                       "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
             Path(tc.run_dir, "eval.json").write_text(json.dumps(
                 {"step": run.step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+        out = exports.write_export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, init_from=cfg.init_from or None, inference=to_dict(infer),
                                 data=list(cfg.data.raw), eval=scores or None)
         print(f"exported EMA weights (step {run.step}) to {out}")

@@ -28,12 +28,20 @@ from torch.utils.data import DataLoader
 
 from vistok.config import from_dict, to_dict
 from vistok.data.loader import StepBatchSampler
-from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
-                                  load_pretrained)
+from vistok.em.objectives import (
+    FAMILY,
+    PRESETS,
+    MixSchedule,
+    TaskWeights,
+    TokenUnify,
+    TokenUnifyConfig,
+    load_pretrained,
+)
 from vistok.em.volumes import EMCrops, intensity_range, open_volumes
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
+from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
 
 def load_init(model: TokenUnify, init_from: str) -> dict:
     """Load every weight of a TokenUnify export into `model` (config must match); returns the export's metadata."""
-    meta, state = checkpoint.read_export(init_from)
+    meta, state = exports.read_export(init_from)
     if meta.get("family") != FAMILY[0]:
         raise VistokError(f"init_from={init_from} holds a {meta.get('family')!r} model; pass a TokenUnify pretraining "
                           "export (RUN/export of train/pretrain_tokenunify.py)")
@@ -146,7 +154,7 @@ def main() -> None:
         if cfg.eval_crops:  # the same crops and masks for every run of a config: comparable across schedules
             fixed = EMCrops(volumes, cfg.model.input_size, cfg.eval_crops, seed=tc.seed + 1, augment=False, ranges=ranges)
             scores = task_errors(ema_model, fixed, tc.seed, env.device)
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+        out = exports.write_export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, schedule=to_dict(cfg.schedule), volumes=list(cfg.data.volumes),
                                 init_from=cfg.init_from or None,
                                 eval={"crops": cfg.eval_crops, **scores})

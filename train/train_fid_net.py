@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
-from vistok.engine import checkpoint, dist
-from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.config import to_dict
+from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
+from vistok.engine import dist
+from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
+from vistok.io import exports
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     eval_set = subset(build_image_dataset(cfg.eval_data, cfg.data.root or None, cfg.model.resolution), cfg.eval_limit)
     acc = accuracy(ema_model, eval_set, env)
     if env.is_main:
-        out = checkpoint.export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
+        out = exports.write_export(f"{tc.run_dir}/export", FAMILY[0], to_dict(cfg.model), ema_model.state_dict(),
                                 step=run.step, eval_data=cfg.eval_data, eval_images=len(eval_set), eval_accuracy=acc)
         print(f"{cfg.eval_data} accuracy {acc:.4f} ({len(eval_set)} images); exported EMA weights to {out}")
     dist.cleanup()

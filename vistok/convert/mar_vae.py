@@ -11,14 +11,14 @@ fit is an error.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from vistok.convert import common
-from vistok.io.atomic import atomic_write
-from vistok.engine.checkpoint import read_export
 from vistok.errors import VistokError
+from vistok.io.atomic import atomic_write
+from vistok.io.exports import read_export
 from vistok.tokenizers.kl_vae import config_from_state, official_state
 
 TOKENIZER_DIR = "tokenizer"
@@ -43,7 +43,7 @@ def _copy(src: Path, dst: BinaryIO) -> None:
 def attach(vae: str | Path, tokens: tuple[int, int, int]) -> tuple[dict[str, Any], Callable[[Path], None]]:
     """A KL VAE (an export folder, or a checkpoint file converted on the way) for a generator whose tokens are
     (channels, h, w): checked now, then (the generator export's `tokenizer` entry, a writer that puts the VAE export
-    into `FOLDER/tokenizer/`, for `checkpoint.export(..., extra=writer)`)."""
+    into `FOLDER/tokenizer/`, for `exports.write_export(..., extra=writer)`)."""
     vae = Path(vae).expanduser()
     if vae.is_dir():
         meta, _ = read_export(vae)

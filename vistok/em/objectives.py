@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.em.backbone import SegMamba, SegMambaConfig
-from vistok.em.tokens import (hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask,
-                              token_grid)
+from vistok.em.tokens import hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask, token_grid
 from vistok.errors import VistokError, require
 
 
@@ -170,7 +169,7 @@ class TokenUnify(nn.Module):
 def load_pretrained(model: TokenUnify, state: dict[str, torch.Tensor], source: str) -> None:
     """Every weight of a TokenUnify export (backbone and next-token head) into `model`, strictly: stage 2 of the
     paper's schedule starts from stage 1's weights; nothing is missing, unexpected or mis-shaped."""
-    from vistok.engine.checkpoint import load_state_strict
+    from vistok.io.exports import load_state_strict
 
     load_state_strict(model, state, source)
 
