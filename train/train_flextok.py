@@ -86,8 +86,9 @@ def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
     differ = [f"model.{k}={theirs[k]}" for k in ours if k not in TRAINING_ONLY and theirs[k] != ours[k]]
     require(not differ, f"init_from={cfg.init_from} has another architecture ({', '.join(differ)}); set those model "
                         "keys to match it")
-    require(meta["tokenizer"] == tokenizer_spec(cfg), f"init_from={cfg.init_from} was trained on another grid tokenizer "
-                                                      f"({meta['tokenizer']}); configure the same tokenizer")
+    same = exports.tokenizer_identity(meta["tokenizer"]) == exports.tokenizer_identity(tokenizer_spec(cfg))
+    require(same, f"init_from={cfg.init_from} was trained on another grid tokenizer ({meta['tokenizer']}); "
+                  "configure the same tokenizer")
     return init.state_dict()
 
 

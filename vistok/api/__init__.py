@@ -33,6 +33,7 @@ from vistok.errors import VistokError, require
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import CFG_SCHEDULE
 from vistok.generators.sampling import ARSampleConfig, SampleConfig
+from vistok.io.exports import Export
 
 Loaded = Generator | PairedGenerator | Tokenizer | Segmenter | FeatureNet
 
@@ -48,10 +49,17 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def load(source: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """The model of an export (shipped name, folder or hf://org/repo[@revision]) as a typed object (see the module)."""
-    device = resolve_device(device)
+    """The model of an export (shipped name, folder or hf://org/repo[@revision]) as a typed object (see the module).
+    Its `source` names the export (an hf:// source pinned to the commit it resolved to); `save` and `push_to_hub`
+    pass it on as an export (`vistok.api.sharing`)."""
     export = open_source(source)  # resolved once (hf:// pinned to its commit); every loader below reads this folder
-    meta = export.meta
+    loaded = _build(export, resolve_device(device))
+    loaded.export = export
+    return loaded
+
+
+def _build(export: Export, device: torch.device) -> Loaded:
+    meta, source = export.meta, export.source
     family, name = meta.get("family"), export.source
     if is_paired(meta):
         model, codes, meta = load_paired(export, device)

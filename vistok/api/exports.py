@@ -10,6 +10,7 @@ or decoding settings ("sample", "decode"), which every keyword and flag override
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,13 +25,22 @@ from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_
 from vistok.generators.xar import XAR
 from vistok.io import sources
 from vistok.io.checks import inside_export
-from vistok.io.exports import Export, load_model, open_folder, write_export
+from vistok.io.exports import (
+    CONFIG,
+    TOKENIZER_DIR,
+    WEIGHTS,
+    Export,
+    embed_tokenizer,
+    load_model,
+    open_folder,
+    relative_only,
+    write_export,
+)
 from vistok.tokenizers import flextok_official
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 
-TOKENIZER_DIR = "tokenizer"
 C = TypeVar("C")
 
 
@@ -121,12 +131,16 @@ def export_paired(
     source = flextok.folder
 
     def copy_tokenizer(folder: Path) -> None:  # into the export's temporary folder: all files appear together
-        (folder / TOKENIZER_DIR).mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
+        target = folder / TOKENIZER_DIR
+        target.mkdir()
+        shutil.copyfile(source / WEIGHTS, target / WEIGHTS)
         inner = flextok.meta.get("tokenizer", {}).get("path")
-        if inner:  # the FlexTok export's own VAE folder (a converted release), so the copy stays self-contained
-            shutil.copytree(inside_export(source, inner, "tokenizer.path"), folder / TOKENIZER_DIR / inner)
+        if inner:  # the FlexTok export's own VAE (a converted release, a latent FlexTok), so the copy stays whole
+            inside_export(source, inner, "tokenizer.path")
+            top = Path(inner).parts[0]
+            (shutil.copytree if (source / top).is_dir() else shutil.copyfile)(source / top, target / top)
+        # an older FlexTok export naming its VAE by an absolute path gets it copied in too
+        (target / CONFIG).write_text(json.dumps(relative_only(embed_tokenizer(flextok.meta, target)), indent=2))
 
     spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": flextok.source}
     return write_export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)

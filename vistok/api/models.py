@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vistok.api.sharing import Shareable
 from vistok.checks import MAX_IMAGES, array_arg, choice_arg, float_arg, int_arg
 from vistok.data.images import to_float, to_uint8
 from vistok.engine.precision import warn_slow_precision
@@ -117,7 +118,7 @@ def collect(batches: Iterator[tuple[int, Arrays]], empty: Arrays) -> Arrays:
 
 
 # --------------------------------------------------------------------------------------------------- generators
-class Generator:
+class Generator(Shareable):
     """A class-conditional image generator: xAR on its tokenizer's grid (pixels or VAE latents).
 
     `sample(labels=[3, 5], seed=0)` -> uint8 (2, H, W, 3); steps, cfg (1 = no guidance), cfg_schedule and method
@@ -286,7 +287,7 @@ class PairedGenerator(Generator):
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizer
-class Tokenizer:
+class Tokenizer(Shareable):
     """A FlexTok tokenizer: images <-> K ordered token ids, any prefix of which decodes.
 
     `encode(images)` -> int64 (N, K); `decode(ids, k=4, seed=0)` and `reconstruct(images, k, seed=0)` -> uint8
@@ -444,7 +445,7 @@ class Tokenizer:
 
 
 # ------------------------------------------------------------------------------------------------ EM, features
-class Segmenter:
+class Segmenter(Shareable):
     """Neuron segmentation of an EM volume with a fine-tuned SegMamba (TokenUnify, Chen et al., arXiv 2405.16847).
 
     `segment(volume)` -> uint32 (Z, Y, X) neuron ids; roi, overlap, batch_size, threshold and fragment_threshold
@@ -510,7 +511,7 @@ class Segmenter:
         return seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64)
 
 
-class FeatureNet:
+class FeatureNet(Shareable):
     """The cifar10-net feature network behind vistok's CPU FID: `features(images)` (N, D) float32 and
     `classify(images)` (N,) int64, from uint8 (N, H, W, 3) images."""
 

@@ -7,6 +7,11 @@ through `open_export` (the source resolved once, config.json read and checked on
 looked up in `FAMILIES`, built on the meta device against the weights file's header before any memory is taken,
 then loaded strictly); every writer goes through `write_export` (atomic: the folder appears whole or not at all).
 
+Exports are self-contained: every file an export needs sits inside its folder and config.json names it by a relative
+path, so a folder moved, copied or uploaded anywhere still loads. A tokenizer that names its weights by a local path
+(a latent model's VAE folder or file) has them copied into `tokenizer/` at export time; no absolute path is written
+(provenance entries such as `source` keep the name only, and a model config naming one is refused).
+
 The family table is plain data (module, config class, model class), imported on first use, so this low layer never
 imports model code at import time.
 """
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +38,8 @@ from vistok.io.checks import check_export, check_finite, nonfinite_names, read_c
 from vistok.io.paths import check_export_target
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+TOKENIZER_DIR = "tokenizer"  # where an export keeps its tokenizer's files (a VAE, a paired generator's FlexTok)
+ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")  # POSIX, home, Windows drive or UNC paths
 
 # family name -> (module, config class, model class): what `build` constructs for an export's "family"
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -130,6 +139,55 @@ def load_model(source: str | Path | Export, device: str | torch.device = "cpu",
     return model.to(device).eval(), export.meta
 
 
+def embed_tokenizer(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`meta` with a tokenizer that names its weights by a local path (`tokenizer.config.weights`: a VAE folder or
+    file) made self-contained: the weights copied into `folder/tokenizer/` and named by `tokenizer.path`, relative to
+    the export (what `tokenizers.build.build_tokenizer` reads). Other metadata is returned as it is."""
+    spec = meta.get("tokenizer")
+    weights = spec.get("config", {}).get("weights") if isinstance(spec, dict) and "path" not in spec else None
+    if not weights:
+        return meta
+    source = Path(weights).expanduser()
+    if not source.exists():
+        raise VistokError(f"the tokenizer's weights {weights} are gone, so the export could not carry them; restore "
+                          "them (or set the tokenizer's weights to where they are now) and export again")
+    target = folder / TOKENIZER_DIR
+    if source.is_dir():
+        shutil.copytree(source, target)  # symbolic links (a hub cache's blobs) are copied as the files they point at
+        relative = TOKENIZER_DIR
+    else:
+        target.mkdir()
+        shutil.copyfile(source, target / source.name)
+        relative = f"{TOKENIZER_DIR}/{source.name}"
+    config = {k: v for k, v in spec["config"].items() if k != "weights"}
+    return {**meta, "tokenizer": {**spec, "config": config, "path": relative, "source": source.name}}
+
+
+def tokenizer_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer spec without where its weights are (`config.weights`, `path`, `source`): two specs of the same
+    tokenizer compare equal whether its weights sit in a training config's folder or inside an export."""
+    config = {k: v for k, v in spec.get("config", {}).items() if k != "weights"}
+    return {**{k: v for k, v in spec.items() if k not in ("path", "source")}, "config": config}
+
+
+def relative_only(meta: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`meta` without absolute paths: a provenance string (`source`, `init_from`, ...) that is one keeps its last
+    component; one inside a model or tokenizer config is refused (the export would not load elsewhere)."""
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str) or not ABSOLUTE.match(value):
+            return value
+        if key.startswith(("config.", "tokenizer.config.")):
+            raise VistokError(f"{key} = {value!r} is an absolute path, so the export would not load on another machine; "
+                              "exports carry their files inside (give the weights to the tokenizer config as "
+                              "`weights`, which the export copies in)")
+        return Path(value.replace("\\", "/")).name
+    return clean(meta, where)
+
+
 def write_export(out_dir: str | Path, family: str, config: dict[str, Any], weights: dict[str, torch.Tensor],
                  extra: Callable[[Path], None] | None = None, overwrite: bool = False, **meta: Any) -> Path:
     """Write `config.json` (family, model config, metadata) and `model.safetensors` to `out_dir`, as one unit.
@@ -138,15 +196,17 @@ def write_export(out_dir: str | Path, family: str, config: dict[str, Any], weigh
     folder that then replaces `out_dir` whole, so a crash never leaves a new config beside old weights. Since the
     whole folder is replaced, `out_dir` must be new, empty or an export of the same family (a re-export); a folder
     of other files is refused unless `overwrite` (or `paths.allow_replace`) says to replace it. Non-finite
-    weights are refused before anything is written. Files a caller adds to `out_dir` afterwards (a preview) stay."""
+    weights are refused before anything is written. Files a caller adds to `out_dir` afterwards (a preview) stay.
+    The export is self-contained (`embed_tokenizer`, `relative_only`): moved anywhere, it still loads."""
     out = check_export_target(out_dir, family, overwrite, what="export folder")
     bad = nonfinite_names(weights.items())
     if bad:
         raise VistokError(f"refusing to export {out}: non-finite weights in {', '.join(bad[:4])}; "
                           "the run diverged (lower train.lr and train again from an earlier checkpoint)")
-    blob = {"family": family, "config": config, **meta}
+    relative_only({"config": config})  # refused before anything is written
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     with atomic_folder(out) as tmp:
+        blob = relative_only(embed_tokenizer({"family": family, "config": config, **meta}, tmp))
         (tmp / WEIGHTS).write_bytes(save(tensors))
         (tmp / CONFIG).write_text(json.dumps(blob, indent=2))
         if extra is not None:
@@ -154,5 +214,6 @@ def write_export(out_dir: str | Path, family: str, config: dict[str, Any], weigh
     return out
 
 
-__all__ = ["CONFIG", "FAMILIES", "WEIGHTS", "Export", "build", "family_classes", "load_model", "load_state_strict",
-           "open_export", "open_folder", "read_export", "read_weights", "write_export"]
+__all__ = ["CONFIG", "FAMILIES", "TOKENIZER_DIR", "WEIGHTS", "Export", "build", "embed_tokenizer", "family_classes",
+           "load_model", "load_state_strict", "open_export", "open_folder", "read_export", "read_weights", "relative_only",
+           "tokenizer_identity", "write_export"]

@@ -56,7 +56,7 @@ def build_tokenizer(spec: dict[str, Any], root: str | Path | None = None) -> nn.
     config_cls, tokenizer_cls = TOKENIZERS[family]
     config = dict(spec.get("config", {}))
     if "path" in spec:
-        if root is None or not inside_export(root, spec["path"], "tokenizer.path").is_dir():
+        if root is None or not inside_export(root, spec["path"], "tokenizer.path").exists():  # a folder or one file
             raise VistokError(f"the export's tokenizer folder {spec['path']}/ is missing{f' from {root}' if root else ''}; "
                               "re-export it (`vistok convert --from xar ... --vae VAE`, `--from flextok`)")
         config["weights"] = str(Path(root) / spec["path"])
