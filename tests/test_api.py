@@ -120,7 +120,8 @@ def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
-        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels"]
+        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels", "source"]
+        assert str(a["source"]) == str(b["source"]) == "cifar10-xar-tiny"  # the model that made them
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert "2 processes" in two.stdout and two.stdout.count("40 images") == 1  # rank 0 reports, once

@@ -216,3 +216,23 @@ def test_open_export_reads_a_folder_once(tmp_path, monkeypatch) -> None:
     assert len(reads) == 1 and meta["family"] == "fid_net" and not model.training
     with pytest.raises(VistokError, match="holds a 'fid_net' model, not 'xar'"):
         exports.load_model("cifar10-net", family="xar")
+
+
+def test_samples_record_the_pinned_hub_commit(tmp_path, monkeypatch) -> None:
+    """`vistok sample --ckpt hf://org/repo` records hf://org/repo@COMMIT in samples.npz: a moved branch cannot
+    silently change what the samples say they came from."""
+    from huggingface_hub import constants
+
+    from vistok import cli
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--vistok-test--xar"
+    shutil.copytree(sources.resolve_ckpt("cifar10-xar-tiny"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert cli.main(["sample", "--ckpt", "hf://vistok-test/xar", "--num", "2", "--steps", "1", "--out",
+                     str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
+    with np.load(tmp_path / "out" / "samples.npz") as z:
+        assert str(z["source"]) == f"hf://vistok-test/xar@{commit}" and z["arr_0"].shape == (2, 32, 32, 3)

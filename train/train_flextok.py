@@ -76,12 +76,14 @@ class Config:
 TRAINING_ONLY = ("nested_dropout", "null_cond_p", "t_mean", "t_std", "repa_dim", "repa_hidden", "repa_layer", "repa_weight")
 
 
-def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
+def init_weights(cfg: Config) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of the export `cfg.init_from` (encoder, FSQ, decoder), checked against this run before any work:
-    its architecture and grid tokenizer must be this run's; training-only keys (nested dropout, REPA, ...) may differ."""
-    from vistok.api.exports import load_flextok
+    its architecture and grid tokenizer must be this run's; training-only keys (nested dropout, REPA, ...) may differ.
+    Also its pinned name (hf://org/repo@COMMIT for a hub source), which the log and the export record."""
+    from vistok.api.exports import load_flextok, open_source
 
-    init, _, meta = load_flextok(cfg.init_from)
+    export = open_source(cfg.init_from)
+    init, _, meta = load_flextok(export)
     theirs, ours = to_dict(init.config), to_dict(cfg.model)
     differ = [f"model.{k}={theirs[k]}" for k in ours if k not in TRAINING_ONLY and theirs[k] != ours[k]]
     require(not differ, f"init_from={cfg.init_from} has another architecture ({', '.join(differ)}); set those model "
@@ -89,7 +91,7 @@ def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
     same = exports.tokenizer_identity(meta["tokenizer"]) == exports.tokenizer_identity(tokenizer_spec(cfg))
     require(same, f"init_from={cfg.init_from} was trained on another grid tokenizer ({meta['tokenizer']}); "
                   "configure the same tokenizer")
-    return init.state_dict()
+    return init.state_dict(), export.source
 
 
 def tokenizer_spec(cfg: Config) -> dict:
@@ -180,7 +182,9 @@ def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
     check_config(cfg)
-    init = init_weights(cfg) if cfg.init_from else None  # a bad export fails here, before data or models are built
+    init, init_from = init_weights(cfg) if cfg.init_from else (None, None)  # a bad export fails here, before any work
+    if init_from and env.is_main:
+        print(f"init_from {init_from}: weights loaded (fresh optimizer and schedule)")
 
     tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
     fid_net = load_fid_net(cfg.repa.weights or "cifar10-net") if cfg.repa.teacher == "fid-net" else None
@@ -235,7 +239,7 @@ def main() -> None:
         out = exports.write_export(
             f"{tc.run_dir}/export", FAMILY[0], to_dict(ema_model.config), ema_model.state_dict(), tokenizer=tok,
             resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
-            data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
+            data_mix=mix, init_from=init_from, nested_dropout=cfg.model.nested_dropout,
             repa_teacher=cfg.repa.teacher,
             extra=lambda tmp: kill_point("export"))  # tests: SIGKILL with the files not yet in place
         print(f"exported EMA weights (step {run.step}) to {out}; try: vistok reconstruct --ckpt {out} --input cifar10-test "

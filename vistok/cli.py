@@ -222,7 +222,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             writer.add(lo + first, arrays)
         dist.barrier()
         if env.is_main:
-            written = writer.finish(labels)
+            written = writer.finish(labels, gen.source)  # the pinned model name (hf://...@COMMIT)
             seconds = time.perf_counter() - start
             used = gen.settings(**{k: v for k, v in given.items() if k not in ("tokens", "decode_steps")})
             extra = ""
