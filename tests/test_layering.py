@@ -40,7 +40,8 @@ LAYERS = [
 
 def layer(module: str) -> int:
     """The rank of the longest listed prefix of `module` (`vistok` itself matches everything: the top)."""
-    matches = [(len(p), rank) for rank, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")]
+    matches = [(len(p), rank) for rank, prefixes in LAYERS for p in prefixes
+               if module == p or module.startswith(p + ".")]
     return max(matches)[1]
 
 

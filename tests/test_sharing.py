@@ -160,7 +160,7 @@ def test_save_then_load_gives_the_same_outputs(tmp_path, name, kind) -> None:
 
 
 def test_save_writes_the_weights_as_they_are_now(tmp_path) -> None:
-    shutil.copytree(sources.resolve_ckpt("cifar10-net"), tmp_path / "net")  # a copy: the refused save must not touch assets/
+    shutil.copytree(sources.resolve_ckpt("cifar10-net"), tmp_path / "net")  # a copy: a refused save never nears assets/
     net = vistok.load(tmp_path / "net")
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     before = net.features(images)

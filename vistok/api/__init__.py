@@ -91,6 +91,6 @@ def _build(export: Export, device: torch.device) -> Loaded:
     raise VistokError(f"{source} holds a {family!r} model, which the Python API does not load")
 
 
-__all__ = ["FeatureNet", "Generator", "Loaded", "PairedGenerator", "Segmenter", "Tokenizer", "as_images", "export_paired",
-           "load", "load_flextok", "load_generator", "load_paired", "open_source", "read_flextok_config", "read_meta",
-           "resolve_device"]
+__all__ = ["FeatureNet", "Generator", "Loaded", "PairedGenerator", "Segmenter", "Tokenizer", "as_images",
+           "export_paired", "load", "load_flextok", "load_generator", "load_paired", "open_source",
+           "read_flextok_config", "read_meta", "resolve_device"]

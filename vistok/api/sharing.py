@@ -2,9 +2,10 @@
 
 What is saved is the object's network (`model`) with its weights as they are now (a model changed in memory is saved
 as changed), the export's config.json, and every other file of the folder it came from copied as it is (a VAE or a
-paired generator's FlexTok in `tokenizer/`, a preview), written as one self-contained export (`vistok.io.exports.write_export`): `vistok.load(dir)` gives the same
-outputs. `push_to_hub` saves to a temporary folder and uploads it with huggingface_hub (`HfApi.create_repo`,
-`upload_folder`); it returns the pinned source `hf://org/repo@COMMIT` that loads exactly what was pushed.
+paired generator's FlexTok in `tokenizer/`, a preview), written as one self-contained export
+(`vistok.io.exports.write_export`): `vistok.load(dir)` gives the same outputs. `push_to_hub` saves to a temporary
+folder and uploads it with huggingface_hub (`HfApi.create_repo`, `upload_folder`); it returns the pinned source
+`hf://org/repo@COMMIT` that loads exactly what was pushed.
 """
 
 from __future__ import annotations

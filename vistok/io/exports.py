@@ -102,7 +102,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False: name the first one, on one line
         detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
-        raise VistokError(f"{source} does not match the model: {detail}; was it exported from a different preset?") from None
+        raise VistokError(f"{source} does not match the model: {detail}; was it exported from a different "
+                          "preset?") from None
     if result.missing_keys or result.unexpected_keys:
         raise VistokError(f"{source} does not match the model: missing {result.missing_keys[:4]}, "
                           f"unexpected {result.unexpected_keys[:4]}; was it exported from a different preset?")
@@ -181,8 +182,8 @@ def relative_only(meta: dict[str, Any], where: str = "") -> dict[str, Any]:
         if not isinstance(value, str) or not ABSOLUTE.match(value):
             return value
         if key.startswith(("config.", "tokenizer.config.")):
-            raise VistokError(f"{key} = {value!r} is an absolute path, so the export would not load on another machine; "
-                              "exports carry their files inside (give the weights to the tokenizer config as "
+            raise VistokError(f"{key} = {value!r} is an absolute path, so the export would not load on another "
+                              "machine; exports carry their files inside (give the weights to the tokenizer config as "
                               "`weights`, which the export copies in)")
         return Path(value.replace("\\", "/")).name
     return clean(meta, where)
@@ -215,5 +216,5 @@ def write_export(out_dir: str | Path, family: str, config: dict[str, Any], weigh
 
 
 __all__ = ["CONFIG", "FAMILIES", "TOKENIZER_DIR", "WEIGHTS", "Export", "build", "embed_tokenizer", "family_classes",
-           "load_model", "load_state_strict", "open_export", "open_folder", "read_export", "read_weights", "relative_only",
-           "tokenizer_identity", "write_export"]
+           "load_model", "load_state_strict", "open_export", "open_folder", "read_export", "read_weights",
+           "relative_only", "tokenizer_identity", "write_export"]
