@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from vistok.cli import main
-from vistok.engine.lock import WriterLock, lock_path
 from vistok.errors import VistokError
 from vistok.io import exports
+from vistok.io.lock import WriterLock, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 # the repo's sibling shared/ (as tests/test_convert.py), or the nearest one above a worktree
@@ -228,7 +228,7 @@ def _holder(target: Path, env: dict | None = None) -> subprocess.Popen:
     """Another process that takes the writer lock of `target` and keeps it until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from vistok.engine.lock import WriterLock
+        from vistok.io.lock import WriterLock
         WriterLock({str(target)!r}, "--out").acquire()
         print("locked", flush=True)
         time.sleep(120)

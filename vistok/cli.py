@@ -106,7 +106,7 @@ _LOCKS: list = []  # writer locks the running command holds; `main` releases the
 def _writer_lock(out: Path) -> None:
     """Hold the --out's writer lock until the command ends: a second run into the same --out is refused in one line
     (a lock left by a killed run is taken over; torchrun ranks of one job share it)."""
-    from vistok.engine.lock import WriterLock
+    from vistok.io.lock import WriterLock
 
     _LOCKS.append(WriterLock(out, "--out").acquire())
 

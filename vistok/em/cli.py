@@ -33,7 +33,7 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
     from vistok.config import from_dict
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_to_file
     from vistok.em.volumes import Volume, check_output, parse_volume_arg
-    from vistok.engine.lock import WriterLock
+    from vistok.io.lock import WriterLock
 
     roi = _roi(args.roi)
     if args.baseline == (args.ckpt is not None):

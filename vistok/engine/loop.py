@@ -27,11 +27,11 @@ from vistok.engine.dist import DistEnv
 from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.engine.lock import hold_run_folder
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
+from vistok.io.lock import hold_for
 
 C = TypeVar("C")
 
@@ -165,6 +165,24 @@ def compile_for_training(model: nn.Module, device: torch.device) -> None:
     PyTorch's own generator (inductor's `fallback_random`): the same draws as eager, and faster there than inductor's
     generated random numbers (eval/bench_xar.py, the dropout rows with --compile)."""
     model.compile(dynamic=False, options={"fallback_random": True} if device.type == "cpu" else None)
+
+
+def hold_run_folder(owner: object, run_dir: str, env: DistEnv) -> None:
+    """A training run's lock on its folder, for `owner`'s lifetime: rank 0 takes it and tells every rank the
+    outcome (one collective), so a refused job fails on all ranks at once instead of waiting at its first
+    all-reduce. `env` is the run's `DistEnv`."""
+    if env.world_size == 1:
+        hold_for(owner, run_dir, "train.run_dir")
+        return
+    refused = None
+    if env.rank == 0:
+        try:
+            hold_for(owner, run_dir, "train.run_dir")
+        except VistokError as err:
+            refused = str(err)
+    refused = vdist.broadcast_object(refused)
+    if refused:
+        raise VistokError(refused)
 
 
 class Trainer:

@@ -6,7 +6,8 @@
   build against the weights file's header, before anything is allocated.
 - `exports`: the family table (name -> module, config class, model class), the one loader (`open_export`,
   `load_model`) and the one writer (`write_export`: atomic, self-contained, relative paths only).
-- `atomic`, `safeload`, `paths`: atomic writes, pickle-free reading, outputs that never overwrite inputs.
+- `atomic`, `safeload`, `paths`, `lock`: atomic writes, pickle-free reading, outputs that never overwrite inputs, one
+  writer per output or run folder.
 
 Layering (tests/test_layering.py reads every file's imports and enforces it; lowest first, each layer imports only
 its own or lower ones, lazily or not):
