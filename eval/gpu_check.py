@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import bench_xar  # eval/bench_xar.py
 import torch
-from benchtools import timed  # eval/benchtools.py
 
 from vistok.io.atomic import atomic_write_bytes
 from vistok.modules.attention import set_attention_backend
+
+import bench_xar  # eval/bench_xar.py
+from benchtools import timed  # eval/benchtools.py
 
 SIZES = {  # what each row runs at: the sizes on CUDA, tiny ones on the CPU
     "cuda": dict(flextok="flextok-d18-d18", flex_batch=64, flex_steps=20, scan=(8, 4096, 1536, 16)),

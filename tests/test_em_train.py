@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
 from conftest import load_train_script
 
 from vistok.config import load_config, to_dict

@@ -15,6 +15,9 @@ from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, register_mask
 from vistok.tokenizers.flextok_sampling import APGConfig
 
+
+
+
 K = 8
 
 

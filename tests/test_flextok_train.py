@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-import vistok
 from vistok import cli
+from vistok.config import from_dict
+from vistok.io.exports import write_export
+from vistok.errors import VistokError
+import vistok
 from vistok.api import load_flextok
 from vistok.cli import _ks as parse_ks
-from vistok.config import from_dict
 from vistok.data.sources import load_images
-from vistok.errors import VistokError
-from vistok.io.exports import write_export
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder
 from vistok.viz import recon_grid

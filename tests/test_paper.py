@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_train_script
 from PIL import Image
 from safetensors.torch import load_file
+
+from conftest import load_train_script
 
 import vistok
 from vistok import cli
 from vistok.config import load_config
-from vistok.data.latents import CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name, write_cache
+from vistok.data.latents import (CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name,
+                                 write_cache)
 from vistok.engine.optim import EMA, build_scheduler, constant_cosine
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS

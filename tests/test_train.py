@@ -23,8 +23,9 @@ from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import optimizer_step
 from vistok.engine.optim import build_optimizer, build_scheduler
-from vistok.io import exports
 from vistok.metrics.fid_net import PRESETS, FidNet
+from vistok.io import exports
+
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")

@@ -28,15 +28,8 @@ from torch.utils.data import DataLoader
 
 from vistok.config import from_dict, to_dict
 from vistok.data.loader import StepBatchSampler
-from vistok.em.objectives import (
-    FAMILY,
-    PRESETS,
-    MixSchedule,
-    TaskWeights,
-    TokenUnify,
-    TokenUnifyConfig,
-    load_pretrained,
-)
+from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
+                                  load_pretrained)
 from vistok.em.volumes import EMCrops, intensity_range, open_volumes
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main

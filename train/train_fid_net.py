@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
+from vistok.config import to_dict
 from vistok.errors import require
-from vistok.io import exports
 from vistok.metrics.fid_net import FAMILY, FidNet, FidNetConfig
+from vistok.io import exports
 
 
 @dataclass(frozen=True)

@@ -27,24 +27,24 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vistok.api import Tokenizer
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
-from vistok.data.latents import CacheImages, LatentCache, latent_loader
 from vistok.engine import dist
+from vistok.io.atomic import atomic_write
 from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
-from vistok.io import exports
-from vistok.io.atomic import atomic_write
 from vistok.metrics.fid_net import load_fid_net
 from vistok.modules.repa import build_teacher
-from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
+from vistok.api import Tokenizer
 from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
+from vistok.data.latents import CacheImages, LatentCache, latent_loader
+from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 from vistok.viz import recon_grid
+from vistok.io import exports
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from vistok.data import build_loader
 from vistok.data.tokens import TokenDataConfig
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
-from vistok.generators.ar import AR, FAMILY, PRESETS, ARConfig
+from vistok.generators.ar import FAMILY, PRESETS, AR, ARConfig
 from vistok.generators.sampling import ARSampleConfig
 from vistok.tokenizers.flextok_sampling import k_ladder
 

@@ -21,22 +21,21 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from vistok.api import Generator
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import dist
+from vistok.io.atomic import atomic_write
 from vistok.engine.faults import kill_point
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
+from vistok.api import Generator
 from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
-from vistok.io import exports
-from vistok.io.atomic import atomic_write
 from vistok.tokenizers.build import build_tokenizer
-from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY
-from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
+from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer
 from vistok.viz import class_grid
+from vistok.io import exports
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.errors import VistokError
 from vistok.io.paths import check_cli_paths
+from vistok.errors import VistokError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -341,9 +341,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
 
     import vistok.api as api
-    from vistok.data.outputs import check_output_file
     from vistok.data.sources import load_images
     from vistok.data.tokens import write_token_file
+
+    from vistok.data.outputs import check_output_file
 
     out = check_output_file(args.out, ".npz")  # before any work
     tok = _load(args, api.Tokenizer)

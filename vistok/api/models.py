@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vistok.api.sharing import Shareable
 from vistok.checks import MAX_IMAGES, array_arg, choice_arg, float_arg, int_arg
 from vistok.data.images import to_float, to_uint8
 from vistok.engine.precision import warn_slow_precision
@@ -40,6 +39,7 @@ from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.viz import class_grid
+from vistok.api.sharing import Shareable
 
 MIN_ROWS = 8
 Arrays = dict[str, np.ndarray]

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from vistok.data.tokens import write_token_file
-from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
+from vistok.errors import VistokError
 from vistok.viz import GRID_MAX, class_grid
 
 SHARDS = ".shards"

@@ -17,11 +17,11 @@ from PIL import Image
 from vistok.api import load
 from vistok.api.exports import export_paired, read_flextok_config
 from vistok.data.tokens import TokenDataConfig, TokenDataset, load_tokens
+from vistok.io.atomic import atomic_write
 from vistok.errors import require
 from vistok.generators.ar import ARConfig
 from vistok.generators.flextok_codes import check_pairing
 from vistok.generators.xar import XARConfig
-from vistok.io.atomic import atomic_write
 from vistok.tokenizers.flextok import FlexTokConfig
 
 

@@ -7,8 +7,8 @@ import contextlib
 
 from vistok.checks import sizes_arg
 from vistok.convert import KINDS, convert
-from vistok.data.outputs import check_output_folder
 from vistok.errors import VistokError
+from vistok.data.outputs import check_output_folder
 from vistok.io.paths import allow_replace, check_export_target
 
 # the family each kind's export names in config.json: an --out holding an export of it is replaced without asking

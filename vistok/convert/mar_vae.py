@@ -11,14 +11,14 @@ fit is an error.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from vistok.convert import common
-from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
 from vistok.io.exports import read_export
+from vistok.errors import VistokError
 from vistok.tokenizers.kl_vae import config_from_state, official_state
 
 TOKENIZER_DIR = "tokenizer"

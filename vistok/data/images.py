@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.data.arrays import read_npz
-from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
+from vistok.errors import VistokError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 
 from vistok.checks import sizes_arg
-from vistok.errors import VistokError
 from vistok.io.paths import check_cli_paths
+from vistok.errors import VistokError
 
 
 def _roi(text: str | None) -> tuple[int, int, int] | None:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.em.backbone import SegMamba, SegMambaConfig
-from vistok.em.tokens import hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask, token_grid
+from vistok.em.tokens import (hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask,
+                              token_grid)
 from vistok.errors import VistokError, require
 
 

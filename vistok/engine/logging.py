@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write_bytes
+from vistok.errors import VistokError
 
 
 class MetricsLog:

@@ -27,11 +27,11 @@ from vistok.engine.dist import DistEnv
 from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
+from vistok.io.lock import hold_for
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
-from vistok.io.lock import hold_for
 
 C = TypeVar("C")
 

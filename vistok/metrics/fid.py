@@ -57,9 +57,9 @@ from torch.utils.data import Dataset
 from vistok.data.arrays import npz_keys, read_npz
 from vistok.data.images import NAMED, ImageFolderDataset, build_image_dataset, load_rgb
 from vistok.data.sources import load_npz_images, npz_images
-from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
 from vistok.io.safeload import load_pickle, sha256_file
+from vistok.errors import VistokError
 from vistok.metrics import adm as adm_metrics
 from vistok.progress import is_terminal
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vistok.errors import VistokError, require
 from vistok.io.sources import assets_dir, shipped_models
+from vistok.errors import VistokError, require
 
 
 def image_metrics(reference: np.ndarray, recon: np.ndarray) -> dict[str, float]:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
-from vistok.errors import VistokError
 from vistok.io.checks import inside_export
+from vistok.errors import VistokError
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 

@@ -49,11 +49,11 @@ import torch
 from einops import rearrange
 
 from vistok.config import to_dict
-from vistok.errors import VistokError, require
-from vistok.io import exports
 from vistok.io.checks import MAX_CONFIG_BYTES
+from vistok.errors import VistokError, require
 from vistok.modules.posemb import sincos_posemb
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
+from vistok.io import exports
 
 LEVELS = (8, 8, 8, 5, 5, 5)  # released FSQ levels, 64,000 codes
 MAX_TIMESTEP = 1.0  # released decoders see t in [0, 1]

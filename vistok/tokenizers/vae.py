@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
-from vistok.errors import VistokError, require
 from vistok.io.exports import load_state_strict, read_export
 from vistok.io.safeload import load_pickle
+from vistok.errors import VistokError, require
 from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state, posterior_sample
 
 _ENC, _DEC = "DownEncoderBlock2D", "UpDecoderBlock2D"
