@@ -114,9 +114,10 @@ def test_no_absolute_path_is_written(tmp_path) -> None:
         write_export(tmp_path / "a", "fid_net", {"repa_weights": "/data/x.pt"}, {"w": torch.zeros(1)})
     assert not (tmp_path / "a").exists()
     out = write_export(tmp_path / "b", "fid_net", {}, {"w": torch.zeros(1)}, init_from="/runs/pre/export",
-                       tokenizer={"family": "pixel", "config": {}, "source": "C:\\vae\\kl16"})
+                       tokenizer={"family": "pixel", "config": {}, "source": "C:\\vae\\kl16"}, classes=["/a", "b"])
     meta = json.loads((out / "config.json").read_text())
     assert meta["init_from"] == "export" and meta["tokenizer"]["source"] == "kl16"  # provenance keeps the name
+    assert meta["classes"] == ["/a", "b"]  # class names are names, however they look
     with pytest.raises(VistokError, match="tokenizer's weights .*gone"):
         write_export(tmp_path / "c", "xar", {}, {"w": torch.zeros(1)},
                      tokenizer={"family": "vae", "config": {"weights": str(tmp_path / "missing")}})

@@ -175,6 +175,8 @@ def relative_only(meta: dict[str, Any], where: str = "") -> dict[str, Any]:
     """`meta` without absolute paths: a provenance string (`source`, `init_from`, ...) that is one keeps its last
     component; one inside a model or tokenizer config is refused (the export would not load elsewhere)."""
     def clean(value: Any, key: str) -> Any:
+        if key == "classes":  # names, not paths, whatever they look like
+            return value
         if isinstance(value, dict):
             return {k: clean(v, f"{key}.{k}" if key else k) for k, v in value.items()}
         if isinstance(value, list):
