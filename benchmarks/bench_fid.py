@@ -47,9 +47,9 @@ def main() -> None:
 
 
 def _random_cifar10_net() -> str:
-    from vistok.engine.checkpoint import export
-    from vistok.metrics.fid_net import FidNet, FidNetConfig
     from vistok.config import to_dict
+    from vistok.io.exports import write_export as export
+    from vistok.metrics.fid_net import FidNet, FidNetConfig
 
     out = tempfile.mkdtemp()
     cfg = FidNetConfig()

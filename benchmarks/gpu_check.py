@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from vistok.engine.atomic import atomic_write_bytes
+from vistok.io.atomic import atomic_write_bytes
 from vistok.modules.attention import set_attention_backend
 
 import bench_xar  # benchmarks/bench_xar.py

@@ -1,9 +1,8 @@
 """The Python API (`vistok.load`): keywords, labels and batching, hf:// sources from an offline
-cache, distributed sampling under torchrun, progress bars, and the import graph running only downward."""
+cache, distributed sampling under torchrun and progress bars (the import graph: test_layering.py)."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import pytest
 
 import vistok
 from vistok.api import FeatureNet, Segmenter
-from vistok.assets import parse_hf, shipped_models
+from vistok.io.sources import parse_hf, shipped_models
 from vistok.errors import VistokError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +120,8 @@ def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
-        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels"]
+        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels", "source"]
+        assert str(a["source"]) == str(b["source"]) == "cifar10-xar-tiny"  # the model that made them
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert "2 processes" in two.stdout and two.stdout.count("40 images") == 1  # rank 0 reports, once
@@ -165,50 +165,3 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
     assert "sample" in capsys.readouterr().err
     gen.sample([1, 2], steps=1)
     assert capsys.readouterr().err == ""
-
-
-# ----------------------------------------------------------------------------------------------------- import graph
-LAYERS = [  # (rank, module prefixes): a module imports only modules of its own rank or lower, lazily or not
-    (0, ["vistok.errors", "vistok.checks", "vistok.lazy"]),
-    (1, ["vistok.config", "vistok.flow", "vistok.engine", "vistok.data", "vistok.assets", "vistok.seeding",
-         "vistok.progress", "vistok.viz"]),
-    (2, ["vistok.modules", "vistok.metrics"]),
-    (3, ["vistok.tokenizers", "vistok.em"]),
-    (4, ["vistok.generators"]),
-    (5, ["vistok.registry"]),
-    (6, ["vistok.api", "vistok.demo"]),
-    (7, ["vistok", "vistok.cli", "vistok.__main__", "vistok.em.cli"]),
-]
-
-
-def layer(module: str) -> int:
-    matches = [(len(p), rank) for rank, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")]
-    return max(matches)[1]
-
-
-def imports(source: str) -> list[str]:
-    """Every vistok module a file imports, at the top or inside functions."""
-    out = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out += [f"{node.module}.{a.name}" if node.module == "vistok" else node.module for a in node.names]
-    return [m for m in out if m.split(".")[0] == "vistok" and m != "vistok"]
-
-
-def upward_imports(root: Path) -> list[str]:
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
-        found += [f"{module} -> {m}" for m in imports(path.read_text()) if layer(m) > layer(module)]
-    return found
-
-
-def test_the_import_graph_runs_only_downward(tmp_path) -> None:
-    assert upward_imports(REPO / "vistok") == []
-    # the check sees lazy imports: a planted one inside a tokenizer function is caught
-    fake = tmp_path / "vistok"
-    (fake / "tokenizers").mkdir(parents=True)
-    (fake / "tokenizers" / "x.py").write_text("def f():\n    from vistok import registry\n    import vistok.api\n")
-    assert upward_imports(fake) == ["vistok.tokenizers.x -> vistok.registry", "vistok.tokenizers.x -> vistok.api"]

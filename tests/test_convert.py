@@ -364,7 +364,7 @@ def test_cli_convert_then_sample_a_256px_xar_on_its_vae(tmp_path: Path, capsys) 
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"wrote {gen}: xAR") and "raw" in lines[0]
     meta = json.loads((gen / "config.json").read_text())
-    assert meta["tokenizer"] == {"family": "vae", "config": {"arch": "kl16"}, "path": "tokenizer", "source": str(vae)}
+    assert meta["tokenizer"] == {"family": "vae", "config": {"arch": "kl16"}, "path": "tokenizer", "source": vae.name}
     assert meta["resolution"] == 256 and meta["config"]["time_floor"] is True
     assert (gen / "tokenizer" / "model.safetensors").read_bytes() == (vae / "model.safetensors").read_bytes()
     out = tmp_path / "samples"

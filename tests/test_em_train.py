@@ -26,6 +26,7 @@ from vistok.engine import checkpoint
 from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.errors import VistokError
+from vistok.io import exports
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:vistok Mamba")]
@@ -99,9 +100,9 @@ def test_pretraining_runs_the_papers_two_stage_schedule_as_two_chained_runs(runs
     state2 = checkpoint.load_training_state(runs["pre"])
     steps = {float(v["step"]) for v in state2["optimizer"]["state"].values()}
     assert steps == {2.0}  # a fresh AdamW: 2 updates in stage 2, not 4
-    meta1, export1 = checkpoint.read_export(runs["pre1"] / "export")
-    meta, state = checkpoint.read_export(runs["pre"] / "export")
-    assert meta["family"] == "tokenunify" and meta["step"] == 2 and meta["init_from"] == str(runs["pre1"] / "export")
+    meta1, export1 = exports.read_export(runs["pre1"] / "export")
+    meta, state = exports.read_export(runs["pre"] / "export")
+    assert meta["family"] == "tokenunify" and meta["step"] == 2 and meta["init_from"] == "export"  # no absolute path
     assert meta["schedule"]["weights"] == [0, 1, 1] and meta1["schedule"]["weights"] == [1, 0, 0]
     assert set(meta["eval"]) == {"crops", "random_mse", "next_all_mse", "next_mse"}
     assert any(k.startswith("next_head.") for k in state)
@@ -132,7 +133,7 @@ def test_stage_two_refuses_a_different_model_or_family(tmp_path, monkeypatch, ru
 
 
 def test_finetuning_loads_the_pretrained_backbone_and_scores_the_test_volume(runs) -> None:
-    pre = checkpoint.read_export(runs["pre"] / "export")[1]
+    pre = exports.read_export(runs["pre"] / "export")[1]
     script = load_script("finetune_em_seg")
     cfg = load_config(script.Config, None, [o for o in FINETUNE if o.startswith("model.")])
     model = SegMamba(cfg.model)
@@ -144,7 +145,7 @@ def test_finetuning_loads_the_pretrained_backbone_and_scores_the_test_volume(run
     assert scores["init_from"] == str(runs["pre"] / "export") and scores["step"] == 2
     assert all(np.isfinite(scores[k]) and scores[k] >= 0 for k in ("voi_split", "voi_merge", "voi", "arand"))
     assert np.isclose(scores["voi"], scores["voi_split"] + scores["voi_merge"])
-    meta, _ = checkpoint.read_export(runs["seg"] / "export")
+    meta, _ = exports.read_export(runs["seg"] / "export")
     assert meta["family"] == "segmamba" and meta["config"]["out_chans"] == 3
     assert meta["eval"]["voi"] == scores["voi"] and meta["inference"]["roi"] == [16, 32, 32]
 
@@ -157,7 +158,7 @@ def test_single_objective_schedules(tmp_path, monkeypatch, volumes, weights: str
     rows = read_metrics(tmp_path)
     assert [(r["w_random"], r["w_next_all"], r["w_next"]) for r in rows] == [expect, expect]
     assert all((r["random"] > 0) == bool(expect[0]) and (r["next_all"] > 0) == bool(expect[1]) for r in rows)
-    assert checkpoint.read_export(tmp_path / "export")[0]["eval"] == {"crops": 0}
+    assert exports.read_export(tmp_path / "export")[0]["eval"] == {"crops": 0}
 
 
 def test_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, volumes) -> None:
@@ -190,10 +191,10 @@ def test_mismatched_or_wrong_exports_are_clear_errors(tmp_path, monkeypatch, run
                        extra)
         assert "\n" not in str(err.value)
     other = tmp_path / "other"  # right family, one weight of another shape: named, not dropped
-    state = checkpoint.read_export(runs["pre"] / "export")[1]
+    state = exports.read_export(runs["pre"] / "export")[1]
     meta = json.loads((runs["pre"] / "export" / "config.json").read_text())
     key = next(k for k in state if k.startswith("backbone.encoder.") and k.endswith("weight"))
-    checkpoint.export(other, meta["family"], meta["config"], {**state, key: torch.zeros(1)})
+    exports.write_export(other, meta["family"], meta["config"], {**state, key: torch.zeros(1)})
     with pytest.raises(VistokError, match="shape mismatches"):
         run_script("finetune_em_seg", monkeypatch, f"train.run_dir={tmp_path / 'y'}", f"init_from={other}", *data)
     with pytest.raises(VistokError, match="data.raw has 1 volume"):

@@ -21,7 +21,8 @@ from torch import nn
 
 from vistok import registry
 from vistok.config import to_dict
-from vistok.engine import atomic, checkpoint, flops
+from vistok.engine import checkpoint, flops
+from vistok.io import atomic, exports
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
 from vistok.engine.loop import Checkpointer, TrainConfig, Trainer, optimizer_step, run_main, split_micro_batches
@@ -202,7 +203,7 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     umask = os.umask(0o022)
     try:
         checkpoint.save_training_state(tmp_path, {"step": 0})
-        checkpoint.export(tmp_path / "export", "fid_net", {}, {"w": torch.zeros(1)})
+        exports.write_export(tmp_path / "export", "fid_net", {}, {"w": torch.zeros(1)})
         (tmp_path / "plain").write_text("x")
     finally:
         os.umask(umask)
@@ -266,8 +267,8 @@ def test_export_round_trip_and_registry_load(tmp_path):
     preset = registry.get_preset("cifar10-net-test")
     torch.manual_seed(0)
     model = FidNet(preset.config)
-    out = checkpoint.export(tmp_path / "export", "fid_net", to_dict(preset.config), model.state_dict(), step=7, note="x")
-    meta, state = checkpoint.read_export(out)
+    out = exports.write_export(tmp_path / "export", "fid_net", to_dict(preset.config), model.state_dict(), step=7, note="x")
+    meta, state = exports.read_export(out)
     assert meta["family"] == "fid_net" and meta["step"] == 7 and meta["config"]["widths"] == [8, 16, 16, 32]
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -277,7 +278,7 @@ def test_export_round_trip_and_registry_load(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
     with pytest.raises(VistokError, match="not an exported vistok model"):
-        checkpoint.read_export(tmp_path)
+        exports.read_export(tmp_path)
     with pytest.raises(VistokError, match="neither an exported folder nor a shipped model"):
         registry.load_model(tmp_path / "missing")
     # an export of another preset does not load silently
@@ -291,14 +292,14 @@ def test_export_round_trip_and_registry_load(tmp_path):
 def test_load_state_strict():
     model = Small()
     state = model.state_dict()
-    checkpoint.load_state_strict(Small(), state, "ok")
+    exports.load_state_strict(Small(), state, "ok")
     missing = {k: v for k, v in state.items() if k != "fc2.weight"}
     with pytest.raises(VistokError, match=r"src.*missing \['fc2.weight'\]"):
-        checkpoint.load_state_strict(Small(), missing, "src")
+        exports.load_state_strict(Small(), missing, "src")
     with pytest.raises(VistokError, match=r"unexpected \['extra.weight'\]"):
-        checkpoint.load_state_strict(Small(), {**state, "extra.weight": torch.zeros(1)}, "src")
+        exports.load_state_strict(Small(), {**state, "extra.weight": torch.zeros(1)}, "src")
     with pytest.raises(VistokError, match=r"src does not match the model: size mismatch for fc2.weight"):
-        checkpoint.load_state_strict(Small(), {**state, "fc2.weight": torch.zeros(3, 8)}, "src")
+        exports.load_state_strict(Small(), {**state, "fc2.weight": torch.zeros(3, 8)}, "src")
 
 
 def test_param_count_on_meta_device():

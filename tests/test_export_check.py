@@ -14,9 +14,9 @@ import torch
 
 from vistok import registry
 from vistok.api import exports as paired
-from vistok.assets import resolve_ckpt
-from vistok.engine.export_check import MAX_CONFIG_INT, inside_export
 from vistok.errors import VistokError
+from vistok.io.checks import MAX_CONFIG_INT, inside_export
+from vistok.io.sources import resolve_ckpt
 
 
 def _copy(name: str, dst: Path) -> Path:
@@ -50,9 +50,9 @@ def test_absurd_sizes_are_refused_before_allocation(tmp_path):
 def test_mismatched_weights_named_before_reading(tmp_path, monkeypatch):
     net = _copy("cifar10-net", tmp_path / "net")
     _edit(net, lambda m: m["config"].update(num_classes=12))
-    from vistok.engine import checkpoint
+    from vistok.io import exports
 
-    monkeypatch.setattr(checkpoint, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
+    monkeypatch.setattr(exports, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
     with pytest.raises(VistokError, match=r"size mismatch for head\.weight: file \[10, 256\], config \[12, 256\]"):
         registry.load_model(net)
 
@@ -91,11 +91,11 @@ def test_tokenizer_path_stays_inside_the_export(tmp_path):
 
 def test_segmenter_exports_are_checked_before_allocation(tmp_path, monkeypatch):
     from vistok.em.inference import load_segmenter
-    from vistok.engine import checkpoint
+    from vistok.io import exports
 
     seg = _copy("em-segmamba-tiny-scratch", tmp_path / "seg")
     load_segmenter(seg)  # the untouched copy loads
-    monkeypatch.setattr(checkpoint, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
+    monkeypatch.setattr(exports, "load_file", lambda *a, **k: pytest.fail("weights read before the check"))
     _edit(seg, lambda m: m["config"].update(hidden_size=10**9))
     with pytest.raises(VistokError, match=r"config\.hidden_size = 1000000000 is absurdly large"):
         load_segmenter(seg)

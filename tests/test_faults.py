@@ -27,6 +27,7 @@ from vistok.engine.dist import DistEnv
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
+from vistok.io import exports
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")
@@ -165,7 +166,7 @@ def test_non_finite_state_is_never_written(tmp_path):
     with pytest.raises(VistokError, match="non-finite values in ema.fc1.weight"):
         run.ckpt.save(3)
     with pytest.raises(VistokError, match=r"refusing to export .*: non-finite weights in fc1.weight"):
-        checkpoint.export(tmp_path / "export", "net", {}, run.ema_state())
+        exports.write_export(tmp_path / "export", "net", {}, run.ema_state())
     assert not (tmp_path / "export").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt-000002.pt", "config.yaml", "last.pt", "metrics.jsonl"]
 
@@ -191,7 +192,7 @@ def test_torn_metrics_line_is_skipped_on_resume(tmp_path, capsys):
 def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
     cfg = config(tmp_path)
     run = train(cfg, 2)
-    checkpoint.export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=2)
+    exports.write_export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=2)
     good, good_export = (tmp_path / "last.pt").read_bytes(), (tmp_path / "export" / "model.safetensors").read_bytes()
 
     def full(obj, f, *args, **kwargs):
@@ -204,7 +205,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
     monkeypatch.setattr(checkpoint, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(VistokError, match="No space left on device"):
-        checkpoint.export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=4)
+        exports.write_export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=4)
     monkeypatch.undo()
     assert (tmp_path / "last.pt").read_bytes() == good and not list(tmp_path.glob(".*.tmp"))
     assert (tmp_path / "export" / "model.safetensors").read_bytes() == good_export
@@ -450,7 +451,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     sa, sb = checkpoint.load_training_state(a), checkpoint.load_training_state(b)
     for k in sb["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
-    assert checkpoint.read_export(a / "export")[1].keys() == checkpoint.read_export(b / "export")[1].keys()
+    assert exports.read_export(a / "export")[1].keys() == exports.read_export(b / "export")[1].keys()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from vistok.demo import degraded_sets
 from vistok.errors import VistokError
 from vistok.metrics import fid
-from vistok.assets import shipped_models
+from vistok.io.sources import shipped_models
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_cifar10_net_weights_are_safetensors_only(tmp_path):
     """The cifar10-net extractor reads its export through safetensors: a pickle in its place is one line, runs nothing."""
     import shutil
 
-    from vistok.assets import resolve_ckpt
+    from vistok.io.sources import resolve_ckpt
 
     marker = tmp_path / "ran"
     folder = tmp_path / "net"
@@ -183,7 +183,7 @@ def test_cifar10_net_weights_are_safetensors_only(tmp_path):
 def test_inception_file_digest_decides_pass_through_or_safe_copy(tmp_path, monkeypatch):
     import torch
 
-    from vistok.engine.safeload import sha256_file
+    from vistok.io.safeload import sha256_file
 
     path = tmp_path / "w.pth"
     state = {"fc.weight": torch.randn(3, 2), "fc.bias": torch.randn(3)}

@@ -197,7 +197,7 @@ def test_dinov2_teacher_needs_local_weights(tmp_path) -> None:
 
 
 def test_fid_net_teacher_from_an_export(tmp_path) -> None:
-    from vistok.engine.checkpoint import export
+    from vistok.io.exports import write_export as export
     from vistok.metrics.fid_net import PRESETS as FID_PRESETS
     from vistok.metrics.fid_net import FidNet, load_fid_net
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from vistok.cli import main
-from vistok.engine import checkpoint
-from vistok.engine.lock import WriterLock, lock_path
+from vistok.io.lock import WriterLock, lock_path
 from vistok.errors import VistokError
+from vistok.io import exports
 
 REPO = Path(__file__).resolve().parents[1]
 # the repo's sibling shared/ (as tests/test_convert.py), or the nearest one above a worktree
@@ -148,29 +148,29 @@ def test_convert_never_empties_a_folder_of_other_files(tmp_path, capsys):
         os.umask(old)
     # an export of another family is not "the same kind"
     other = tmp_path / "other"
-    checkpoint.export(other, "fid_net", {}, {"w": torch.zeros(1)})
+    exports.write_export(other, "fid_net", {}, {"w": torch.zeros(1)})
     one_line(*run(_mamba_convert(other), capsys), "--overwrite")
     assert json.loads((other / "config.json").read_text())["family"] == "fid_net"
 
 
 def test_export_replaces_only_an_export_of_its_family_and_respects_the_umask(tmp_path):
-    """Training exports go through `checkpoint.export`: same rule, and no 0700 folders (mkdtemp's mode)."""
+    """Training exports go through `exports.write_export`: same rule, and no 0700 folders (mkdtemp's mode)."""
     out = tmp_path / "export"
     old = os.umask(0o027)
     try:
-        checkpoint.export(out, "fid_net", {"a": 1}, {"w": torch.zeros(1)})
+        exports.write_export(out, "fid_net", {"a": 1}, {"w": torch.zeros(1)})
         assert out.stat().st_mode & 0o777 == 0o750 and (out / "config.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
-    checkpoint.export(out, "fid_net", {"a": 2}, {"w": torch.ones(1)})  # a re-export (resumed run): replaced
+    exports.write_export(out, "fid_net", {"a": 2}, {"w": torch.ones(1)})  # a re-export (resumed run): replaced
     assert json.loads((out / "config.json").read_text())["config"] == {"a": 2}
     (out / "notes.txt").write_text("kept")
     with pytest.raises(VistokError, match="pass --overwrite"):
-        checkpoint.export(out, "xar", {}, {"w": torch.zeros(1)})  # another family: not replaced
+        exports.write_export(out, "xar", {}, {"w": torch.zeros(1)})  # another family: not replaced
     assert (out / "notes.txt").read_text() == "kept"
     empty = tmp_path / "empty"
     empty.mkdir()
-    checkpoint.export(empty, "xar", {}, {"w": torch.zeros(1)})  # an empty folder is fine
+    exports.write_export(empty, "xar", {}, {"w": torch.zeros(1)})  # an empty folder is fine
     assert (empty / "model.safetensors").is_file()
 
 
@@ -228,7 +228,7 @@ def _holder(target: Path, env: dict | None = None) -> subprocess.Popen:
     """Another process that takes the writer lock of `target` and keeps it until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from vistok.engine.lock import WriterLock
+        from vistok.io.lock import WriterLock
         WriterLock({str(target)!r}, "--out").acquire()
         print("locked", flush=True)
         time.sleep(120)

@@ -21,7 +21,7 @@ import torch
 import vistok
 from vistok import cli, flow, registry
 from vistok.config import to_dict
-from vistok.engine.checkpoint import export as write_export
+from vistok.io.exports import write_export
 from vistok.errors import VistokError
 from vistok.generators.ar import AR, ARConfig, PRESETS as AR_PRESETS
 from vistok.generators.entities import Partition

@@ -80,7 +80,7 @@ def kl16_vae(tmp_path_factory) -> Path:
     """MAR's KL-16 layout (ch_mult (1, 1, 2, 2, 4), attention at 16x16, 16 latent channels, f16, scale 0.2325) at
     ch 32 with one block per level, random weights: a `kl-vae` export as `vistok convert --from mar-vae` writes."""
     from vistok.config import to_dict
-    from vistok.engine.checkpoint import export
+    from vistok.io.exports import write_export as export
     from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig
 
     folder = tmp_path_factory.mktemp("vae") / "kl16-small"
@@ -319,7 +319,9 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
                "train.total_steps=2", "model.grid=[4,4]", "model.entity_size=2")
     check_ok(proc)
     meta = json.loads((run_dir / "export" / "config.json").read_text())
-    assert meta["tokenizer"] == {"family": "vae", "config": {**meta["tokenizer"]["config"], "weights": str(kl16_vae)}}
+    assert meta["tokenizer"] == {"family": "vae", "config": meta["tokenizer"]["config"], "path": "tokenizer",
+                                 "source": kl16_vae.name}  # the cache's VAE copied into the export, no absolute path
+    assert "weights" not in meta["tokenizer"]["config"] and (run_dir / "export" / "tokenizer" / "model.safetensors").is_file()
     assert meta["sample"]["steps"] == 40 and meta["sample"]["cfg"] == 2.7 and meta["classes"] == ["cat", "dog", "fox"]
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(4e-4)  # no warmup: constant
@@ -358,7 +360,8 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) and -1 <= r["repa"] <= 1 for r in rows)
     meta = json.loads((run_dir / "export" / "config.json").read_text())
-    assert meta["tokenizer"]["family"] == "vae" and meta["tokenizer"]["config"]["weights"] == str(vae)
+    assert meta["tokenizer"]["family"] == "vae" and meta["tokenizer"]["path"] == "tokenizer"  # the VAE copied inside
+    assert "weights" not in meta["tokenizer"]["config"] and (run_dir / "export" / "tokenizer" / "config.json").is_file()
     assert (run_dir / "export" / "preview.png").is_file()
     tok = vistok.load(run_dir / "export")  # FlexTok on the cache's VAE: encode pixels, decode tokens to pixels
     assert tok.decode(tok.encode(np.zeros((2, 64, 64, 3), np.uint8)), 2, steps=1).shape == (2, 64, 64, 3)

@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from vistok.engine.safeload import load_pickle, sha256_file
 from vistok.errors import VistokError
+from vistok.io.safeload import load_pickle, sha256_file
 
 
 class _RunsCode:

@@ -24,6 +24,7 @@ from vistok.engine.logging import read_metrics
 from vistok.engine.loop import optimizer_step
 from vistok.engine.optim import build_optimizer, build_scheduler
 from vistok.metrics.fid_net import PRESETS, FidNet
+from vistok.io import exports
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder, fid_
     assert_states_close(a["ema"]["shadow"], b["ema"]["shadow"], atol=atol)
     # the export holds the EMA weights of the last step
     for run_dir, state in ((tmp_path / "one", a), (tmp_path / "ddp", b)):
-        meta, weights = checkpoint.read_export(run_dir / "export")
+        meta, weights = exports.read_export(run_dir / "export")
         assert meta["family"] == "fid_net" and meta["step"] == 5 and meta["eval_images"] == 32
         assert_states_close(weights, state["ema"]["shadow"], atol=0)
     losses_a = [r["loss"] for r in read_metrics(tmp_path / "one")]
@@ -169,7 +170,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, cifar_cache):
     assert a["step"] == b["step"] == total
     assert_states_close(a["model"], b["model"], atol=1e-6)
     assert_states_close(a["ema"]["shadow"], b["ema"]["shadow"], atol=1e-6)
-    exported = [checkpoint.read_export(d / "export")[1] for d in (killed_dir, ref_dir)]
+    exported = [exports.read_export(d / "export")[1] for d in (killed_dir, ref_dir)]
     assert_states_close(*exported, atol=1e-6)
 
 

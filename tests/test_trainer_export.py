@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from vistok.engine import checkpoint
+from vistok.io import exports
 from vistok.engine.dist import DistEnv
 from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
@@ -57,7 +57,7 @@ def test_export_writes_the_ema_weights_and_config_in_order(tmp_path, capsys) -> 
     run = trained(tmp_path)
     out = run.export("net", run.model.config, extra_key=[1, 2], note="; try: use --ckpt {out}")
     assert out == tmp_path / "export"
-    meta, weights = checkpoint.read_export(out)
+    meta, weights = exports.read_export(out)
     assert list(meta) == ["family", "config", "step", "extra_key"]  # step first unless placed by the caller
     assert meta == {"family": "net", "config": {"width": 4}, "step": 2, "extra_key": [1, 2]}
     ema, live = run.ema_state(), run.model.state_dict()
@@ -66,7 +66,7 @@ def test_export_writes_the_ema_weights_and_config_in_order(tmp_path, capsys) -> 
     assert capsys.readouterr().out.splitlines()[-1] == f"exported EMA weights (step 2) to {out}; try: use --ckpt {out}"
     # a caller that places `step` keeps its order (the scripts' config.json files stay byte for byte as they were)
     run.export("net", run.model.config, {"fc.weight": ema["fc.weight"]}, a=1, step=7, b=2)
-    meta, weights = checkpoint.read_export(out)
+    meta, weights = exports.read_export(out)
     assert list(meta) == ["family", "config", "a", "step", "b"] and meta["step"] == 7 and list(weights) == ["fc.weight"]
 
 

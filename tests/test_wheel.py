@@ -54,7 +54,7 @@ def test_wheel_installs_the_shipped_models(tmp_path) -> None:
                           **run).stdout.strip()
     outer = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
     (Path(site) / "outer-environment.pth").write_text("\n".join(outer) + "\n")
-    script = ("import json, vistok, vistok.assets as a; g = vistok.load('cifar10-xar-tiny'); "
+    script = ("import json, vistok, vistok.io.sources as a; g = vistok.load('cifar10-xar-tiny'); "
               "print(json.dumps([vistok.__file__, str(a.assets_dir()), type(g).__name__, "
               "list(g.sample([1], steps=1).shape), sorted(a.shipped_models())]))")
     proc = subprocess.run([str(python), "-c", script], **{**run, "env": {**env, "OMP_NUM_THREADS": "1"}})

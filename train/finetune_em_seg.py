@@ -32,9 +32,10 @@ from vistok.em.metrics import evaluate
 from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
 from vistok.em.objectives import load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
+from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Config:
 
 def load_init(model: SegMamba, init_from: str) -> list[str]:
     """Load a pretrained backbone strictly into `model`; returns the keys left at their init (the output head)."""
-    meta, state = checkpoint.read_export(init_from)
+    meta, state = exports.read_export(init_from)
     family = meta.get("family")
     if family == PRETRAIN_FAMILY[0]:
         backbone, prefix = meta["config"]["backbone"], "backbone."

@@ -33,10 +33,11 @@ from vistok.em.data import VolumeDataConfig, fixed_crops, pretrain_crops, step_l
 from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
                                   load_pretrained)
 from vistok.em.volumes import EMCrops, open_volumes
-from vistok.engine import checkpoint, dist
+from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
 from vistok.seeding import step_generator
+from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Config:
 
 def load_init(model: TokenUnify, init_from: str) -> dict:
     """Load every weight of a TokenUnify export into `model` (config must match); returns the export's metadata."""
-    meta, state = checkpoint.read_export(init_from)
+    meta, state = exports.read_export(init_from)
     if meta.get("family") != FAMILY[0]:
         raise VistokError(f"init_from={init_from} holds a {meta.get('family')!r} model; pass a TokenUnify pretraining "
                           "export (RUN/export of train/pretrain_tokenunify.py)")

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
 from vistok.engine import dist
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.metrics.fid_net import load_fid_net
@@ -43,6 +43,7 @@ from vistok.data.latents import CacheImages, LatentCache, latent_loader
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 from vistok.viz import recon_grid
+from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -74,19 +75,22 @@ class Config:
 TRAINING_ONLY = ("nested_dropout", "null_cond_p", "t_mean", "t_std", "repa_dim", "repa_hidden", "repa_layer", "repa_weight")
 
 
-def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
+def init_weights(cfg: Config) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of the export `cfg.init_from` (encoder, FSQ, decoder), checked against this run before any work:
-    its architecture and grid tokenizer must be this run's; training-only keys (nested dropout, REPA, ...) may differ."""
-    from vistok.api.exports import load_flextok
+    its architecture and grid tokenizer must be this run's; training-only keys (nested dropout, REPA, ...) may differ.
+    Also its pinned name (hf://org/repo@COMMIT for a hub source), which the log and the export record."""
+    from vistok.api.exports import load_flextok, open_source
 
-    init, _, meta = load_flextok(cfg.init_from)
+    export = open_source(cfg.init_from)
+    init, _, meta = load_flextok(export)
     theirs, ours = to_dict(init.config), to_dict(cfg.model)
     differ = [f"model.{k}={theirs[k]}" for k in ours if k not in TRAINING_ONLY and theirs[k] != ours[k]]
     require(not differ, f"init_from={cfg.init_from} has another architecture ({', '.join(differ)}); set those model "
                         "keys to match it")
-    require(meta["tokenizer"] == tokenizer_spec(cfg), f"init_from={cfg.init_from} was trained on another grid tokenizer "
-                                                      f"({meta['tokenizer']}); configure the same tokenizer")
-    return init.state_dict()
+    same = exports.tokenizer_identity(meta["tokenizer"]) == exports.tokenizer_identity(tokenizer_spec(cfg))
+    require(same, f"init_from={cfg.init_from} was trained on another grid tokenizer ({meta['tokenizer']}); "
+                  "configure the same tokenizer")
+    return init.state_dict(), export.source
 
 
 def tokenizer_spec(cfg: Config) -> dict:
@@ -177,7 +181,9 @@ def main() -> None:
     cfg, env = init_run(Config, __doc__)  # config, process group, the same seed (initial weights) on every rank
     tc = cfg.train
     check_config(cfg)
-    init = init_weights(cfg) if cfg.init_from else None  # a bad export fails here, before data or models are built
+    init, init_from = init_weights(cfg) if cfg.init_from else (None, None)  # a bad export fails here, before any work
+    if init_from and env.is_main:
+        print(f"init_from {init_from}: weights loaded (fresh optimizer and schedule)")
 
     tokenizer = build_image_tokenizer(cfg).to(env.device).eval()
     fid_net = load_fid_net(cfg.repa.weights or "cifar10-net") if cfg.repa.teacher == "fid-net" else None
@@ -229,7 +235,7 @@ def main() -> None:
         if cfg.data.mix or cfg.data.gray_p else None  # what widened the training images, if anything
     out = run.export(FAMILY[0], ema_model.config, ema_model.state_dict(), tokenizer=tokenizer_spec(cfg),
                      resolution=cfg.data.resolution, sample=to_dict(cfg.sample), step=run.step, data=cfg.data.name,
-                     data_mix=mix, init_from=cfg.init_from or None, nested_dropout=cfg.model.nested_dropout,
+                     data_mix=mix, init_from=init_from, nested_dropout=cfg.model.nested_dropout,
                      repa_teacher=cfg.repa.teacher,
                      note="; try: vistok reconstruct --ckpt {out} --input cifar10-test --num 100 --out DIR")
     if out is not None and cfg.preview_images:

@@ -25,7 +25,7 @@ from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import dist
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
 from vistok.api import Generator

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from vistok.convert.cli import add_commands as add_convert
 from vistok.em.cli import add_commands as add_em
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.engine.outputs import check_cli_paths
+from vistok.io.paths import check_cli_paths
 from vistok.errors import VistokError
 
 

@@ -16,8 +16,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from vistok.engine.atomic import atomic_write_bytes
 from vistok.errors import VistokError
+from vistok.io.atomic import atomic_write_bytes
 
 C = TypeVar("C")
 

@@ -25,8 +25,8 @@ from torchvision.transforms.functional import gaussian_blur
 import vistok
 from vistok.data import build_image_dataset, subset
 from vistok.data.outputs import check_output_folder
-from vistok.engine.atomic import atomic_folder
-from vistok.engine.outputs import check_replaceable
+from vistok.io.atomic import atomic_folder
+from vistok.io.paths import check_replaceable
 from vistok.metrics import fid
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder

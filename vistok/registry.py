@@ -1,37 +1,21 @@
-"""Model families and named presets: build by name, count parameters on the meta device, load exported models.
+"""Named presets: build a model by preset name, count its parameters on the meta device.
 
-A family is a (config dataclass, module class) pair; a preset is a named config of a family. Exported models
-(`config.json` + `model.safetensors`) name their family, so a folder alone rebuilds its model. Models shipped in
-`assets/` (or on the Hugging Face hub, hf://org/repo) can be named instead of a path (`vistok.assets`).
+A preset is a named config of a model family; each family module defines `PRESETS` and `FAMILY = (name, ConfigClass,
+ModelClass)`. Building from a family name and loading an export (folder, shipped name or hf://org/repo) are
+`vistok.io.exports` (`build`, `load_model`), re-exported here for callers that think in presets.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from vistok.assets import assets_dir, resolve_ckpt, shipped_models  # re-exported: older callers import them here
-from vistok.config import from_dict
-from vistok.engine.checkpoint import load_state_strict, read_export
-from vistok.engine.export_check import check_export
 from vistok.errors import VistokError
-
-# modules that define families and presets; each has a `FAMILY = (name, ConfigClass, ModelClass)` and `PRESETS`
-FAMILY_MODULES = (
-    "vistok.metrics.fid_net",
-    "vistok.tokenizers.flextok",
-    "vistok.generators.xar",
-    "vistok.generators.ar",
-    "vistok.em.backbone",
-    "vistok.em.objectives",
-    "vistok.tokenizers.kl_vae",
-    "vistok.modules.mamba_config",
-)
+from vistok.io.exports import FAMILIES, build, load_model
+from vistok.io.sources import assets_dir, resolve_ckpt, shipped_models
 
 
 @dataclass(frozen=True)
@@ -50,7 +34,7 @@ class Preset:
 
 def _load() -> tuple[dict[str, Family], dict[str, Preset]]:
     families, presets = {}, {}
-    for mod_name in FAMILY_MODULES:
+    for mod_name in dict.fromkeys(module for module, _, _ in FAMILIES.values()):
         mod = importlib.import_module(mod_name)
         name, config_cls, model_cls = mod.FAMILY
         families[name] = Family(name, config_cls, model_cls)
@@ -74,32 +58,12 @@ def get_preset(name: str) -> Preset:
     return table[name]
 
 
-def build(family: str, config: Any) -> nn.Module:
-    fams = families()
-    if family not in fams:
-        raise VistokError(f"unknown model family {family!r}; known: {', '.join(fams)}")
-    fam = fams[family]
-    if isinstance(config, dict):
-        config = from_dict(fam.config_cls, config)
-    return fam.model_cls(config)
-
-
 def param_count(preset: str | Preset) -> int:
     """Parameters of a preset, counted on the meta device (no memory is allocated)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     with torch.device("meta"):
         model = build(p.family, p.config)
     return sum(t.numel() for t in model.parameters())
-
-
-def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode with the exported EMA weights, the export's config.json) from a folder or shipped name."""
-    folder = resolve_ckpt(ckpt)
-    check_export(folder, lambda meta: build(meta.get("family"), meta.get("config", {})))  # before any allocation
-    meta, state = read_export(folder)
-    model = build(meta["family"], meta["config"])
-    load_state_strict(model, state, str(folder))
-    return model.to(device).eval(), meta
 
 
 __all__ = ["Family", "Preset", "assets_dir", "build", "families", "get_preset", "load_model", "param_count", "presets",

@@ -63,7 +63,7 @@ def segment_file(
     each worker elsewhere); 0: one process, reading the volume window by window. Every argument and output is checked
     before the model loads; one writer per output."""
     from vistok.em.volumes import Volume, check_output, parse_volume_arg
-    from vistok.engine.lock import WriterLock
+    from vistok.io.lock import WriterLock
 
     if baseline == (source is not None):
         raise VistokError("em-segment needs either --ckpt CKPT (a fine-tuned model) or --baseline (no network), "

@@ -10,6 +10,7 @@ or decoding settings ("sample", "decode"), which every keyword and flag override
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,21 +18,29 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from vistok import registry
-from vistok.assets import resolve_ckpt
 from vistok.config import from_dict
-from vistok.engine import checkpoint
-from vistok.engine.export_check import inside_export, read_config
 from vistok.errors import VistokError
 from vistok.generators.ar import AR
 from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_pairing
 from vistok.generators.xar import XAR
+from vistok.io import sources
+from vistok.io.checks import inside_export
+from vistok.io.exports import (
+    CONFIG,
+    TOKENIZER_DIR,
+    WEIGHTS,
+    Export,
+    embed_tokenizer,
+    load_model,
+    open_folder,
+    relative_only,
+    write_export,
+)
 from vistok.tokenizers import flextok_official
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 
-TOKENIZER_DIR = "tokenizer"
 C = TypeVar("C")
 
 
@@ -40,16 +49,21 @@ def settings(cls: type[C], stored: dict[str, Any], **overrides: Any) -> C:
     return from_dict(cls, {**stored, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def read_meta(ckpt: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(local folder, config.json) of an export, without loading weights. A released FlexTok hub folder (hf:// or
-    local) is converted once into vistok's cache and that export is returned (`flextok_official.cached`)."""
-    folder = resolve_ckpt(ckpt)
-    if flextok_official.is_official(folder):
-        folder = flextok_official.cached(folder)
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise VistokError(f"{folder} is not an exported vistok model (needs config.json and model.safetensors); pass a "
-                          "training run's export, a shipped model name (`vistok models` lists them) or hf://org/repo")
-    return folder, read_config(folder)  # size, nesting and entry types checked: one line, never a traceback
+def open_source(ckpt: str | Path | Export) -> Export:
+    """An export found (its source resolved once) and its config.json read and checked, without loading weights. A
+    released FlexTok hub folder (hf:// or local) is converted once into vistok's cache and that export is returned
+    (`flextok_official.cached`); its `source` still names the release."""
+    if isinstance(ckpt, Export):
+        return ckpt
+    found = sources.resolve(ckpt)
+    folder = flextok_official.cached(found.folder) if flextok_official.is_official(found.folder) else found.folder
+    return open_folder(folder, found.pinned)  # size, nesting and entry types checked: one line, never a traceback
+
+
+def read_meta(ckpt: str | Path | Export) -> tuple[Path, dict[str, Any]]:
+    """(local folder, config.json) of an export (`open_source`)."""
+    export = open_source(ckpt)
+    return export.folder, export.meta
 
 
 def is_paired(meta: dict[str, Any]) -> bool:
@@ -57,10 +71,11 @@ def is_paired(meta: dict[str, Any]) -> bool:
     return isinstance(meta.get("tokenizer"), dict) and meta["tokenizer"].get("family") == "flextok"
 
 
-def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
+def load_generator(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
     """(xAR with EMA weights in eval mode, its grid tokenizer, the export's config.json) of a generator export."""
-    folder = resolve_ckpt(ckpt)
-    model, meta = registry.load_model(folder, device)
+    export = open_source(ckpt)
+    folder, ckpt = export.folder, export.source
+    model, meta = load_model(export, device)
     if is_paired(meta):
         raise VistokError(f"{ckpt} generates FlexTok tokens; load it with vistok.api.load_paired (or vistok.load)")
     if not isinstance(model, XAR):
@@ -72,10 +87,11 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> tupl
     return model, build_tokenizer(meta["tokenizer"], folder).to(device), meta
 
 
-def load_flextok(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
+def load_flextok(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
     """(FlexTok with EMA weights in eval mode, its grid tokenizer, the export's config.json) from a FlexTok export."""
-    folder = resolve_ckpt(ckpt)
-    model, meta = registry.load_model(folder, device)
+    export = open_source(ckpt)
+    folder, ckpt = export.folder, export.source
+    model, meta = load_model(export, device)
     if not isinstance(model, FlexTok):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not FlexTok; pass an export of train/train_flextok.py")
     if "tokenizer" not in meta:
@@ -84,10 +100,13 @@ def load_flextok(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model, build_tokenizer(meta["tokenizer"], folder).to(device), meta  # a converted VAE sits in tokenizer/
 
 
-def load_paired(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[TokenGenerator, FlexTokCodes, dict[str, Any]]:
-    """(GPT or xAR with EMA weights in eval mode, its FlexTokCodes, the export's config.json) from a folder or name."""
-    folder = resolve_ckpt(ckpt)
-    model, meta = registry.load_model(folder, device)
+def load_paired(ckpt: str | Path | Export, device: str | torch.device = "cpu",
+                ) -> tuple[TokenGenerator, FlexTokCodes, dict[str, Any]]:
+    """(GPT or xAR with EMA weights in eval mode, its FlexTokCodes, the export's config.json) from a folder or name.
+    The source is resolved once; the FlexTok export inside the folder is read from there."""
+    export = open_source(ckpt)
+    folder, ckpt = export.folder, export.source
+    model, meta = load_model(export, device)
     spec = meta.get("tokenizer", {})
     if not isinstance(model, (AR, XAR)) or not is_paired(meta):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model on {spec.get('family')!r} tokens, not a generator on "
@@ -95,7 +114,7 @@ def load_paired(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[T
     tokenizer_dir = inside_export(folder, spec.get("path", TOKENIZER_DIR), "tokenizer.path")  # never outside the export
     if not tokenizer_dir.is_dir():
         raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; re-export it")
-    flextok, image_tokenizer, ft_meta = load_flextok(tokenizer_dir, device)
+    flextok, image_tokenizer, ft_meta = load_flextok(open_folder(tokenizer_dir), device)
     check_pairing(model.config, flextok.config)
     decoding = settings(DecodeConfig, {**ft_meta.get("sample", {}), **meta.get("decode", {})})
     codes = FlexTokCodes(flextok, image_tokenizer, spec.get("code_scale", 1.0), decoding)
@@ -108,27 +127,32 @@ def export_paired(
     flextok_ckpt: str | Path, code_scale: float = 1.0, **meta: Any,
 ) -> Path:
     """Write the generator export with the FlexTok export (a folder or shipped name) copied into `tokenizer/`."""
-    source = resolve_ckpt(flextok_ckpt)
+    flextok = open_source(flextok_ckpt)
+    source = flextok.folder
 
     def copy_tokenizer(folder: Path) -> None:  # into the export's temporary folder: all files appear together
-        (folder / TOKENIZER_DIR).mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(source / name, folder / TOKENIZER_DIR / name)
-        inner = read_config(source).get("tokenizer", {}).get("path")
-        if inner:  # the FlexTok export's own VAE folder (a converted release), so the copy stays self-contained
-            shutil.copytree(inside_export(source, inner, "tokenizer.path"), folder / TOKENIZER_DIR / inner)
+        target = folder / TOKENIZER_DIR
+        target.mkdir()
+        shutil.copyfile(source / WEIGHTS, target / WEIGHTS)
+        inner = flextok.meta.get("tokenizer", {}).get("path")
+        if inner:  # the FlexTok export's own VAE (a converted release, a latent FlexTok), so the copy stays whole
+            inside_export(source, inner, "tokenizer.path")
+            top = Path(inner).parts[0]
+            (shutil.copytree if (source / top).is_dir() else shutil.copyfile)(source / top, target / top)
+        # an older FlexTok export naming its VAE by an absolute path gets it copied in too
+        (target / CONFIG).write_text(json.dumps(relative_only(embed_tokenizer(flextok.meta, target)), indent=2))
 
-    spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": str(flextok_ckpt)}
-    return checkpoint.export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)
+    spec = {"family": "flextok", "path": TOKENIZER_DIR, "code_scale": float(code_scale), "source": flextok.source}
+    return write_export(out_dir, family, config, weights, extra=copy_tokenizer, tokenizer=spec, **meta)
 
 
 def read_flextok_config(ckpt: str | Path) -> FlexTokConfig:
     """The FlexTokConfig of a FlexTok export (folder or shipped name), without loading its weights."""
-    _, meta = read_meta(ckpt)
+    meta = open_source(ckpt).meta
     if meta.get("family") != "flextok":
         raise VistokError(f"{ckpt} holds a {meta.get('family')!r} model, not FlexTok; pass an export of train/train_flextok.py")
     return from_dict(FlexTokConfig, meta["config"])
 
 
-__all__ = ["TOKENIZER_DIR", "export_paired", "is_paired", "load_flextok", "load_generator", "load_paired", "read_flextok_config",
-           "read_meta", "settings"]
+__all__ = ["TOKENIZER_DIR", "export_paired", "is_paired", "load_flextok", "load_generator", "load_paired", "open_source",
+           "read_flextok_config", "read_meta", "settings"]

@@ -100,7 +100,7 @@ def sample_folder(
     keywords of `Generator.sample` (None: the export's); `spelled` names them in errors (the CLI: flag names)."""
     from vistok.api.outputs import SampleWriter, check_out
     from vistok.engine import dist
-    from vistok.engine.lock import WriterLock
+    from vistok.io.lock import WriterLock
 
     out = check_out(out)
     started = not torch.distributed.is_initialized()  # a process group the caller made is the caller's to end
@@ -173,8 +173,8 @@ def reconstruct_report(
     from PIL import Image
 
     from vistok.data.outputs import check_output_folder, check_writable
-    from vistok.engine.atomic import atomic_write, atomic_write_bytes
-    from vistok.engine.lock import WriterLock
+    from vistok.io.atomic import atomic_write, atomic_write_bytes
+    from vistok.io.lock import WriterLock
     from vistok.metrics import recon
     from vistok.viz import recon_grid
 
@@ -348,7 +348,7 @@ def cache_latents(vae: str, input: str | Path, out: str | Path, *, resolution: i
     (`vistok.tokenizers.latent_cache.cache_latents`: this rank's shards under torchrun, resumable), under `out`'s
     writer lock (torchrun ranks of one job share it)."""
     from vistok.data.outputs import check_output_folder
-    from vistok.engine.lock import WriterLock
+    from vistok.io.lock import WriterLock
     from vistok.tokenizers import latent_cache
 
     with WriterLock(check_output_folder(out, grid_suffix=None), "--out"):

@@ -39,6 +39,7 @@ from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.viz import class_grid
+from vistok.api.sharing import Shareable
 
 MIN_ROWS = 8
 Arrays = dict[str, np.ndarray]
@@ -117,7 +118,7 @@ def collect(batches: Iterator[tuple[int, Arrays]], empty: Arrays) -> Arrays:
 
 
 # --------------------------------------------------------------------------------------------------- generators
-class Generator:
+class Generator(Shareable):
     """A class-conditional image generator: xAR on its tokenizer's grid (pixels or VAE latents).
 
     `sample(labels=[3, 5], seed=0)` -> uint8 (2, H, W, 3); steps, cfg (1 = no guidance), cfg_schedule and method
@@ -286,7 +287,7 @@ class PairedGenerator(Generator):
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizer
-class Tokenizer:
+class Tokenizer(Shareable):
     """A FlexTok tokenizer: images <-> K ordered token ids, any prefix of which decodes.
 
     `encode(images)` -> int64 (N, K); `decode(ids, k=4, seed=0)` and `reconstruct(images, k, seed=0)` -> uint8
@@ -447,7 +448,7 @@ class Tokenizer:
 
 
 # ------------------------------------------------------------------------------------------------ EM, features
-class Segmenter:
+class Segmenter(Shareable):
     """Neuron segmentation of an EM volume with a fine-tuned SegMamba (TokenUnify, Chen et al., arXiv 2405.16847).
 
     `segment(volume)` -> uint32 (Z, Y, X) neuron ids; roi, overlap, batch_size, threshold and fragment_threshold
@@ -513,7 +514,7 @@ class Segmenter:
         return seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64)
 
 
-class FeatureNet:
+class FeatureNet(Shareable):
     """The cifar10-net feature network behind vistok's CPU FID: `features(images)` (N, D) float32 and
     `classify(images)` (N,) int64, from uint8 (N, H, W, 3) images."""
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vistok.data.tokens import write_token_file
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.errors import VistokError
 from vistok.viz import GRID_MAX, class_grid
 
@@ -61,11 +61,11 @@ def write_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], np.
     return atomic_write(path, write)
 
 
-def save_samples(out: str | Path, images: np.ndarray, labels: np.ndarray) -> list[Path]:
+def save_samples(out: str | Path, images: np.ndarray, labels: np.ndarray, source: str | None = None) -> list[Path]:
     """Images in memory (uint8 (N, H, W, 3)) -> the files of `SampleWriter`; returns the files written."""
     writer = SampleWriter(out)
     writer.add(0, {"images": images})
-    return writer.finish(labels)
+    return writer.finish(labels, source)
 
 
 class SampleWriter:
@@ -99,8 +99,9 @@ class SampleWriter:
             with np.load(path) as z:
                 yield z[name]
 
-    def finish(self, labels: np.ndarray) -> list[Path]:
-        """Merge the shards into samples.npz (+ tokens.npz) and draw grid.png; returns the files written."""
+    def finish(self, labels: np.ndarray, source: str | None = None) -> list[Path]:
+        """Merge the shards into samples.npz (+ tokens.npz) and draw grid.png; returns the files written. `source`
+        (the model's pinned name, e.g. hf://org/repo@COMMIT) is recorded in samples.npz as `source`."""
         parts, labels = self._parts(), np.asarray(labels, np.int64)
         rows = 0
         for path in parts:  # every image of the run once, in order (one shard in memory at a time)
@@ -126,6 +127,7 @@ class SampleWriter:
         written.append(write_npz_streaming(self.out / "samples.npz", {
             "arr_0": ((n, *first["images"].shape[1:]), np.uint8, self._chunks("images")),
             "labels": ((n,), np.int64, [labels]),
+            **({"source": ((), f"<U{max(len(source), 1)}", [np.array(source)])} if source else {}),
         }))
         if "ids" in first:  # `vistok encode`'s token format, which `vistok decode` reads (ids are small: N x k int32)
             written.append(write_token_file(self.out / "tokens.npz", np.concatenate(list(self._chunks("ids"))),

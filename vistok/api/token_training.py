@@ -17,7 +17,7 @@ from PIL import Image
 from vistok.api import load
 from vistok.api.exports import export_paired, read_flextok_config
 from vistok.data.tokens import TokenDataConfig, TokenDataset, load_tokens
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.errors import require
 from vistok.generators.ar import ARConfig
 from vistok.generators.flextok_codes import check_pairing

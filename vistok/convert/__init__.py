@@ -6,7 +6,7 @@ Kinds: `xar` (OliverRensu/xAR training containers and released state dicts), `ma
 (TokenUnify's pretrained model: that SegMamba plus its next-token head), `flextok` (apple/ml-flextok's released
 tokenizers: a hub folder or a bare state dict). Pickled inputs are
 read with `weights_only=True`, an explicit allow-list (`argparse.Namespace`) and `map_location="cpu"`
-(`vistok.engine.safeload`), so a file that names any other class or function is refused with one line and nothing
+(`vistok.io.safeload`), so a file that names any other class or function is refused with one line and nothing
 is written. Each converter checks the mapped state dict against the vistok model (keys and shapes, on the meta
 device) before it writes.
 """

@@ -9,7 +9,7 @@ from vistok.checks import sizes_arg
 from vistok.convert import KINDS, convert
 from vistok.errors import VistokError
 from vistok.data.outputs import check_output_folder
-from vistok.engine.outputs import allow_replace, check_export_target
+from vistok.io.paths import allow_replace, check_export_target
 
 # the family each kind's export names in config.json: an --out holding an export of it is replaced without asking
 FAMILIES = {"xar": "xar", "mar-vae": "kl-vae", "mamba": "mamba", "segmamba": "segmamba", "tokenunify": "tokenunify",
@@ -36,7 +36,7 @@ def _zyx(text: str) -> tuple[int, int, int]:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """The export replaces --out whole: a folder of other files is refused before the input is read (--overwrite:
-    replaced; `checkpoint.export` checks again at the write, within `allow_replace`)."""
+    replaced; `exports.write_export` checks again at the write, within `allow_replace`)."""
     check_export_target(check_output_folder(args.out, grid_suffix=None), FAMILIES[args.kind], args.overwrite)
     time_floor = None if args.time is None else args.time == "floor"
     with allow_replace(args.out) if args.overwrite else contextlib.nullcontext():

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from vistok.config import to_dict
-from vistok.engine import checkpoint
-from vistok.engine.outputs import check_export_target
-from vistok.engine.safeload import load_pickle
 from vistok.errors import VistokError
-from vistok.registry import build
+from vistok.io import exports
+from vistok.io.paths import check_export_target
+from vistok.io.safeload import load_pickle
 
 # classes an official checkpoint may name besides tensors and containers: the xAR/MAR training container stores its
 # command line as an argparse.Namespace (nn.Parameter entries of `model_ema` are allowed by weights_only already)
@@ -81,13 +80,13 @@ def check_against(model: nn.Module, state: dict[str, torch.Tensor], source: str)
 def build_meta(family: str, config: Any) -> nn.Module:
     """The vistok model on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
-        return build(family, config)
+        return exports.build(family, config)
 
 
 def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tensor], source: str,
           extra: Callable[[Path], None] | None = None, **meta: Any) -> Path:
     """Check `state` against the family's model at `config`, then write `out/config.json` + `out/model.safetensors`
-    (tensors as stored, contiguous, on the CPU) and whatever `extra(folder)` adds, as one unit (`checkpoint.export`
+    (tensors as stored, contiguous, on the CPU) and whatever `extra(folder)` adds, as one unit (`exports.write_export`
     replaces the folder whole). Nothing is written when the check fails."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -95,7 +94,7 @@ def write(out: str | Path, family: str, config: Any, state: dict[str, torch.Tens
     check_export_target(out, family, what="--out")  # before the check against the model, not at the write
     check_against(build_meta(family, config), state, source)
     cfg = to_dict(config) if not isinstance(config, dict) else config
-    return checkpoint.export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, extra=extra, **meta)
+    return exports.write_export(out, family, cfg, {k: v.to("cpu") for k, v in state.items()}, extra=extra, **meta)
 
 
 def namespace_dict(args: Any) -> dict[str, Any]:

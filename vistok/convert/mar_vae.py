@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from vistok.convert import common
-from vistok.engine.atomic import atomic_write
-from vistok.engine.checkpoint import read_export
+from vistok.io.atomic import atomic_write
+from vistok.io.exports import read_export
 from vistok.errors import VistokError
 from vistok.tokenizers.kl_vae import config_from_state, official_state
 
@@ -43,7 +43,7 @@ def _copy(src: Path, dst: BinaryIO) -> None:
 def attach(vae: str | Path, tokens: tuple[int, int, int]) -> tuple[dict[str, Any], Callable[[Path], None]]:
     """A KL VAE (an export folder, or a checkpoint file converted on the way) for a generator whose tokens are
     (channels, h, w): checked now, then (the generator export's `tokenizer` entry, a writer that puts the VAE export
-    into `FOLDER/tokenizer/`, for `checkpoint.export(..., extra=writer)`)."""
+    into `FOLDER/tokenizer/`, for `exports.write_export(..., extra=writer)`)."""
     vae = Path(vae).expanduser()
     if vae.is_dir():
         meta, _ = read_export(vae)

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.data.arrays import read_npz
-from vistok.engine.atomic import atomic_write
+from vistok.io.atomic import atomic_write
 from vistok.errors import VistokError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")

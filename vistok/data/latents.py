@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vistok.data.images import ImageFolderDataset
 from vistok.data.loader import StepBatchSampler
-from vistok.engine.atomic import atomic_write, atomic_write_bytes
+from vistok.io.atomic import atomic_write, atomic_write_bytes
 from vistok.errors import VistokError, require
 from vistok.progress import progress as bar_of
 from vistok.seeding import item_generator

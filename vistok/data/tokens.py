@@ -56,7 +56,7 @@ def write_token_file(path: str | Path, ids: np.ndarray, k: np.ndarray | None = N
                      classes: tuple[str, ...] = ()) -> Path:
     """Write the format `read_token_file` reads: `ids` (N, K) int32, `k` (N,) int32 (tokens kept per image; default
     all K), and `labels` (N,) int64 / `classes` when given. The file appears whole or not at all."""
-    from vistok.engine.atomic import atomic_write
+    from vistok.io.atomic import atomic_write
 
     ids = np.asarray(ids)
     require(ids.ndim == 2 and (ids.dtype.kind in "iu" or ids.size == 0), f"token ids must be integers (N, K), got {ids.dtype} {ids.shape}")

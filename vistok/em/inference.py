@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from vistok.em.postprocess import segment as official_segment
 from vistok.em.segmentation import segment, sliding_window_inference
 from vistok.em.volumes import Volume, VolumeRef, normalize_minmax
 from vistok.errors import VistokError, require
+
+if TYPE_CHECKING:
+    from vistok.io.exports import Export
 
 
 @dataclass(frozen=True)
@@ -60,31 +63,25 @@ class InferenceConfig:
                 f"inference postprocess must be 'waterz' or 'greedy', got {self.postprocess!r}")
 
 
-def load_segmenter(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[SegMamba, dict[str, Any]]:
+def load_segmenter(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> tuple[SegMamba, dict[str, Any]]:
     """(SegMamba in eval mode with the exported EMA weights, the export's config.json) of a fine-tuning export."""
-    from vistok.assets import resolve_ckpt
     from vistok.config import from_dict
-    from vistok.engine.checkpoint import load_state_strict, read_export
-    from vistok.engine.export_check import check_export, read_config
+    from vistok.io.exports import load_model, open_export
 
-    folder = resolve_ckpt(ckpt)
-    family = read_config(folder).get("family") if (Path(folder) / "config.json").is_file() else None
+    export = open_export(ckpt)  # resolved once, config.json read once
+    family, folder = export.meta["family"], export.source
     if family == "tokenunify":
         raise VistokError(f"{folder} is a TokenUnify pretraining export, not a segmentation model; fine-tune it first: "
                           f"python train/finetune_em_seg.py --config train/configs/em_seg_tiny.yaml init_from={folder}")
-    if family != FAMILY[0] and family is not None:
+    if family != FAMILY[0]:
         raise VistokError(f"{folder} holds a {family!r} model; em-segment needs a '{FAMILY[0]}' export "
                           "written by train/finetune_em_seg.py")
-    # sizes, keys and shapes against the weights file's header, before any allocation
-    check_export(folder, lambda meta: SegMamba(from_dict(SegMambaConfig, meta["config"])))
-    meta, state = read_export(folder)
-    config = from_dict(SegMambaConfig, meta["config"])
+    config = from_dict(SegMambaConfig, export.meta["config"])
     if config.out_chans != 3:
         raise VistokError(f"{folder} predicts {config.out_chans} channel(s); a segmentation model predicts 3 "
                           "affinities")
-    model = SegMamba(config)
-    load_state_strict(model, state, str(folder))
-    return model.to(device).eval(), meta
+    model, meta = load_model(export, device)  # sizes, keys and shapes checked on the meta device first
+    return model, meta
 
 
 @torch.no_grad()
@@ -132,8 +129,8 @@ def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: Inference
     chunk-wise (`vistok.em.streaming`, same result as in memory). A smaller volume is segmented in memory."""
     from vistok.em.segmentation import _starts
     from vistok.em.streaming import segment_streaming, stream_affinities
-    from vistok.progress import progress as progress_bar
     from vistok.em.volumes import intensity_range, write_volume
+    from vistok.progress import progress as progress_bar
 
     if not cfg.roi:
         raise VistokError("no inference window: set inference.roi (or pass --roi D,H,W)")

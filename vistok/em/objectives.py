@@ -179,7 +179,7 @@ class TokenUnify(nn.Module):
 def load_pretrained(model: TokenUnify, state: dict[str, torch.Tensor], source: str) -> None:
     """Every weight of a TokenUnify export (backbone and next-token head) into `model`, strictly: stage 2 of the
     paper's schedule starts from stage 1's weights; nothing is missing, unexpected or mis-shaped."""
-    from vistok.engine.checkpoint import load_state_strict
+    from vistok.io.exports import load_state_strict
 
     load_state_strict(model, state, source)
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic, verified training state with auto-resume, and safetensors export of EMA weights.
+"""Checkpoints: atomic, verified training state with auto-resume (exports of EMA weights: `vistok.io.exports`).
 
 Training state (`RUN/ckpt-STEP.pt`, e.g. `ckpt-000200.pt`): model, EMA, optimizer, scheduler, step, RNG states and the
 resolved config, with a SHA-256 of that content. Each is written to a temporary file in the same folder, flushed to
@@ -15,40 +15,33 @@ and the run falls back to the one before; when none is valid the run stops with 
 FSDP2 runs save `RUN/last.dcp/` instead, sharded with torch.distributed.checkpoint, so no rank ever holds the full
 state: one checkpoint, replaced as a whole (a temporary folder swapped in), its `meta.pt` hashed and verified like a
 full checkpoint; `train.keep_checkpoints` does not apply there (the shards are written in place by every rank).
-
-Export (`DIR/config.json` + `DIR/model.safetensors`): the EMA weights and the model's own config, enough to rebuild the
-model from that folder alone (`registry.load_model`), written as one unit (a temporary sibling folder swapped in).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim.lr_scheduler import LambdaLR
 
 from vistok.config import save_config, to_dict
-from vistok.engine.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
 from vistok.engine.dist import DistEnv, broadcast_object, unwrap
-from vistok.engine.export_check import check_finite, read_config
 from vistok.engine.faults import kill_in_write
 from vistok.engine.optim import EMA
-from vistok.engine.outputs import check_export_target
 from vistok.errors import VistokError
+from vistok.io.atomic import TMP_SUFFIX, _temp_prefix, atomic_folder, atomic_write, clean_stale_temps
+from vistok.io.checks import nonfinite_names
 
 LAST = "last.pt"  # DDP and one process: an alias (hard link) of the newest RUN/ckpt-STEP.pt
 CKPT = re.compile(r"ckpt-(\d+)\.pt")  # DDP and one process: the whole state in one file per kept step
@@ -237,69 +230,6 @@ def _load(path: Path) -> dict[str, Any]:
     except Exception as err:  # a foreign or damaged file: say which and how to proceed
         raise VistokError(f"cannot load checkpoint {path} ({type(err).__name__}: the file is damaged or not a "
                           "vistok checkpoint)") from None
-
-
-def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of floating-point tensors holding a NaN or an infinity (a DTensor: this rank's shard)."""
-    bad = []
-    for name, t in named:
-        t = t.to_local() if hasattr(t, "to_local") else t
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(name)
-    return bad
-
-
-def export(out_dir: str | Path, family: str, config: dict[str, Any], weights: dict[str, torch.Tensor],
-           extra: Callable[[Path], None] | None = None, overwrite: bool = False, **meta: Any) -> Path:
-    """Write `config.json` (family, model config, metadata) and `model.safetensors` to `out_dir`, as one unit.
-
-    Both files (and whatever `extra(folder)` adds, e.g. a tokenizer sub-folder) are written into a temporary sibling
-    folder that then replaces `out_dir` whole, so a crash never leaves a new config beside old weights. Since the
-    whole folder is replaced, `out_dir` must be new, empty or an export of the same family (a re-export); a folder
-    of other files is refused unless `overwrite` (or `outputs.allow_replace`) says to replace it. Non-finite
-    weights are refused before anything is written. Files a caller adds to `out_dir` afterwards (a preview) stay."""
-    out = check_export_target(out_dir, family, overwrite, what="export folder")
-    bad = nonfinite_names(weights.items())
-    if bad:
-        raise VistokError(f"refusing to export {out}: non-finite weights in {', '.join(bad[:4])}; "
-                          "the run diverged (lower train.lr and train again from an earlier checkpoint)")
-    blob = {"family": family, "config": config, **meta}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    with atomic_folder(out) as tmp:
-        (tmp / "model.safetensors").write_bytes(save(tensors))
-        (tmp / "config.json").write_text(json.dumps(blob, indent=2))
-        if extra is not None:
-            extra(tmp)
-    return out
-
-
-def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json contents, state dict) of an exported folder."""
-    path = Path(path)
-    cfg_file, weights_file = path / "config.json", path / "model.safetensors"
-    if not cfg_file.is_file() or not weights_file.is_file():
-        raise VistokError(
-            f"{path} is not an exported vistok model (needs config.json and model.safetensors); "
-            "pass a folder written by a training run's export or the name of a shipped model (`vistok models` lists them)"
-        )
-    state = load_file(weights_file)
-    check_finite(state, path)  # NaN weights would give black images with exit status 0
-    return read_config(path), state
-
-
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict that names what is missing or unexpected instead of silently dropping weights."""
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False: name the first one, on one line
-        detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
-        raise VistokError(f"{source} does not match the model: {detail}; was it exported from a different preset?") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise VistokError(
-            f"{source} does not match the model: missing {result.missing_keys[:4]}, "
-            f"unexpected {result.unexpected_keys[:4]}; was it exported from a different preset?"
-        )
-
 
 
 # ------------------------------------------------------------------------------------------------ the run's state
@@ -565,12 +495,8 @@ __all__ = [
     "content_hash",
     "newest_training_state",
     "verify_training_state",
-    "nonfinite_names",
     "read_sharded_state",
-    "export",
-    "load_state_strict",
     "load_training_state",
-    "read_export",
     "rng_state",
     "save_training_state",
     "set_rng_state",

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vistok.engine.atomic import atomic_write_bytes
+from vistok.io.atomic import atomic_write_bytes
 from vistok.errors import VistokError
 
 

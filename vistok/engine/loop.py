@@ -23,19 +23,20 @@ from tqdm.auto import tqdm
 
 from vistok.config import load_config, to_dict, valid_keys
 from vistok.engine import dist as vdist
-from vistok.engine.checkpoint import Checkpointer, export
+from vistok.engine.checkpoint import Checkpointer
 from vistok.engine.dist import DistEnv
 from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.engine.lock import hold_run_folder
+from vistok.io.exports import write_export
+from vistok.io.lock import hold_for
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
 
 C = TypeVar("C")
-# writes an export folder: (out_dir, family, model config, weights, **meta) -> the folder (`checkpoint.export`)
+# writes an export folder: (out_dir, family, model config, weights, **meta) -> the folder (`vistok.io.exports.write_export`)
 Writer = Callable[..., Path]
 
 
@@ -168,6 +169,24 @@ def compile_for_training(model: nn.Module, device: torch.device) -> None:
     PyTorch's own generator (inductor's `fallback_random`): the same draws as eager, and faster there than inductor's
     generated random numbers (benchmarks/bench_xar.py, the dropout rows with --compile)."""
     model.compile(dynamic=False, options={"fallback_random": True} if device.type == "cpu" else None)
+
+
+def hold_run_folder(owner: object, run_dir: str, env: DistEnv) -> None:
+    """A training run's lock on its folder, for `owner`'s lifetime: rank 0 takes it and tells every rank the
+    outcome (one collective), so a refused job fails on all ranks at once instead of waiting at its first
+    all-reduce. `env` is the run's `DistEnv`."""
+    if env.world_size == 1:
+        hold_for(owner, run_dir, "train.run_dir")
+        return
+    refused = None
+    if env.rank == 0:
+        try:
+            hold_for(owner, run_dir, "train.run_dir")
+        except VistokError as err:
+            refused = str(err)
+    refused = vdist.broadcast_object(refused)
+    if refused:
+        raise VistokError(refused)
 
 
 class Trainer:
@@ -379,7 +398,7 @@ class Trainer:
         caller places it).
 
         Call it on every rank: the weights are gathered everywhere, rank 0 alone writes and returns the folder, the
-        other ranks get None. `writer` has `checkpoint.export`'s signature (the default: atomic, the export-target
+        other ranks get None. `writer` has `write_export`'s signature (the default: atomic, the export-target
         check, non-finite weights refused); a paired generator passes one that also copies its FlexTok in. With the
         default writer the kill -9 tests' "export" point falls between writing the files and putting them in place.
         On rank 0 one line says where the export went, followed by `note` (where "{out}" stands for the folder)."""
@@ -389,7 +408,7 @@ class Trainer:
         meta = meta if "step" in meta else {"step": self.step, **meta}
         out_dir = Path(self.tc.run_dir) / "export"
         if writer is None:
-            out = export(out_dir, family, to_dict(config), weights, extra=lambda tmp: kill_point("export"), **meta)
+            out = write_export(out_dir, family, to_dict(config), weights, extra=lambda tmp: kill_point("export"), **meta)
         else:
             out = writer(out_dir, family, to_dict(config), weights, **meta)
         print(f"exported EMA weights (step {self.step}) to {out}{note.replace('{out}', str(out))}")

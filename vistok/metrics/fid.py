@@ -57,8 +57,8 @@ from torch.utils.data import Dataset
 from vistok.data.arrays import npz_keys, read_npz
 from vistok.data.images import NAMED, ImageFolderDataset, build_image_dataset, load_rgb
 from vistok.data.sources import load_npz_images, npz_images
-from vistok.engine.atomic import atomic_write
-from vistok.engine.safeload import load_pickle, sha256_file
+from vistok.io.atomic import atomic_write
+from vistok.io.safeload import load_pickle, sha256_file
 from vistok.errors import VistokError
 from vistok.metrics import adm as adm_metrics
 from vistok.progress import is_terminal
@@ -202,7 +202,7 @@ def _register_cifar10_net() -> None:
 def extractor_fingerprint(extractor: str, weights: str | None) -> str:
     """A short hash of the extractor's weights, stored with statistics so stale statistics are caught."""
     if extractor == "cifar10-net":
-        from vistok.assets import resolve_ckpt
+        from vistok.io.sources import resolve_ckpt
 
         path = resolve_ckpt(weights or "cifar10-net") / "model.safetensors"
     else:
@@ -214,7 +214,7 @@ def feature_dim(extractor: str, weights: str | None = None) -> int:
     """Dimension of the FID features of an extractor (read from the export's config for cifar10-net; no weights)."""
     if extractor == "inception-v3-compat":
         return INCEPTION_DIM
-    from vistok.assets import resolve_ckpt
+    from vistok.io.sources import resolve_ckpt
 
     cfg = resolve_ckpt(weights or "cifar10-net") / "config.json"
     try:
@@ -391,7 +391,7 @@ def load_statistics(path: str | Path) -> dict[str, Any]:
 
 def shipped_statistics(name: str, extractor: str) -> Path | None:
     """assets/fid_stats/<dataset>-<extractor>.npz, if shipped."""
-    from vistok.assets import assets_dir
+    from vistok.io.sources import assets_dir
 
     path = assets_dir() / "fid_stats" / f"{name}-{extractor}.npz"
     return path if path.is_file() else None

@@ -12,12 +12,17 @@ Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vistok.errors import require
+
+if TYPE_CHECKING:
+    from vistok.io.exports import Export
 
 
 @dataclass(frozen=True)
@@ -89,23 +94,10 @@ PRESETS = {
 FAMILY = ("fid_net", FidNetConfig, FidNet)
 
 
-def load_fid_net(ckpt: str, device: str | torch.device = "cpu") -> FidNet:
+def load_fid_net(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> FidNet:
     """A cifar10-net export (folder, shipped name or hf://) in eval mode with its EMA weights."""
-    from vistok.assets import resolve_ckpt
-    from vistok.config import from_dict
-    from vistok.engine.checkpoint import load_state_strict, read_export
-    from vistok.engine.export_check import check_export
+    from vistok.io.exports import load_model
 
-    def build(meta: dict) -> FidNet:
-        require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "
-                                                 "feature network; pass an export of train/train_fid_net.py")
-        return FidNet(from_dict(FidNetConfig, meta["config"]))
-
-    folder = resolve_ckpt(ckpt)
-    check_export(folder, build)  # sizes, keys and shapes against the weights file's header, before any allocation
-    meta, state = read_export(folder)
-    require(meta.get("family") == FAMILY[0], f"{ckpt} holds a {meta.get('family')!r} model, not a cifar10-net "
-                                             "feature network; pass an export of train/train_fid_net.py")
-    model = FidNet(from_dict(FidNetConfig, meta["config"]))
-    load_state_strict(model, state, str(folder))
-    return model.to(device).eval()
+    model, _ = load_model(ckpt, device, family=FAMILY[0],
+                          fix="pass a cifar10-net feature network (an export of train/train_fid_net.py)")
+    return model

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vistok.assets import assets_dir, shipped_models
+from vistok.io.sources import assets_dir, shipped_models
 from vistok.errors import VistokError, require
 
 

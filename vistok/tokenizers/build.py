@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
-from vistok.engine.export_check import inside_export
+from vistok.io.checks import inside_export
 from vistok.errors import VistokError
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
@@ -56,7 +56,7 @@ def build_tokenizer(spec: dict[str, Any], root: str | Path | None = None) -> nn.
     config_cls, tokenizer_cls = TOKENIZERS[family]
     config = dict(spec.get("config", {}))
     if "path" in spec:
-        if root is None or not inside_export(root, spec["path"], "tokenizer.path").is_dir():
+        if root is None or not inside_export(root, spec["path"], "tokenizer.path").exists():  # a folder or one file
             raise VistokError(f"the export's tokenizer folder {spec['path']}/ is missing{f' from {root}' if root else ''}; "
                               "re-export it (`vistok convert --from xar ... --vae VAE`, `--from flextok`)")
         config["weights"] = str(Path(root) / spec["path"])

@@ -49,11 +49,11 @@ import torch
 from einops import rearrange
 
 from vistok.config import to_dict
-from vistok.engine import checkpoint
-from vistok.engine.export_check import MAX_CONFIG_BYTES
+from vistok.io.checks import MAX_CONFIG_BYTES
 from vistok.errors import VistokError, require
 from vistok.modules.posemb import sincos_posemb
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
+from vistok.io import exports
 
 LEVELS = (8, 8, 8, 5, 5, 5)  # released FSQ levels, 64,000 codes
 MAX_TIMESTEP = 1.0  # released decoders see t in [0, 1]
@@ -301,7 +301,7 @@ def check_on_meta(build, state: dict[str, torch.Tensor], source: str) -> None:
         model = build()
     with warnings.catch_warnings():  # copying into meta parameters is the no-op wanted here
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-        checkpoint.load_state_strict(model, state, source)
+        exports.load_state_strict(model, state, source)
 
 
 # ----------------------------------------------------------------------------------------------------- export
@@ -341,7 +341,7 @@ def export(official: dict[str, torch.Tensor], hub_tree: dict[str, Any], out: str
     else:
         meta.update(tokenizer={"family": "latents", "config": {"channels": cfg.in_channels, "grid": list(cfg.grid)}},
                     resolution=cfg.grid[0])
-    path = checkpoint.export(out, "flextok", to_dict(cfg), state, extra=extra, **meta)
+    path = exports.write_export(out, "flextok", to_dict(cfg), state, extra=extra, **meta)
     n = sum(v.numel() for v in state.values())
     return path, (f"FlexTok d{cfg.enc_depth}-d{cfg.dec_depth} (widths {cfg.enc_width}/{cfg.dec_width}), {n:,} parameters, "
                   f"{cfg.registers} tokens of {math.prod(cfg.levels):,}, {cfg.in_channels}x{cfg.grid[0]}x{cfg.grid[1]} latents, "

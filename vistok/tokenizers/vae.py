@@ -13,7 +13,7 @@ Architectures (Rombach et al., "High-Resolution Image Synthesis with Latent Diff
 
 Weights are local only (never downloaded): a diffusers folder (`config.json` + `diffusion_pytorch_model.safetensors`)
 or one checkpoint file in diffusers or original LDM key names (converted by diffusers); pickles are read with
-`weights_only=True` (`engine.safeload`). Latents are `scaling_factor * (posterior sample or mode)`; FlexTok samples
+`weights_only=True` (`io.safeload`). Latents are `scaling_factor * (posterior sample or mode)`; FlexTok samples
 the posterior. The pixel tokenizer (`pixel.py`) stands in for a VAE on CPU presets.
 
 Latent caches for training (posterior moments of a whole dataset, sharded over ranks) live in
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
-from vistok.engine.checkpoint import load_state_strict, read_export
-from vistok.engine.safeload import load_pickle
+from vistok.io.exports import load_state_strict, read_export
+from vistok.io.safeload import load_pickle
 from vistok.errors import VistokError, require
 from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state, posterior_sample
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -97,10 +97,20 @@ def _depth(tree: Any) -> int:
     return deepest
 
 
+def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of floating-point tensors holding a NaN or an infinity (a DTensor: this rank's shard)."""
+    bad = []
+    for name, t in named:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Refuse weights with NaN or infinite values, naming the first tensors: such an export (a diverged run saved
     outside vistok, a damaged file) otherwise loads and yields black or garbage images with exit status 0."""
-    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_names(state.items())
     if bad:
         raise VistokError(f"{source}: non-finite (NaN or infinite) weights in {', '.join(bad[:3])}"
                           f"{f' and {len(bad) - 3} more tensors' if len(bad) > 3 else ''}; the export is damaged or "
@@ -196,14 +206,11 @@ def _construction_budget(max_params: int, max_modules: int) -> Iterator[None]:
             h.remove()
 
 
-def check_export(folder: str | Path, build: Callable[[dict[str, Any]], nn.Module]) -> dict[str, Any] | None:
-    """Everything about an export that can be checked without memory: config values, a meta-device build within the
-    weights file's budget, and the state-dict keys and shapes against the file's header. Returns config.json (None
-    when the folder lacks config.json or model.safetensors, which the export reader reports)."""
+def check_export(folder: str | Path, meta: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module]) -> None:
+    """Everything about an export that can be checked without memory: config values (`meta`, its config.json as
+    `read_config` returned it), a meta-device build within the weights file's budget, and the state-dict keys and
+    shapes against the file's header."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        return None  # not an export at all: `checkpoint.read_export` says so, and what to pass instead
-    meta = read_config(folder)
     check_config_values(meta, str(folder))
     header = weights_header(folder / "model.safetensors")
     stored = sum(math.prod(shape) for shape in header.values())
@@ -228,7 +235,7 @@ def check_export(folder: str | Path, build: Callable[[dict[str, Any]], nn.Module
                  f"unexpected {unexpected[:3]}" if unexpected else ""]
         raise VistokError(f"{folder} does not match the model: " + "; ".join(p for p in parts if p)
                           + " (config.json against model.safetensors); was it exported from a different preset?")
-    return meta
 
 
-__all__ = ["check_config_values", "check_export", "check_finite", "check_meta_shape", "inside_export", "read_config", "weights_header"]
+__all__ = ["check_config_values", "check_export", "check_finite", "check_meta_shape", "inside_export", "nonfinite_names",
+           "read_config", "weights_header"]

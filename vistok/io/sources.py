@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from vistok.errors import VistokError
 
@@ -24,7 +25,7 @@ def assets_dir() -> Path:
     """The folder of shipped models: $VISTOK_ASSETS, else vistok/shipped (wheel), else assets/ beside the package."""
     if os.environ.get("VISTOK_ASSETS"):
         return Path(os.environ["VISTOK_ASSETS"])
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # vistok/, two levels above this file
     inside = package / "shipped"  # package data of a wheel install (setup.py)
     return inside if inside.is_dir() else package.parent / "assets"
 
@@ -49,6 +50,14 @@ def parse_hf(source: str) -> tuple[str, str | None, str]:
         raise VistokError(f"{source!r}: {bad[0]!r} is not a valid Hugging Face name (letters, digits, '-', '_', '.', at "
                           "most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); write hf://org/repo")
     return f"{parts[0]}/{parts[1]}", revision or None, "/".join(parts[2:])
+
+
+class Source(NamedTuple):
+    """A source resolved once: its local folder, and what names exactly these files (`pinned`): for an hf:// source
+    `hf://org/repo[/sub]@COMMIT` (the commit the revision resolved to), else the source as given."""
+
+    folder: Path
+    pinned: str
 
 
 def download_hf(source: str) -> Path:
@@ -78,15 +87,32 @@ def download_hf(source: str) -> Path:
     return folder
 
 
-def resolve_ckpt(ckpt: str | Path) -> Path:
-    """An exported folder, the name of a shipped model, or an hf:// source -> a local folder."""
-    if str(ckpt).startswith(HF_PREFIX):
-        return download_hf(str(ckpt))
-    path = Path(ckpt).expanduser()
+def pinned_hf(source: str, folder: Path) -> str:
+    """hf://org/repo[/sub]@COMMIT for the snapshot folder `folder` of `source` (huggingface_hub's cache lays a
+    snapshot out as .../snapshots/COMMIT[/sub]), so a later revision of the repo never changes what was recorded."""
+    repo_id, _, sub = parse_hf(source)
+    snapshot = folder
+    for _ in sub.split("/") if sub else ():
+        snapshot = snapshot.parent
+    commit = snapshot.name if snapshot.parent.name == "snapshots" else None
+    return f"{HF_PREFIX}{repo_id}{'/' + sub if sub else ''}" + (f"@{commit}" if commit else "")
+
+
+def resolve(source: str | Path) -> Source:
+    """An exported folder, the name of a shipped model, or an hf:// source -> (local folder, pinned name)."""
+    if str(source).startswith(HF_PREFIX):
+        folder = download_hf(str(source))
+        return Source(folder, pinned_hf(str(source), folder))
+    path = Path(source).expanduser()
     if path.is_dir():
-        return path
+        return Source(path, str(source))
     shipped = shipped_models()
-    if str(ckpt) in shipped:
-        return shipped[str(ckpt)]
-    raise VistokError(f"checkpoint {ckpt!r} is neither an exported folder nor a shipped model "
+    if str(source) in shipped:
+        return Source(shipped[str(source)], str(source))
+    raise VistokError(f"checkpoint {str(source)!r} is neither an exported folder nor a shipped model "
                       f"({', '.join(shipped) or 'none shipped'}); hf://org/repo[@revision] names a Hugging Face repo")
+
+
+def resolve_ckpt(ckpt: str | Path) -> Path:
+    """The local folder of a source (`resolve(ckpt).folder`)."""
+    return resolve(ckpt).folder

@@ -177,24 +177,4 @@ def hold_for(owner: object, target: str | Path, what: str, inside: bool = False)
     return lock
 
 
-def hold_run_folder(owner: object, run_dir: str | Path, env: Any) -> None:
-    """A training run's lock on its folder, for `owner`'s lifetime: rank 0 takes it and tells every rank the
-    outcome (one collective), so a refused job fails on all ranks at once instead of waiting at its first
-    all-reduce. `env` is the run's `DistEnv`."""
-    if env.world_size == 1:
-        hold_for(owner, run_dir, "train.run_dir")
-        return
-    from vistok.engine.dist import broadcast_object  # torch, only for a distributed run
-
-    refused = None
-    if env.rank == 0:
-        try:
-            hold_for(owner, run_dir, "train.run_dir")
-        except VistokError as err:
-            refused = str(err)
-    refused = broadcast_object(refused)
-    if refused:
-        raise VistokError(refused)
-
-
-__all__ = ["INSIDE", "WriterLock", "hold_for", "hold_run_folder", "lock_path"]
+__all__ = ["INSIDE", "WriterLock", "hold_for", "lock_path"]
