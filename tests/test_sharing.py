@@ -237,3 +237,27 @@ def test_samples_record_the_pinned_hub_commit(tmp_path, monkeypatch) -> None:
                      str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     with np.load(tmp_path / "out" / "samples.npz") as z:
         assert str(z["source"]) == f"hf://vistok-test/xar@{commit}" and z["arr_0"].shape == (2, 32, 32, 3)
+
+
+def test_demo_records_the_pinned_sources_of_its_models(tmp_path, monkeypatch) -> None:
+    """demo.json names the models behind its numbers, a hub model with the commit it resolved to."""
+    from huggingface_hub import constants
+
+    from vistok import demo
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for name in ("xar", "flextok"):
+        repo = tmp_path / "hub" / f"models--vistok-test--{name}"
+        shutil.copytree(sources.resolve_ckpt(f"cifar10-{name}-tiny"), repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(demo, "XAR_MODEL", "hf://vistok-test/xar")
+    monkeypatch.setattr(demo, "FLEXTOK_MODEL", "hf://vistok-test/flextok")
+    monkeypatch.setattr(demo.fid, "calculate", lambda *a, **k: {"fid": 1.0})  # the FID itself is tested elsewhere
+    found: dict = {}
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    demo.flextok_step(tmp_path, images, rows=2, sources=found)
+    assert found == {"flextok": f"hf://vistok-test/flextok@{commit}"}
+    assert demo.xar_step(tmp_path, 2)["source"] == f"hf://vistok-test/xar@{commit}"

@@ -43,9 +43,12 @@ def degraded_sets(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     return {"real": images, "blurred": blurred.numpy(), "noise": noise.numpy()}
 
 
-def flextok_step(out: Path, images: np.ndarray, rows: int = 8) -> dict[int, float]:
-    """Reconstruct `rows` test images (spread over the classes) at every k of the ladder; MSE in [0, 1] per k."""
+def flextok_step(out: Path, images: np.ndarray, rows: int = 8, sources: dict | None = None) -> dict[int, float]:
+    """Reconstruct `rows` test images (spread over the classes) at every k of the ladder; MSE in [0, 1] per k.
+    `sources` gets the model's pinned source (a hub model: hf://org/repo@COMMIT)."""
     tok = vistok.load(FLEXTOK_MODEL)
+    if sources is not None:
+        sources["flextok"] = tok.source
     shown = images[:: max(1, len(images) // rows)][:rows].transpose(0, 2, 3, 1)  # (rows, H, W, 3)
     recons = tok.reconstruct(shown, k_ladder(tok.registers))
     Image.fromarray(recon_grid(shown, recons, rows=rows)).save(out / "flextok_recon.png")
@@ -69,7 +72,7 @@ def xar_step(out: Path, num: int) -> dict:
     print(f"{XAR_MODEL}: FID({num} samples vs cifar10-train statistics, cifar10-net) = {value:.3f} "
           f"({sampling.steps} {sampling.method} steps per entity, cfg {sampling.cfg} {sampling.cfg_schedule}, seed 0)"
           f" -> xar_samples.png (rows: {', '.join(gen.classes)})")
-    return {"fid": value, "num": num, "sampling": {"steps": sampling.steps, "cfg": sampling.cfg,
+    return {"fid": value, "num": num, "source": gen.source, "sampling": {"steps": sampling.steps, "cfg": sampling.cfg,
                                                   "cfg_schedule": sampling.cfg_schedule, "method": sampling.method}}
 
 
@@ -105,8 +108,8 @@ def _demo(out: Path, num: int, data_root: str | None, xar_num: int) -> dict:
     shown = images[:: max(1, len(images) // 16)][:16]  # spread over the classes (datasets are stored by class)
     rows = np.concatenate([a.transpose(0, 2, 3, 1) for a in degraded_sets(shown).values()])  # real, blurred, noise
     Image.fromarray(tile(rows, cols=len(shown))).save(out / "fid_sets.png")
-    report = {"fid_vs_cifar10_train": results, "num": len(images)}
-    report["flextok_mse_per_k"] = flextok_step(out, images)
+    report = {"fid_vs_cifar10_train": results, "num": len(images), "sources": {"fid_net": "cifar10-net"}}
+    report["flextok_mse_per_k"] = flextok_step(out, images, sources=report["sources"])
     report["xar"] = xar_step(out, xar_num)
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     return report

@@ -126,7 +126,7 @@ def sample_folder(
                                              precision=precision, progress=progress if env.is_main else False, **given):
                 writer.add(lo + first, arrays)
             dist.barrier()
-            written = writer.finish(labels) if env.is_main else []
+            written = writer.finish(labels, gen.source) if env.is_main else []  # with the pinned source
             tokens = ""
             if isinstance(gen, PairedGenerator):
                 tokens = (f" from k={given.get('tokens') or gen.valid_ks()[-1]} of {gen.codes.registers} FlexTok "
