@@ -1,0 +1,67 @@
+"""The `vistok` command's shape: every flag of every subcommand parses to the dest/default/type/choices recorded in
+tests/fixtures/cli_flags.json (written from the parser before the CLI was compacted into flag tables), and the whole
+CLI stays under 300 lines. Regenerate the fixture only for a deliberate flag change:
+`PYTHONPATH=$PWD python tests/test_cli_table.py > tests/fixtures/cli_flags.json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "cli_flags.json"
+# every module that defines `vistok` subcommands
+CLI_FILES = ["vistok/cli.py", "vistok/em/cli.py", "vistok/convert/cli.py"]
+
+
+def flag_table() -> dict[str, dict[str, list]]:
+    """{command: {"--flag --alias" (or a positional's dest): [dest, default, type name, choices, nargs, required]}}."""
+    from vistok.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    table = {}
+    for command, parser in sub.choices.items():
+        rows = {}
+        for a in parser._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            kind = None if a.type is None else a.type.__name__
+            choices = None if a.choices is None else list(a.choices)
+            rows[" ".join(a.option_strings) or a.dest] = [a.dest, a.default, kind, choices, a.nargs, a.required]
+        table[command] = rows
+    return json.loads(json.dumps(table))  # tuples -> lists, as the fixture holds them
+
+
+def test_every_flag_parses_as_recorded() -> None:
+    recorded = json.loads(FIXTURE.read_text())
+    now = flag_table()
+    assert list(now) == list(recorded)  # the same subcommands, in `vistok --help` order
+    for command, rows in recorded.items():
+        assert now[command] == rows, command
+
+
+def test_every_flag_still_parses_to_its_default() -> None:
+    """Beyond the recorded attributes: a parse with only the required values gives every recorded default."""
+    from vistok.cli import build_parser
+
+    for command, rows in json.loads(FIXTURE.read_text()).items():
+        argv = [command]
+        for names, (dest, _default, _kind, choices, nargs, required) in rows.items():
+            if required or not names.startswith("-"):
+                value = choices[0] if choices else "x"
+                argv += [value] if not names.startswith("-") else [names.split()[0], value]
+        args = vars(build_parser().parse_args(argv))
+        for names, (dest, default, *_rest) in rows.items():
+            if not rows[names][5] and names.startswith("-"):
+                assert args[dest] == default, (command, names)
+
+
+def test_the_cli_is_under_300_lines() -> None:
+    lines = {name: len((ROOT / name).read_text().splitlines()) for name in CLI_FILES}
+    assert sum(lines.values()) < 300, lines
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(flag_table(), indent=1) + "\n")
