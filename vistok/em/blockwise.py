@@ -9,8 +9,14 @@ post-processing of TokenUnify (Chen et al., arXiv 2405.16847) as in `vistok.em.p
         cropped back; per-slice watershed fragments, ids offset by block index << 32 (unique without coordination)
     --task 2, per block: waterz agglomeration on the block grown by one voxel towards its lower neighbours (so edges
         across block faces are scored), its merges (fragment pairs) stored per block
-    --in the scheduler: union-find over every stored merge -> one id per neuron, also across block faces
-    --task 3, per block: fragments relabelled through that table -> the output zarr
+    --in the scheduler: union-find over every stored merge -> one id per neuron, also across block faces; the table
+        is cut into one small table per block (that block's fragment ids -> neuron ids)
+    --task 3, per block: fragments relabelled through their block's table -> the output zarr
+
+Memory: a worker holds one block grown by its context (prediction: one window each side; agglomeration: one voxel
+slab below each lower face) and, for relabelling, its block's table, so its peak follows the block size, never the
+volume (`eval/bench_em_segment.py` measures it at two volume sizes). The scheduler's join holds the fragment ids and
+the stored merges and contacts (the region graph), never voxels: it reads only the per-block edge files.
 
 Each task is a daisy Task with done markers under the work folder, so running the same command again skips finished
 blocks (resume after a killed worker). A volume that fits in one block gives exactly the single-process result.
@@ -117,7 +123,7 @@ class BlockwiseSegmentation:
         contacts = [self._face_contacts(begin, end, axis, frags, affs) for axis in range(3) if begin[axis] > 0]
         contacts = np.concatenate([_inner_contacts(frags, affs), *contacts])
         np.savez(self.work / "edges" / f"{self.index[tuple(int(b) for b in begin)]}.npz", merges=merges,
-                 contacts=contacts)
+                 contacts=contacts, ids=ids)  # ids: the join needs every fragment, never the fragment volume
 
     def _face_contacts(self, begin, end, axis: int, frags: np.ndarray, affs: np.ndarray) -> np.ndarray:
         """Fragment pairs touching across the block's lower face on `axis` -> (E, 3) uint64: (fragment here,
@@ -143,11 +149,9 @@ class BlockwiseSegmentation:
         nothing is left to merge (waterz stopped at the same threshold): the single-process result."""
         from vistok.em.segmentation import edge_scores, merge_regions
 
-        frags = self._array("fragments")
-        ids = np.unique(np.concatenate([np.unique(frags[_slices(st, np.minimum(np.array(st) + self.block,
-                                                                                 self.shape))])
-                                        for st in self.index]))
         parts = [np.load(p) for p in sorted((self.work / "edges").glob("*.npz"))]
+        ids = np.concatenate([p["ids"] for p in parts] + [np.zeros(0, np.uint64)])  # sorted: blocks own id ranges
+        ids = np.unique(ids)
         merges = np.concatenate([p["merges"] for p in parts] + [np.zeros((0, 2), np.uint64)]).astype(np.uint64)
         contacts = np.concatenate([p["contacts"] for p in parts] + [np.zeros((0, 3), np.uint64)])
         component = _components(len(ids), np.searchsorted(ids, merges[:, 0]), np.searchsorted(ids, merges[:, 1]))
@@ -160,15 +164,22 @@ class BlockwiseSegmentation:
         uniq, stats, value, merge = edge_scores(None, None, "median", QUEUE_BINS, parts=(keys, counts, n))
         roots = merge_regions(uniq, stats, value, merge, 1.0 - self.threshold, n)  # merge while median > 1 - t
         _, labels = np.unique(roots[component], return_inverse=True)  # neurons numbered by their first fragment
-        np.savez(self.work / "lut.npz", ids=ids, labels=labels.ravel().astype(np.uint64) + 1)
+        labels = labels.ravel().astype(np.uint64) + 1
+        tables = self.work / "tables"
+        tables.mkdir(exist_ok=True)
+        cuts = np.searchsorted(ids, np.array(sorted(self.index.values()) + [len(self.index)], np.uint64)
+                               << np.uint64(BLOCK_ID_SHIFT))  # block i owns ids [i << 32, (i + 1) << 32)
+        for i in range(len(self.index)):  # one small table per block: a relabelling worker loads only its own
+            np.save(tables / f"{i}.npy", np.stack([ids[cuts[i]: cuts[i + 1]], labels[cuts[i]: cuts[i + 1]]]))
+        np.save(self.work / "segments.npy", np.array([int(labels.max(initial=0))]))
 
     def relabel_block(self, block: Any) -> None:
         import zarr
 
-        table = np.load(self.work / "lut.npz")
+        begin = tuple(int(b) for b in block.write_roi.begin)
+        ids, labels = np.load(self.work / "tables" / f"{self.index[begin]}.npy")  # (2, fragments of this block)
         region = _slices(block.write_roi.begin, block.write_roi.end)
-        frags = self._array("fragments")[region]
-        seg = table["labels"][np.searchsorted(table["ids"], frags)]
+        seg = labels[np.searchsorted(ids, self._array("fragments")[region])]
         zarr.open_array(store=self.out, mode="r+")[region] = seg.astype(np.uint32)
 
 
@@ -303,4 +314,4 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int, worker_command: 
     run("agglomerate")
     job.join()
     run("relabel")
-    return int(np.load(job.work / "lut.npz")["labels"].max(initial=0))
+    return int(np.load(job.work / "segments.npy")[0])
