@@ -114,31 +114,29 @@ class BlockwiseSegmentation:
         affs = check_affinities(self._array("affs")[(slice(None), *region)])
         frags = self._array("fragments")[region]
         ids, local = np.unique(frags, return_inverse=True)  # waterz sizes its graph by the largest id: compact them
-        local = (local.reshape(frags.shape) + 1).astype(np.uint64)
+        local = local.reshape(frags.shape)
         with quiet_stdout():
-            _, history = next(iter(waterz.agglomerate(affs, [float(self.threshold)], fragments=local,
+            _, history = next(iter(waterz.agglomerate(affs, [float(self.threshold)],
+                                                      fragments=(local + 1).astype(np.uint64),
                                                       scoring_function=SCORING_FUNCTION, discretize_queue=QUEUE_BINS,
                                                       return_merge_history=True)))
         merges = ids[np.array([(m["a"], m["b"]) for m in history], np.int64).reshape(-1, 2) - 1]
         contacts = [self._face_contacts(begin, end, axis, frags, affs) for axis in range(3) if begin[axis] > 0]
-        contacts = np.concatenate([_inner_contacts(frags, affs), *contacts])
+        contacts = np.concatenate([_inner_contacts(ids, local, affs), *contacts])
         np.savez(self.work / "edges" / f"{self.index[tuple(int(b) for b in begin)]}.npz", merges=merges,
                  contacts=contacts, ids=ids)  # ids: the join needs every fragment, never the fragment volume
 
     def _face_contacts(self, begin, end, axis: int, frags: np.ndarray, affs: np.ndarray) -> np.ndarray:
-        """Fragment pairs touching across the block's lower face on `axis` -> (E, 3) uint64: (fragment here,
-        fragment below, bin of their largest affinity): the statistic waterz starts every edge from (InitWithMax)."""
+        """Fragment pairs touching across the block's lower face on `axis` -> (E, 3) uint64: (u < v, bin of their
+        largest affinity): the statistic waterz starts every edge from (InitWithMax)."""
         below = np.array(begin)
         below[axis] -= 1
         outside = self._array("fragments")[_slices(below, np.where(np.arange(3) == axis, begin, end))]
         inside = np.take(frags, [0], axis=axis)
         aff = np.take(affs[axis], [0], axis=axis)  # affinity of each face voxel with its predecessor below
-        u, v = inside.ravel(), outside.ravel()
-        bins = np.clip((aff.ravel() * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
-        keys, inverse = np.unique(np.stack([u, v], 1), axis=0, return_inverse=True)
-        largest = np.zeros(len(keys), np.int64)
-        np.maximum.at(largest, inverse.ravel(), bins)
-        return np.concatenate([keys, largest[:, None].astype(np.uint64)], 1)
+        ids, inverse = np.unique(np.concatenate([inside.ravel(), outside.ravel()]), return_inverse=True)
+        a, b = np.split(inverse.ravel(), 2)  # the face's fragment ids -> 0..n-1
+        return _largest_bin_per_pair(ids, a, b, aff.ravel())
 
     # -- global join and task 3 ---------------------------------------------------------------------------------
     def join(self) -> None:
@@ -183,21 +181,35 @@ class BlockwiseSegmentation:
         zarr.open_array(store=self.out, mode="r+")[region] = seg.astype(np.uint32)
 
 
-def _inner_contacts(frags: np.ndarray, affs: np.ndarray) -> np.ndarray:
-    """Touching fragment pairs inside a block -> (E, 3) uint64 (u, v, bin of their largest affinity)."""
-    rows = []
+def _inner_contacts(ids: np.ndarray, local: np.ndarray, affs: np.ndarray) -> np.ndarray:
+    """Touching fragment pairs inside a block -> (E, 3) uint64 (u < v, bin of their largest affinity). `local`:
+    the block's fragments as indices into `ids` (z, y, x)."""
+    u, v, a = [], [], []
     for axis in range(3):
         hi, lo = [slice(None)] * 3, [slice(None)] * 3
         hi[axis], lo[axis] = slice(1, None), slice(None, -1)
-        u, v = frags[tuple(hi)].ravel(), frags[tuple(lo)].ravel()
-        bins = np.clip((affs[axis][tuple(hi)].ravel() * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
-        differ = u != v
-        rows.append(np.stack([np.minimum(u, v)[differ], np.maximum(u, v)[differ], bins[differ].astype(np.uint64)], 1))
-    both = np.concatenate(rows)
-    keys, inverse = np.unique(both[:, :2], axis=0, return_inverse=True)
-    largest = np.zeros(len(keys), np.int64)
-    np.maximum.at(largest, inverse.ravel(), both[:, 2].astype(np.int64))
-    return np.concatenate([keys, largest[:, None].astype(np.uint64)], 1)
+        above, below = local[tuple(hi)], local[tuple(lo)]
+        differ = above != below  # boundary voxels only (in z, per-slice fragments differ almost everywhere)
+        u.append(above[differ])
+        v.append(below[differ])
+        a.append(affs[axis][tuple(hi)][differ])
+    return _largest_bin_per_pair(ids, np.concatenate(u), np.concatenate(v), np.concatenate(a))
+
+
+def _largest_bin_per_pair(ids: np.ndarray, a: np.ndarray, b: np.ndarray, aff: np.ndarray) -> np.ndarray:
+    """Voxel pairs (fragment ids[a], fragment ids[b], affinity) with a, b indices into the sorted `ids` -> (E, 3)
+    uint64: each fragment pair once (smaller id first) with the queue bin of its largest affinity. A pair and its bin
+    are packed into one int64 key and sorted once (np.unique over (E, 2) rows sorts void records: it was most of a
+    block's agglomeration time)."""
+    n = len(ids)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    keep = a != b
+    bins = np.clip((aff[keep] * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
+    keys = np.sort((np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep]) * QUEUE_BINS + bins)  # n^2 * 256 < 2^63
+    pair = keys // QUEUE_BINS
+    last = np.flatnonzero(np.r_[pair[1:] != pair[:-1], True]) if len(keys) else np.zeros(0, np.int64)
+    pair, largest = pair[last], keys[last] % QUEUE_BINS  # sorted: the last entry of a pair holds its largest bin
+    return np.stack([ids[pair // n], ids[pair % n], largest.astype(np.uint64)], 1).astype(np.uint64)
 
 
 def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
