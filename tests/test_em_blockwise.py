@@ -271,3 +271,28 @@ def test_streamed_affinities_read_each_row_of_windows_once_and_equal_the_in_memo
     assert len(reads) == len(rows) < len(rows) * len(_starts(40, 16, 0.25)) * len(_starts(48, 16, 0.25))
     want = sliding_window_inference(smooth, torch.from_numpy(normalize_minmax(raw))[None, None], roi, 0.25, 3)
     assert np.allclose(got, want[0].numpy(), atol=1e-6)
+
+
+def test_the_join_reads_no_voxels_and_each_block_relabels_from_its_own_table(tmp_path: Path) -> None:
+    """Memory that follows the block, not the volume: the scheduler's join works from the per-block edge files alone
+    (it never opens a voxel array), and it leaves one table per block holding only that block's fragments, so a
+    relabelling worker loads a table the size of its block's fragments, not the volume's."""
+    from vistok.em.blockwise import BLOCK_ID_SHIFT, segment_blockwise
+
+    raw, _ = synthetic_em_volume((16, 64, 64), num_cells=10, seed=5)
+    job = job_for(tmp_path, raw, (8, 32, 32))
+    n = segment_blockwise(job, 0)
+    got = zarr.open_array(str(tmp_path / "seg.zarr" / "ids"), mode="r")[...]
+    frags = zarr.open_array(str(tmp_path / "work" / "fragments.zarr"), mode="r")[...]
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("the join opened a voxel array")
+
+    job._array = no_voxels
+    job.join()  # the same tables again, from the edge files only
+    tables = [np.load(tmp_path / "work" / "tables" / f"{i}.npy") for i in range(8)]
+    for i, (ids, labels) in enumerate(tables):
+        assert len(ids) and np.all(ids >> np.uint64(BLOCK_ID_SHIFT) == i)  # only block i's fragments
+        assert np.array_equal(ids, np.unique(frags[frags >> np.uint64(BLOCK_ID_SHIFT) == i]))
+        assert np.array_equal(np.unique(got[np.isin(frags, ids)]), np.unique(labels))  # relabelled through it
+    assert sum(len(ids) for ids, _ in tables) == len(np.unique(frags)) and n == len(np.unique(got))
