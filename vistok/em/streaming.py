@@ -132,18 +132,23 @@ def segment_streaming(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
                                                                              a[2, :, 1:].ravel())]
                 if previous is not None:
                     parts.append((previous.ravel(), f.ravel(), a[0].ravel()))
+                slice_keys, slice_counts = [], []
                 for lo, hi, aff in parts:
                     if score == "mean":
                         k, c, t = _pair_sums(lo, hi, aff, n)
-                        keys.append(k)
-                        counts.append(np.stack([t, c], 1))
+                        slice_keys.append(k)
+                        slice_counts.append(np.stack([t, c], 1))
                     else:
                         k, c = pair_bin_counts(lo, hi, aff, n, bins)
-                        keys.append(k)
-                        counts.append(c)
+                        slice_keys.append(k)
+                        slice_counts.append(c)
                 previous = f
-                if len(keys) > 64:  # keep the pending parts small
-                    keys, counts = _reduce(keys, counts, score)
+                # one part per slice: a region pair lives in one slice (in-plane) or one slice pair (across z), so
+                # parts of different slices share no key and merging them early gains nothing; the old merge of
+                # every pending part into the running total every 22 slices re-sorted the whole graph each time
+                (k,), (c,) = _reduce(slice_keys, slice_counts, score)
+                keys.append(k)
+                counts.append(c)
             if keys:
                 (keys,), (counts,) = _reduce(keys, counts, score)
             else:
