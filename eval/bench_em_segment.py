@@ -164,8 +164,9 @@ def main() -> None:
                 sys.exit(f"{mode} failed:\n{proc.stderr[-2000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress of a long run
-    print(f"em-segment on synthetic volumes, roi {args.roi}, block {args.block}, "
-          f"{'SegMamba ' + args.ckpt if args.ckpt else 'network-free affinities'}, {args.threads} thread(s) per process")
+    network = f"SegMamba {args.ckpt}" if args.ckpt else "network-free affinities"
+    print(f"em-segment on synthetic volumes, roi {args.roi}, block {args.block}, {network}, "
+          f"{args.threads} thread(s) per process")
     print("| volume | mode | seconds | Mvoxels/s | peak RSS (MB) | worker peak RSS (MB) | fragments | segments |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
