@@ -7,7 +7,8 @@
 Modes (each in its own process, so its peak RSS is its own, on the same zarr volume chunked 16x128x128):
 - `blockwise-N`: `em-segment --workers N --block ...` (`vistok.em.blockwise` on daisy): N worker processes predict,
   cut fragments, agglomerate and relabel block by block; the scheduler joins the per-block edges. `worker RSS` is the
-  largest peak RSS of any worker process (getrusage of the children), `RSS` the scheduler's.
+  largest peak RSS of any worker process (VmHWM polled from /proc), `RSS` the scheduler's (it holds the join's
+  region graph).
 - `waterz`: the single-process default (official mahotas + waterz post-processing; affinities of the whole volume in
   memory).
 - `streamed` / `in-memory`: the greedy post-processing (`--postprocess greedy`) streamed through scratch files
@@ -76,6 +77,51 @@ def make_volume(work: Path, shape: tuple[int, int, int], cells_per_mvoxel: float
     return f"{store}:raw"
 
 
+class WorkerPeaks:
+    """Largest peak RSS (VmHWM) of any process started below this one, polled from /proc while the run lasts. Not
+    getrusage(RUSAGE_CHILDREN): on Linux a child that execs inherits its parent's high-water mark, so workers started
+    after the scheduler's join would report the scheduler's peak."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        import os
+        import threading
+
+        self.peaks: dict[int, int] = {}
+        self._stop, self._me = threading.Event(), os.getpid()
+        self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _descendants(self) -> set[int]:
+        parent = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        found, frontier = set(), {self._me}
+        while frontier:
+            frontier = {pid for pid, pp in parent.items() if pp in frontier} - found
+            found |= frontier
+        return found
+
+    def _poll(self, every: float) -> None:
+        while not self._stop.wait(every):
+            for pid in self._descendants():
+                try:
+                    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                                if x.startswith("VmHWM:"))
+                except (OSError, StopIteration):
+                    continue
+                self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]))  # kB
+
+    def stop(self) -> float:
+        """-> the largest worker peak in MB."""
+        self._stop.set()
+        self._thread.join()
+        return max(self.peaks.values(), default=0) / 1024
+
+
 def _predictor(args: argparse.Namespace):
     if not args.ckpt:
         return smooth_affinities
@@ -106,8 +152,9 @@ def run_one(args: argparse.Namespace) -> dict:
             block = tuple(int(v) for v in args.block.split(","))
             job = BlockwiseSegmentation(args.volume, str(out / "ids"), out / "work", factory, roi, 0.25, 4, 0.5,
                                         block, value_range, vol.shape)
+            peaks = WorkerPeaks()
             segments = segment_blockwise(job, int(args.mode.split("-")[1]))
-            worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            worker_rss = peaks.stop()
         elif args.mode == "streamed":
             segments = segment_streaming(_predictor(args), vol, parse_volume_arg(f"{out}:ids"), roi, 0.25, 4,
                                          value_range=value_range)
