@@ -15,8 +15,9 @@ post-processing of TokenUnify (Chen et al., arXiv 2405.16847) as in `vistok.em.p
 
 Memory: a worker holds one block grown by its context (prediction: one window each side; agglomeration: one voxel
 slab below each lower face) and, for relabelling, its block's table, so its peak follows the block size, never the
-volume (`eval/bench_em_segment.py` measures it at several volume sizes, up to 128x1024x1024). The scheduler's join holds the fragment ids and
-the stored merges and contacts (the region graph), never voxels: it reads only the per-block edge files.
+volume (`eval/bench_em_segment.py` measures it at several volume sizes, up to 128x1024x1024). The scheduler's join
+holds the fragment ids and the stored merges and contacts (the region graph), never voxels: it reads only the
+per-block edge files.
 
 Each task is a daisy Task with done markers under the work folder, so running the same command again skips finished
 blocks (resume after a killed worker). A volume that fits in one block gives exactly the single-process result.
