@@ -162,3 +162,137 @@ def test_em_worker_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["em-segment", "--ckpt", "em-segmamba-tiny-scratch", "--input", raw, "--out", f"{tmp_path}/s.zarr:ids",
                  "--worker-command", "true"]) == 1
     assert "--workers" in capsys.readouterr().err
+
+
+def _killed_after(counter: str, calls: int):
+    """Predictor factory for a worker process that SIGKILLs itself on its `calls`-th forward pass (counted in a file,
+    so a worker restarted by daisy keeps counting): no exception, no cleanup, as `kill -9` or the OOM killer."""
+    import os
+    import signal
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with open(counter, "a+") as f:
+            f.write(".")
+            f.seek(0)
+            n = len(f.read())
+        if n >= calls:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return smooth(x)
+    return predict
+
+
+def test_a_sigkilled_worker_process_leaves_a_run_that_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """One daisy worker process (not the scheduler) is SIGKILLed in the middle of its third block's prediction; the
+    run fails in one line, the same command resumes from daisy's done markers, redoes only the unfinished blocks and
+    ends with exactly the segmentation of a run that was never interrupted."""
+    import functools
+    import sys
+
+    import cloudpickle
+
+    from vistok.em.blockwise import segment_blockwise
+
+    raw, _ = synthetic_em_volume((16, 64, 64), num_cells=10, seed=5)
+    block = (8, 32, 32)  # 8 blocks, 7 forward passes (batches of windows) each
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers are fresh interpreters: ship these functions
+    try:
+        killed = tmp_path / "killed"
+        killed.mkdir()
+        factory = functools.partial(_killed_after, str(tmp_path / "calls"), 17)  # inside the third block
+        with pytest.raises(VistokError, match="run the same command again"):
+            segment_blockwise(job_for(killed, raw, block, factory), 1)
+        done = zarr.open_array(str(killed / "work" / "done" / "fragments" / "done"), mode="r")[...]
+        assert done.sum() == 2  # the two blocks finished before the kill stay done; the killed one does not
+        calls_before = len((tmp_path / "calls").read_text())
+        resume = functools.partial(_killed_after, str(tmp_path / "calls"), 10**9)  # the same job, no more kills
+        n = segment_blockwise(job_for(killed, raw, block, resume), 1)
+        redone = len((tmp_path / "calls").read_text()) - calls_before
+        assert redone == 6 * 7  # the six unfinished blocks, and only those
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        segment_blockwise(job_for(fresh, raw, block), 0)  # never interrupted (in one process: the same blocks)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    got = zarr.open_array(str(killed / "seg.zarr" / "ids"), mode="r")[...]
+    want = zarr.open_array(str(fresh / "seg.zarr" / "ids"), mode="r")[...]
+    assert np.array_equal(got, want) and n == len(np.unique(want)) > 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["em-segmamba-tiny-scratch", "em-segmamba-tiny-tokenunify"])
+def test_shipped_em_scores_are_those_of_the_default_postprocessing(name: str) -> None:
+    """The `eval` block of a shipped EM model's config.json is what the default pipeline (official mahotas + waterz
+    post-processing) scores on the test volume today, not a number left from an earlier post-processing."""
+    from vistok.assets import resolve_ckpt
+    from vistok.em.inference import InferenceConfig, load_segmenter, segment_volume
+    from vistok.engine.export_check import read_config
+
+    stored = read_config(resolve_ckpt(name))
+    import os
+
+    root = Path(os.environ.get("VISTOK_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
+    data = root / stored["eval"]["raw"].split(":")[0].split("shared/data/", 1)[1]  # stored relative to the repo
+    if not data.is_file():
+        pytest.skip(f"{data} not present")
+    model, meta = load_segmenter(name)
+    cfg = InferenceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["inference"].items()})
+    assert cfg.postprocess == InferenceConfig().postprocess == "waterz"
+    with torch.no_grad():
+        _, seg = segment_volume(model, read_volume(data.as_posix() + ":test/raw"), cfg)
+    scores = evaluate(seg, read_volume(data.as_posix() + ":test/neuron_ids"))
+    assert np.allclose([scores.voi_split, scores.voi_merge, scores.voi, scores.arand],
+                       [stored["eval"][k] for k in ("voi_split", "voi_merge", "voi", "arand")], atol=1e-6)
+    assert len(np.unique(seg)) == stored["eval"]["segments"]
+
+
+def test_streamed_affinities_read_each_row_of_windows_once_and_equal_the_in_memory_ones() -> None:
+    """The streamed path read every overlapping window separately from the raw volume (each chunk decompressed once
+    per window touching it: the cause of its slowness); now one roi_z-slab read per row of windows, same output."""
+    from vistok.em.segmentation import _starts
+    from vistok.em.streaming import stream_affinities
+
+    raw, _ = synthetic_em_volume((20, 40, 48), num_cells=6, seed=1)
+    reads = []
+
+    class Counting(Volume):
+        def read(self, window=None):
+            reads.append(window)
+            return super().read(window)
+
+    vol = Counting.of(raw)
+    got = np.zeros((3, *raw.shape), np.float32)
+
+    def sink(z0: int, block: np.ndarray) -> None:
+        got[:, z0: z0 + block.shape[1]] = block
+
+    roi = (8, 16, 16)
+    stream_affinities(smooth, vol, (float(raw.min()), float(raw.max())), roi, 0.25, 3, sink)
+    rows = _starts(raw.shape[0], roi[0], 0.25)
+    assert len(reads) == len(rows) < len(rows) * len(_starts(40, 16, 0.25)) * len(_starts(48, 16, 0.25))
+    want = sliding_window_inference(smooth, torch.from_numpy(normalize_minmax(raw))[None, None], roi, 0.25, 3)
+    assert np.allclose(got, want[0].numpy(), atol=1e-6)
+
+
+def test_the_join_reads_no_voxels_and_each_block_relabels_from_its_own_table(tmp_path: Path) -> None:
+    """Memory that follows the block, not the volume: the scheduler's join works from the per-block edge files alone
+    (it never opens a voxel array), and it leaves one table per block holding only that block's fragments, so a
+    relabelling worker loads a table the size of its block's fragments, not the volume's."""
+    from vistok.em.blockwise import BLOCK_ID_SHIFT, segment_blockwise
+
+    raw, _ = synthetic_em_volume((16, 64, 64), num_cells=10, seed=5)
+    job = job_for(tmp_path, raw, (8, 32, 32))
+    n = segment_blockwise(job, 0)
+    got = zarr.open_array(str(tmp_path / "seg.zarr" / "ids"), mode="r")[...]
+    frags = zarr.open_array(str(tmp_path / "work" / "fragments.zarr"), mode="r")[...]
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("the join opened a voxel array")
+
+    job._array = no_voxels
+    job.join()  # the same tables again, from the edge files only
+    tables = [np.load(tmp_path / "work" / "tables" / f"{i}.npy") for i in range(8)]
+    for i, (ids, labels) in enumerate(tables):
+        assert len(ids) and np.all(ids >> np.uint64(BLOCK_ID_SHIFT) == i)  # only block i's fragments
+        assert np.array_equal(ids, np.unique(frags[frags >> np.uint64(BLOCK_ID_SHIFT) == i]))
+        assert np.array_equal(np.unique(got[np.isin(frags, ids)]), np.unique(labels))  # relabelled through it
+    assert sum(len(ids) for ids, _ in tables) == len(np.unique(frags)) and n == len(np.unique(got))

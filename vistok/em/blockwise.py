@@ -9,8 +9,15 @@ post-processing of TokenUnify (Chen et al., arXiv 2405.16847) as in `vistok.em.p
         cropped back; per-slice watershed fragments, ids offset by block index << 32 (unique without coordination)
     --task 2, per block: waterz agglomeration on the block grown by one voxel towards its lower neighbours (so edges
         across block faces are scored), its merges (fragment pairs) stored per block
-    --in the scheduler: union-find over every stored merge -> one id per neuron, also across block faces
-    --task 3, per block: fragments relabelled through that table -> the output zarr
+    --in the scheduler: union-find over every stored merge -> one id per neuron, also across block faces; the table
+        is cut into one small table per block (that block's fragment ids -> neuron ids)
+    --task 3, per block: fragments relabelled through their block's table -> the output zarr
+
+Memory: a worker holds one block grown by its context (prediction: one window each side; agglomeration: one voxel
+slab below each lower face) and, for relabelling, its block's table, so its peak follows the block size, never the
+volume (`eval/bench_em_segment.py` measures it at several volume sizes, up to 128x1024x1024). The scheduler's join
+holds the fragment ids and the stored merges and contacts (the region graph), never voxels: it reads only the
+per-block edge files.
 
 Each task is a daisy Task with done markers under the work folder, so running the same command again skips finished
 blocks (resume after a killed worker). A volume that fits in one block gives exactly the single-process result.
@@ -108,31 +115,29 @@ class BlockwiseSegmentation:
         affs = check_affinities(self._array("affs")[(slice(None), *region)])
         frags = self._array("fragments")[region]
         ids, local = np.unique(frags, return_inverse=True)  # waterz sizes its graph by the largest id: compact them
-        local = (local.reshape(frags.shape) + 1).astype(np.uint64)
+        local = local.reshape(frags.shape)
         with quiet_stdout():
-            _, history = next(iter(waterz.agglomerate(affs, [float(self.threshold)], fragments=local,
+            _, history = next(iter(waterz.agglomerate(affs, [float(self.threshold)],
+                                                      fragments=(local + 1).astype(np.uint64),
                                                       scoring_function=SCORING_FUNCTION, discretize_queue=QUEUE_BINS,
                                                       return_merge_history=True)))
         merges = ids[np.array([(m["a"], m["b"]) for m in history], np.int64).reshape(-1, 2) - 1]
         contacts = [self._face_contacts(begin, end, axis, frags, affs) for axis in range(3) if begin[axis] > 0]
-        contacts = np.concatenate([_inner_contacts(frags, affs), *contacts])
+        contacts = np.concatenate([_inner_contacts(ids, local, affs), *contacts])
         np.savez(self.work / "edges" / f"{self.index[tuple(int(b) for b in begin)]}.npz", merges=merges,
-                 contacts=contacts)
+                 contacts=contacts, ids=ids)  # ids: the join needs every fragment, never the fragment volume
 
     def _face_contacts(self, begin, end, axis: int, frags: np.ndarray, affs: np.ndarray) -> np.ndarray:
-        """Fragment pairs touching across the block's lower face on `axis` -> (E, 3) uint64: (fragment here,
-        fragment below, bin of their largest affinity): the statistic waterz starts every edge from (InitWithMax)."""
+        """Fragment pairs touching across the block's lower face on `axis` -> (E, 3) uint64: (u < v, bin of their
+        largest affinity): the statistic waterz starts every edge from (InitWithMax)."""
         below = np.array(begin)
         below[axis] -= 1
         outside = self._array("fragments")[_slices(below, np.where(np.arange(3) == axis, begin, end))]
         inside = np.take(frags, [0], axis=axis)
         aff = np.take(affs[axis], [0], axis=axis)  # affinity of each face voxel with its predecessor below
-        u, v = inside.ravel(), outside.ravel()
-        bins = np.clip((aff.ravel() * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
-        keys, inverse = np.unique(np.stack([u, v], 1), axis=0, return_inverse=True)
-        largest = np.zeros(len(keys), np.int64)
-        np.maximum.at(largest, inverse.ravel(), bins)
-        return np.concatenate([keys, largest[:, None].astype(np.uint64)], 1)
+        ids, inverse = np.unique(np.concatenate([inside.ravel(), outside.ravel()]), return_inverse=True)
+        a, b = np.split(inverse.ravel(), 2)  # the face's fragment ids -> 0..n-1
+        return _largest_bin_per_pair(ids, a, b, aff.ravel())
 
     # -- global join and task 3 ---------------------------------------------------------------------------------
     def join(self) -> None:
@@ -143,11 +148,9 @@ class BlockwiseSegmentation:
         nothing is left to merge (waterz stopped at the same threshold): the single-process result."""
         from vistok.em.segmentation import edge_scores, merge_regions
 
-        frags = self._array("fragments")
-        ids = np.unique(np.concatenate([np.unique(frags[_slices(st, np.minimum(np.array(st) + self.block,
-                                                                                 self.shape))])
-                                        for st in self.index]))
         parts = [np.load(p) for p in sorted((self.work / "edges").glob("*.npz"))]
+        ids = np.concatenate([p["ids"] for p in parts] + [np.zeros(0, np.uint64)])  # sorted: blocks own id ranges
+        ids = np.unique(ids)
         merges = np.concatenate([p["merges"] for p in parts] + [np.zeros((0, 2), np.uint64)]).astype(np.uint64)
         contacts = np.concatenate([p["contacts"] for p in parts] + [np.zeros((0, 3), np.uint64)])
         component = _components(len(ids), np.searchsorted(ids, merges[:, 0]), np.searchsorted(ids, merges[:, 1]))
@@ -160,33 +163,54 @@ class BlockwiseSegmentation:
         uniq, stats, value, merge = edge_scores(None, None, "median", QUEUE_BINS, parts=(keys, counts, n))
         roots = merge_regions(uniq, stats, value, merge, 1.0 - self.threshold, n)  # merge while median > 1 - t
         _, labels = np.unique(roots[component], return_inverse=True)  # neurons numbered by their first fragment
-        np.savez(self.work / "lut.npz", ids=ids, labels=labels.ravel().astype(np.uint64) + 1)
+        labels = labels.ravel().astype(np.uint64) + 1
+        tables = self.work / "tables"
+        tables.mkdir(exist_ok=True)
+        cuts = np.searchsorted(ids, np.array(sorted(self.index.values()) + [len(self.index)], np.uint64)
+                               << np.uint64(BLOCK_ID_SHIFT))  # block i owns ids [i << 32, (i + 1) << 32)
+        for i in range(len(self.index)):  # one small table per block: a relabelling worker loads only its own
+            np.save(tables / f"{i}.npy", np.stack([ids[cuts[i]: cuts[i + 1]], labels[cuts[i]: cuts[i + 1]]]))
+        np.save(self.work / "segments.npy", np.array([int(labels.max(initial=0))]))
 
     def relabel_block(self, block: Any) -> None:
         import zarr
 
-        table = np.load(self.work / "lut.npz")
+        begin = tuple(int(b) for b in block.write_roi.begin)
+        ids, labels = np.load(self.work / "tables" / f"{self.index[begin]}.npy")  # (2, fragments of this block)
         region = _slices(block.write_roi.begin, block.write_roi.end)
-        frags = self._array("fragments")[region]
-        seg = table["labels"][np.searchsorted(table["ids"], frags)]
+        seg = labels[np.searchsorted(ids, self._array("fragments")[region])]
         zarr.open_array(store=self.out, mode="r+")[region] = seg.astype(np.uint32)
 
 
-def _inner_contacts(frags: np.ndarray, affs: np.ndarray) -> np.ndarray:
-    """Touching fragment pairs inside a block -> (E, 3) uint64 (u, v, bin of their largest affinity)."""
-    rows = []
+def _inner_contacts(ids: np.ndarray, local: np.ndarray, affs: np.ndarray) -> np.ndarray:
+    """Touching fragment pairs inside a block -> (E, 3) uint64 (u < v, bin of their largest affinity). `local`:
+    the block's fragments as indices into `ids` (z, y, x)."""
+    u, v, a = [], [], []
     for axis in range(3):
         hi, lo = [slice(None)] * 3, [slice(None)] * 3
         hi[axis], lo[axis] = slice(1, None), slice(None, -1)
-        u, v = frags[tuple(hi)].ravel(), frags[tuple(lo)].ravel()
-        bins = np.clip((affs[axis][tuple(hi)].ravel() * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
-        differ = u != v
-        rows.append(np.stack([np.minimum(u, v)[differ], np.maximum(u, v)[differ], bins[differ].astype(np.uint64)], 1))
-    both = np.concatenate(rows)
-    keys, inverse = np.unique(both[:, :2], axis=0, return_inverse=True)
-    largest = np.zeros(len(keys), np.int64)
-    np.maximum.at(largest, inverse.ravel(), both[:, 2].astype(np.int64))
-    return np.concatenate([keys, largest[:, None].astype(np.uint64)], 1)
+        above, below = local[tuple(hi)], local[tuple(lo)]
+        differ = above != below  # boundary voxels only (in z, per-slice fragments differ almost everywhere)
+        u.append(above[differ])
+        v.append(below[differ])
+        a.append(affs[axis][tuple(hi)][differ])
+    return _largest_bin_per_pair(ids, np.concatenate(u), np.concatenate(v), np.concatenate(a))
+
+
+def _largest_bin_per_pair(ids: np.ndarray, a: np.ndarray, b: np.ndarray, aff: np.ndarray) -> np.ndarray:
+    """Voxel pairs (fragment ids[a], fragment ids[b], affinity) with a, b indices into the sorted `ids` -> (E, 3)
+    uint64: each fragment pair once (smaller id first) with the queue bin of its largest affinity. A pair and its bin
+    are packed into one int64 key and sorted once (np.unique over (E, 2) rows sorts void records: it was most of a
+    block's agglomeration time)."""
+    n = len(ids)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    keep = a != b
+    bins = np.clip((aff[keep] * QUEUE_BINS).astype(np.int64), 0, QUEUE_BINS - 1)
+    keys = np.sort((np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep]) * QUEUE_BINS + bins)  # n^2 * 256 < 2^63
+    pair = keys // QUEUE_BINS
+    last = np.flatnonzero(np.r_[pair[1:] != pair[:-1], True]) if len(keys) else np.zeros(0, np.int64)
+    pair, largest = pair[last], keys[last] % QUEUE_BINS  # sorted: the last entry of a pair holds its largest bin
+    return np.stack([ids[pair // n], ids[pair % n], largest.astype(np.uint64)], 1).astype(np.uint64)
 
 
 def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -303,4 +327,4 @@ def segment_blockwise(job: BlockwiseSegmentation, workers: int, worker_command: 
     run("agglomerate")
     job.join()
     run("relabel")
-    return int(np.load(job.work / "lut.npz")["labels"].max(initial=0))
+    return int(np.load(job.work / "segments.npy")[0])

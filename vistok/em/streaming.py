@@ -11,7 +11,8 @@ reach 10^10 voxels, so nothing here holds a volume-sized array:
     -> greedy agglomeration over the region graph (memory: fragments and region pairs, not voxels)
     -> neuron ids written slab by slab (HDF5 / zarr / npy; npz and TIFF can only be written whole)
 
-Memory is about (roi_z + stride_z) x H x W x 16 bytes for the buffer plus one window batch and the region graph.
+Memory is about (roi_z + stride_z) x H x W x 16 bytes for the buffer, two raw slabs of roi_z x H x W, one window
+batch and the region graph.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
                       sink: Callable[[int, np.ndarray], None], sigma_scale: float = 0.125, channels: int = 3) -> None:
     """Sliding-window inference over a lazy volume at least `roi` large in every axis: windows in the order (and
     batches) of `sliding_window_inference`, blended into a rolling buffer; `sink(z0, block (C, dz, H, W))` receives
-    finished slabs in z order."""
+    finished slabs in z order. The raw is read one row of windows at a time (a roi_z x H x W slab, at most two held):
+    overlapping windows read one by one decompressed every chunk they share again, once per window."""
     size = tuple(vol.shape)
     if any(s < r for s, r in zip(size, roi)):
         raise VistokError(f"volume {size} is smaller than the window {tuple(roi)} in some axis; use the in-memory path")
@@ -43,6 +45,7 @@ def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
     windows = list(itertools.product(*(_starts(n, r, overlap) for n, r in zip(size, roi))))  # z-major
     h, w = size[1:]
     buf_lo, out, norm = 0, np.zeros((channels, 0, h, w), np.float32), np.zeros((0, h, w), np.float32)
+    slabs: dict[int, np.ndarray] = {}  # z start -> normalised raw (roi_z, H, W) of that row of windows
     for i in range(0, len(windows), batch_size):
         group = windows[i: i + batch_size]
         z_end = max(st[0] for st in group) + roi[0]
@@ -50,8 +53,11 @@ def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
             grow = z_end - buf_lo - out.shape[1]
             out = np.concatenate([out, np.zeros((channels, grow, h, w), np.float32)], 1)
             norm = np.concatenate([norm, np.zeros((grow, h, w), np.float32)], 0)
-        x = np.stack([normalize_range(vol.read(tuple(slice(s, s + r) for s, r in zip(st, roi))), *value_range)
-                      for st in group])
+        for z0 in [z for z in slabs if z < group[0][0]]:
+            del slabs[z0]  # windows come in z order: no later window starts above this batch's first
+        for z0 in sorted({st[0] for st in group} - set(slabs)):  # one read per row of windows, not one per window
+            slabs[z0] = normalize_range(vol.read((slice(z0, z0 + roi[0]), slice(None), slice(None))), *value_range)
+        x = np.stack([slabs[st[0]][:, st[1]: st[1] + roi[1], st[2]: st[2] + roi[2]] for st in group])
         pred = predict(torch.from_numpy(x)[:, None]).float().cpu().numpy()  # (N, C, *roi)
         for st, p in zip(group, pred):
             zs = slice(st[0] - buf_lo, st[0] - buf_lo + roi[0])
@@ -126,18 +132,23 @@ def segment_streaming(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
                                                                              a[2, :, 1:].ravel())]
                 if previous is not None:
                     parts.append((previous.ravel(), f.ravel(), a[0].ravel()))
+                slice_keys, slice_counts = [], []
                 for lo, hi, aff in parts:
                     if score == "mean":
                         k, c, t = _pair_sums(lo, hi, aff, n)
-                        keys.append(k)
-                        counts.append(np.stack([t, c], 1))
+                        slice_keys.append(k)
+                        slice_counts.append(np.stack([t, c], 1))
                     else:
                         k, c = pair_bin_counts(lo, hi, aff, n, bins)
-                        keys.append(k)
-                        counts.append(c)
+                        slice_keys.append(k)
+                        slice_counts.append(c)
                 previous = f
-                if len(keys) > 64:  # keep the pending parts small
-                    keys, counts = _reduce(keys, counts, score)
+                # one part per slice: a region pair lives in one slice (in-plane) or one slice pair (across z), so
+                # parts of different slices share no key and merging them early gains nothing; the old merge of
+                # every pending part into the running total every 22 slices re-sorted the whole graph each time
+                (k,), (c,) = _reduce(slice_keys, slice_counts, score)
+                keys.append(k)
+                counts.append(c)
             if keys:
                 (keys,), (counts,) = _reduce(keys, counts, score)
             else:
