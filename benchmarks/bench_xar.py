@@ -153,8 +153,8 @@ def report_load(loads: list[float]) -> None:
     print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
     if max(loads) > (os.cpu_count() or 1) + 0.5:  # the load counts this process's own threads too
         print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, "
-              "so these times are not comparable to the official column (use --threads 1 for a relative "
-              "check)", flush=True)
+              "so these times are not comparable to the official column (use --threads 1 "
+              "for a relative check)", flush=True)
 
 
 def issue_rows(keys: list[str], repeats: int, compiled: set[str]) -> list[tuple]:
@@ -360,8 +360,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)} (default all)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--compile", nargs="?", const="all", default="", metavar="ROWS",
-                        help="torch.compile the model / the sampler's stack: every row, or the rows listed (comma "
-                             "list)")
+                        help="torch.compile the model / the sampler's stack: every row, "
+                             "or the rows listed (comma list)")
     parser.add_argument("--entities", action="store_true", help="the per-entity table of the tiny preset instead")
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the xar-b bf16 rows (tiny sizes with --device cpu)")

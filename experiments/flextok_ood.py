@@ -136,8 +136,8 @@ def _em(rng: np.random.Generator, num: int, size: int) -> np.ndarray:
 
     path = resolve_data_root(None) / "em" / "gala_fib_medulla.h5"
     if not path.is_file():
-        raise VistokError(f"the em set reads {path}, which is missing; set VISTOK_DATA to the data folder that holds "
-                          "em/")
+        raise VistokError(f"the em set reads {path}, which is missing; set VISTOK_DATA to the data "
+                          "folder that holds em/")
     with h5py.File(path, "r") as f:
         volume = f["test/raw"][:]  # (z, y, x) uint8
     z = rng.integers(0, volume.shape[0], num)

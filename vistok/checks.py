@@ -73,8 +73,8 @@ def float_arg(value: Any, name: str, lo: float | None = None, hi: float | None =
     value = float(value)
     if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) \
             or (hi is not None and value > hi):
-        raise ArgumentValueError(f"{name} must be a finite number{_space(_range_text(lo, hi, lo_open))}, got "
-                                 f"{value}{why}")
+        raise ArgumentValueError(f"{name} must be a finite number{_space(_range_text(lo, hi, lo_open))}, "
+                                 f"got {value}{why}")
     return value
 
 

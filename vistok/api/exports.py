@@ -117,8 +117,8 @@ def load_paired(ckpt: str | Path | Export, device: str | torch.device = "cpu",
                           "train/train_flextok_xar.py")
     tokenizer_dir = inside_export(folder, spec.get("path", TOKENIZER_DIR), "tokenizer.path")  # never outside the export
     if not tokenizer_dir.is_dir():
-        raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; re-export "
-                          "it")
+        raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; "
+                          "re-export it")
     flextok, image_tokenizer, ft_meta = load_flextok(open_folder(tokenizer_dir), device)
     check_pairing(model.config, flextok.config)
     decoding = settings(DecodeConfig, {**ft_meta.get("sample", {}), **meta.get("decode", {})})

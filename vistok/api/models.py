@@ -133,8 +133,8 @@ class Generator(Shareable):
     `sample(labels=[3, 5], seed=0)` -> uint8 (2, H, W, 3); steps, cfg (1 = no guidance), cfg_schedule and method
     default to the export's."""
 
-    what = ("an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for generators on FlexTok "
-            "tokens)")
+    what = ("an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for generators "
+            "on FlexTok tokens)")
     keywords: tuple[str, ...] = ("steps", "cfg", "cfg_schedule", "method")
 
     def __init__(self, model: XAR | TokenGenerator, tokenizer: nn.Module,
@@ -464,8 +464,8 @@ class Tokenizer(Shareable):
         single = k is None or not hasattr(k, "__len__")
         ks = [k] if single else list(k)
         if not ks:
-            raise ArgumentValueError(f"k is empty; pass a prefix length in 1..{self.registers}, a list of them, or "
-                                     "None")
+            raise ArgumentValueError(f"k is empty; pass a prefix length in 1..{self.registers}, "
+                                     "a list of them, or None")
         ks = [kk if kk is None else int_arg(kk, "k", 1, self.registers) for kk in ks]
         ids = self.encode(images, seed=seed, batch_size=batch_size, progress=progress)
         out = {kk: self.decode(ids, kk, seed=seed, steps=steps, cfg=cfg, guidance=guidance, batch_size=batch_size,

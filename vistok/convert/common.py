@@ -34,8 +34,8 @@ def read_weights(path: str | Path, what: str) -> Any:
         try:
             return load_file(str(path))
         except Exception as err:
-            raise VistokError(f"cannot read {what} {path} ({type(err).__name__}); is it a complete .safetensors "
-                              "file?") from None
+            raise VistokError(f"cannot read {what} {path} ({type(err).__name__}); "
+                              "is it a complete .safetensors file?") from None
     if path.suffix not in PICKLE_SUFFIXES:
         raise VistokError(f"{what} {path} must be a .safetensors or PyTorch checkpoint ({', '.join(PICKLE_SUFFIXES)}) "
                           "file")

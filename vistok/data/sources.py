@@ -58,8 +58,8 @@ def load_images(
                 f"{path} holds {images.shape[1]}x{images.shape[2]} images but the model takes "
                 f"{resolution}x{resolution}; resize them or pass an image folder (resized on load)")
         return images, labels
-    raise VistokError(f"--input {source} is not a dataset name ({', '.join(NAMED)}), an image folder or an .npz of "
-                      "images")
+    raise VistokError(f"--input {source} is not a dataset name ({', '.join(NAMED)}), "
+                      "an image folder or an .npz of images")
 
 
 __all__ = ["load_images", "load_npz_images", "npz_images"]

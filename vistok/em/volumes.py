@@ -373,8 +373,8 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
     if vol.stored_range is not None:
         return vol.stored_range
     if 0 in vol.shape:
-        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one voxel in each "
-                          "axis")
+        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one "
+                          "voxel in each axis")
     if mode == "sample":
         rng = np.random.default_rng(seed)
         lo, hi = np.inf, -np.inf

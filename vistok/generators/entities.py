@@ -99,8 +99,8 @@ class Partition:
                     f"{name}={self.size} must divide the {h}x{w} token grid; pick a divisor of both sides")
         if self.kind == "scale":
             require(self.size >= 1 and 2 ** (self.size - 1) <= min(h, w),
-                    f"{self.size} scales need a grid side of at least {2 ** (self.size - 1)}, got {h}x{w}; use fewer "
-                    "scales")
+                    f"{self.size} scales need a grid side of at least {2 ** (self.size - 1)}, got {h}x{w}; "
+                    "use fewer scales")
 
     @property
     def scales(self) -> tuple[tuple[int, int], ...]:

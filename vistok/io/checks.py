@@ -40,8 +40,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             raise VistokError(f"{path} is {size:,} bytes, not an export's config (at most {MAX_CONFIG_BYTES:,})")
         meta = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: absurdly nested JSON
-        raise VistokError(f"cannot read {path} ({type(err).__name__}); pass a folder written by a vistok "
-                          "export") from None
+        raise VistokError(f"cannot read {path} ({type(err).__name__}); "
+                          "pass a folder written by a vistok export") from None
     check_meta_shape(meta, path)
     return meta
 
@@ -51,8 +51,8 @@ def check_meta_shape(meta: Any, path: str | Path) -> None:
     the tokenizer, a number for the class names, nesting deeper than any export's), naming the entry, so that no
     reader later fails inside `.get` or `dict(...)` with a traceback."""
     def bad(what: str) -> VistokError:
-        return VistokError(f"{path}: {what}; the file is damaged or not a vistok export's config.json (re-export the "
-                           "model)")
+        return VistokError(f"{path}: {what}; the file is damaged or not a vistok export's config.json "
+                           "(re-export the model)")
 
     if not isinstance(meta, dict):
         raise bad(f"the top level is a JSON {_json_type(meta)}, not an object with 'family' and 'config'")

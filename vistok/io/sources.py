@@ -50,8 +50,8 @@ def parse_hf(source: str) -> tuple[str, str | None, str]:
            + [p for p in parts[2:] if p == ".."])
     if bad:  # checked here, not by huggingface_hub's validator, whose error would surface as a traceback
         raise VistokError(f"{source!r}: {bad[0]!r} is not a valid Hugging Face name (letters, digits, '-', '_', '.', "
-                          "at most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); write "
-                          "hf://org/repo")
+                          "at most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); "
+                          "write hf://org/repo")
     return f"{parts[0]}/{parts[1]}", revision or None, "/".join(parts[2:])
 
 

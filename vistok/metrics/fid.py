@@ -510,11 +510,11 @@ def _reference(real: str | Path, extractor: str, weights: str | None, need_image
         return None, as_images(real, None, resolution, data_root)
     stats = load_statistics(stats_path)
     if "extractor" in stats and str(stats["extractor"]) != extractor:
-        raise VistokError(f"{stats_path} holds {stats['extractor']} statistics, not {extractor}; use matching "
-                          "--extractor")
+        raise VistokError(f"{stats_path} holds {stats['extractor']} statistics, not {extractor}; "
+                          "use matching --extractor")
     if "fingerprint" in stats and str(stats["fingerprint"]) != extractor_fingerprint(extractor, weights):
-        raise VistokError(f"{stats_path} was computed with other {extractor} weights; recompute it with `vistok "
-                          "fid-stats`")
+        raise VistokError(f"{stats_path} was computed with other {extractor} weights; "
+                          "recompute it with `vistok fid-stats`")
     images = None
     if need_images:
         if str(real) in NAMED:
@@ -523,8 +523,8 @@ def _reference(real: str | Path, extractor: str, weights: str | None, need_image
             arrays = read_npz(stats_path, ("arr_0", "images"), what="FID reference")
             if not arrays:
                 raise VistokError(f"KID, precision/recall and --adm need real images, and {stats_path} holds only "
-                                  "statistics; pass an image folder, an .npz of images or a reference batch with "
-                                  "'arr_0'")
+                                  "statistics; pass an image folder, "
+                                  "an .npz of images or a reference batch with 'arr_0'")
             images = Uint8Images(npz_images(arrays, stats_path))
     return stats, images
 

@@ -36,8 +36,8 @@ class LatentsOnly(nn.Module):
 
     def _refuse(self, *_: Any) -> torch.Tensor:
         raise VistokError("this export has no VAE, so it cannot turn images into latents or back; use "
-                          "Tokenizer.encode_latents / decode_latents, or convert a checkpoint that holds its vae.* "
-                          "weights")
+                          "Tokenizer.encode_latents / decode_latents, "
+                          "or convert a checkpoint that holds its vae.* weights")
 
     encode = decode = _refuse
 

@@ -122,8 +122,8 @@ def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     try:
         state = load_file(str(path / "model.safetensors"))
     except (OSError, SafetensorError) as err:
-        raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); is the download "
-                          "complete?") from None
+        raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); "
+                          "is the download complete?") from None
     return state, hub_config(path) or {}
 
 
@@ -240,8 +240,8 @@ def map_state(official: dict[str, torch.Tensor],
             continue
         name = key[len(ENC):] if key.startswith(ENC) else key[len(DEC):] if key.startswith(DEC) else None
         if name is None:
-            raise VistokError(f"{source}: unexpected key {key!r} (neither encoder.module_dict, decoder.module_dict nor "
-                              "vae)")
+            raise VistokError(f"{source}: unexpected key {key!r} (neither encoder.module_dict, "
+                              "decoder.module_dict nor vae)")
         if name in SIMPLE:
             state[SIMPLE[name]] = value
         elif name in ("enc_patch_emb.patch_proj.weight", "dec_noise_patch_emb.patch_proj.weight"):  # columns (p1 p2 c)
@@ -282,8 +282,8 @@ def check_sincos(table: torch.Tensor, source: str, name: str) -> None:
     """An official (1, D, h, w) sin-cos table must be the one vistok derives for that grid."""
     ours = rearrange(sincos_posemb(tuple(table.shape[-2:]), table.shape[1]), "(h w) d -> 1 d h w", h=table.shape[-2])
     if table.shape != ours.shape or not torch.allclose(table.float(), ours, atol=1e-5):
-        raise VistokError(f"{source}: {name} is not the 2D sin-cos table vistok derives; a layout vistok does not "
-                          "implement")
+        raise VistokError(f"{source}: {name} is not the 2D sin-cos table vistok derives; "
+                          "a layout vistok does not implement")
 
 
 # ----------------------------------------------------------------------------------------------------- the VAE

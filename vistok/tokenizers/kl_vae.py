@@ -224,8 +224,8 @@ class KLVAE(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent grid (h, w) of an H x W image."""
         if height % self.factor or width % self.factor:
-            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; resize or "
-                              "crop")
+            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; "
+                              "resize or crop")
         return height // self.factor, width // self.factor
 
     def posterior(self, images: torch.Tensor) -> Posterior:

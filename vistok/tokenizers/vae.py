@@ -90,8 +90,8 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as err:
-            raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); re-download the "
-                              "file") from None
+            raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); "
+                              "re-download the file") from None
     else:
         state = load_pickle(path, what="VAE weights")  # weights_only: a pickle naming code is refused, not run
     for key in ("state_dict", "model"):
@@ -135,8 +135,8 @@ class VAE(nn.Module):
             self.vae = AutoencoderKL(**arch)
             self._load_file(path)
         else:
-            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the {config.arch} weights there or fix "
-                              "vae.weights")
+            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the {config.arch} weights there "
+                              "or fix vae.weights")
         require(self.scaling_factor > 0, f"{path}/config.json has no scaling_factor; set vae.scaling_factor")
         self.vae.requires_grad_(False)
         self.vae.eval()
@@ -161,8 +161,8 @@ class VAE(nn.Module):
         else:
             raise VistokError(f"VAE weights not found at {str(path)!r}; copy the kl16 weights there or fix vae.weights")
         if config.ch and kl_config.ch != config.ch:
-            raise VistokError(f"{path} is a ch={kl_config.ch} VAE but vae.ch={config.ch}; set vae.ch=0 to follow the "
-                              "weights")
+            raise VistokError(f"{path} is a ch={kl_config.ch} VAE but vae.ch={config.ch}; "
+                              "set vae.ch=0 to follow the weights")
         self.vae = KLVAE(kl_config)
         if state is not None:
             load_state_strict(self.vae, state, str(path))
@@ -205,8 +205,8 @@ class VAE(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent grid (h, w) of an H x W image."""
         if height % self.factor or width % self.factor:
-            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; resize or "
-                              "crop")
+            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; "
+                              "resize or crop")
         return height // self.factor, width // self.factor
 
     @torch.no_grad()
