@@ -35,7 +35,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = fid.Uint8Images(rng.integers(0, 256, (args.num, 3, args.resolution, args.resolution), dtype=np.uint8))
     device = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
-    print(f"FID feature extraction, {args.num} images {args.resolution}x{args.resolution}, batch {args.batch_size}, {device}")
+    print(f"FID feature extraction, {args.num} images {args.resolution}x{args.resolution}, batch {args.batch_size}, "
+          f"{device}")
     print("| extractor | images/s |\n|---|---|")
     from vistok.registry import shipped_models
 

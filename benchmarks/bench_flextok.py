@@ -2,7 +2,8 @@
 it does not depend on k: masked registers are still computed).
 
     python benchmarks/bench_flextok.py --threads 1     # CPU table: the tiny CIFAR-10 preset, random weights (~1 min)
-    OMP_NUM_THREADS=2 python benchmarks/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --threads 2
+    OMP_NUM_THREADS=2 python benchmarks/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 \
+        --threads 2
     python benchmarks/bench_flextok.py --skip-tiny --released flextok-d12-d12,flextok-d18-d28 --device cuda   # on a GPU
     python benchmarks/bench_flextok.py --skip-tiny --released flextok-test --measure-steps 2   # smoke test (seconds)
 
@@ -153,7 +154,8 @@ def released_row(preset: str, device: torch.device, steps: int, cfg_scale: float
     n = measure_steps if 0 < measure_steps < steps else steps
     print(f"  {preset}: encode {enc_s:.1f} s; decoding {n} steps", flush=True)
     latents, flow_s, dec_rss, dec_cuda = measured(
-        lambda: sampling.decode(model, ids, DecodeConfig(steps=n, cfg=cfg_scale, guidance="apg"), seed=0, progress=None), device)
+        lambda: sampling.decode(model, ids, DecodeConfig(steps=n, cfg=cfg_scale, guidance="apg"),
+                                seed=0, progress=None), device)
     images, vae_s, vae_rss, vae_cuda = measured(lambda: tokenizer.decode(latents), device)
     assert images.shape == (1, 3, size, size) and bool(torch.isfinite(images).all())
     per_step = flow_s / n

@@ -57,7 +57,8 @@ def main() -> None:
     for length in lengths:
         fast = time_fwd_bwd(selective_scan_torch, length, args.batch, args.d_inner, args.d_state, args.repeats)
         if length <= args.naive_max:
-            naive = time_fwd_bwd(selective_scan_ref, length, args.batch, args.d_inner, args.d_state, max(1, args.repeats - 2))
+            naive = time_fwd_bwd(selective_scan_ref, length, args.batch, args.d_inner, args.d_state,
+                                 max(1, args.repeats - 2))
             tail = f"{naive:.3f} | {naive / fast:.1f}x"
         else:
             tail = "- | -"

@@ -3,7 +3,7 @@ arXiv 2502.13967, §4: one AR model, any k; xAR on FlexTok codes, Ren et al., ar
 
     python benchmarks/bench_pairing.py                       # CPU, tiny presets, random weights (about a minute)
     python benchmarks/bench_pairing.py --threads 1 --batch 8 # a busy machine
-    python benchmarks/bench_pairing.py --preset paper --device cuda --batch 64   # gpt-d12, xar-flextok-b, flextok-d12-d12
+    python benchmarks/bench_pairing.py --preset paper --device cuda --batch 64 # gpt-d12, xar-flextok-b, flextok-d12-d12
 
 For each k on the ladder 1, 2, 4, ..., K: images/s of the GPT drawing k ids (KV cache, CFG in a doubled batch) and of
 xAR generating k codes (prefix groups, flow steps per group, CFG, snapped to FSQ ids), of FlexTok decoding them (whose
@@ -18,19 +18,20 @@ import dataclasses
 
 import torch
 
-from vistok.generators.ar import AR, PRESETS as AR_PRESETS
 from vistok.api import resolve_device
+from vistok.generators.ar import AR, PRESETS as AR_PRESETS
 from vistok.generators.flextok_codes import CFG_SCHEDULE, FlexTokCodes, check_pairing, sample_ids, valid_ks
 from vistok.generators.sampling import ARSampleConfig, SampleConfig
-from vistok.generators.xar import XAR, PRESETS as XAR_PRESETS
+from vistok.generators.xar import PRESETS as XAR_PRESETS, XAR
 from vistok.tokenizers import flextok_sampling
-from vistok.tokenizers.flextok import FlexTok, PRESETS as FLEXTOK_PRESETS
+from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 
 from benchtools import timed  # benchmarks/benchtools.py
 
 # preset -> (GPT, xAR, FlexTok): the CPU sizes of the cifar10 configs, and paper sizes (ImageNet, 256 tokens)
-PAIRS = {"tiny": ("gpt-tiny", "xar-flextok-tiny", "flextok-tiny-s"), "paper": ("gpt-d12", "xar-flextok-b", "flextok-d12-d12")}
+PAIRS = {"tiny": ("gpt-tiny", "xar-flextok-tiny", "flextok-tiny-s"),
+         "paper": ("gpt-d12", "xar-flextok-b", "flextok-d12-d12")}
 
 
 def build(preset: str, device: torch.device) -> tuple[AR, XAR, FlexTok]:

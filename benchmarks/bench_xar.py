@@ -1,15 +1,15 @@
 """xAR speed against the official implementation, per entity, and on a GPU (Ren et al., arXiv 2502.20388, Table 7).
 
-    python benchmarks/bench_xar.py                     # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
-    python benchmarks/bench_xar.py --rows t32,s8       # some rows only;  --repeats N  more interleaved rounds
-    python benchmarks/bench_xar.py --compile           # the same with torch.compile (the first call of each row compiles)
-    python benchmarks/bench_xar.py --compile t32,s8    # compile only these rows (the others eager): each row at its best
-    python benchmarks/bench_xar.py --entities          # token / cell / image partitions of the tiny preset (README table)
-    python benchmarks/bench_xar.py --gpu-only          # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
+    python benchmarks/bench_xar.py                   # the issue's table: official vs vistok, fp32, 2 threads (< 3 min)
+    python benchmarks/bench_xar.py --rows t32,s8     # some rows only;  --repeats N  more interleaved rounds
+    python benchmarks/bench_xar.py --compile         # the same with torch.compile (the first call of each row compiles)
+    python benchmarks/bench_xar.py --compile t32,s8  # compile only these rows (the others eager): each row at its best
+    python benchmarks/bench_xar.py --entities        # token / cell / image partitions of the tiny preset (README table)
+    python benchmarks/bench_xar.py --gpu-only        # xar-b, bf16: train step + MFU at batch 64, sampling at batch 256
     python benchmarks/bench_xar.py --gpu-only --device cpu   # the same rows at tiny sizes on the CPU (a smoke test)
-    python benchmarks/bench_xar.py --code /tmp/v0      # the issue's rows timed on another checkout of vistok (see below)
+    python benchmarks/bench_xar.py --code /tmp/v0    # the issue's rows timed on another checkout of vistok (see below)
     python benchmarks/bench_xar.py --baseline /tmp/v0 [--compile ROWS]   # in lockstep with it: machine-corrected ratios
-    python benchmarks/bench_xar.py --malloc-default    # without vistok's host-memory setting (vistok.engine.host_memory)
+    python benchmarks/bench_xar.py --malloc-default  # without vistok's host-memory setting (vistok.engine.host_memory)
 
 --code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
 parity with the official implementation), runs of both measure how much faster this machine is than the one the
@@ -68,7 +68,8 @@ ROWS = {
 ISSUE_VISTOK = {"t32": 408, "t8": 144, "t32d": 1084, "t8d": 235, "s8": 829, "s32": 2920}
 
 
-def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32", compile: bool = False) -> Callable[[], None]:
+def train_step(cfg: XARConfig, batch: int, device: torch.device, precision: str = "fp32",
+               compile: bool = False) -> Callable[[], None]:
     """A closure running one optimizer step (forward, loss, backward, clip, AdamW) on fixed random latents."""
     model = XAR(cfg).to(device).train()
     if compile:  # as `train.compile=true` (imported here: a `--code` checkout may predate it)
@@ -119,7 +120,8 @@ def build_runs(keys: list[str], compiled: set[str]) -> dict[str, Callable[[], No
         kind, batch, drop = ROWS[key][2]
         cfg = dataclasses.replace(ISSUE, dropout=drop, attn_dropout=drop)
         compile = key in compiled
-        runs[key] = train_step(cfg, batch, cpu, compile=compile) if kind == "train" else sampler(cfg, batch, cpu, 10, 2.0, compile=compile)
+        runs[key] = train_step(cfg, batch, cpu, compile=compile) if kind == "train" else sampler(cfg, batch, cpu, 10,
+                                                                                                 2.0, compile=compile)
         start = time.perf_counter()
         runs[key]()  # warm-up (and compilation with --compile)
         if kind == "train":
@@ -128,7 +130,8 @@ def build_runs(keys: list[str], compiled: set[str]) -> dict[str, Callable[[], No
     return runs
 
 
-def time_rows(runs: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]], list[float]]:
+def time_rows(runs: dict[str, Callable[[], None]], repeats: int
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]], list[float]]:
     """Wall and process CPU ms and minor page faults per row over `repeats` interleaved rounds (every row once per
     round), and the load."""
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -149,8 +152,9 @@ def time_rows(runs: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[s
 def report_load(loads: list[float]) -> None:
     print(f"  load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores", flush=True)
     if max(loads) > (os.cpu_count() or 1) + 0.5:  # the load counts this process's own threads too
-        print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, so "
-              "these times are not comparable to the official column (use --threads 1 for a relative check)", flush=True)
+        print("  WARNING: other processes shared the cores; with several threads OpenMP then mostly waits on itself, "
+              "so these times are not comparable to the official column (use --threads 1 "
+              "for a relative check)", flush=True)
 
 
 def issue_rows(keys: list[str], repeats: int, compiled: set[str]) -> list[tuple]:
@@ -162,7 +166,8 @@ def issue_rows(keys: list[str], repeats: int, compiled: set[str]) -> list[tuple]
         ms, med = wall[key], statistics.median(wall[key])
         label += ", compiled" if key in compiled else ""
         rows.append((label, f"{official:,}", f"{med:,.0f} ({min(ms):,.0f}-{max(ms):,.0f})",
-                     f"{statistics.median(cpu_time[key]):,.0f}", f"{statistics.median(faults[key]):,.0f}", f"{med / official:.2f}"))
+                     f"{statistics.median(cpu_time[key]):,.0f}", f"{statistics.median(faults[key]):,.0f}",
+                     f"{med / official:.2f}"))
     return rows
 
 
@@ -181,13 +186,16 @@ def serve(keys: list[str], compiled: set[str]) -> None:
 class Worker:
     """One side of `--baseline`: a `--worker` process of this script (on another checkout with `code`)."""
 
-    def __init__(self, keys: list[str], threads: int, code: str | None, compiled: set[str], malloc_default: bool) -> None:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", ",".join(keys), "--threads", str(threads),
+    def __init__(self, keys: list[str], threads: int, code: str | None, compiled: set[str],
+                 malloc_default: bool) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", ",".join(keys), "--threads",
+               str(threads),
                *(["--code", code] if code else []), *(["--compile", ",".join(sorted(compiled))] if compiled else []),
                *(["--malloc-default"] if malloc_default else [])]
         self.name = code or "this checkout"
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, bufsize=1)
 
     def _line(self) -> str:
         line = self.proc.stdout.readline()
@@ -234,7 +242,8 @@ def baseline_rows(keys: list[str], rounds: int, compiled: set[str], baseline: st
                 base_ms[key].append(t_base)
                 ratios[key].append(t_now / t_base)
             loads.append(os.getloadavg()[0])
-            print(f"  round {r + 1}/{rounds}, load {loads[-1]:.1f}: " + ", ".join(f"{k} {ratios[k][-1]:.2f}" for k in keys), flush=True)
+            print(f"  round {r + 1}/{rounds}, load {loads[-1]:.1f}: "
+                  + ", ".join(f"{k} {ratios[k][-1]:.2f}" for k in keys), flush=True)
     finally:
         base.close()
         now.close()
@@ -279,7 +288,8 @@ def entity_rows(steps: int, cfg_scale: float, train_batch: int, sample_batch: in
         gen = Generator(model, tokenizer, sampling)
         sample_s = timed(lambda: gen.sample(labels, batch_size=sample_batch), cpu, repeats=1)  # noqa: B023
         n = cfg.partition.num_entities
-        rows.append((f"{TINY_PRESET} {kind} ({n} entit{'y' if n == 1 else 'ies'})", f"{train_s * 1000:.0f} ms (batch {train_batch})",
+        rows.append((f"{TINY_PRESET} {kind} ({n} entit{'y' if n == 1 else 'ies'})",
+                     f"{train_s * 1000:.0f} ms (batch {train_batch})",
                      f"{sample_batch / sample_s:.1f} ({steps} steps, cfg {cfg_scale}, batch {sample_batch})"))
         print(f"  measured {rows[-1][0]}", flush=True)
     return rows
@@ -314,9 +324,12 @@ def gpu_rows(device: torch.device, cfg_scale: float = 2.0, compile: bool = False
     sample_s = timed(run, device, repeats=max(1, repeats // 3), warmup=1)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return [
-        dict(row=f"{preset} train step, bf16, batch {train_batch}{', compiled' if compile else ''}", value=train_s * 1000,
-             unit="ms", images_per_s=train_batch / train_s, model_tflop_per_step=flops / 1e12, mfu=mfu, peak_gib=memory),
-        dict(row=f"{preset} sampling, bf16, batch {sample_batch}, {steps} steps, CFG {cfg_scale}{', compiled' if compile else ''}",
+        dict(row=f"{preset} train step, bf16, batch {train_batch}{', compiled' if compile else ''}",
+             value=train_s * 1000,
+             unit="ms", images_per_s=train_batch / train_s, model_tflop_per_step=flops / 1e12, mfu=mfu,
+             peak_gib=memory),
+        dict(row=f"{preset} sampling, bf16, batch {sample_batch}, {steps} steps, CFG "
+                 f"{cfg_scale}{', compiled' if compile else ''}",
              value=sample_batch / sample_s, unit="images/s", seconds=sample_s, peak_gib=memory),
     ]
 
@@ -327,7 +340,8 @@ def format_gpu(rows: list[dict]) -> list[tuple]:
         extra = []
         if "mfu" in r:
             extra.append(f"{r['images_per_s']:.1f} images/s, {r['model_tflop_per_step']:.3g} TFLOP/step, MFU "
-                         + (f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no known peak; set VISTOK_PEAK_TFLOPS)"))
+                         + (f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None
+                            else "n/a (no known peak; set VISTOK_PEAK_TFLOPS)"))
         if r.get("peak_gib") is not None:
             extra.append(f"peak {r['peak_gib']:.1f} GiB")
         out.append((r["row"], f"{r['value']:,.1f} {r['unit']}", "; ".join(extra)))
@@ -346,10 +360,13 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)} (default all)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--compile", nargs="?", const="all", default="", metavar="ROWS",
-                        help="torch.compile the model / the sampler's stack: every row, or the rows listed (comma list)")
+                        help="torch.compile the model / the sampler's stack: every row, "
+                             "or the rows listed (comma list)")
     parser.add_argument("--entities", action="store_true", help="the per-entity table of the tiny preset instead")
-    parser.add_argument("--gpu-only", action="store_true", help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for --gpu-only (default: CUDA if present)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="for --gpu-only (default: CUDA if present)")
     parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
     parser.add_argument("--baseline", metavar="DIR", help="run in lockstep with this checkout (e.g. 16bc730) and print "
                         "the machine-corrected ratio to the official column (see the docstring)")
@@ -365,12 +382,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.gpu_only:
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+        device = torch.device("cuda" if args.device == "cuda"
+                              or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
         if device.type == "cpu":
             print("  (CPU: the xar-b rows at tiny sizes, a smoke test of the GPU rows)")
         table(("xAR, bf16", "measured", "details"), format_gpu(gpu_rows(device, compile=bool(args.compile))))
     elif args.entities:
-        table(("model / entity", "train step", "sampling images/s"), entity_rows(10, 2.0, train_batch=32, sample_batch=16))
+        table(("model / entity", "train step", "sampling images/s"),
+              entity_rows(10, 2.0, train_batch=32, sample_batch=16))
     else:
         keys = [k.strip() for k in args.rows.split(",") if k.strip()]
         unknown = [k for k in keys if k not in ROWS]
@@ -391,7 +410,8 @@ def main() -> None:
             return
         else:
             rows = issue_rows(keys, args.repeats, compiled)
-            table((title, "official ms", "vistok ms (min-max)", "process CPU ms", "page faults", "vistok / official"), rows)
+            table((title, "official ms", "vistok ms (min-max)", "process CPU ms", "page faults",
+                   "vistok / official"), rows)
     import vistok
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"

@@ -62,9 +62,11 @@ def scan_row(device: torch.device, batch: int, length: int, d_inner: int, d_stat
 
     g = torch.Generator(device="cpu").manual_seed(0)
     make = lambda *shape: torch.randn(*shape, generator=g).to(device).requires_grad_()  # noqa: E731
-    u, delta, B, C = make(batch, length, d_inner), make(batch, length, d_inner), make(batch, length, d_state), make(batch, length, d_state)
+    u, delta = make(batch, length, d_inner), make(batch, length, d_inner)
+    B, C = make(batch, length, d_state), make(batch, length, d_state)
     A = (-torch.rand(d_inner, d_state, generator=g) - 0.5).to(device).requires_grad_()
-    D, bias = torch.ones(d_inner, device=device, requires_grad=True), torch.zeros(d_inner, device=device, requires_grad=True)
+    D = torch.ones(d_inner, device=device, requires_grad=True)
+    bias = torch.zeros(d_inner, device=device, requires_grad=True)
 
     def ours() -> None:
         selective_scan_torch(u, delta, A, B, C, D, bias, True).square().mean().backward()
@@ -84,7 +86,8 @@ def scan_row(device: torch.device, batch: int, length: int, d_inner: int, d_stat
     t = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731 - mamba_ssm takes (B, D, L) and (B, N, L)
 
     def kernel() -> None:
-        selective_scan_fn(t(u), t(delta), A, t(B), t(C), D, delta_bias=bias, delta_softplus=True).square().mean().backward()
+        selective_scan_fn(t(u), t(delta), A, t(B), t(C), D, delta_bias=bias,
+                          delta_softplus=True).square().mean().backward()
 
     with torch.no_grad():
         ref = selective_scan_fn(t(u), t(delta), A, t(B), t(C), D, delta_bias=bias, delta_softplus=True).transpose(1, 2)
@@ -111,10 +114,8 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
     and FlexTok's register mask, with the model compiled and eager (on CUDA the eager model calls the separately
     compiled kernel), and on CUDA xAR's training gradients (the path `train.compile=false` takes there; FlexAttention
     has no backward on the CPU). One row each with the largest difference."""
-    from vistok.generators.xar import PRESETS as XAR_PRESETS
-    from vistok.generators.xar import XAR
-    from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
-    from vistok.tokenizers.flextok import FlexTok
+    from vistok.generators.xar import PRESETS as XAR_PRESETS, XAR
+    from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 
     rows = []
     torch.manual_seed(0)
@@ -137,7 +138,8 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
                 outs.append(("compiled model", torch.compile(fn, dynamic=False)(model)))
         for label, out in outs:
             diff = (out.float() - ref.float()).abs().max().item()
-            rows.append(dict(row=f"FlexAttention vs SDPA: {name}, {label}", value=diff, unit="max |diff|", ok=diff < 1e-4))
+            rows.append(dict(row=f"FlexAttention vs SDPA: {name}, {label}", value=diff,
+                             unit="max |diff|", ok=diff < 1e-4))
     if device.type != "cuda":
         return rows  # FlexAttention has no backward on the CPU
     xar.train()
@@ -148,7 +150,8 @@ def flex_checks(device: torch.device, compile: bool = True) -> list[dict]:
         torch.manual_seed(1)  # the same label drop (CFG training) for both
         xar(tokens, labels, t=t, noise=noise).backward()
         grads[backend] = [p.grad.clone() for p in xar.parameters() if p.grad is not None]
-    diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(grads["flex"], grads["sdpa"]))
+    diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+               for a, b in zip(grads["flex"], grads["sdpa"], strict=True))
     rows.append(dict(row="FlexAttention vs SDPA: xAR training gradients, eager model", value=diff,
                      unit="max rel. |diff|", tensors=len(grads["sdpa"]), ok=diff < 1e-4))
     return rows
@@ -160,8 +163,7 @@ def kv_cache_checks(device: torch.device, compile: bool = True) -> list[dict]:
     """xAR sampling with the static KV cache (eager, and with the compiled stack) against full recompute, in float32
     with TF32 off, 2+2 blocks, 4 heads, 4 cells, CFG: the largest difference over the samples."""
     from vistok.generators.sampling import SampleConfig, sample_xar
-    from vistok.generators.xar import PRESETS as XAR_PRESETS
-    from vistok.generators.xar import XAR
+    from vistok.generators.xar import PRESETS as XAR_PRESETS, XAR
 
     torch.manual_seed(0)
     model = XAR(dataclasses.replace(XAR_PRESETS["xar-test"], depth=2, entity_size=2)).to(device).eval()
@@ -179,7 +181,8 @@ def stages(device: torch.device, sizes: dict, args: argparse.Namespace) -> list[
     """The checks in the order they run (the cheapest and most telling first), each a thunk returning rows."""
     out = [("FlexAttention checks", lambda: flex_checks(device, compile=not args.no_flex_compile)),
            ("xar-b eager", lambda: bench_xar.gpu_rows(device)),
-           ("FlexTok decode", lambda: [flextok_decode_row(device, sizes["flextok"], sizes["flex_batch"], sizes["flex_steps"])]),
+           ("FlexTok decode",
+            lambda: [flextok_decode_row(device, sizes["flextok"], sizes["flex_batch"], sizes["flex_steps"])]),
            ("selective scan", lambda: [scan_row(device, *sizes["scan"])]),
            ("KV cache checks", lambda: kv_cache_checks(device, compile=not args.no_flex_compile))]
     if not args.no_compile:
@@ -192,12 +195,15 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
     parser.add_argument("--out", default="gpu_check.json", help="JSON file of all rows (default gpu_check.json)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled xar-b rows (slow to build on a CPU)")
-    parser.add_argument("--no-flex-compile", action="store_true", help="check FlexAttention eagerly (no inductor build)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the compiled xar-b rows (slow to build on a CPU)")
+    parser.add_argument("--no-flex-compile", action="store_true",
+                        help="check FlexAttention eagerly (no inductor build)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device("cuda" if args.device == "cuda"
+                          or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here; use --device cpu for the tiny sizes")
     start, rows = time.perf_counter(), []
@@ -208,12 +214,14 @@ def main() -> None:
         try:
             new = run()
         except Exception as err:  # noqa: BLE001 - one failing stage must not cost the others (a GPU lease is short)
-            new = [dict(row=f"{name}: failed", value=float("nan"), unit="", error=f"{type(err).__name__}: {str(err)[:300]}", ok=False)]
+            new = [dict(row=f"{name}: failed", value=float("nan"), unit="",
+                        error=f"{type(err).__name__}: {str(err)[:300]}", ok=False)]
         rows += new
         for line in format_rows(new):
             print(line, flush=True)
         print(f"  ({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
-        meta["seconds"] = time.perf_counter() - start  # the file is rewritten after every stage: a killed run keeps its rows
+        # the file is rewritten after every stage: a killed run keeps its rows
+        meta["seconds"] = time.perf_counter() - start
         atomic_write_bytes(Path(args.out), json.dumps(dict(meta=meta, rows=rows), indent=1, default=str).encode())
     print("\n| check | measured | details |\n|---|---|---|")
     for line in format_rows(rows):

@@ -31,7 +31,8 @@ def main() -> None:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             rows.append((f"float32, {threads} thread(s)", model.decode_raw(io["mean"])))
-            rows.append((f"float32, {threads} thread(s), x 0.2325 / 0.2325", model.decode_raw(io["mean"] * 0.2325 / 0.2325)))
+            rows.append((f"float32, {threads} thread(s), x 0.2325 / 0.2325",
+                         model.decode_raw(io["mean"] * 0.2325 / 0.2325)))
         rows.append(("float64", model.double().decode_raw(io["mean"].double()).float()))
     print(f"{'decode of the fixture latents':<48} {'max |diff| vs official':>22} {'/ max |official|':>16}")
     for name, out in rows:

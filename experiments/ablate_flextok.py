@@ -3,7 +3,7 @@
 Images into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Sec. 3 (nested dropout orders the registers
 coarse to fine); here the tiny CIFAR-10 recipe, so only the comparison is meaningful.
 
-    OMP_NUM_THREADS=1 python experiments/ablate_flextok.py --out runs/flextok_ablation --fid           # the README table
+    OMP_NUM_THREADS=1 python experiments/ablate_flextok.py --out runs/flextok_ablation --fid         # the README table
     python experiments/ablate_flextok.py --out runs/flextok_ablation --train-steps 50 --num 32 --seeds 0  # a quick look
 
 Every variant is `train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml` with the same steps,
@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchtools import fid_net_fingerprint, spread  # noqa: E402  (benchmarks/benchtools.py)
 
@@ -44,8 +43,8 @@ def train(variant: str, seed: int, run_dir: Path, steps: int, extra: list[str]) 
     if (run_dir / "export" / "model.safetensors").is_file():
         return 0.0
     cmd = [sys.executable, str(ROOT / "train/train_flextok.py"), "--config", str(CONFIG), f"train.run_dir={run_dir}",
-           f"train.total_steps={steps}", f"train.warmup_steps={max(1, round(steps * 500 / 12000))}", f"train.seed={seed}",
-           f"model.nested_dropout={variant}", "preview_images=0", *extra]
+           f"train.total_steps={steps}", f"train.warmup_steps={max(1, round(steps * 500 / 12000))}",
+           f"train.seed={seed}", f"model.nested_dropout={variant}", "preview_images=0", *extra]
     print(f"[{variant} seed {seed}] training: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL)
@@ -53,11 +52,11 @@ def train(variant: str, seed: int, run_dir: Path, steps: int, extra: list[str]) 
 
 
 def evaluate(run_dir: Path, num: int, fid_stats: str | None) -> dict[int, dict[str, float]]:
+    from flextok_ood import ladder  # experiments/flextok_ood.py
+
     import vistok
     from vistok.data.sources import load_images
     from vistok.metrics import fid
-
-    from flextok_ood import ladder  # experiments/flextok_ood.py
 
     tokenizer = vistok.load(run_dir / "export")
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= tokenizer.registers]
@@ -134,9 +133,10 @@ def main() -> None:
             runs = save(results_path, key, runs[key])
     ks = sorted({int(k) for r in runs.values() for k in r["ladder"]})
     metrics = ["mse", "psnr"] + (["fid"] if args.fid else [])
-    print(f"\nFlexTok nested dropout, {args.train_steps} steps x batch 64 per run, seeds {seeds}, {args.num} CIFAR-10 test "
-          "images; mean +- spread over seeds\n")
-    print("| k | " + " | ".join(f"{v}: {m.upper()}" for v in variants for m in metrics) + " |\n|---:|" + "---:|" * (len(variants) * len(metrics)))
+    print(f"\nFlexTok nested dropout, {args.train_steps} steps x batch 64 per run, seeds {seeds}, {args.num} CIFAR-10 "
+          "test images; mean +- spread over seeds\n")
+    print("| k | " + " | ".join(f"{v}: {m.upper()}" for v in variants for m in metrics)
+          + " |\n|---:|" + "---:|" * (len(variants) * len(metrics)))
     for k in ks:
         cells = []
         for v in variants:

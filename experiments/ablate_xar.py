@@ -58,7 +58,8 @@ def train(name: str, run_dir: Path, steps: int, batch: int, warmup: int, extra: 
     if (run_dir / "export" / "model.safetensors").is_file():
         return 0.0
     cmd = [sys.executable, str(ROOT / "train/train_xar.py"), "--config", str(CONFIG), f"train.run_dir={run_dir}",
-           f"train.total_steps={steps}", f"train.batch_size={batch}", f"train.warmup_steps={warmup}", "train.ckpt_every=250", "preview_per_class=0",
+           f"train.total_steps={steps}", f"train.batch_size={batch}", f"train.warmup_steps={warmup}",
+           "train.ckpt_every=250", "preview_per_class=0",
            *VARIANTS[name], *extra]
     print(f"[{name}] training: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
@@ -106,7 +107,8 @@ def main() -> None:
     names = [n for n in VARIANTS if all(n in rows for rows in by_seed.values())]
     print(f"\nxAR ablation, {args.train_steps} steps x batch {args.train_batch} per variant, FID (cifar10-net, "
           f"{args.num} samples vs cifar10-train statistics), seeds {seeds}\n")
-    print("| variant | entities | " + " | ".join(f"FID seed {s}" for s in seeds) + " | FID mean +- spread | sampling img/s |\n"
+    print("| variant | entities | " + " | ".join(f"FID seed {s}" for s in seeds)
+          + " | FID mean +- spread | sampling img/s |\n"
           "|---|---|" + "---|" * (len(seeds) + 2))
     for name in names:
         fids = [by_seed[s][name]["fid"] for s in seeds]
@@ -130,7 +132,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         if args.only and slug(name) not in args.only.split(","):
             continue
         run_dir = out / slug(name)
-        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup, [f"train.seed={seed}", *args.overrides])
+        train_s = train(name, run_dir, args.train_steps, args.train_batch, args.warmup,
+                        [f"train.seed={seed}", *args.overrides])
         if name in rows and rows[name].get("num", saved.get("num")) == args.num and train_s == 0.0:
             rows[name].setdefault("num", args.num)
             fresh = rescore(run_dir, rows[name], seed)  # already sampled with these settings

@@ -1,7 +1,7 @@
 """FlexTok's coarse-to-fine ordering on images unlike its training set (Bachmann et al., "FlexTok: Resampling Images
 into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Fig. 5: later tokens add detail to earlier ones).
 
-    python experiments/flextok_ood.py                                  # the shipped tokenizer on every set, 256 images each
+    python experiments/flextok_ood.py                              # the shipped tokenizer on every set, 256 images each
     python experiments/flextok_ood.py --ckpt runs/flextok/export --num 512 --json ood.json
 
 Builds image sets that are not CIFAR-10, deterministically from a seed (nothing is downloaded), reconstructs each
@@ -136,12 +136,13 @@ def _em(rng: np.random.Generator, num: int, size: int) -> np.ndarray:
 
     path = resolve_data_root(None) / "em" / "gala_fib_medulla.h5"
     if not path.is_file():
-        raise VistokError(f"the em set reads {path}, which is missing; set VISTOK_DATA to the data folder that holds em/")
+        raise VistokError(f"the em set reads {path}, which is missing; set VISTOK_DATA to the data "
+                          "folder that holds em/")
     with h5py.File(path, "r") as f:
         volume = f["test/raw"][:]  # (z, y, x) uint8
     z = rng.integers(0, volume.shape[0], num)
     y, x = (rng.integers(0, n - size + 1, num) for n in volume.shape[1:])
-    return np.stack([_rgb(volume[k, i:i + size, j:j + size]) for k, i, j in zip(z, y, x)])
+    return np.stack([_rgb(volume[k, i:i + size, j:j + size]) for k, i, j in zip(z, y, x, strict=True)])
 
 
 def build_set(name: str, num: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -201,9 +202,11 @@ def main() -> None:
         r = results[name]
         print(f"{name}: MSE " + ", ".join(f"k={k} {r[k]['mse']:.4f}" for k in ks)
               + f"; MSE({ks[-1]})/MSE(1) = {r[ks[-1]]['mse'] / r[1]['mse']:.2f}", flush=True)
-    print(f"\n| set | " + " | ".join(f"MSE k={k}" for k in ks) + f" | MSE({ks[-1]}) / MSE(1) |\n|---|" + "---:|" * (len(ks) + 1))
+    print("\n| set | " + " | ".join(f"MSE k={k}" for k in ks) + f" | MSE({ks[-1]}) / MSE(1) |\n|---|"
+          + "---:|" * (len(ks) + 1))
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join(f"{r[k]['mse']:.4f}" for k in ks) + f" | {r[ks[-1]]['mse'] / r[1]['mse']:.2f} |")
+        print(f"| {name} | " + " | ".join(f"{r[k]['mse']:.4f}" for k in ks)
+              + f" | {r[ks[-1]]['mse'] / r[1]['mse']:.2f} |")
     print(f"\n{args.num} images per set, seed {args.seed}, tokenizer {args.ckpt}")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,8 +1,8 @@
 """Plot FlexTok reconstruction metrics against the number of tokens k, from `vistok reconstruct --json` files
 (Bachmann et al., arXiv 2502.13967, Fig. 5: reconstruction quality against k).
 
-    python experiments/plot_flextok_k.py --json recon.json recon_nond.json --label "nested dropout" "no nested dropout" \
-        --out assets/demo/flextok_mse_vs_k.png
+    python experiments/plot_flextok_k.py --json recon.json recon_nond.json \
+        --label "nested dropout" "no nested dropout" --out assets/demo/flextok_mse_vs_k.png
 
 One panel per metric (MSE, PSNR, FID when present) against k on a log-2 axis, one line per file. Needs matplotlib
 (`pip install matplotlib`); prints the same numbers as a markdown table.
@@ -22,7 +22,8 @@ def load(path: str) -> dict:
         data = json.loads(Path(path).read_text())
         return {int(k): v for k, v in data["metrics"].items()}
     except (OSError, ValueError, KeyError) as err:
-        raise VistokError(f"{path} is not a `vistok reconstruct --json` file ({err.__class__.__name__}: {err})") from None
+        raise VistokError(f"{path} is not a `vistok reconstruct --json` file ({err.__class__.__name__}: "
+                          f"{err})") from None
 
 
 def main() -> None:
@@ -44,8 +45,8 @@ def main() -> None:
     runs = [load(f) for f in args.json]
     metrics = [m for m in ("mse", "psnr", "fid") if all(m in r[k] for r in runs for k in r)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
-    for ax, metric in zip(axes, metrics):
-        for run, label in zip(runs, labels):
+    for ax, metric in zip(axes, metrics, strict=True):
+        for run, label in zip(runs, labels, strict=True):
             ks = sorted(run)
             ax.plot(ks, [run[k][metric] for k in ks], marker="o", label=label)
         ax.set_xscale("log", base=2)

@@ -73,7 +73,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     last = max(c[-1][0] for c in curves)
     window = args.window or max(1, math.ceil(last / 10))
-    print(f"| steps | " + " | ".join(f"{label}: mean {args.key}" for label in labels) + " |")
+    print("| steps | " + " | ".join(f"{label}: mean {args.key}" for label in labels) + " |")
     print("|---|" + "---:|" * len(labels))
     tables = [{(a - 1) // window: m for a, _, m in windows(c, window)} for c in curves]
     for w in range(math.ceil(last / window)):
@@ -88,7 +88,7 @@ def main() -> None:
         except ImportError:
             raise SystemExit("error: the plot needs matplotlib: pip install matplotlib") from None
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for c, label in zip(curves, labels):
+        for c, label in zip(curves, labels, strict=True):
             steps, values = [s for s, _ in c], [v for _, v in c]
             line, = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
             ax.plot(steps, moving_average(values, max(1, len(values) // 50)), color=line.get_color(), label=label)

@@ -2,7 +2,7 @@
 to the FSQ lattice (xAR, Ren et al., arXiv 2502.20388, CFG linear in the AR step; FlexTok, Bachmann et al.,
 arXiv 2502.13967, whose first tokens carry the semantics).
 
-    python experiments/sweep_flextok_xar_cfg.py                                 # the README's sweep (about 15 CPU-minutes)
+    python experiments/sweep_flextok_xar_cfg.py                              # the README's sweep (about 15 CPU-minutes)
     python experiments/sweep_flextok_xar_cfg.py --seeds 0 1 --variants constant linear --ks 1 16 --num 1000
 
 A variant is a CFG schedule (`flow.CFG_SCHEDULES`), optionally with the suffix `-nosnap` (only the final codes are
@@ -28,7 +28,8 @@ from vistok.generators.flextok_codes import sample_ids
 from vistok.metrics import fid
 
 
-def run(ckpt: str, variant: str, k: int, seed: int, num: int, cfg: float, batch: int, keep_dir: str | None = None) -> dict:
+def run(ckpt: str, variant: str, k: int, seed: int, num: int, cfg: float, batch: int,
+        keep_dir: str | None = None) -> dict:
     import vistok.api.models as models  # the paired generator's sampler, to switch snapping off for a `-nosnap` run
 
     schedule, snap = (variant.removesuffix("-nosnap"), False) if variant.endswith("-nosnap") else (variant, True)
@@ -76,7 +77,8 @@ def main() -> None:
     for variant in args.variants:
         cells = []
         for k in args.ks:
-            values = [r["fid"] for r in rows if r["k"] == k and f"{r['schedule']}{'' if r['snap'] else '-nosnap'}" == variant]
+            values = [r["fid"] for r in rows if r["k"] == k
+                      and f"{r['schedule']}{'' if r['snap'] else '-nosnap'}" == variant]
             spread = f" (spread {max(values) - min(values):.1f})" if len(values) > 1 else ""
             cells.append(f"{np.mean(values):.1f}{spread}")
         schedule, snap = variant.removesuffix("-nosnap"), "no" if variant.endswith("-nosnap") else "yes"

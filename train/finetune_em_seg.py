@@ -29,8 +29,7 @@ from vistok.em.backbone import FAMILY, PRESETS, SegMamba, SegMambaConfig
 from vistok.em.data import EvalConfig, SegDataConfig, read_eval, seg_crops, step_loader
 from vistok.em.inference import InferenceConfig, segment_volume
 from vistok.em.metrics import evaluate
-from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY
-from vistok.em.objectives import load_pretrained_backbone
+from vistok.em.objectives import FAMILY as PRETRAIN_FAMILY, load_pretrained_backbone
 from vistok.em.segmentation import affinities, weighted_mse
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
@@ -92,7 +91,8 @@ def main() -> None:
     loader = step_loader(crops, tc.batch_size, tc.num_workers, tc.seed, env, start_step=run.step)
     if env.is_main and run.step == 0:
         print(f"SegMamba: {sum(p.numel() for p in model.parameters()):,} parameters, {micro} crops of "
-              f"{tuple(cfg.data.crop)} per forward, {'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")
+              f"{tuple(cfg.data.crop)} per forward, "
+              f"{'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")
 
     batches = iter(loader)
     with run.logging():

@@ -30,14 +30,21 @@ import torch
 
 from vistok.config import from_dict, to_dict
 from vistok.em.data import VolumeDataConfig, fixed_crops, pretrain_crops, step_loader, volume_ranges
-from vistok.em.objectives import (FAMILY, PRESETS, MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig,
-                                  load_pretrained)
+from vistok.em.objectives import (
+    FAMILY,
+    PRESETS,
+    MixSchedule,
+    TaskWeights,
+    TokenUnify,
+    TokenUnifyConfig,
+    load_pretrained,
+)
 from vistok.em.volumes import EMCrops, open_volumes
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import VistokError, require
-from vistok.seeding import step_generator
 from vistok.io import exports
+from vistok.seeding import step_generator
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def task_errors(model: TokenUnify, crops: EMCrops, seed: int, device: torch.devi
         out = model(crops[i][None].to(device), TaskWeights(1.0, 1.0, 1.0), gen)
         totals += torch.stack([out.random, out.next_all, out.next]).cpu()
     model.train()
-    return dict(zip(("random_mse", "next_all_mse", "next_mse"), (totals / len(crops)).tolist()))
+    return dict(zip(("random_mse", "next_all_mse", "next_mse"), (totals / len(crops)).tolist(), strict=True))
 
 
 def main() -> None:

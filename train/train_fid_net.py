@@ -37,9 +37,10 @@ def accuracy(model: torch.nn.Module, dataset, env: dist.DistEnv, batch: int = 50
     model.eval()
     correct = torch.zeros(2, device=env.device)
     for start in range(env.rank * batch, len(dataset), env.world_size * batch):
-        images, labels = zip(*(dataset[i] for i in range(start, min(start + batch, len(dataset)))))
+        images, labels = zip(*(dataset[i] for i in range(start, min(start + batch, len(dataset)))), strict=True)
         logits = model(torch.stack(images).to(env.device))
-        correct += torch.tensor([(logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item(), len(labels)], device=env.device)
+        correct += torch.tensor([(logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item(), len(labels)],
+                                device=env.device)
     model.train()
     total = dist.all_reduce_mean(correct) * env.world_size
     return (total[0] / total[1]).item()

@@ -2,12 +2,12 @@
 arXiv 2502.13967): encoder with causal registers -> FSQ -> rectified-flow decoder, nested dropout over the registers.
 
     torchrun --nproc_per_node=N train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml [key=value ...]
-    python train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml      # one plain process (CPU or one GPU)
+    python train/train_flextok.py --config train/configs/flextok_cifar10_tiny.yaml  # one plain process (CPU or one GPU)
     python train/train_flextok.py --config ... model.nested_dropout=off train.run_dir=...  # the no-ordering ablation
-    python train/train_flextok.py --config ... init_from=cifar10-flextok-tiny data.mix=dead-leaves  # fine-tune an export
+    python train/train_flextok.py --config ... init_from=cifar10-flextok-tiny data.mix=dead-leaves  # fine-tuning
 
-images -> tokenizer (pixels, or a frozen VAE, or a latent cache of one: `data.latents=CACHE` from `vistok cache-latents`,
-a fresh posterior sample of each image or its cached flip per step) -> (B, C, h, w) grid -> FlexTok's
+images -> tokenizer (pixels, or a frozen VAE, or a latent cache of one: `data.latents=CACHE` from `vistok
+cache-latents`, a fresh posterior sample of each image or its cached flip per step) -> (B, C, h, w) grid -> FlexTok's
 flow-matching loss with nested dropout and null conditioning, plus REPA against a frozen teacher (`repa.teacher`: off,
 conv, fid-net or dinov2) when `model.repa_dim` > 0. Running the same command again resumes from RUN/last.pt. At the end
 the EMA weights are exported to RUN/export with the model config (the training-only REPA projector left out), the
@@ -27,23 +27,23 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vistok.api import Tokenizer
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, mixed_dataset, subset, to_float, to_uint8
+from vistok.data.latents import CacheImages, LatentCache, latent_loader
 from vistok.engine import dist
-from vistok.io.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
+from vistok.io import exports
+from vistok.io.atomic import atomic_write
 from vistok.metrics.fid_net import load_fid_net
 from vistok.modules.repa import build_teacher
+from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig
-from vistok.api import Tokenizer
 from vistok.tokenizers.flextok_sampling import DecodeConfig, k_ladder
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
-from vistok.data.latents import CacheImages, LatentCache, latent_loader
-from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 from vistok.viz import recon_grid
-from vistok.io import exports
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ class Config:
     init_from: str = ""  # a FlexTok export to fine-tune (fresh optimizer and schedule); empty: from scratch
 
 
-TRAINING_ONLY = ("nested_dropout", "null_cond_p", "t_mean", "t_std", "repa_dim", "repa_hidden", "repa_layer", "repa_weight")
+TRAINING_ONLY = ("nested_dropout", "null_cond_p", "t_mean", "t_std", "repa_dim", "repa_hidden",
+                 "repa_layer", "repa_weight")
 
 
 def init_weights(cfg: Config) -> tuple[dict[str, torch.Tensor], str]:
@@ -109,7 +110,8 @@ def build_image_tokenizer(cfg: Config) -> torch.nn.Module:
 
 def check_config(cfg: Config) -> None:
     """Choices that contradict each other, caught before anything is built."""
-    require(not (cfg.data.latents and cfg.tokenizer != "vae"), "data.latents needs tokenizer=vae (pixels need no cache)")
+    require(not (cfg.data.latents and cfg.tokenizer != "vae"),
+            "data.latents needs tokenizer=vae (pixels need no cache)")
     require(not (cfg.data.latents and cfg.data.limit), "data.limit does not apply to a latent cache (it holds its "
                                                        "whole folder)")
     require(not (cfg.data.latents and (cfg.data.mix or cfg.data.gray_p)), "data.mix and data.gray_p change the images, "
@@ -125,12 +127,13 @@ def check_pairing(cfg: Config, tokenizer: torch.nn.Module, teacher_dim: int) -> 
     if isinstance(tokenizer, PixelTokenizer):
         grid, channels = tokenizer.grid(res, res), tokenizer.token_channels
     else:
-        require(res % tokenizer.factor == 0, f"data.resolution={res} must divide by the VAE's factor {tokenizer.factor}")
+        require(res % tokenizer.factor == 0,
+                f"data.resolution={res} must divide by the VAE's factor {tokenizer.factor}")
         grid, channels = (res // tokenizer.factor,) * 2, tokenizer.latent_channels
     require(tuple(m.grid) == grid and m.in_channels == channels,
-            f"the {cfg.tokenizer} tokenizer turns {res}px images into {channels}-channel {grid[0]}x{grid[1]} grids, but "
-            f"the model expects {m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
-            f"model.grid=[{grid[0]},{grid[1]}]")
+            f"the {cfg.tokenizer} tokenizer turns {res}px images into {channels}-channel {grid[0]}x{grid[1]} grids, "
+            f"but the model expects {m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set "
+            f"model.in_channels={channels} model.grid=[{grid[0]},{grid[1]}]")
     require(m.repa_dim == teacher_dim, f"model.repa_dim={m.repa_dim} but the REPA teacher {cfg.repa.teacher!r} gives "
                                        f"{teacher_dim}-d features; set model.repa_dim={teacher_dim}")
 
@@ -158,8 +161,9 @@ def latent_dataset(cfg: Config, with_images: bool) -> CachedLatents:
     """The training set as a finished latent cache (`vistok cache-latents`), with its images when REPA needs them."""
     cache = LatentCache(cfg.data.latents, seed=cfg.train.seed)
     m = cache.manifest
-    require(m["resolution"] == cfg.data.resolution, f"the cache {cfg.data.latents} holds {m['resolution']}px images; set "
-                                                    f"data.resolution={m['resolution']}")
+    require(m["resolution"] == cfg.data.resolution,
+            f"the cache {cfg.data.latents} holds {m['resolution']}px images; set "
+            f"data.resolution={m['resolution']}")
     images = None
     if with_images:
         images = CacheImages(cfg.data.name, m["resolution"])

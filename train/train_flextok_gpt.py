@@ -2,7 +2,8 @@
 Sequences of Flexible Length", arXiv 2502.13967, §4: the AR stage; GPT-2, Radford et al. 2019).
 
     vistok encode --ckpt cifar10-flextok-tiny --input cifar10-train --out runs/tokens/cifar10-flextok-tiny-train.npz
-    torchrun --nproc_per_node=N train/train_flextok_gpt.py --config train/configs/flextok_gpt_cifar10_tiny.yaml [key=value ...]
+    torchrun --nproc_per_node=N train/train_flextok_gpt.py \
+        --config train/configs/flextok_gpt_cifar10_tiny.yaml [key=value ...]
     python train/train_flextok_gpt.py --config train/configs/flextok_gpt_cifar10_tiny.yaml   # one plain process
 
 cached token ids (N, K) + labels -> next-token cross-entropy with label dropout (for CFG). Running the same command
@@ -22,7 +23,7 @@ from vistok.data import build_loader
 from vistok.data.tokens import TokenDataConfig
 from vistok.engine import dist
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
-from vistok.generators.ar import FAMILY, PRESETS, AR, ARConfig
+from vistok.generators.ar import AR, FAMILY, PRESETS, ARConfig
 from vistok.generators.sampling import ARSampleConfig
 from vistok.tokenizers.flextok_sampling import k_ladder
 

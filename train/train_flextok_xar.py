@@ -2,7 +2,8 @@
 Generation", arXiv 2502.20388) on FlexTok register codes (Bachmann et al., "FlexTok", arXiv 2502.13967).
 
     vistok encode --ckpt cifar10-flextok-tiny --input cifar10-train --out runs/tokens/cifar10-flextok-tiny-train.npz
-    torchrun --nproc_per_node=N train/train_flextok_xar.py --config train/configs/flextok_xar_cifar10_tiny.yaml [key=value ...]
+    torchrun --nproc_per_node=N train/train_flextok_xar.py \
+        --config train/configs/flextok_xar_cifar10_tiny.yaml [key=value ...]
     python train/train_flextok_xar.py --config train/configs/flextok_xar_cifar10_tiny.yaml   # one plain process
 
 cached token ids (N, K) -> FSQ codes (N, K, d) x code_scale -> a (B, d, 1, K) grid cut into prefix groups 1, 1, 2, 4,

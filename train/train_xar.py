@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from vistok.api import Generator
 from vistok.config import to_dict
 from vistok.data import ImageDataConfig, build_image_dataset, build_loader, subset
 from vistok.data.latents import LatentCache, latent_loader
 from vistok.engine import dist
-from vistok.io.atomic import atomic_write
 from vistok.engine.loop import TrainConfig, Trainer, init_run, run_main
 from vistok.errors import require
-from vistok.api import Generator
 from vistok.generators.sampling import SampleConfig
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
+from vistok.io.atomic import atomic_write
 from vistok.tokenizers.build import build_tokenizer
 from vistok.tokenizers.pixel import FAMILY as TOKENIZER_FAMILY, PixelConfig, PixelTokenizer
 from vistok.viz import class_grid
@@ -55,7 +55,8 @@ def check_pairing(cfg: Config, channels: int, grid_hw: tuple[int, int], num_clas
             f"{m.in_channels} channels on {m.grid[0]}x{m.grid[1]}; set model.in_channels={channels} "
             f"model.grid=[{grid_hw[0]},{grid_hw[1]}]")
     require(num_classes <= m.num_classes,
-            f"the data has {num_classes} classes but model.num_classes={m.num_classes}; set model.num_classes={num_classes}")
+            f"the data has {num_classes} classes but model.num_classes={m.num_classes}; set "
+            f"model.num_classes={num_classes}")
 
 
 @torch.no_grad()

@@ -43,7 +43,8 @@ def guidance_arg(value: Any) -> float:
     """A guidance scale (CFG or APG; 1 = none) in (0, MAX_GUIDANCE]: inf gave all-black images and 1e308 garbage ones,
     both with exit status 0."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"cfg: the guidance scale must be a positive number, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"cfg: the guidance scale must be a positive number, got {type(value).__name__} "
+                                f"{value!r}")
     if not (math.isfinite(value) and 0 < value <= MAX_GUIDANCE):
         raise ArgumentValueError(f"cfg: the guidance scale must be a positive number at most {MAX_GUIDANCE:g}, got "
                                  f"{float(value)}{GUIDANCE_WHY}")
@@ -54,7 +55,8 @@ def int_arg(value: Any, name: str, lo: int | None = None, hi: int | None = None,
     """`value` as an int in [lo, hi]; a bool, float (2.5 and 2.0 alike), string or array is refused by type. `why`
     (e.g. "; the papers use 25-100") is added to the range error."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} must be an integer{_space(_range_text(lo, hi))}, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name} must be an integer{_space(_range_text(lo, hi))}, got {type(value).__name__} "
+                                f"{value!r}")
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ArgumentValueError(f"{name} must be an integer{_space(_range_text(lo, hi))}, got {value}{why}")
@@ -71,7 +73,8 @@ def float_arg(value: Any, name: str, lo: float | None = None, hi: float | None =
     value = float(value)
     if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) \
             or (hi is not None and value > hi):
-        raise ArgumentValueError(f"{name} must be a finite number{_space(_range_text(lo, hi, lo_open))}, got {value}{why}")
+        raise ArgumentValueError(f"{name} must be a finite number{_space(_range_text(lo, hi, lo_open))}, "
+                                 f"got {value}{why}")
     return value
 
 
@@ -105,8 +108,8 @@ def array_arg(value: Any, name: str, ndim: int | None = None, nonempty: bool = T
     return arr
 
 
-__all__ = ["GUIDANCE_WHY", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_STEPS", "MAX_TEMPERATURE", "array_arg", "choice_arg", "float_arg",
-           "guidance_arg", "int_arg"]
+__all__ = ["GUIDANCE_WHY", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_STEPS", "MAX_TEMPERATURE", "array_arg", "choice_arg",
+           "float_arg", "guidance_arg", "int_arg"]
 
 
 def sizes_arg(text: str, name: str, example: str = "16,64,64") -> tuple[int, int, int]:

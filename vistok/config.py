@@ -39,7 +39,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip() in ("null", "None", "~"))):
+        if type(None) in args and (value is None
+                                   or (isinstance(value, str) and value.strip() in ("null", "None", "~"))):
             return None
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -59,7 +60,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis) and len(args) != len(value):
             raise VistokError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
         item_types = [args[0]] * len(value) if (origin is list or args[1:] == (Ellipsis,)) else list(args)
-        items = [_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+        items = [_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types, strict=True))]
         return origin(items)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -138,7 +139,8 @@ def _build(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     unknown = [k for k in values if k not in types_]
     if unknown:
         raise VistokError(
-            f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: " + ", ".join(valid_keys(cls, prefix))
+            f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: "
+            + ", ".join(valid_keys(cls, prefix))
         )
     defaults = _nested_defaults(cls)
     merged = {k: _merge(defaults[k], v) if k in defaults and isinstance(v, dict) else v for k, v in values.items()}

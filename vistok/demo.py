@@ -88,7 +88,8 @@ def run_demo(out: str | Path, num: int = 1000, data_root: str | None = None, xar
     out = check_replaceable(check_output_folder(out, grid_suffix=None), is_demo_folder, "vistok demo folder", overwrite)
     with atomic_folder(out) as folder:
         report = _demo(folder, num, data_root, xar_num)
-    print(f"wrote {out / 'fid_sets.png'}, {out / 'flextok_recon.png'}, {out / 'xar_samples.png'} and {out / 'demo.json'}")
+    print(f"wrote {out / 'fid_sets.png'}, {out / 'flextok_recon.png'}, {out / 'xar_samples.png'} and "
+          f"{out / 'demo.json'}")
     return report
 
 
@@ -98,13 +99,15 @@ def _demo(out: Path, num: int, data_root: str | None, xar_num: int) -> dict:
     _, meta = read_meta("cifar10-net")
     print(f"cifar10-net: {meta.get('eval_data')} accuracy {meta.get('eval_accuracy', float('nan')):.4f}")
     test = subset(build_image_dataset("cifar10-test", data_root, 32), num)
-    images = np.stack([test.dataset.uint8(i).numpy() for i in test.indices]) if hasattr(test, "indices") else test.images.transpose(0, 3, 1, 2)
+    images = (np.stack([test.dataset.uint8(i).numpy() for i in test.indices]) if hasattr(test, "indices")
+              else test.images.transpose(0, 3, 1, 2))
     results = {}
     for name, arr in degraded_sets(images).items():
         path = out / f"cifar10-test-{name}.npz"
         np.savez(path, images=arr)
         results[name] = fid.calculate(path, "cifar10-train")["fid"]
-        print(f"FID({name} CIFAR-10 test images vs cifar10-train statistics, cifar10-net, n={len(arr)}) = {results[name]:.3f}")
+        print(f"FID({name} CIFAR-10 test images vs cifar10-train statistics, cifar10-net, n={len(arr)}) = "
+              f"{results[name]:.3f}")
     shown = images[:: max(1, len(images) // 16)][:16]  # spread over the classes (datasets are stored by class)
     rows = np.concatenate([a.transpose(0, 2, 3, 1) for a in degraded_sets(shown).values()])  # real, blurred, noise
     Image.fromarray(tile(rows, cols=len(shown))).save(out / "fid_sets.png")

@@ -7,8 +7,8 @@ arXiv 2502.20388, Eq. 2-3; SiT/REPA for the SDE): **t = 0 is data, t = 1 is nois
 
 Sampling integrates from t = 1 down to t = 0. The Euler-Maruyama sampler integrates the reverse SDE whose marginals
 match the flow's: with the score s(x_t) = -(x_t + (1 - t) v) / t and diffusion g^2 = 2t, the drift is
-d = v - t s = (2 - t) v + x_t and a step is x += d dt + sqrt(2t |dt|) xi (dt < 0). Its grid is t = linspace(1, t_last, N)
-followed by 0: N - 1 stochastic steps and one last deterministic step to 0, so N network evaluations either way. With
+d = v - t s = (2 - t) v + x_t and a step is x += d dt + sqrt(2t |dt|) xi (dt < 0). Its grid is t = linspace(1, t_last,
+N) followed by 0: N - 1 stochastic steps and one last deterministic step to 0, so N network evaluations either way. With
 N = 1 there is no stochastic step at all and the single deterministic step 1 -> 0 is the ODE (Euler) step, which
 returns the predicted x0 (the drift's mean step over the whole interval would return x0 - eps).
 

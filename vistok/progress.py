@@ -23,8 +23,8 @@ def is_terminal() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def progress(iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "", enabled: bool | None = None,
-             unit: str = "img") -> tqdm:
+def progress(iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
+             enabled: bool | None = None, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr; `enabled` None: only when stderr is a terminal; False: silent (same interface)."""
     on = is_terminal() if enabled is None else bool(enabled) and is_terminal()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not on, file=sys.stderr, dynamic_ncols=True,

@@ -31,7 +31,8 @@ def image_generators(seed: int, start: int, count: int, stream: int = 0) -> list
     a second stage whose draws must not depend on how many the first one took."""
     require(seed >= 0, f"the seed must be non-negative, got {seed}")
     extra = [stream] if stream else []
-    states = (np.random.SeedSequence([seed, i, *extra]).generate_state(2, np.uint32) for i in range(start, start + count))
+    states = (np.random.SeedSequence([seed, i, *extra]).generate_state(2, np.uint32)
+              for i in range(start, start + count))
     return [torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1]) >> 1) for s in states]
 
 

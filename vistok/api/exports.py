@@ -71,7 +71,8 @@ def is_paired(meta: dict[str, Any]) -> bool:
     return isinstance(meta.get("tokenizer"), dict) and meta["tokenizer"].get("family") == "flextok"
 
 
-def load_generator(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
+def load_generator(ckpt: str | Path | Export,
+                   device: str | torch.device = "cpu") -> tuple[XAR, nn.Module, dict[str, Any]]:
     """(xAR with EMA weights in eval mode, its grid tokenizer, the export's config.json) of a generator export."""
     export = open_source(ckpt)
     folder, ckpt = export.folder, export.source
@@ -81,19 +82,21 @@ def load_generator(ckpt: str | Path | Export, device: str | torch.device = "cpu"
     if not isinstance(model, XAR):
         raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not a generator; pass an exported xAR folder")
     if "tokenizer" not in meta:
-        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_xar.py (a converted "
-                          "official xAR: `vistok convert --from xar ... --vae VAE`)")
+        raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_xar.py (a "
+                          "converted official xAR: `vistok convert --from xar ... --vae VAE`)")
     meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
     return model, build_tokenizer(meta["tokenizer"], folder).to(device), meta
 
 
-def load_flextok(ckpt: str | Path | Export, device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
+def load_flextok(ckpt: str | Path | Export,
+                 device: str | torch.device = "cpu") -> tuple[FlexTok, nn.Module, dict[str, Any]]:
     """(FlexTok with EMA weights in eval mode, its grid tokenizer, the export's config.json) from a FlexTok export."""
     export = open_source(ckpt)
     folder, ckpt = export.folder, export.source
     model, meta = load_model(export, device)
     if not isinstance(model, FlexTok):
-        raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not FlexTok; pass an export of train/train_flextok.py")
+        raise VistokError(f"{ckpt} holds a {meta['family']!r} model, not FlexTok; pass an export of "
+                          "train/train_flextok.py")
     if "tokenizer" not in meta:
         raise VistokError(f"{ckpt} was exported without its tokenizer; re-export it with train/train_flextok.py")
     meta.setdefault("resolution", model.config.grid[0])
@@ -109,11 +112,13 @@ def load_paired(ckpt: str | Path | Export, device: str | torch.device = "cpu",
     model, meta = load_model(export, device)
     spec = meta.get("tokenizer", {})
     if not isinstance(model, (AR, XAR)) or not is_paired(meta):
-        raise VistokError(f"{ckpt} holds a {meta['family']!r} model on {spec.get('family')!r} tokens, not a generator on "
-                          "FlexTok tokens; pass an export of train/train_flextok_gpt.py or train/train_flextok_xar.py")
+        raise VistokError(f"{ckpt} holds a {meta['family']!r} model on {spec.get('family')!r} tokens, not a generator "
+                          "on FlexTok tokens; pass an export of train/train_flextok_gpt.py or "
+                          "train/train_flextok_xar.py")
     tokenizer_dir = inside_export(folder, spec.get("path", TOKENIZER_DIR), "tokenizer.path")  # never outside the export
     if not tokenizer_dir.is_dir():
-        raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; re-export it")
+        raise VistokError(f"{folder} lacks its FlexTok tokenizer folder {spec.get('path', TOKENIZER_DIR)}/; "
+                          "re-export it")
     flextok, image_tokenizer, ft_meta = load_flextok(open_folder(tokenizer_dir), device)
     check_pairing(model.config, flextok.config)
     decoding = settings(DecodeConfig, {**ft_meta.get("sample", {}), **meta.get("decode", {})})
@@ -150,9 +155,10 @@ def read_flextok_config(ckpt: str | Path) -> FlexTokConfig:
     """The FlexTokConfig of a FlexTok export (folder or shipped name), without loading its weights."""
     meta = open_source(ckpt).meta
     if meta.get("family") != "flextok":
-        raise VistokError(f"{ckpt} holds a {meta.get('family')!r} model, not FlexTok; pass an export of train/train_flextok.py")
+        raise VistokError(f"{ckpt} holds a {meta.get('family')!r} model, not FlexTok; pass an export of "
+                          "train/train_flextok.py")
     return from_dict(FlexTokConfig, meta["config"])
 
 
-__all__ = ["TOKENIZER_DIR", "export_paired", "is_paired", "load_flextok", "load_generator", "load_paired", "open_source",
-           "read_flextok_config", "read_meta", "settings"]
+__all__ = ["TOKENIZER_DIR", "export_paired", "is_paired", "load_flextok", "load_generator", "load_paired",
+           "open_source", "read_flextok_config", "read_meta", "settings"]

@@ -24,13 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from vistok.api.sharing import Shareable
 from vistok.checks import MAX_IMAGES, array_arg, choice_arg, float_arg, int_arg
 from vistok.data.images import to_float, to_uint8
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import ArgumentTypeError, ArgumentValueError, VistokError, require
 from vistok.generators.ar import AR
-from vistok.generators.flextok_codes import SAMPLING as FLEXTOK_SAMPLING
-from vistok.generators.flextok_codes import FlexTokCodes, TokenGenerator, check_k, sample_ids, valid_ks
+from vistok.generators.flextok_codes import (
+    SAMPLING as FLEXTOK_SAMPLING,
+    FlexTokCodes,
+    TokenGenerator,
+    check_k,
+    sample_ids,
+    valid_ks,
+)
 from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_xar
 from vistok.generators.xar import XAR
 from vistok.progress import progress as progress_bar
@@ -39,7 +46,6 @@ from vistok.tokenizers import flextok_sampling
 from vistok.tokenizers.flextok import FlexTok
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 from vistok.viz import class_grid
-from vistok.api.sharing import Shareable
 
 MIN_ROWS = 8
 Arrays = dict[str, np.ndarray]
@@ -90,9 +96,12 @@ def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- the one loop
+CPU = torch.device("cpu")  # run_batches' default device (a module constant: defaults are evaluated once)
+
+
 def run_batches(
     step: Callable[[int, int, int], Arrays], count: int, batch_size: int = 64, precision: str = "fp32",
-    device: torch.device = torch.device("cpu"), desc: str = "", progress: bool | None = False,
+    device: torch.device = CPU, desc: str = "", progress: bool | None = False,
 ) -> Iterator[tuple[int, Arrays]]:
     """Yield (start, arrays of images start..start+n-1) for `count` images in batches. `step(start, n, rows)` makes
     `rows` >= n rows (padded to MIN_ROWS) from local index `start` on, under bf16 autocast when asked; the loop keeps
@@ -124,10 +133,12 @@ class Generator(Shareable):
     `sample(labels=[3, 5], seed=0)` -> uint8 (2, H, W, 3); steps, cfg (1 = no guidance), cfg_schedule and method
     default to the export's."""
 
-    what = "an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for generators on FlexTok tokens)"
+    what = ("an xAR on its tokenizer's grid (prefix lengths and top-k/top-p sampling are for generators "
+            "on FlexTok tokens)")
     keywords: tuple[str, ...] = ("steps", "cfg", "cfg_schedule", "method")
 
-    def __init__(self, model: XAR | TokenGenerator, tokenizer: nn.Module, sampling: SampleConfig | ARSampleConfig | None = None,
+    def __init__(self, model: XAR | TokenGenerator, tokenizer: nn.Module,
+                 sampling: SampleConfig | ARSampleConfig | None = None,
                  classes: Sequence[str] | None = None, source: str = "generator") -> None:
         self.model, self.tokenizer, self.source = model.eval(), tokenizer, str(source)
         self.defaults = sampling if sampling is not None else SampleConfig()
@@ -147,7 +158,8 @@ class Generator(Shareable):
         """A one-line error naming the settings (keyword -> how the caller spelled it) this generator does not take."""
         wrong = [label for key, label in given.items() if key not in self.keywords]
         if wrong:
-            raise VistokError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply: {self.source} is {self.what}")
+            raise VistokError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply: {self.source} is "
+                              f"{self.what}")
 
     def settings(self, **overrides: Any) -> SampleConfig | ARSampleConfig:
         """The export's sampling settings with the given (non-None) keywords applied."""
@@ -156,7 +168,8 @@ class Generator(Shareable):
         fields = {f.name for f in dataclasses.fields(self.defaults)}
         return dataclasses.replace(self.defaults, **{k: v for k, v in given.items() if k in fields})
 
-    def labels(self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None, num: int | None = None) -> np.ndarray:
+    def labels(self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None,
+               num: int | None = None) -> np.ndarray:
         """(num,) int64 class indices: `labels` (indices or class names) cycled to `num` (default: as many as given),
         or round-robin over all classes (num default: one per class)."""
         num = None if num is None else int_arg(num, "num", 1, MAX_IMAGES)
@@ -181,8 +194,8 @@ class Generator(Shareable):
 
     def batches(
         self, labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None, *, num: int | None = None,
-        seed: int = 0, first_index: int = 0, batch_size: int = 64, precision: str = "fp32", progress: bool | None = False,
-        **overrides: Any,
+        seed: int = 0, first_index: int = 0, batch_size: int = 64, precision: str = "fp32",
+        progress: bool | None = False, **overrides: Any,
     ) -> Iterator[tuple[int, Arrays]]:
         """Generate batch by batch: yields (start, {"images": uint8 (B, H, W, 3)[, "ids": int32 (B, k)]}); keywords as
         in `sample`. Image i of this call is seeded as image first_index + i of a whole run, so processes that split
@@ -195,7 +208,8 @@ class Generator(Shareable):
         return run_batches(self._step(given, classes, seed, first_index), len(classes), batch_size, precision,
                            self.device, "sample", progress)
 
-    def _step(self, given: dict[str, Any], labels: torch.Tensor, seed: int, first: int) -> Callable[[int, int, int], Arrays]:
+    def _step(self, given: dict[str, Any], labels: torch.Tensor,
+              seed: int, first: int) -> Callable[[int, int, int], Arrays]:
         s = self.settings(**given)
 
         def step(start: int, n: int, rows: int) -> Arrays:
@@ -212,8 +226,8 @@ class Generator(Shareable):
     ) -> np.ndarray:
         """uint8 (N, H, W, 3) images of `labels` (class indices or names; None: round-robin, `num` images)."""
         _nonempty_labels(labels)
-        batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision, progress=progress,
-                               steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, method=method)
+        batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision,
+                               progress=progress, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, method=method)
         return collect(batches, {"images": np.zeros((0, 1, 1, 3), np.uint8)})["images"]
 
 
@@ -230,11 +244,12 @@ class PairedGenerator(Generator):
     `sample(labels=[0, 1], tokens=8, seed=0)` -> uint8 images decoded from the first `tokens` generated tokens
     (default all K); `decode_steps` sets FlexTok's decoder steps. `batches(...)` also yields the token ids ("ids")."""
 
-    def __init__(self, model: TokenGenerator, codes: FlexTokCodes, sampling: SampleConfig | ARSampleConfig | None = None,
+    def __init__(self, model: TokenGenerator, codes: FlexTokCodes,
+                 sampling: SampleConfig | ARSampleConfig | None = None,
                  classes: Sequence[str] | None = None, source: str = "generator") -> None:
         gpt = isinstance(model, AR)
-        super().__init__(model, codes, sampling if sampling is not None else ARSampleConfig() if gpt else FLEXTOK_SAMPLING,
-                         classes, source)
+        default = ARSampleConfig() if gpt else FLEXTOK_SAMPLING
+        super().__init__(model, codes, sampling if sampling is not None else default, classes, source)
         self.codes, self.kind = codes, "GPT" if gpt else "xAR"
         if gpt:
             self.what = "a GPT (one token per step, no flow steps; FlexTok's decoder steps are decode_steps)"
@@ -249,9 +264,12 @@ class PairedGenerator(Generator):
 
     def decoding(self, decode_steps: int | None = None) -> DecodeConfig:
         """FlexTok's decoding settings (the export's), with another number of decoder steps if given."""
-        return self.codes.decoding if decode_steps is None else dataclasses.replace(self.codes.decoding, steps=decode_steps)
+        if decode_steps is None:
+            return self.codes.decoding
+        return dataclasses.replace(self.codes.decoding, steps=decode_steps)
 
-    def _step(self, given: dict[str, Any], labels: torch.Tensor, seed: int, first: int) -> Callable[[int, int, int], Arrays]:
+    def _step(self, given: dict[str, Any], labels: torch.Tensor,
+              seed: int, first: int) -> Callable[[int, int, int], Arrays]:
         tokens = given.pop("tokens", None)
         tokens = None if tokens is None else int_arg(tokens, "tokens")  # check_k names the lengths it stops at
         k, decoding = check_k(self.model, tokens), self.decoding(given.pop("decode_steps", None))
@@ -272,7 +290,8 @@ class PairedGenerator(Generator):
         precision: str = "fp32", progress: bool | None = False,
     ) -> np.ndarray:
         """uint8 (N, H, W, 3) images decoded from the first `tokens` generated tokens (default all K)."""
-        batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision, progress=progress,
+        batches = self.batches(labels, num=num, seed=seed, batch_size=batch_size, precision=precision,
+                               progress=progress,
                                tokens=tokens, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, method=method,
                                temperature=temperature, top_k=top_k, top_p=top_p, decode_steps=decode_steps)
         _nonempty_labels(labels)
@@ -291,13 +310,14 @@ class Tokenizer(Shareable):
     """A FlexTok tokenizer: images <-> K ordered token ids, any prefix of which decodes.
 
     `encode(images)` -> int64 (N, K); `decode(ids, k=4, seed=0)` and `reconstruct(images, k, seed=0)` -> uint8
-    (N, H, W, 3); steps, cfg (1 = no guidance) and guidance ("cfg" or "apg") default to the export's. The latent space is
-    public: `encode_latents(latents)` -> ids and `decode_latents(ids, k, noise=...)` -> float32 (N, C, H, W) work
+    (N, H, W, 3); steps, cfg (1 = no guidance) and guidance ("cfg" or "apg") default to the export's. The latent space
+    is public: `encode_latents(latents)` -> ids and `decode_latents(ids, k, noise=...)` -> float32 (N, C, H, W) work
     without the VAE, and `decode(..., noise=...)` starts from given noise."""
 
     keywords = ("steps", "cfg", "guidance")
 
-    def __init__(self, model: FlexTok, tokenizer: nn.Module, decoding: DecodeConfig = DecodeConfig(),
+    def __init__(self, model: FlexTok, tokenizer: nn.Module,
+                 decoding: DecodeConfig = DecodeConfig(),  # noqa: B008 (a frozen dataclass)
                  resolution: int | None = None, source: str = "tokenizer") -> None:
         self.model, self.tokenizer, self.defaults, self.source = model.eval(), tokenizer.eval(), decoding, str(source)
         self.resolution = resolution or model.config.grid[0]
@@ -327,7 +347,8 @@ class Tokenizer(Shareable):
         pixels = as_images(images)
         seed, batch_size, _ = common_args(seed, batch_size)
         require(pixels.shape[1:3] == (self.resolution, self.resolution),
-                f"images are {pixels.shape[1]}x{pixels.shape[2]} but {self.source} takes {self.resolution}x{self.resolution}")
+                f"images are {pixels.shape[1]}x{pixels.shape[2]} but {self.source} takes "
+                f"{self.resolution}x{self.resolution}")
 
         def step(start: int, n: int, rows: int) -> Arrays:
             x = to_float(nchw(pixels[start:start + n], self.device))  # (B, 3, H, W) in [-1, 1]
@@ -372,24 +393,28 @@ class Tokenizer(Shareable):
         """(N, latents(start, n, rows) -> (rows, C, H, W) float32): token ids to latents, from the given starting
         noise (N, C, H, W) or from image i's own generator seeded by (seed, i); `progress`: a bar over each batch's
         Euler steps too."""
-        tokens = torch.from_numpy(as_ints(ids, "token ids", nonempty=True))  # no ids: no images, not a (0, 1, 1, 3) array
+        # no ids: no images, not a (0, 1, 1, 3) array
+        tokens = torch.from_numpy(as_ints(ids, "token ids", nonempty=True))
         if tokens.ndim != 2:
             raise ArgumentValueError(f"token ids must be (N, K), got shape {tuple(tokens.shape)}")
         seed = int_arg(seed, "seed", 0)
         given_k = None if k is None else as_ints(k, "k", nonempty=True)
         if given_k is not None and not ((given_k >= 1) & (given_k <= tokens.shape[1])).all():
-            raise ArgumentValueError(f"k must lie in 1..{tokens.shape[1]} (the ids given per image), got {given_k.tolist()}")
+            raise ArgumentValueError(f"k must lie in 1..{tokens.shape[1]} (the ids given per image), got "
+                                     f"{given_k.tolist()}")
         keep = flextok_sampling.prefix_lengths(None if given_k is None else torch.from_numpy(given_k), len(tokens),
                                                tokens.shape[1])  # (N,)
         start_noise = None if noise is None else self._latents_in(noise, "noise")
         require(start_noise is None or len(start_noise) == len(tokens),
-                f"got noise for {0 if start_noise is None else len(start_noise)} images and ids for {len(tokens)}; pass one each")
+                f"got noise for {0 if start_noise is None else len(start_noise)} images and ids for {len(tokens)}; "
+                "pass one each")
 
         def latents(start: int, n: int, rows: int) -> torch.Tensor:
             batch, kb = pad_rows(tokens[start:start + n], rows), pad_rows(keep[start:start + n], rows)
             if start_noise is not None:
+                noise_rows = pad_rows(start_noise[start:start + n], rows).to(self.device)
                 return flextok_sampling.decode(self.model, batch, d, keep_k=kb, progress=progress,
-                                               noise=pad_rows(start_noise[start:start + n], rows).to(self.device)).float()
+                                               noise=noise_rows).float()
             return flextok_sampling.decode(self.model, batch, d, keep_k=kb, progress=progress,
                                            generator=image_generators(seed, start, rows)).float()  # (B, C, h, w)
 
@@ -439,7 +464,8 @@ class Tokenizer(Shareable):
         single = k is None or not hasattr(k, "__len__")
         ks = [k] if single else list(k)
         if not ks:
-            raise ArgumentValueError(f"k is empty; pass a prefix length in 1..{self.registers}, a list of them, or None")
+            raise ArgumentValueError(f"k is empty; pass a prefix length in 1..{self.registers}, "
+                                     "a list of them, or None")
         ks = [kk if kk is None else int_arg(kk, "k", 1, self.registers) for kk in ks]
         ids = self.encode(images, seed=seed, batch_size=batch_size, progress=progress)
         out = {kk: self.decode(ids, kk, seed=seed, steps=steps, cfg=cfg, guidance=guidance, batch_size=batch_size,
@@ -464,7 +490,8 @@ class Segmenter(Shareable):
         """The export's inference settings with the given (non-None) keywords applied."""
         return dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
 
-    def affinities_and_segment(self, volume: np.ndarray | torch.Tensor, **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+    def affinities_and_segment(self, volume: np.ndarray | torch.Tensor,
+                               **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
         """(affinities float32 (3, Z, Y, X), uint32 (Z, Y, X) neuron ids from 1)."""
         from vistok.em.inference import segment_volume
 
@@ -472,8 +499,8 @@ class Segmenter(Shareable):
         affs, seg = segment_volume(self.model, raw, self.settings(**overrides))
         return affs, seg.astype(np.uint32 if seg.max(initial=0) < 2**32 else np.uint64)
 
-    def segment(self, volume: np.ndarray | torch.Tensor, *, roi: Sequence[int] | None = None, overlap: float | None = None,
-                batch_size: int | None = None, threshold: float | None = None,
+    def segment(self, volume: np.ndarray | torch.Tensor, *, roi: Sequence[int] | None = None,
+                overlap: float | None = None, batch_size: int | None = None, threshold: float | None = None,
                 fragment_threshold: float | None = None) -> np.ndarray:
         """Raw volume (Z, Y, X), any dtype -> uint32 (Z, Y, X) neuron ids."""
         if roi is not None:

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from vistok.data.tokens import write_token_file
-from vistok.io.atomic import atomic_write
 from vistok.errors import VistokError
+from vistok.io.atomic import atomic_write
 from vistok.viz import GRID_MAX, class_grid
 
 SHARDS = ".shards"
@@ -108,7 +108,8 @@ class SampleWriter:
             with np.load(path) as z:
                 rows = rows + len(z["images"]) if int(path.stem) == rows else -1
         if rows != len(labels):
-            raise VistokError(f"the shards in {self.shards} do not hold images 0..{len(labels) - 1} in order; run again")
+            raise VistokError(f"the shards in {self.shards} do not hold images 0..{len(labels) - 1} "
+                              "in order; run again")
         with np.load(parts[0]) as z:
             first = {name: z[name] for name in z.files}
         shown, count = [], 0

@@ -17,15 +17,16 @@ from PIL import Image
 from vistok.api import load
 from vistok.api.exports import export_paired, read_flextok_config
 from vistok.data.tokens import TokenDataConfig, TokenDataset, load_tokens
-from vistok.io.atomic import atomic_write
 from vistok.errors import require
 from vistok.generators.ar import ARConfig
 from vistok.generators.flextok_codes import check_pairing
 from vistok.generators.xar import XARConfig
+from vistok.io.atomic import atomic_write
 from vistok.tokenizers.flextok import FlexTokConfig
 
 
-def token_dataset(tokenizer_ckpt: str, data: TokenDataConfig, model: ARConfig | XARConfig) -> tuple[FlexTokConfig, TokenDataset]:
+def token_dataset(tokenizer_ckpt: str, data: TokenDataConfig,
+                  model: ARConfig | XARConfig) -> tuple[FlexTokConfig, TokenDataset]:
     """(the FlexTok's config, the token file's dataset), after checking that the model takes this FlexTok's tokens,
     the file holds them (K ids below the FlexTok vocabulary per image) and the model has a label for every class."""
     flextok = read_flextok_config(tokenizer_ckpt)

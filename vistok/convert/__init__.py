@@ -44,8 +44,9 @@ def convert(kind: str, input: str | Path, out: str | Path, **options: Any) -> Co
     given = {k: v for k, v in options.items() if v is not None}
     wrong = sorted(set(given) - set(OPTIONS[kind]))
     if wrong:
+        takes = ", ".join("--" + o.replace("_", "-") for o in OPTIONS[kind])
         raise VistokError(f"--{wrong[0].replace('_', '-')} does not apply to --from {kind}"
-                          f"{' (it takes ' + ', '.join('--' + o.replace('_', '-') for o in OPTIONS[kind]) + ')' if OPTIONS[kind] else ''}")
+                          f"{' (it takes ' + takes + ')' if OPTIONS[kind] else ''}")
     module = importlib.import_module(f"vistok.convert.{KINDS[kind]}")
     path, summary = module.convert(input, out, **given)
     return Converted(Path(path), kind, summary)

@@ -34,9 +34,11 @@ def read_weights(path: str | Path, what: str) -> Any:
         try:
             return load_file(str(path))
         except Exception as err:
-            raise VistokError(f"cannot read {what} {path} ({type(err).__name__}); is it a complete .safetensors file?") from None
+            raise VistokError(f"cannot read {what} {path} ({type(err).__name__}); "
+                              "is it a complete .safetensors file?") from None
     if path.suffix not in PICKLE_SUFFIXES:
-        raise VistokError(f"{what} {path} must be a .safetensors or PyTorch checkpoint ({', '.join(PICKLE_SUFFIXES)}) file")
+        raise VistokError(f"{what} {path} must be a .safetensors or PyTorch checkpoint ({', '.join(PICKLE_SUFFIXES)}) "
+                          "file")
     return load_pickle(path, allow=ALLOWED, what=what)
 
 
@@ -70,8 +72,8 @@ def check_against(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise VistokError(f"{source} does not map onto the vistok model: missing {missing[:3]}, unexpected {unexpected[:3]} "
-                          f"({len(missing)} / {len(unexpected)} in all); is --from the right kind?")
+        raise VistokError(f"{source} does not map onto the vistok model: missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]} ({len(missing)} / {len(unexpected)} in all); is --from the right kind?")
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
             raise VistokError(f"{source}: {k} has shape {tuple(state[k].shape)}, the vistok model expects {shape}")
@@ -104,5 +106,5 @@ def namespace_dict(args: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "read_state_dict", "read_weights", "strip_prefix",
-           "tensors_only", "write"]
+__all__ = ["ALLOWED", "build_meta", "check_against", "namespace_dict", "read_state_dict", "read_weights",
+           "strip_prefix", "tensors_only", "write"]

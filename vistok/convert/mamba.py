@@ -54,7 +54,8 @@ def convert(input: str | Path, out: str | Path, prefix: str = "", nslices: int =
         raise VistokError(f"{source} holds {len(layers)} Mamba layers; pick one with --prefix (e.g. {layers[0]!r})")
     prefix = prefix or (layers[0] if layers else "")
     if prefix:
-        require(prefix in layers, f"--prefix {prefix!r} names no Mamba layer in {source}; found: {', '.join(layers[:4])}")
+        require(prefix in layers,
+                f"--prefix {prefix!r} names no Mamba layer in {source}; found: {', '.join(layers[:4])}")
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     cfg = infer_config(state, nslices, source)
     path = common.write(out, "mamba", cfg, state, source,

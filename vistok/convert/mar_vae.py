@@ -11,14 +11,14 @@ fit is an error.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from vistok.convert import common
+from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
 from vistok.io.exports import read_export
-from vistok.errors import VistokError
 from vistok.tokenizers.kl_vae import config_from_state, official_state
 
 TOKENIZER_DIR = "tokenizer"
@@ -48,14 +48,15 @@ def attach(vae: str | Path, tokens: tuple[int, int, int]) -> tuple[dict[str, Any
     if vae.is_dir():
         meta, _ = read_export(vae)
         if meta.get("family") != "kl-vae":
-            raise VistokError(f"--vae {vae} holds a {meta.get('family')!r} model, not a KL VAE; convert MAR's kl16.ckpt "
-                              "with `vistok convert --from mar-vae` first, or pass the .ckpt itself")
+            raise VistokError(f"--vae {vae} holds a {meta.get('family')!r} model, not a KL VAE; convert MAR's "
+                              "kl16.ckpt with `vistok convert --from mar-vae` first, or pass the .ckpt itself")
         channels = meta["config"]["embed_dim"]
     else:
         state = official_state(common.read_weights(vae, "VAE checkpoint"), str(vae))
         channels = config_from_state(state).embed_dim
     if channels != tokens[0]:
-        raise VistokError(f"--vae {vae} makes {channels}-channel latents but the generator expects {tokens[0]} channels")
+        raise VistokError(f"--vae {vae} makes {channels}-channel latents but the generator expects {tokens[0]} "
+                          "channels")
 
     def write(folder: Path) -> None:
         target = folder / TOKENIZER_DIR

@@ -71,10 +71,12 @@ def infer_config(state: dict[str, torch.Tensor], nslices: int, source: str) -> S
         d_inner, d_state = shape(first + "A_log")
         mamba = dict(d_state=d_state, d_conv=shape(first + "conv1d.weight")[-1],
                      expand=d_inner // shape(first + "in_proj.weight")[1],
-                     bimamba_type="v3" if first + "A_s_log" in state else "v2" if first + "A_b_log" in state else "none")
+                     bimamba_type="v3" if first + "A_s_log" in state
+                     else "v2" if first + "A_b_log" in state else "none")
     if shape("vit.downsample_layers.0.0.weight")[2] > 1:  # a stem with a z kernel: vistok's isotropic layout
         mamba["encoder_z"] = "isotropic"
-    return SegMambaConfig(in_chans=shape("vit.downsample_layers.0.0.weight")[1], out_chans=shape("out.conv.conv.weight")[0],
+    return SegMambaConfig(in_chans=shape("vit.downsample_layers.0.0.weight")[1],
+                          out_chans=shape("out.conv.conv.weight")[0],
                           feat_size=feat, hidden_size=shape("encoder5.layer.conv1.conv.weight")[0], depths=depths,
                           kernel_size=shape("encoder1.layer.conv1.conv.weight")[2:], nslices=nslices, **mamba)
 

@@ -92,7 +92,8 @@ def infer_config(official: dict[str, torch.Tensor], args: dict[str, Any], heads:
     rows, width = shape("class_emb.weight")
     in_channels = shape("z_proj.weight")[1]
     length = shape("encoder_pos_embed_learned")[-2]
-    depths = [len({k.split(".")[1] for k in official if k.startswith(f"{half}_blocks.")}) for half in ("encoder", "decoder")]
+    depths = [len({k.split(".")[1] for k in official if k.startswith(f"{half}_blocks.")})
+              for half in ("encoder", "decoder")]
     require(depths[0] == depths[1] and depths[0] > 0,
             f"{source}: {depths[0]} encoder and {depths[1]} decoder blocks; vistok's xAR needs the same number (> 0)")
     side = math.isqrt(length)
@@ -164,6 +165,8 @@ def convert(input: str | Path, out: str | Path, weights: str = "ema", time_floor
     path = common.write(out, "xar", cfg, state, source, extra=extra, **meta)
     n = sum(v.numel() for k, v in state.items())
     what = {"ema": "EMA weights", "model": "raw (non-EMA) weights"}.get(info["weights"], "bare state dict")
+    tokenizer = ", tokenizer: " + str(vae) if vae is not None else ", no tokenizer (pass --vae to sample images)"
     return path, (f"xAR {preset or f'(width {cfg.width}, depth {cfg.depth}+{cfg.depth}, {cfg.heads} heads)'}, {what}, "
-                  f"{n:,} parameters, time embedding {'floor(t*1000) as official' if time_floor else 'continuous t*1000'}"
-                  f"{', tokenizer: ' + str(vae) if vae is not None else ', no tokenizer (pass --vae to sample images)'}")
+                  f"{n:,} parameters, time embedding "
+                  f"{'floor(t*1000) as official' if time_floor else 'continuous t*1000'}"
+                  f"{tokenizer}")

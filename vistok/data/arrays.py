@@ -29,7 +29,8 @@ def npz_keys(path: str | Path, what: str = "file", hint: str = "") -> list[str]:
         return list(z.files)
 
 
-def read_npz(path: str | Path, keys: Iterable[str] | None = None, what: str = "file", hint: str = "") -> dict[str, np.ndarray]:
+def read_npz(path: str | Path, keys: Iterable[str] | None = None,
+             what: str = "file", hint: str = "") -> dict[str, np.ndarray]:
     """The arrays `keys` (all when None; names the file lacks are left out) of an .npz, fully read and checked."""
     path = Path(path)
     with _open(path, what, hint) as z:

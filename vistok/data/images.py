@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.data.arrays import read_npz
-from vistok.io.atomic import atomic_write
 from vistok.errors import VistokError
+from vistok.io.atomic import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -136,13 +136,16 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path, resolution: int, verify: bool = False) -> None:
         self.root, self.resolution = Path(root), resolution
         if not self.root.is_dir():
-            raise VistokError(f"image folder {self.root} does not exist; pass an existing folder or a dataset name ({', '.join(NAMED)})")
+            raise VistokError(f"image folder {self.root} does not exist; pass an existing folder or a dataset name "
+                              f"({', '.join(NAMED)})")
         files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         subdirs = sorted({p.relative_to(self.root).parts[0] for p in files if len(p.relative_to(self.root).parts) > 1})
         self.classes = tuple(subdirs)
         index = {c: i for i, c in enumerate(self.classes)}
         self.files = files
-        self.labels = [index.get(p.relative_to(self.root).parts[0], 0) if len(p.relative_to(self.root).parts) > 1 else 0 for p in files]
+        self.labels = [index.get(p.relative_to(self.root).parts[0], 0) if len(p.relative_to(self.root).parts) > 1
+                       else 0
+                       for p in files]
         self.num_skipped = 0
         self._bad: set[int] = set()
         if verify:
@@ -216,7 +219,8 @@ def _cifar10_from_torchvision(root: Path, split: str, download: bool) -> tuple[n
         ds = CIFAR10(str(root), train=split == "train", download=download)
     except RuntimeError as err:
         raise VistokError(
-            f"CIFAR-10 not found under {root} ({err}); put cifar10-jpeg.tar.gz there or set VISTOK_DOWNLOAD=1 to let torchvision download it"
+            f"CIFAR-10 not found under {root} ({err}); put cifar10-jpeg.tar.gz there or set VISTOK_DOWNLOAD=1 to let "
+            "torchvision download it"
         ) from None
     return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
 
@@ -256,7 +260,8 @@ def mnist() -> ArrayDataset:
     return ArrayDataset(np.repeat(gray[..., None], 3, axis=-1), y, tuple(str(i) for i in range(10)))
 
 
-def build_image_dataset(name: str, root: str | Path | None = None, resolution: int = 32) -> ArrayDataset | ImageFolderDataset:
+def build_image_dataset(name: str, root: str | Path | None = None,
+                        resolution: int = 32) -> ArrayDataset | ImageFolderDataset:
     """A dataset by name (cifar10-train, cifar10-test, mnist) or by image-folder path, at `resolution`."""
     if name in ("cifar10-train", "cifar10-test"):
         ds = cifar10(resolve_data_root(root), name.split("-")[1])
@@ -294,7 +299,8 @@ class ImageDataConfig:
         if self.resolution < 8:
             raise VistokError(f"data.resolution must be at least 8, got {self.resolution}")
         if self.mix not in MIXES:
-            raise VistokError(f"data.mix={self.mix!r} is not a procedural source; use one of {', '.join(MIXES[1:])} or leave it empty")
+            raise VistokError(f"data.mix={self.mix!r} is not a procedural source; use one of {', '.join(MIXES[1:])} or "
+                              "leave it empty")
         if self.mix and not 0 < self.mix_frac < 1:
             raise VistokError(f"data.mix_frac={self.mix_frac} must be between 0 and 1 (the share of procedural images)")
         if not 0 <= self.gray_p <= 1:

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vistok.data.images import ImageFolderDataset
 from vistok.data.loader import StepBatchSampler
-from vistok.io.atomic import atomic_write, atomic_write_bytes
 from vistok.errors import VistokError, require
+from vistok.io.atomic import atomic_write, atomic_write_bytes
 from vistok.progress import progress as bar_of
 from vistok.seeding import item_generator
 
@@ -145,8 +145,8 @@ def _check_existing(out: Path, manifest: dict[str, Any]) -> None:
         raise VistokError(f"{path} is not readable JSON; delete {out} and cache again") from None
     changed = [k for k in PLAN_KEYS if old.get(k) != manifest.get(k)]
     if changed:
-        raise VistokError(f"{out} holds another cache (different {', '.join(changed)}); pass another --out or delete it "
-                          "to start over")
+        raise VistokError(f"{out} holds another cache (different {', '.join(changed)}); pass another --out or delete "
+                          "it to start over")
 
 
 def write_cache(
@@ -179,7 +179,7 @@ def write_cache(
     parts: dict[str, list[torch.Tensor]] = {}
     done = 0
     with bar:
-        for (k, index), (pixels, labels) in zip(batches, loader):
+        for (k, index), (pixels, labels) in zip(batches, loader, strict=True):
             if (labels < 0).any():
                 bad = images.files[index[int((labels < 0).nonzero()[0])]]
                 raise VistokError(f"cannot read image {bad}; delete or replace it and run the same command again "
@@ -201,12 +201,14 @@ def write_cache(
                 tensors = {key: torch.cat(v).contiguous() for key, v in parts.items()}
                 from safetensors.torch import save
 
-                atomic_write(out / shard_name(k), lambda f, t=tensors: f.write(save(t, metadata={"first": str(bounds[k][0])})))
+                meta = {"first": str(bounds[k][0])}
+                atomic_write(out / shard_name(k), lambda f, t=tensors, m=meta: f.write(save(t, metadata=m)))
                 parts = {}
     return CacheReport(written=pending, skipped=[k for k in mine if k not in pending], images=done)
 
 
-def posterior_sample(mean: torch.Tensor, std: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def posterior_sample(mean: torch.Tensor, std: torch.Tensor, scale: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """`scale * (mean + std * eps)`, eps ~ N(0, I): a fresh latent from a diagonal Gaussian posterior (MAR/xAR)."""
     eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
     return scale * (mean.float() + std.float() * eps)
@@ -216,8 +218,8 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     root = Path(root).expanduser()
     path = root / MANIFEST
     if not path.is_file():
-        raise VistokError(f"{root} is not a latent cache (no {MANIFEST}); write it with `vistok cache-latents --vae VAE "
-                          f"--input FOLDER --out {root}`")
+        raise VistokError(f"{root} is not a latent cache (no {MANIFEST}); write it with `vistok cache-latents --vae "
+                          f"VAE --input FOLDER --out {root}`")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -241,8 +243,9 @@ class LatentCache(Dataset):
         m = self.manifest
         missing = [k for k in range(m["num_shards"]) if not (self.root / shard_name(k)).is_file()]
         if missing:
-            raise VistokError(f"latent cache {self.root} is incomplete: {len(missing)} of {m['num_shards']} shards missing "
-                              f"({shard_name(missing[0])}, ...); run the same `vistok cache-latents` command again to finish it")
+            raise VistokError(f"latent cache {self.root} is incomplete: {len(missing)} of {m['num_shards']} shards "
+                              f"missing ({shard_name(missing[0])}, ...); run the same `vistok cache-latents` command "
+                              "again to finish it")
         self.seed, self.sample = seed, sample
         self.scale, self.flip = float(m["scaling_factor"]), bool(m["flip"])
         self._open: OrderedDict[int, Any] = OrderedDict()

@@ -28,7 +28,8 @@ class StepBatchSampler:
         if global_batch % world_size:
             raise VistokError(f"global batch {global_batch} must divide by the number of processes {world_size}")
         if num_samples < global_batch:
-            raise VistokError(f"the dataset has {num_samples} samples, fewer than one global batch of {global_batch}; lower the batch size")
+            raise VistokError(f"the dataset has {num_samples} samples, fewer than one global batch of {global_batch}; "
+                              "lower the batch size")
         self.n, self.global_batch, self.rank, self.world = num_samples, global_batch, rank, world_size
         self.seed, self.shuffle, self.start_step = seed, shuffle, start_step
         self.steps_per_epoch = num_samples // global_batch
@@ -53,7 +54,8 @@ class Augmented(Dataset):
     """Wraps a dataset of (image in [-1, 1], label); indexed by (index, epoch); random crop with padding, flips and
     conversion to grayscale (the channel mean) with probability `gray_p`."""
 
-    def __init__(self, dataset: Dataset, seed: int = 0, hflip: bool = False, crop_pad: int = 0, gray_p: float = 0.0) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, hflip: bool = False, crop_pad: int = 0,
+                 gray_p: float = 0.0) -> None:
         self.dataset, self.seed, self.hflip, self.crop_pad, self.gray_p = dataset, seed, hflip, crop_pad, gray_p
 
     def __len__(self) -> int:

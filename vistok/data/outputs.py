@@ -16,7 +16,8 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or \
             (path.exists() and not os.access(path, os.W_OK)):
-        raise VistokError(f"{what} {path} is not writable (check the folder and its permissions, or choose another path)")
+        raise VistokError(f"{what} {path} is not writable (check the folder and its permissions, "
+                          "or choose another path)")
     return path
 
 

@@ -19,10 +19,12 @@ def npz_images(arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:
     """(N, 3, H, W) uint8 from the `images` or `arr_0` array of an .npz's arrays (NHWC or NCHW)."""
     key = next((k for k in ("images", "arr_0") if k in arrays), None)
     if key is None:
-        raise VistokError(f"{path} has neither 'images' nor 'arr_0' (nor 'mu'/'sigma' statistics); keys: {sorted(arrays)}")
+        raise VistokError(f"{path} has neither 'images' nor 'arr_0' (nor 'mu'/'sigma' statistics); keys: "
+                          f"{sorted(arrays)}")
     arr = arrays[key]
     if arr.dtype != np.uint8 or arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
-        raise VistokError(f"{path}:{key} must be uint8 images (N, H, W, 3) or (N, 3, H, W), got {arr.dtype} {arr.shape}")
+        raise VistokError(f"{path}:{key} must be uint8 images (N, H, W, 3) or (N, 3, H, W), got {arr.dtype} "
+                          f"{arr.shape}")
     if len(arr) == 0:
         raise VistokError(f"{path}:{key} holds no images")
     return arr if arr.shape[1] == 3 else arr.transpose(0, 3, 1, 2)
@@ -53,10 +55,11 @@ def load_images(
         labels = read_npz(path, ("labels",), what="image file").get("labels")
         labels = None if labels is None else labels[:len(images)].astype(np.int64)
         require(images.shape[1:3] == (resolution, resolution),
-                f"{path} holds {images.shape[1]}x{images.shape[2]} images but the model takes {resolution}x{resolution}; "
-                "resize them or pass an image folder (resized on load)")
+                f"{path} holds {images.shape[1]}x{images.shape[2]} images but the model takes "
+                f"{resolution}x{resolution}; resize them or pass an image folder (resized on load)")
         return images, labels
-    raise VistokError(f"--input {source} is not a dataset name ({', '.join(NAMED)}), an image folder or an .npz of images")
+    raise VistokError(f"--input {source} is not a dataset name ({', '.join(NAMED)}), "
+                      "an image folder or an .npz of images")
 
 
 __all__ = ["load_images", "load_npz_images", "npz_images"]

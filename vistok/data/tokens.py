@@ -59,10 +59,12 @@ def write_token_file(path: str | Path, ids: np.ndarray, k: np.ndarray | None = N
     from vistok.io.atomic import atomic_write
 
     ids = np.asarray(ids)
-    require(ids.ndim == 2 and (ids.dtype.kind in "iu" or ids.size == 0), f"token ids must be integers (N, K), got {ids.dtype} {ids.shape}")
+    require(ids.ndim == 2 and (ids.dtype.kind in "iu" or ids.size == 0),
+            f"token ids must be integers (N, K), got {ids.dtype} {ids.shape}")
     n = len(ids)
     k = np.full(n, ids.shape[1], np.int32) if k is None else np.asarray(k)
-    require(k.shape == (n,) and (k.dtype.kind in "iu" or n == 0), f"'k' must hold one integer prefix length per image ({n})")
+    require(k.shape == (n,) and (k.dtype.kind in "iu" or n == 0),
+            f"'k' must hold one integer prefix length per image ({n})")
     arrays = {"ids": ids.astype(np.int32), "k": k.astype(np.int32)}
     if labels is not None:
         labels = np.asarray(labels)
@@ -80,16 +82,17 @@ def load_tokens(cfg: TokenDataConfig, registers: int, vocab_size: int, encode_hi
     hint = f"; write it with: {encode_hint}" if encode_hint else "; write it with `vistok encode`"
     arrays = read_token_file(path, encode_hint)
     ids, labels = arrays["ids"], arrays.get("labels")
-    require(ids.shape[1] == registers, f"{path} holds {ids.shape[1]} tokens per image but the tokenizer has {registers} "
-                                       f"registers; encode with the same FlexTok export{hint}")
+    require(ids.shape[1] == registers,
+            f"{path} holds {ids.shape[1]} tokens per image but the tokenizer has {registers} "
+            f"registers; encode with the same FlexTok export{hint}")
     k = arrays.get("k", np.full(len(ids), registers))
     require(bool((k == registers).all()), f"{path} keeps fewer than {registers} tokens for some images (k); encode "
                                           f"without --tokens so every image has all of them{hint}")
     require(ids.size == 0 or (0 <= ids.min() and ids.max() < vocab_size),
             f"{path} holds ids outside 0..{vocab_size - 1}; encode with the same FlexTok export{hint}")
     if labels is None or labels.shape != (len(ids),):
-        raise VistokError(f"{path} has no 'labels' (one per image); encode a labelled dataset (cifar10-train or a folder "
-                          f"of class sub-folders){hint}")
+        raise VistokError(f"{path} has no 'labels' (one per image); encode a labelled dataset (cifar10-train or a "
+                          f"folder of class sub-folders){hint}")
     if cfg.limit:
         ids, labels = ids[:cfg.limit], labels[:cfg.limit]
     classes = tuple(cfg.classes) or tuple(str(c) for c in arrays.get("classes", ()))

@@ -5,8 +5,9 @@ Chen et al., "TokenUnify: Scalable Autoregressive Visual Pre-training with Mixtu
 (its EM backbone, with anisotropic in-plane kernels); Gu & Dao, "Mamba", arXiv 2312.00752.
 
     input (B, 1, D, H, W)
-      encoder: stem conv (1,7,7)/2 [(7,7,7)/2 with encoder_z="isotropic"] -> [GSC -> depth x (LayerNorm -> tri-Mamba)] per stage, downsampling /2 in z, y, x
-               between stages; each stage's output, instance-normed and through a 1^3-conv MLP, is a skip (D/2 .. D/16)
+      encoder: stem conv (1,7,7)/2 [(7,7,7)/2 with encoder_z="isotropic"]
+               -> [GSC -> depth x (LayerNorm -> tri-Mamba)] per stage, downsampling /2 in z, y, x between stages;
+               each stage's output, instance-normed and through a 1^3-conv MLP, is a skip (D/2 .. D/16)
       decoder: UNETR residual blocks on the input and the four skips, transposed-conv upsampling, concatenation
     output (B, out_chans, D, H, W) logits (the losses apply the sigmoid)
 
@@ -49,7 +50,8 @@ class SegMambaConfig:
     encoder_z: Literal["anisotropic", "isotropic"] = "anisotropic"
 
     def __post_init__(self) -> None:
-        require(len(self.feat_size) == 4 and len(self.depths) == 4, "feat_size and depths need 4 entries (one per stage)")
+        require(len(self.feat_size) == 4 and len(self.depths) == 4,
+                "feat_size and depths need 4 entries (one per stage)")
         require(all(k % 2 == 1 for k in self.kernel_size), f"kernel_size {self.kernel_size} must be odd in every axis")
         require(min(self.feat_size) > 0 and self.hidden_size > 0, "feat_size and hidden_size must be positive")
         require(min(self.depths) >= 0 and self.nslices >= 1, "depths must be >= 0 and nslices >= 1")
@@ -138,13 +140,15 @@ class MambaEncoder(nn.Module):
                  for i in range(1, 4)]
         self.downsample = nn.ModuleList([stem, *downs])
         self.gscs = nn.ModuleList(GSC(c) for c in f)
-        self.stages = nn.ModuleList(nn.Sequential(*(MambaLayer(c, cfg) for _ in range(n))) for c, n in zip(f, cfg.depths))
+        self.stages = nn.ModuleList(nn.Sequential(*(MambaLayer(c, cfg) for _ in range(n)))
+                                    for c, n in zip(f, cfg.depths, strict=True))
         self.skip_norms = nn.ModuleList(nn.InstanceNorm3d(c) for c in f)
         self.mlps = nn.ModuleList(MlpChannel(c) for c in f)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = []
-        for down, gsc, stage, norm, mlp in zip(self.downsample, self.gscs, self.stages, self.skip_norms, self.mlps):
+        for down, gsc, stage, norm, mlp in zip(self.downsample, self.gscs, self.stages, self.skip_norms,
+                                               self.mlps, strict=True):
             x = stage(gsc(down(x)))  # (B, f_i, D/2^(i+1), H/2^(i+1), W/2^(i+1))
             skips.append(mlp(norm(x)))
         return skips
@@ -190,8 +194,9 @@ class SegMamba(nn.Module):
         f, h, k = cfg.feat_size, cfg.hidden_size, cfg.kernel_size
         self.encoder = MambaEncoder(cfg)
         self.enc_input = ResBlock(cfg.in_chans, f[0], k)
-        self.enc_skips = nn.ModuleList(ResBlock(c_in, c_out, k) for c_in, c_out in zip(f, (*f[1:], h)))
-        self.decoders = nn.ModuleList(UpBlock(c_in, c_out, k) for c_in, c_out in zip((h, *f[:0:-1]), f[::-1]))
+        self.enc_skips = nn.ModuleList(ResBlock(c_in, c_out, k) for c_in, c_out in zip(f, (*f[1:], h), strict=True))
+        self.decoders = nn.ModuleList(UpBlock(c_in, c_out, k)
+                                      for c_in, c_out in zip((h, *f[:0:-1]), f[::-1], strict=True))
         self.dec_out = ResBlock(f[0], f[0], k)
         self.head = nn.Conv3d(f[0], cfg.out_chans, 1)
 
@@ -199,9 +204,10 @@ class SegMamba(nn.Module):
         """(B, in_chans, D, H, W) -> (B, f0, D, H, W) full-resolution decoder features."""
         self.config.check_input(tuple(x.shape[2:]))
         skips = self.encoder(x)  # 4 x (B, f_i, D/2^(i+1), ...)
-        levels = [self.enc_input(x)] + [enc(s) for enc, s in zip(self.enc_skips, skips)]  # full res .. D/16 (hidden)
+        # full res .. D/16 (hidden)
+        levels = [self.enc_input(x)] + [enc(s) for enc, s in zip(self.enc_skips, skips, strict=True)]
         y = levels[-1]
-        for dec, skip in zip(self.decoders, levels[-2::-1]):
+        for dec, skip in zip(self.decoders, levels[-2::-1], strict=True):
             y = dec(y, skip)  # upsample x2, concat the skip, residual block
         return self.dec_out(y)
 

@@ -14,7 +14,8 @@ ignore_labels=(0,))` and `adapted_rand_error(gt, seg)`, as TokenUnify (Chen et a
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def evaluate_per_slice(seg: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[
     if gt.ndim < 3:
         raise VistokError(f"per-slice scores need (z, y, x) volumes, got shape {gt.shape}")
     ignored = np.isin(gt, list(ignore_labels)) if len(ignore_labels) else np.zeros(gt.shape, bool)
-    scores = [evaluate(s, g, ignore_labels) for s, g, i in zip(seg, gt, ignored) if not i.all()]
+    scores = [evaluate(s, g, ignore_labels) for s, g, i in zip(seg, gt, ignored, strict=True) if not i.all()]
     if not scores:
         raise VistokError("the ground truth has no voxels outside the ignored labels; nothing to score")
     return SegScores(*(float(v) for v in np.mean(np.array(scores, np.float64), axis=0)))

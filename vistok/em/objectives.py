@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.em.backbone import AR_BASE, SegMamba, SegMambaConfig
-from vistok.em.tokens import (hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask,
-                              token_grid)
+from vistok.em.tokens import hide_tokens, next_token_target, prefix_lengths, prefix_mask, random_token_mask, token_grid
 from vistok.errors import VistokError, require
 
 
@@ -72,7 +71,8 @@ class MixSchedule:
     period: int = 1000
 
     def __post_init__(self) -> None:
-        require(min(self.weights) >= 0 and max(self.weights) > 0, f"schedule weights {self.weights} must be >= 0, one > 0")
+        require(min(self.weights) >= 0 and max(self.weights) > 0,
+                f"schedule weights {self.weights} must be >= 0, one > 0")
         require(0.0 <= self.switch <= 1.0, f"schedule switch {self.switch} must be a fraction in [0, 1]")
         require(self.period >= 1, f"schedule period {self.period} must be positive")
 
@@ -111,7 +111,8 @@ class TokenUnifyConfig:
 class NextTokenHead(nn.Module):
     """Full-resolution output map (B, C, D, H, W) -> the next token's voxels (B, C * prod(patch))."""
 
-    def __init__(self, channels: int, input_size: tuple[int, int, int], patch: tuple[int, int, int], hidden: int) -> None:
+    def __init__(self, channels: int, input_size: tuple[int, int, int],
+                 patch: tuple[int, int, int], hidden: int) -> None:
         super().__init__()
         self.convs = nn.Sequential(
             nn.Conv3d(channels, hidden, 3, stride=2, padding=1), nn.ReLU(),
@@ -138,7 +139,7 @@ class TokenUnify(nn.Module):
     def hide(self, volume: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return hide_tokens(volume, mask, self.config.patch_size, self.config.fill, generator)
 
-    def forward(self, volume: torch.Tensor, weights: TaskWeights = TaskWeights(),
+    def forward(self, volume: torch.Tensor, weights: TaskWeights = TaskWeights(),  # noqa: B008 (an immutable NamedTuple)
                 generator: torch.Generator | None = None, inputs: torch.Tensor | None = None) -> PretrainLoss:
         """(B, C, D, H, W) clean volumes in [0, 1] -> the weighted loss and each task's MSE. `inputs` (same shape) is
         what the network sees before tokens are hidden, e.g. the perturbed crops; the default is `volume`."""

@@ -33,14 +33,14 @@ def _axes(patch: tuple[int, ...]) -> tuple[str, ...]:
 
 
 def _sizes(patch: tuple[int, ...]) -> dict[str, int]:
-    return {f"p{a}": p for a, p in zip(_axes(patch), patch)}
+    return {f"p{a}": p for a, p in zip(_axes(patch), patch, strict=True)}
 
 
 def token_grid(size: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
     """Tokens per axis of a `size` volume cut into `patch` patches; sizes must divide."""
-    if len(size) != len(patch) or any(s % p for s, p in zip(size, patch)):
+    if len(size) != len(patch) or any(s % p for s, p in zip(size, patch, strict=True)):
         raise VistokError(f"volume size {tuple(size)} must divide by the patch size {tuple(patch)} in every axis")
-    return tuple(s // p for s, p in zip(size, patch))
+    return tuple(s // p for s, p in zip(size, patch, strict=True))
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
@@ -56,14 +56,14 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ..
     ax = _axes(patch)
     spatial = " ".join(f"({a} p{a})" for a in ax)
     return rearrange(tokens, f"b ({' '.join(ax)}) (c {' '.join('p' + a for a in ax)}) -> b c {spatial}",
-                     **dict(zip(ax, grid)), **_sizes(patch))
+                     **dict(zip(ax, grid, strict=True)), **_sizes(patch))
 
 
 def voxel_mask(mask: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ...]) -> torch.Tensor:
     """Token mask (B, K) -> voxel mask (B, 1, *S): every voxel of a token carries the token's value."""
     ax = _axes(patch)
     spatial = " ".join(f"({a} p{a})" for a in ax)
-    return repeat(mask, f"b ({' '.join(ax)}) -> b 1 {spatial}", **dict(zip(ax, grid)), **_sizes(patch))
+    return repeat(mask, f"b ({' '.join(ax)}) -> b 1 {spatial}", **dict(zip(ax, grid, strict=True)), **_sizes(patch))
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -108,7 +108,8 @@ def hide_tokens(volume: torch.Tensor, mask: torch.Tensor, patch: tuple[int, ...]
     """Replace the voxels of hidden tokens by 0 or N(0, 1) noise: (B, C, *S), (B, K) -> (B, C, *S)."""
     grid = token_grid(tuple(volume.shape[2:]), patch)
     if mask.shape != (volume.shape[0], math.prod(grid)):
-        raise VistokError(f"token mask of shape {tuple(mask.shape)} does not fit {volume.shape[0]} volumes of {grid} tokens")
+        raise VistokError(f"token mask of shape {tuple(mask.shape)} does not fit {volume.shape[0]} volumes of {grid} "
+                          "tokens")
     hidden = voxel_mask(mask, grid, patch)  # (B, 1, *S)
     if fill == "zero":
         return volume.masked_fill(hidden, 0.0)

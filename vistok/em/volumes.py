@@ -18,9 +18,9 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -195,7 +195,8 @@ def read_volume(arg: str | Path | VolumeRef) -> np.ndarray:
         except Exception as err:
             raise VistokError(f"{ref.path} is not a readable TIFF file ({err})") from None
     else:
-        check_file_dtypes(ref.path, "volume file", None if ref.format == "npy" or ref.dataset is None else [ref.dataset])
+        check_file_dtypes(ref.path, "volume file",
+                          None if ref.format == "npy" or ref.dataset is None else [ref.dataset])
         try:
             loaded = np.load(ref.path, allow_pickle=False)
             if ref.format == "npz":
@@ -291,7 +292,7 @@ class Volume:
             raise VistokError(f"{self.ref} has shape {shape}; vistok expects a 3D (z, y, x) volume")
 
     @classmethod
-    def of(cls, array: np.ndarray, name: str = "array") -> "Volume":
+    def of(cls, array: np.ndarray, name: str = "array") -> Volume:
         vol = cls.__new__(cls)
         vol.ref, vol._handle, vol.lead = VolumeRef(Path(name), None, "memory"), None, 0
         vol._array = np.asarray(array)
@@ -372,13 +373,15 @@ def intensity_range(vol: Volume, mode: str = "exact", samples: int = 32, block: 
     if vol.stored_range is not None:
         return vol.stored_range
     if 0 in vol.shape:
-        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one voxel in each axis")
+        raise VistokError(f"the EM volume is empty (shape {vol.shape}); pass a volume with at least one "
+                          "voxel in each axis")
     if mode == "sample":
         rng = np.random.default_rng(seed)
         lo, hi = np.inf, -np.inf
         for _ in range(samples):
             window = tuple(slice(st, st + b) for st, b in
-                           ((int(rng.integers(0, max(1, n - b + 1))), b) for n, b in zip(vol.shape, block)))
+                           ((int(rng.integers(0, max(1, n - b + 1))), b)
+                            for n, b in zip(vol.shape, block, strict=True)))
             part = vol.read(window)
             part_lo, part_hi = finite_range(float(part.min()), float(part.max()))  # the builtin min drops a NaN
             lo, hi = min(lo, part_lo), max(hi, part_hi)
@@ -426,7 +429,7 @@ def normalize_minmax(volume: np.ndarray) -> np.ndarray:
 def pad_to(volume: np.ndarray, size: Sequence[int], mode: str = "reflect") -> np.ndarray:
     """Reflect-pad the last len(size) axes up to at least `size` (centred); larger axes are left alone."""
     lead = volume.ndim - len(size)
-    deficit = [max(0, s - n) for s, n in zip(size, volume.shape[lead:])]
+    deficit = [max(0, s - n) for s, n in zip(size, volume.shape[lead:], strict=True)]
     if not any(deficit):
         return volume
     return np.pad(volume, [(0, 0)] * lead + [(d // 2, d - d // 2) for d in deficit], mode=mode)
@@ -438,8 +441,8 @@ def random_crop(arrays: Sequence[np.ndarray], size: Sequence[int], rng: np.rando
     shape = arrays[0].shape[-len(size):]
     if any(a.shape[-len(size):] != shape for a in arrays):
         raise VistokError(f"arrays to crop together have different shapes: {[a.shape for a in arrays]}")
-    starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, size)]
-    window = tuple(slice(st, st + s) for st, s in zip(starts, size))
+    starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, size, strict=True)]
+    window = tuple(slice(st, st + s) for st, s in zip(starts, size, strict=True))
     return [a[(..., *window)] for a in arrays]
 
 
@@ -504,7 +507,7 @@ class EMCrops(Dataset):
         """(region to read, the crop inside it): whole axes where the volume is smaller than the crop (padded after),
         and an in-plane margin (clipped at the volume's edge) for border widening."""
         read, inner = [], []
-        for axis, (n, s, st) in enumerate(zip(shape, self.crop, starts)):
+        for axis, (n, s, st) in enumerate(zip(shape, self.crop, starts, strict=True)):
             if n <= s:
                 read.append(slice(0, n))
                 inner.append(slice(0, n))
@@ -522,7 +525,7 @@ class EMCrops(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         v = int(rng.integers(len(self.volumes)))
         vol = self.volumes[v]
-        starts = [int(rng.integers(0, max(n, s) - s + 1)) for n, s in zip(vol.shape, self.crop)]
+        starts = [int(rng.integers(0, max(n, s) - s + 1)) for n, s in zip(vol.shape, self.crop, strict=True)]
         read, inner = self._window(vol.shape, starts, 1 if self.widen and self.labels is not None else 0)
         arrays = [normalize_range(vol.read(read)[inner], *self.ranges[v])]
         if self.labels is not None:

@@ -71,7 +71,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((state["python_version"], tuple(py[:-1]), py[-1]))
     has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -241,7 +242,8 @@ def _mismatch(saved: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, 
     """'' when the keys and shapes agree, else a short description naming the first keys that differ."""
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
-    shapes = [f"{k} {list(saved[k])} (model {list(expected[k])})" for k in expected if k in saved and saved[k] != expected[k]]
+    shapes = [f"{k} {list(saved[k])} (model {list(expected[k])})" for k in expected
+              if k in saved and saved[k] != expected[k]]
     parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
              for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)) if keys]
     return "; ".join(parts)
@@ -336,7 +338,8 @@ class Checkpointer:
         if _collective(self.env):
             dist.barrier()
         if self.env.is_main:  # a run switched between sharded and full: keep only the newest kind
-            others = [self.run_dir / LAST, *checkpoint_files(self.run_dir)] if self.sharded else [self.run_dir / SHARDED]
+            others = ([self.run_dir / LAST, *checkpoint_files(self.run_dir)] if self.sharded
+                      else [self.run_dir / SHARDED])
             for other in others:
                 if other.exists():
                     shutil.rmtree(other) if other.is_dir() else other.unlink()
@@ -372,7 +375,8 @@ class Checkpointer:
         step = 0
         if meta is not None:
             step = int(meta["step"])
-            for group, hyper in zip(self.optimizer.param_groups, fresh):  # the current config's lr, betas, decay
+            # the current config's lr, betas, decay
+            for group, hyper in zip(self.optimizer.param_groups, fresh, strict=True):
                 group.update(hyper)
             self._schedule_at(step)
             rng = meta["rng"]
@@ -467,7 +471,8 @@ class Checkpointer:
             return None
         self.loaded = self.path
         stored = dcp.FileSystemReader(str(self.path)).read_metadata().state_dict_metadata
-        saved = {k[len("model."):]: tuple(v.size) for k, v in stored.items() if k.startswith("model.") and hasattr(v, "size")}
+        saved = {k[len("model."):]: tuple(v.size) for k, v in stored.items()
+                 if k.startswith("model.") and hasattr(v, "size")}
         detail = _mismatch(saved, _shapes(unwrap(self.model).state_dict()))
         if detail:
             raise self._refuse(detail, meta["config"])
@@ -483,8 +488,8 @@ class Checkpointer:
         sched = self.scheduler
         sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
         sched.last_epoch = step
-        lrs = [base * fn(step) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
-        for group, lr in zip(self.optimizer.param_groups, lrs):
+        lrs = [base * fn(step) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         sched._last_lr = lrs
 

@@ -1,7 +1,7 @@
 """Distributed set-up written once: torchrun's environment or one plain process.
 
-Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) a process group is created, NCCL on CUDA and gloo on
-CPU; without them the script runs as one ordinary process and every collective is a no-op. Models are wrapped in DDP,
+Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) a process group is created, NCCL on CUDA and gloo
+on CPU; without them the script runs as one ordinary process and every collective is a no-op. Models are wrapped in DDP,
 or sharded with FSDP2 (`fully_shard`) for large models.
 """
 
@@ -61,7 +61,8 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
         timeout = timedelta(seconds=timeout_s)
         store = _restart_store(world_size, timeout)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
-                                timeout=timeout, **({"store": store, "rank": rank, "world_size": world_size} if store else {}))
+                                timeout=timeout,
+                                **({"store": store, "rank": rank, "world_size": world_size} if store else {}))
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -50,7 +50,8 @@ def model_flops(fn: Callable[[], Any]) -> int:
     return result.total
 
 
-def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, override: float | None = None) -> float | None:
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+               override: float | None = None) -> float | None:
     """Peak FLOP/s of one `device` for matmuls in `dtype`: `override` (in TFLOP/s) when set, the data-sheet figure
     for a known GPU, else None (unknown, e.g. a CPU: report MFU as n/a)."""
     if override:

@@ -14,12 +14,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vistok.io.atomic import atomic_write_bytes
 from vistok.errors import VistokError
+from vistok.io.atomic import atomic_write_bytes
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, total_steps: int, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, total_steps: int,
+                 tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None

@@ -28,15 +28,16 @@ from vistok.engine.dist import DistEnv
 from vistok.engine.faults import kill_point
 from vistok.engine.flops import count_flops, mfu, peak_flops
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.io.exports import write_export
-from vistok.io.lock import hold_for
 from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
+from vistok.io.exports import write_export
+from vistok.io.lock import hold_for
 
 C = TypeVar("C")
-# writes an export folder: (out_dir, family, model config, weights, **meta) -> the folder (`vistok.io.exports.write_export`)
+# writes an export folder: (out_dir, family, model config, weights, **meta) -> the folder
+# (`vistok.io.exports.write_export`)
 Writer = Callable[..., Path]
 
 
@@ -68,7 +69,8 @@ class TrainConfig:
     num_workers: int = 2
     tensorboard: bool = False
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain, no momentum (an update proportional to the gradient)
-    decay_rule: Literal["layers", "official"] = "layers"  # layers: linear/conv weights only; official: all but 1-D and biases (xAR)
+    # layers: linear/conv weights only; official: all but 1-D and biases (xAR)
+    decay_rule: Literal["layers", "official"] = "layers"
     nonfinite: Literal["skip", "stop"] = "skip"  # a step with a non-finite loss or gradient norm: skip it, or stop
     max_skips: int = 10  # with nonfinite=skip: stop after this many skipped steps in a row
     dist_timeout_s: float = 1800.0  # how long a collective waits for a gone or stuck rank before the run fails
@@ -91,7 +93,8 @@ class TrainConfig:
         """Samples per process per forward pass."""
         if self.batch_size % (world_size * self.grad_accum):
             raise VistokError(
-                f"train.batch_size={self.batch_size} must divide by processes x grad_accum = {world_size} x {self.grad_accum}"
+                f"train.batch_size={self.batch_size} must divide by processes x grad_accum = {world_size} x "
+                f"{self.grad_accum}"
             )
         return self.batch_size // (world_size * self.grad_accum)
 
@@ -139,7 +142,7 @@ def split_micro_batches(tensors: Sequence[torch.Tensor | None], accum: int) -> l
     if size % accum:
         raise VistokError(f"per-process batch {size} does not split into grad_accum={accum} equal micro-batches; "
                           "make train.batch_size a multiple of processes x train.grad_accum")
-    return list(zip(*((None,) * accum if t is None else t.chunk(accum) for t in tensors)))
+    return list(zip(*((None,) * accum if t is None else t.chunk(accum) for t in tensors), strict=True))
 
 
 def clip_and_norm(model: nn.Module, grad_clip: float) -> torch.Tensor:
@@ -227,7 +230,8 @@ class Trainer:
         if tc.compile:
             compile_for_training(model, env.device)
         self.ddp_model = vdist.wrap_model(model, env, tc.parallel)
-        self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)  # after wrapping: under FSDP2 its entries are shards too
+        # after wrapping: under FSDP2 its entries are shards too
+        self.ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, kind=tc.optimizer,
                                          decay_rule=tc.decay_rule)
         self.scheduler = build_scheduler(self.optimizer, tc.schedule, tc.warmup_steps, tc.total_steps, tc.min_lr,
@@ -244,9 +248,9 @@ class Trainer:
             self.scaler.load_state_dict(self.ckpt.meta["scaler"])
         self.log: MetricsLog | None = None
         self._sums: dict[str, torch.Tensor] = {}
-        # this rank's model FLOPs per optimizer step, counted once per run: counting runs the step under a dispatch mode,
-        # which can change the last bits of some kernels, so a resumed run reuses the count instead of counting again
-        # at another step (and stays bitwise equal to an uninterrupted run)
+        # this rank's model FLOPs per optimizer step, counted once per run: counting runs the step under a dispatch
+        # mode, which can change the last bits of some kernels, so a resumed run reuses the count instead of counting
+        # again at another step (and stays bitwise equal to an uninterrupted run)
         key = json.dumps([{k: v for k, v in to_dict(cfg).items() if k != "train"}, tc.batch_size, tc.grad_accum,
                           tc.precision, env.world_size], sort_keys=True, default=str)
         saved_key, saved = self.ckpt.meta.get("flops", ["", None])
@@ -258,7 +262,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- one step
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The run's precision (bf16/fp16 autocast or nothing), e.g. for a frozen teacher's forward outside micro-batches."""
+        """The run's precision (bf16/fp16 autocast or nothing), e.g. for a frozen teacher's forward outside
+        micro-batches."""
         return autocast(self.tc.precision, self.env.device)
 
     def micro_batches(self, *batch: torch.Tensor) -> Iterator[Any]:
@@ -273,9 +278,10 @@ class Trainer:
         if counted is not None:
             self.flops_per_step = counted.total
             if self.env.is_main:
-                peak = f"{self.peak / 1e12:g} TFLOP/s per device" if self.peak else "unknown (MFU n/a; set train.peak_tflops)"
-                message = (f"model FLOPs per step: {self.flops_per_step / 1e9:.4g} GFLOP per process (forward + backward); "
-                           f"peak {peak}")
+                peak = (f"{self.peak / 1e12:g} TFLOP/s per device" if self.peak
+                        else "unknown (MFU n/a; set train.peak_tflops)")
+                message = (f"model FLOPs per step: {self.flops_per_step / 1e9:.4g} GFLOP per process (forward + "
+                           f"backward); peak {peak}")
                 tqdm.write(message, file=sys.stdout)  # above the progress bar
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -330,7 +336,7 @@ class Trainer:
         if step % self.tc.log_every == 0 or step == self.tc.total_steps:
             names = list(sums)
             means = vdist.all_reduce_mean(torch.stack([sums[k] for k in names])).tolist()
-            self.log.log(step, **dict(zip(names, means)), **logged, grad_norm=norm,
+            self.log.log(step, **dict(zip(names, means, strict=True)), **logged, grad_norm=norm,
                          lr=self.scheduler.get_last_lr()[0], skipped=self.skipped, **self._throughput(step))
         if step % self.tc.ckpt_every == 0 or step == self.tc.total_steps:
             self.ckpt.save(step, skips=[self.skips, self.skipped], flops=[self._flops_key, self.flops_per_step],
@@ -408,7 +414,8 @@ class Trainer:
         meta = meta if "step" in meta else {"step": self.step, **meta}
         out_dir = Path(self.tc.run_dir) / "export"
         if writer is None:
-            out = write_export(out_dir, family, to_dict(config), weights, extra=lambda tmp: kill_point("export"), **meta)
+            out = write_export(out_dir, family, to_dict(config), weights,
+                               extra=lambda tmp: kill_point("export"), **meta)
         else:
             out = writer(out_dir, family, to_dict(config), weights, **meta)
         print(f"exported EMA weights (step {self.step}) to {out}{note.replace('{out}', str(out))}")

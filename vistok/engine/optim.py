@@ -53,8 +53,8 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "layers") ->
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None,
-    kind: str = "adamw", decay_rule: str = "layers",
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+    fused: bool | None = None, kind: str = "adamw", decay_rule: str = "layers",
 ) -> torch.optim.Optimizer:
     """AdamW (the default), or plain SGD without momentum (`kind="sgd"`: an update proportional to the gradient, which
     the engine's tests use to see the gradient's scale, e.g. averaged vs summed over ranks).
@@ -76,7 +76,8 @@ def build_optimizer(
 SCHEDULES = ("cosine", "constant", "constant-cosine")
 
 
-def constant_cosine(step: int, warmup_steps: int, total_steps: int, decay_start: float = 0.75, min_ratio: float = 0.0) -> float:
+def constant_cosine(step: int, warmup_steps: int, total_steps: int, decay_start: float = 0.75,
+                    min_ratio: float = 0.0) -> float:
     """LR multiplier of xAR's official schedule (MAR/xAR `util/lr_sched.py`), scaled to `total_steps`: linear warmup
     from 0 over `warmup_steps`, constant until `decay_start * total_steps`, then half a cosine down to `min_ratio` at
     `total_steps`. The official run is 100 warmup epochs, constant to epoch 600, cosine to min_lr 1e-5 over 600-800 of
@@ -97,7 +98,8 @@ def build_scheduler(
     """Linear warmup, then: cosine decay to 0 at `total_steps` (`cosine`), a constant rate (`constant`), or constant
     until `decay_start` of the run and cosine to `min_lr` at its end (`constant-cosine`, xAR's official shape)."""
     if warmup_steps > total_steps:
-        raise VistokError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps}); lower train.warmup_steps")
+        raise VistokError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps}); lower "
+                          "train.warmup_steps")
     if schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if schedule == "constant":

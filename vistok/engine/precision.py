@@ -20,7 +20,7 @@ def warn_slow_precision(precision: str, device: torch.device | str) -> bool:
     if precision not in ("bf16", "fp16") or torch.device(device).type != "cpu" or precision in _warned:
         return False
     _warned.add(precision)
-    warnings.warn(f"precision {precision} on a CPU is often many times slower than fp32 (4 tiny 256-px images took 821 s "
-                  f"in bf16); use fp32 on a CPU (train.precision=fp32, --precision fp32) unless you have measured "
-                  f"{precision} faster", stacklevel=3)
+    warnings.warn(f"precision {precision} on a CPU is often many times slower than fp32 (4 tiny 256-px images took "
+                  f"821 s in bf16); use fp32 on a CPU (train.precision=fp32, --precision fp32) unless you have "
+                  f"measured {precision} faster", stacklevel=3)
     return True

@@ -67,7 +67,8 @@ class ARConfig:
                     f"model.vocab_size={self.vocab_size}; {list(self.levels)} give {levels}")
         require(self.vocab_size >= 2 and self.tokens >= 1, "model.vocab_size must be >= 2 and model.tokens >= 1")
         require(self.depth >= 1 and self.num_classes >= 1, "model.depth and model.num_classes must be positive")
-        require(self.width >= 1 and self.heads >= 1, f"model.width={self.width} and model.heads={self.heads} must be >= 1")
+        require(self.width >= 1 and self.heads >= 1,
+                f"model.width={self.width} and model.heads={self.heads} must be >= 1")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
         require(0.0 <= self.label_drop < 1.0, f"model.label_drop={self.label_drop} must be in [0, 1)")
 
@@ -161,7 +162,8 @@ class AR(nn.Module):
         if self.__dict__.get("_compiled_stack") is None:
             self.__dict__["_compiled_stack"] = torch.compile(self._stack, backend=backend, **options)
 
-    def _stack(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, store: bool, static: bool = False) -> torch.Tensor:
+    def _stack(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, store: bool,
+               static: bool = False) -> torch.Tensor:
         h = h + self.pos[positions].to(h.dtype)  # (B, L, D)
         slots = positions if static else None
         for i, blk in enumerate(self.blocks):

@@ -91,14 +91,16 @@ class Partition:
         require(self.kind in ALL_KINDS, f"unknown entity kind {self.kind!r}; use one of {', '.join(ALL_KINDS)}")
         require(h >= 1 and w >= 1, f"the token grid must be at least 1x1, got {h}x{w}")
         if self.kind == "prefix":
-            require(h == 1, f"a prefix partition takes a 1D sequence held as a (1, K) grid, got {h}x{w}; set grid=[1, K]")
+            require(h == 1,
+                    f"a prefix partition takes a 1D sequence held as a (1, K) grid, got {h}x{w}; set grid=[1, K]")
         if self.kind in ("cell", "subsample"):
             name = "cell side k" if self.kind == "cell" else "subsample stride d"
             require(self.size >= 1 and h % self.size == 0 and w % self.size == 0,
                     f"{name}={self.size} must divide the {h}x{w} token grid; pick a divisor of both sides")
         if self.kind == "scale":
             require(self.size >= 1 and 2 ** (self.size - 1) <= min(h, w),
-                    f"{self.size} scales need a grid side of at least {2 ** (self.size - 1)}, got {h}x{w}; use fewer scales")
+                    f"{self.size} scales need a grid side of at least {2 ** (self.size - 1)}, got {h}x{w}; "
+                    "use fewer scales")
 
     @property
     def scales(self) -> tuple[tuple[int, int], ...]:
@@ -106,7 +108,8 @@ class Partition:
         h, w = self.grid
         if self.kind != "scale":
             return ((h, w),)
-        return tuple((math.ceil(h / 2 ** (self.size - 1 - i)), math.ceil(w / 2 ** (self.size - 1 - i))) for i in range(self.size))
+        return tuple((math.ceil(h / 2 ** (self.size - 1 - i)), math.ceil(w / 2 ** (self.size - 1 - i)))
+                     for i in range(self.size))
 
     @property
     def lengths(self) -> tuple[int, ...]:
@@ -122,7 +125,7 @@ class Partition:
             return tuple(sh * sw for sh, sw in self.scales)
         if self.kind == "prefix":
             ends = prefix_ends(w)
-            return tuple(b - a for a, b in zip((0, *ends[:-1]), ends))
+            return tuple(b - a for a, b in zip((0, *ends[:-1]), ends, strict=True))
         return (h * w,)
 
     @property
@@ -184,7 +187,8 @@ class Partition:
         """
         h, w = self.grid
         if self.kind != "scale":
-            rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+            rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                                        torch.arange(w, dtype=torch.float64), indexing="ij")
             coords = torch.stack([rows, cols])[None]  # (1, 2, h, w)
             return self.split(coords)[0].float()  # (L, 2)
         out = []

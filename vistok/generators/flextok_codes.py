@@ -36,8 +36,9 @@ from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
 from vistok.tokenizers.flextok_sampling import DecodeConfig
 
 TokenGenerator = AR | XAR
-# xAR's CFG schedule on FlexTok codes (`flow.cfg_scale`): every prefix group, group 0 (the most semantic token) included,
-# at the full scale. Chosen over xAR's "linear" (group 0 unguided) and "linear-guided" by FID at k = 1 and 16 (README).
+# xAR's CFG schedule on FlexTok codes (`flow.cfg_scale`): every prefix group, group 0 (the most semantic token)
+# included, at the full scale. Chosen over xAR's "linear" (group 0 unguided) and "linear-guided" by FID at k = 1 and 16
+# (README).
 CFG_SCHEDULE = "constant"
 SAMPLING = SampleConfig(steps=50, cfg=2.0, cfg_schedule=CFG_SCHEDULE)  # exports store theirs; this when none is stored
 
@@ -48,15 +49,15 @@ def check_pairing(config: ARConfig | XARConfig, flextok: FlexTokConfig) -> None:
     vocab = int(np.prod(levels))
     if isinstance(config, ARConfig):
         require(config.vocab_size == vocab and config.tokens == K,
-                f"the FlexTok tokenizer gives {K} tokens from a vocabulary of {vocab} (FSQ {list(levels)}), but the GPT "
-                f"expects {config.tokens} from {config.vocab_size}; set model.vocab_size={vocab} model.tokens={K}")
+                f"the FlexTok tokenizer gives {K} tokens from a vocabulary of {vocab} (FSQ {list(levels)}), but the "
+                f"GPT expects {config.tokens} from {config.vocab_size}; set model.vocab_size={vocab} model.tokens={K}")
         require(config.embedding == "table" or tuple(config.levels) == levels,
                 f"the GPT computes its embeddings from FSQ codes of levels {list(config.levels)}, but the FlexTok "
                 f"tokenizer quantizes with {list(levels)}; set model.levels={list(levels)}")
     else:
         require(config.entity == "prefix" and config.in_channels == len(levels) and tuple(config.grid) == (1, K),
-                f"the FlexTok tokenizer gives {K} codes of {len(levels)} channels; xAR on them needs model.entity=prefix "
-                f"model.in_channels={len(levels)} model.grid=[1,{K}], got entity={config.entity} "
+                f"the FlexTok tokenizer gives {K} codes of {len(levels)} channels; xAR on them needs "
+                f"model.entity=prefix model.in_channels={len(levels)} model.grid=[1,{K}], got entity={config.entity} "
                 f"in_channels={config.in_channels} grid={list(config.grid)}")
 
 
@@ -78,7 +79,7 @@ class FlexTokCodes(nn.Module):
     settings. ids <-> xAR token grids, and ids -> uint8 images."""
 
     def __init__(self, flextok: FlexTok, image_tokenizer: nn.Module, code_scale: float = 1.0,
-                 decoding: DecodeConfig = DecodeConfig()) -> None:
+                 decoding: DecodeConfig = DecodeConfig()) -> None:  # noqa: B008 (a frozen dataclass)
         super().__init__()
         require(code_scale > 0, f"code_scale must be positive, got {code_scale}")
         self.flextok, self.image_tokenizer = flextok.eval(), image_tokenizer.eval()
@@ -128,7 +129,8 @@ def check_k(model: TokenGenerator, k: int | None) -> int:
     if k is None:
         return ks[-1]
     if k not in ks:
-        allowed = f"1..{ks[-1]}" if isinstance(model, AR) else ", ".join(map(str, ks)) + " (the ends of its token groups)"
+        allowed = (f"1..{ks[-1]}" if isinstance(model, AR)
+                   else ", ".join(map(str, ks)) + " (the ends of its token groups)")
         raise VistokError(f"--tokens {k} is not a length this generator stops at; use one of {allowed}")
     return k
 

@@ -149,14 +149,16 @@ def sample_entities(
     with flow.eval_mode(model):
         for s, length in enumerate(part.lengths[:stop]):
             if cache is not None and s > 0:  # the previous entity joins the context clean, at t = 0, once
-                model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1, cache=cache, store=True)
+                model.predict(done[-1], labels_in, torch.zeros(rows, 1, device=device), first=s - 1,
+                              cache=cache, store=True)
             scale = flow.cfg_scale(cfg, s, part.num_entities, settings.cfg_schedule) if guided else 1.0
             # scale 1: the null branch would not change v; for entity 0 (no cached rows to slice) it is skipped
             both = guided and not (s == 0 and scale == 1.0)
             x = randn((batch, length, model.config.in_channels), generator, device)  # (B, len_s, C) at t = 1
-            for t, t_next in zip(grid[:-1], grid[1:]):
+            for t, t_next in zip(grid[:-1], grid[1:], strict=True):
                 if both:
-                    v = _velocity(model, x.repeat(2, 1, 1).to(dtype), labels_in, s, t, done, cache).float()  # (B', len_s, C)
+                    # (B', len_s, C)
+                    v = _velocity(model, x.repeat(2, 1, 1).to(dtype), labels_in, s, t, done, cache).float()
                     v = flow.guide(*v.chunk(2), scale)
                 else:  # the conditional rows alone (no guidance, or the unguided entity 0 without a cache)
                     v = _velocity(model, x.to(dtype), labels, s, t, done, cache if s > 0 else None).float()
@@ -171,14 +173,16 @@ def sample_entities(
 
 
 def _velocity(
-    model: XAR, x: torch.Tensor, labels: torch.Tensor, s: int, t: float, done: list[torch.Tensor], cache: KVCache | None,
+    model: XAR, x: torch.Tensor, labels: torch.Tensor, s: int, t: float, done: list[torch.Tensor],
+    cache: KVCache | None,
 ) -> torch.Tensor:
     """Velocity (B', len_s, C) of entity s at noise level t, given the clean finished entities."""
     rows = x.shape[0]
     if cache is not None:
         return model.predict(x, labels, torch.full((rows, 1), t, device=x.device), first=s, cache=cache)
     # no cache: the clean prefix (t = 0) and the current entity in one block-causal forward
-    t_all = torch.cat([torch.zeros(rows, s, device=x.device), torch.full((rows, 1), t, device=x.device)], dim=1)  # (B', s+1)
+    # (B', s+1)
+    t_all = torch.cat([torch.zeros(rows, s, device=x.device), torch.full((rows, 1), t, device=x.device)], dim=1)
     return model.predict(torch.cat([*done, x], dim=1), labels, t_all)[:, -x.shape[1]:]
 
 

@@ -4,10 +4,10 @@ Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Gene
 
 A continuous (B, C, h, w) token grid is cut into entities (`entities.py`: token, k x k cell, subsample, scale, whole
 image; default 8x8 cells of a 16x16 grid = 4 entities; or prefix groups of a 1D sequence such as FlexTok's register
-codes, a (B, 6, 1, K) grid, for the `xar-flextok-*` presets). One transformer is the flow network of every entity at once:
-all tokens of entity n share one noise level t_n, sit at their own positions, and the output at each position is that
-token's velocity (no per-token head). Attention is block-causal over entities, so entity n is predicted from entities
-< n and from its own noisy tokens.
+codes, a (B, 6, 1, K) grid, for the `xar-flextok-*` presets). One transformer is the flow network of every entity at
+once: all tokens of entity n share one noise level t_n, sit at their own positions, and the output at each position is
+that token's velocity (no per-token head). Attention is block-causal over entities, so entity n is predicted from
+entities < n and from its own noisy tokens.
 
 Noisy Context Learning (§3.2.2): in training every (image, entity) pair draws its own t ~ logit-normal(0, 1), so the
 context of entity n is entities < n at unrelated noise levels, and all entities are trained in one parallel forward:
@@ -65,17 +65,21 @@ class XARConfig:
     t_std: float = 1.0
     rope_theta: float = 10000.0
     context: Context = "noisy"  # noisy: NCL, the paper's method; clean: the teacher-forcing ablation
-    time_floor: bool = False  # embed floor(t * 1000) like the official code (its recipe and converted checkpoints set it)
+    # embed floor(t * 1000) like the official code (its recipe and converted checkpoints set it)
+    time_floor: bool = False
 
     def __post_init__(self) -> None:
         require(len(self.grid) == 2, f"model.grid must be two numbers (h, w), got {self.grid}")
         require(self.entity in ALL_KINDS, f"model.entity={self.entity!r} is not one of {', '.join(ALL_KINDS)}")
         require(self.context in ("noisy", "clean"), f"model.context={self.context!r} must be noisy or clean")
-        require(self.width >= 1 and self.heads >= 1, f"model.width={self.width} and model.heads={self.heads} must be >= 1")
+        require(self.width >= 1 and self.heads >= 1,
+                f"model.width={self.width} and model.heads={self.heads} must be >= 1")
         require(self.width % self.heads == 0, f"model.width={self.width} must divide by model.heads={self.heads}")
-        require((self.width // self.heads) % 4 == 0, f"head dim {self.width // self.heads} must divide by 4 for 2D RoPE")
+        require((self.width // self.heads) % 4 == 0,
+                f"head dim {self.width // self.heads} must divide by 4 for 2D RoPE")
         require(self.depth >= 1 and self.in_channels >= 1, "model.depth and model.in_channels must be positive")
-        require(0.0 <= self.label_drop < 1.0 and self.t_std > 0, "model.label_drop must be in [0, 1) and model.t_std > 0")
+        require(0.0 <= self.label_drop < 1.0 and self.t_std > 0,
+                "model.label_drop must be in [0, 1) and model.t_std > 0")
         Partition(self.entity, tuple(self.grid), self.entity_size)  # validates the grid against the entity
 
     @property
@@ -126,11 +130,13 @@ class XAR(nn.Module):
         self.in_proj = nn.Linear(c.in_channels, width)
         self.pos_in = nn.Parameter(torch.zeros(length, width))
         self.in_norm = nn.RMSNorm(width, eps=1e-6)
-        self.blocks_in = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
+        self.blocks_in = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout)
+                                       for _ in range(c.depth))
         self.mid_norm = nn.RMSNorm(width, eps=1e-6)
         self.mid_proj = nn.Linear(width, width)
         self.pos_mid = nn.Parameter(torch.zeros(length, width))
-        self.blocks_out = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout) for _ in range(c.depth))
+        self.blocks_out = nn.ModuleList(GroupAdaLNBlock(width, c.heads, c.dropout, c.attn_dropout)
+                                        for _ in range(c.depth))
         self.out_norm = nn.RMSNorm(width, eps=1e-6)
         self.head = nn.Linear(width, c.in_channels)
         self.reset_parameters()
@@ -140,7 +146,8 @@ class XAR(nn.Module):
         (Also the call that makes a model built on the meta device usable after `to_empty()`.)"""
         # derived from the config, so not saved: entity of each position, block-causal mask, RoPE in entity order
         device, part = self.pos_in.device, self.partition
-        cos, sin = rope_tables(part.positions().to(device), self.config.width // self.config.heads, self.config.rope_theta)
+        cos, sin = rope_tables(part.positions().to(device), self.config.width // self.config.heads,
+                               self.config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (L, Dh)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("groups", part.entity_ids(device), persistent=False)  # (L,)
@@ -169,7 +176,8 @@ class XAR(nn.Module):
 
     def draw_t(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, E) noise levels, one independent logit-normal draw per (image, entity)."""
-        return flow.logit_normal((batch, self.partition.num_entities), self.config.t_mean, self.config.t_std, device=device)
+        return flow.logit_normal((batch, self.partition.num_entities), self.config.t_mean,
+                                 self.config.t_std, device=device)
 
     def condition(self, labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """labels (B,), t (B, G) -> (B, G, D): class embedding + embedding of each entity's own noise level."""
@@ -190,7 +198,8 @@ class XAR(nn.Module):
         static = cache is not None and mask is None and not self.__dict__["_exact_shapes"]
         if cache is not None:  # allocated outside the graph, so the first call does not trace an allocation
             cache.reserve(x, self.config.heads, self.config.width // self.config.heads)
-        # exact shapes: 2E - 1 graphs per batch size, with room for several batch sizes (a last partial batch) and models
+        # exact shapes: 2E - 1 graphs per batch size, with room for several batch sizes (a last partial batch) and
+        # models
         with torch._dynamo.config.patch(recompile_limit=max(32, 8 * self.partition.num_entities + 8)):
             out = compiled(x, cond, groups, index, mask, cache, store, static)
         if static and store:
@@ -252,7 +261,8 @@ class XAR(nn.Module):
             if key not in masks:  # built once per layout; mask_mod reads entity ids (cached keys: -1, always visible)
                 q_ids = self.groups[start:stop].to(device)
                 kv_ids = torch.cat([torch.full((cached,), -1, dtype=q_ids.dtype, device=device), q_ids])
-                masks[key] = flex_block_mask(lambda b, h, q, kv: kv_ids[kv] <= q_ids[q], stop - start, cached + stop - start, device)
+                masks[key] = flex_block_mask(lambda b, h, q, kv: kv_ids[kv] <= q_ids[q], stop - start,
+                                             cached + stop - start, device)
             return masks[key]
         if num <= 16:
             return BlockCausal(tuple(offsets[first + e + 1] - start for e in range(num)))
@@ -272,7 +282,8 @@ class XAR(nn.Module):
         require(0 <= first and first + num <= self.partition.num_entities,
                 f"entities {first}..{first + num - 1} do not exist; the model has {self.partition.num_entities}")
         start, stop = offsets[first], offsets[first + num]
-        require(x.shape[1] == stop - start, f"entities {first}..{first + num - 1} hold {stop - start} tokens, got x {tuple(x.shape)}")
+        require(x.shape[1] == stop - start,
+                f"entities {first}..{first + num - 1} hold {stop - start} tokens, got x {tuple(x.shape)}")
         index = torch.arange(start, stop, device=x.device)  # (L',)
         mask = self.entity_mask(first, num, 0 if cache is None else cache.length, x.device)
         lengths = self.partition.lengths[first:first + num]
@@ -288,7 +299,8 @@ class XAR(nn.Module):
         t (B, E) and noise (B, L, C) are drawn unless given; context defaults to config.context."""
         c = self.config
         if tokens.ndim != 4 or tokens.shape[1] != c.in_channels or tuple(tokens.shape[-2:]) != tuple(c.grid):
-            raise VistokError(f"xAR expects (B, {c.in_channels}, {c.grid[0]}, {c.grid[1]}) tokens, got {tuple(tokens.shape)}")
+            raise VistokError(f"xAR expects (B, {c.in_channels}, {c.grid[0]}, {c.grid[1]}) tokens, got "
+                              f"{tuple(tokens.shape)}")
         x = self.partition.split(tokens)  # (B, L, C) in entity order
         t = self.draw_t(x.shape[0], x.device) if t is None else t  # (B, E): Noisy Context Learning
         noise = torch.randn_like(x) if noise is None else noise  # (B, L, C)

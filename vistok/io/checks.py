@@ -5,8 +5,9 @@ An export can come from anywhere (a download, a colleague, `hf://`), so its `con
   no symbolic link that leaves the folder;
 - its sizes must be plausible: every integer of the model (and tokenizer) config is bounded, and the model is first
   built on the meta device (no memory) under a budget taken from the weights file's header (a few times the tensor
-  elements the file holds, and a bounded number of modules), so even a meta build cannot run away. Its parameter and buffer shapes must then
-  match the header exactly, so a mismatch is named (key and both shapes) before any weights are read.
+  elements the file holds, and a bounded number of modules), so even a meta build cannot run away. Its parameter and
+  buffer shapes must then match the header exactly, so a mismatch is named (key and both shapes) before any weights are
+  read.
 The weights file is safetensors: reading it never runs code, and only its header (a few KB) is read here.
 """
 
@@ -39,7 +40,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             raise VistokError(f"{path} is {size:,} bytes, not an export's config (at most {MAX_CONFIG_BYTES:,})")
         meta = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: absurdly nested JSON
-        raise VistokError(f"cannot read {path} ({type(err).__name__}); pass a folder written by a vistok export") from None
+        raise VistokError(f"cannot read {path} ({type(err).__name__}); "
+                          "pass a folder written by a vistok export") from None
     check_meta_shape(meta, path)
     return meta
 
@@ -49,7 +51,8 @@ def check_meta_shape(meta: Any, path: str | Path) -> None:
     the tokenizer, a number for the class names, nesting deeper than any export's), naming the entry, so that no
     reader later fails inside `.get` or `dict(...)` with a traceback."""
     def bad(what: str) -> VistokError:
-        return VistokError(f"{path}: {what}; the file is damaged or not a vistok export's config.json (re-export the model)")
+        return VistokError(f"{path}: {what}; the file is damaged or not a vistok export's config.json "
+                           "(re-export the model)")
 
     if not isinstance(meta, dict):
         raise bad(f"the top level is a JSON {_json_type(meta)}, not an object with 'family' and 'config'")
@@ -126,8 +129,8 @@ def check_config_values(meta: dict[str, Any], source: str) -> None:
     for prefix, tree in trees:
         for key, value in _ints(tree, prefix):
             if abs(value) > MAX_CONFIG_INT:
-                raise VistokError(f"{source}/config.json: {key} = {value} is absurdly large (limit {MAX_CONFIG_INT:,}); "
-                                  "the export is damaged or not a vistok model")
+                raise VistokError(f"{source}/config.json: {key} = {value} is absurdly large (limit "
+                                  f"{MAX_CONFIG_INT:,}); the export is damaged or not a vistok model")
 
 
 def _ints(tree: Any, prefix: str) -> Iterator[tuple[str, int]]:
@@ -147,8 +150,8 @@ def inside_export(folder: str | Path, relative: Any, what: str) -> Path:
     """`folder / relative`, refused unless `relative` is a plain relative path that stays inside `folder`."""
     folder = Path(folder)
     text = str(relative) if isinstance(relative, str) else None
-    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or PureWindowsPath(text).drive \
-            or ".." in PurePosixPath(text.replace("\\", "/")).parts:
+    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() \
+            or PureWindowsPath(text).drive or ".." in PurePosixPath(text.replace("\\", "/")).parts:
         raise VistokError(f"{folder}/config.json: {what} {relative!r} must be a relative path inside the export "
                           "(no absolute path, no '..'); re-export the model")
     target = folder / text
@@ -224,7 +227,8 @@ def check_export(folder: str | Path, meta: dict[str, Any], build: Callable[[dict
         raise
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, OverflowError, MemoryError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise VistokError(f"{folder}/config.json does not describe a buildable model ({type(err).__name__}: {first})") from None
+        raise VistokError(f"{folder}/config.json does not describe a buildable model ({type(err).__name__}: "
+                          f"{first})") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
@@ -237,5 +241,5 @@ def check_export(folder: str | Path, meta: dict[str, Any], build: Callable[[dict
                           + " (config.json against model.safetensors); was it exported from a different preset?")
 
 
-__all__ = ["check_config_values", "check_export", "check_finite", "check_meta_shape", "inside_export", "nonfinite_names",
-           "read_config", "weights_header"]
+__all__ = ["check_config_values", "check_export", "check_finite", "check_meta_shape", "inside_export",
+           "nonfinite_names", "read_config", "weights_header"]

@@ -77,7 +77,9 @@ def check_apart(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
 
 def check_cli_paths(args: Any) -> None:
     """`check_apart` on a parsed command line: every output flag against every input flag it has."""
-    found = lambda names: {_flag(n): getattr(args, n) for n in names if isinstance(getattr(args, n, None), (str, Path))}
+    def found(names: tuple[str, ...]) -> dict[str, Any]:
+        return {_flag(n): getattr(args, n) for n in names if isinstance(getattr(args, n, None), (str, Path))}
+
     check_apart(found(OUTPUT_FLAGS), found(INPUT_FLAGS))
 
 

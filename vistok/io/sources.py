@@ -35,7 +35,8 @@ def shipped_models() -> dict[str, Path]:
     root = assets_dir()
     if not root.is_dir():
         return {}
-    return {p.parent.name: p.parent for p in sorted(root.glob("*/config.json")) if (p.parent / "model.safetensors").is_file()}
+    return {p.parent.name: p.parent for p in sorted(root.glob("*/config.json"))
+            if (p.parent / "model.safetensors").is_file()}
 
 
 def parse_hf(source: str) -> tuple[str, str | None, str]:
@@ -45,10 +46,12 @@ def parse_hf(source: str) -> tuple[str, str | None, str]:
     parts = [p for p in rest.split("/") if p]
     if len(parts) < 2 or (_ and not revision):
         raise VistokError(f"{source!r} is not a Hugging Face source; write hf://org/repo or hf://org/repo@revision")
-    bad = [p for p in parts[:2] if not HF_NAME.fullmatch(p) or ".." in p or "--" in p] + [p for p in parts[2:] if p == ".."]
+    bad = ([p for p in parts[:2] if not HF_NAME.fullmatch(p) or ".." in p or "--" in p]
+           + [p for p in parts[2:] if p == ".."])
     if bad:  # checked here, not by huggingface_hub's validator, whose error would surface as a traceback
-        raise VistokError(f"{source!r}: {bad[0]!r} is not a valid Hugging Face name (letters, digits, '-', '_', '.', at "
-                          "most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); write hf://org/repo")
+        raise VistokError(f"{source!r}: {bad[0]!r} is not a valid Hugging Face name (letters, digits, '-', '_', '.', "
+                          "at most 96, not starting or ending with '-' or '.'; no '..' in a sub-folder); "
+                          "write hf://org/repo")
     return f"{parts[0]}/{parts[1]}", revision or None, "/".join(parts[2:])
 
 
@@ -78,12 +81,15 @@ def download_hf(source: str) -> Path:
     except RepositoryNotFoundError:
         raise VistokError(f"{source}: no repository {repo_id} on the hub (or it is private: log in first)") from None
     except ValueError as err:  # huggingface_hub's HFValidationError: a name it refuses that HF_NAME let through
-        raise VistokError(f"{source}: not a valid Hugging Face repo id or revision ({str(err).splitlines()[0][:120]})") from None
+        raise VistokError(f"{source}: not a valid Hugging Face repo id or revision "
+                          f"({str(err).splitlines()[0][:120]})") from None
     except OSError as err:  # network and file-system errors: one line, not a traceback
-        raise VistokError(f"cannot fetch {source} ({err.__class__.__name__}: {str(err).splitlines()[0][:120]})") from None
+        raise VistokError(f"cannot fetch {source} ({err.__class__.__name__}: "
+                          f"{str(err).splitlines()[0][:120]})") from None
     folder = folder / sub if sub else folder
     if not (folder / "config.json").is_file():
-        raise VistokError(f"{source} holds no vistok export (config.json + model.safetensors) at {sub or 'its top level'}")
+        raise VistokError(f"{source} holds no vistok export (config.json + model.safetensors) at "
+                          f"{sub or 'its top level'}")
     return folder
 
 

@@ -96,7 +96,8 @@ def manifold_radii(features: torch.Tensor, k: int = PR_K, batch: int = PR_BATCH)
     return torch.cat(radii)
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K, batch: int = PR_BATCH) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K,
+                     batch: int = PR_BATCH) -> tuple[float, float]:
     """(precision, recall) of fake (N2, D) features against real (N1, D), as the evaluator's `compute_prec_recall`
     (distances always real rows x fake columns, the orientation its half-precision rounding sees)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"

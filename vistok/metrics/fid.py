@@ -20,8 +20,8 @@ Extractors:
   comparable to Inception FIDs; use it for CPU runs, CI and relative comparisons.
 
 Inputs (fake or real): an image folder (recursive), an `.npz` of uint8 images (`arr_0` as in ADM's evaluator and
-`vistok sample`'s `samples.npz`, or `images`; NHWC or NCHW), a dataset name (`cifar10-train`, ...), or, as the real side,
-a statistics `.npz` (`mu`, `sigma`: written by `vistok fid-stats`, or an ADM reference batch such as
+`vistok sample`'s `samples.npz`, or `images`; NHWC or NCHW), a dataset name (`cifar10-train`, ...), or, as the real
+side, a statistics `.npz` (`mu`, `sigma`: written by `vistok fid-stats`, or an ADM reference batch such as
 `VIRTUAL_imagenet256_labeled.npz`, which holds both `mu`/`sigma` (2048-d Inception pool features) and `arr_0` images).
 FID uses the statistics when present; KID and precision/recall need images (`arr_0`). Features are extracted once per
 side by torch-fidelity and every metric is computed by torch-fidelity's own functions (Inception Score: the standard 10
@@ -57,9 +57,9 @@ from torch.utils.data import Dataset
 from vistok.data.arrays import npz_keys, read_npz
 from vistok.data.images import NAMED, ImageFolderDataset, build_image_dataset, load_rgb
 from vistok.data.sources import load_npz_images, npz_images
+from vistok.errors import VistokError
 from vistok.io.atomic import atomic_write
 from vistok.io.safeload import load_pickle, sha256_file
-from vistok.errors import VistokError
 from vistok.metrics import adm as adm_metrics
 from vistok.progress import is_terminal
 
@@ -169,7 +169,8 @@ def _register_cifar10_net() -> None:
     class Cifar10NetExtractor(FeatureExtractorBase):
         """torch-fidelity wrapper of FidNet: uint8 (B, 3, H, W) -> (pooled features, logits)."""
 
-        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **_: Any):
+        def __init__(self, name: str, features_list: list[str],
+                     feature_extractor_weights_path: str | None = None, **_: Any):
             super().__init__(name, features_list)
             from vistok.metrics.fid_net import load_fid_net
 
@@ -315,7 +316,8 @@ def feature_extractor(extractor: str, weights: str | None, layers: list[str]) ->
             fe = create_feature_extractor(name, sorted(set(layers)), cuda=cuda, verbose=False,
                                           feature_extractor_weights_path=path)
         except (ValueError, RuntimeError, KeyError) as err:  # e.g. a state dict of the wrong network
-            raise VistokError(f"cannot build the {extractor} extractor from {path}: {str(err).splitlines()[0][:200]}") from None
+            raise VistokError(f"cannot build the {extractor} extractor from {path}: "
+                              f"{str(err).splitlines()[0][:200]}") from None
         yield fe
 
 
@@ -430,7 +432,8 @@ def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net"
         if len(stats["mu"]) != dim:
             raise VistokError(f"{real} holds {len(stats['mu'])}-d statistics but {extractor} features are {dim}-d; "
                               f"use the extractor the statistics were computed with"
-                              + (" (ADM reference batches: --extractor inception-v3-compat)" if len(stats["mu"]) == INCEPTION_DIM else ""))
+                              + (" (ADM reference batches: --extractor inception-v3-compat)"
+                                 if len(stats["mu"]) == INCEPTION_DIM else ""))
     if real_images is not None:
         out["num_real"] = len(real_images)
         if adm and len(real_images) <= adm_metrics.PR_K:
@@ -463,8 +466,8 @@ def calculate(fake: str | Path, real: str | Path, extractor: str = "cifar10-net"
         res = isc_featuresdict_to_metric(feats_fake, ISC_LAYER[extractor], isc_splits=splits, **kw)
         out["isc"], out["isc_std"] = res["inception_score_mean"], res["inception_score_std"]
     if prc:
-        res = prc_featuresdict_to_metric(feats_fake, feats_real, layer, prc_neighborhood=min(3, len(real_images) - 1,
-                                                                                               len(fake_images) - 1), **kw)
+        neighborhood = min(3, len(real_images) - 1, len(fake_images) - 1)
+        res = prc_featuresdict_to_metric(feats_fake, feats_real, layer, prc_neighborhood=neighborhood, **kw)
         out["precision"], out["recall"], out["f_score"] = res["precision"], res["recall"], res["f_score"]
     if adm:
         out.update(_adm(feats_fake, feats_real, spatial_fake, spatial_real, stats, extractor))
@@ -487,10 +490,12 @@ def _adm(feats_fake: dict, feats_real: dict, spatial_fake: torch.Tensor, spatial
         raise VistokError(f"the reference's spatial statistics are {s_real['mu'].shape[0]}-d but {extractor}'s are "
                           f"{s_fake['mu'].shape[0]}-d; use the extractor the reference was computed with")
     sfid = fid_statistics_to_metric({"mu": s_fake["mu"].astype(np.float64), "sigma": s_fake["sigma"]},
-                                    {"mu": np.asarray(s_real["mu"], np.float64), "sigma": np.asarray(s_real["sigma"], np.float64)},
+                                    {"mu": np.asarray(s_real["mu"], np.float64),
+                                     "sigma": np.asarray(s_real["sigma"], np.float64)},
                                     False)["frechet_inception_distance"]
     precision, recall = adm_metrics.precision_recall(feats_real[FID_LAYER[extractor]], feats_fake[FID_LAYER[extractor]])
-    return {"definitions": "adm", "isc": isc, "isc_std": isc_std, "sfid": sfid, "precision": precision, "recall": recall}
+    return {"definitions": "adm", "isc": isc, "isc_std": isc_std, "sfid": sfid, "precision": precision,
+            "recall": recall}
 
 
 def _reference(real: str | Path, extractor: str, weights: str | None, need_images: bool, data_root: str | None,
@@ -505,9 +510,11 @@ def _reference(real: str | Path, extractor: str, weights: str | None, need_image
         return None, as_images(real, None, resolution, data_root)
     stats = load_statistics(stats_path)
     if "extractor" in stats and str(stats["extractor"]) != extractor:
-        raise VistokError(f"{stats_path} holds {stats['extractor']} statistics, not {extractor}; use matching --extractor")
+        raise VistokError(f"{stats_path} holds {stats['extractor']} statistics, not {extractor}; "
+                          "use matching --extractor")
     if "fingerprint" in stats and str(stats["fingerprint"]) != extractor_fingerprint(extractor, weights):
-        raise VistokError(f"{stats_path} was computed with other {extractor} weights; recompute it with `vistok fid-stats`")
+        raise VistokError(f"{stats_path} was computed with other {extractor} weights; "
+                          "recompute it with `vistok fid-stats`")
     images = None
     if need_images:
         if str(real) in NAMED:
@@ -515,8 +522,9 @@ def _reference(real: str | Path, extractor: str, weights: str | None, need_image
         else:
             arrays = read_npz(stats_path, ("arr_0", "images"), what="FID reference")
             if not arrays:
-                raise VistokError(f"KID, precision/recall and --adm need real images, and {stats_path} holds only statistics; "
-                                  "pass an image folder, an .npz of images or a reference batch with 'arr_0'")
+                raise VistokError(f"KID, precision/recall and --adm need real images, and {stats_path} holds only "
+                                  "statistics; pass an image folder, "
+                                  "an .npz of images or a reference batch with 'arr_0'")
             images = Uint8Images(npz_images(arrays, stats_path))
     return stats, images
 

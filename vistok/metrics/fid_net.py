@@ -34,7 +34,8 @@ class FidNetConfig:
     logit_scale: float = 0.125
 
     def __post_init__(self) -> None:
-        require(all(w % self.groups == 0 for w in self.widths), f"every width in {self.widths} must divide by groups={self.groups}")
+        require(all(w % self.groups == 0 for w in self.widths),
+                f"every width in {self.widths} must divide by groups={self.groups}")
         require(self.num_classes >= 2, "num_classes must be at least 2")
 
 
@@ -73,7 +74,8 @@ class FidNet(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C) pooled penultimate features."""
-        require(images.ndim == 4 and images.shape[1] == 3, f"FidNet expects (B, 3, H, W) images, got {tuple(images.shape)}")
+        require(images.ndim == 4 and images.shape[1] == 3,
+                f"FidNet expects (B, 3, H, W) images, got {tuple(images.shape)}")
         r = self.config.resolution
         if images.shape[-2:] != (r, r):
             images = F.interpolate(images, size=(r, r), mode="bilinear", antialias=True, align_corners=False)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vistok.io.sources import assets_dir, shipped_models
 from vistok.errors import VistokError, require
+from vistok.io.sources import assets_dir, shipped_models
 
 
 def image_metrics(reference: np.ndarray, recon: np.ndarray) -> dict[str, float]:
@@ -28,12 +28,13 @@ def image_metrics(reference: np.ndarray, recon: np.ndarray) -> dict[str, float]:
     from skimage.metrics import structural_similarity
 
     reference, recon = np.asarray(reference), np.asarray(recon)
-    require(reference.shape == recon.shape, f"reference {reference.shape} and reconstruction {recon.shape} shapes differ")
+    require(reference.shape == recon.shape,
+            f"reference {reference.shape} and reconstruction {recon.shape} shapes differ")
     a, b = reference.astype(np.float64) / 255.0, recon.astype(np.float64) / 255.0
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)  # (N,)
     psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
     ssim = [structural_similarity(x, y, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False) for x, y in zip(a, b)]
+                                  use_sample_covariance=False) for x, y in zip(a, b, strict=True)]
     return {"mse": float(mse.mean()), "psnr": float(psnr.mean()), "ssim": float(np.mean(ssim))}
 
 

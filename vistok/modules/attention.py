@@ -62,7 +62,8 @@ Mask = Union[torch.Tensor, BlockCausal, Causal, "BlockMask", None]
 def flex_block_mask(mask_mod, q_len: int, kv_len: int, device: torch.device | str) -> BlockMask:
     """A FlexAttention `BlockMask` from `mask_mod(b, h, q, kv) -> bool` (True = may attend), shared by every batch
     row and head."""
-    require(create_block_mask is not None, f"FlexAttention needs torch >= 2.5 (this is {torch.__version__}); use attention backend sdpa")
+    require(create_block_mask is not None,
+            f"FlexAttention needs torch >= 2.5 (this is {torch.__version__}); use attention backend sdpa")
     return create_block_mask(mask_mod, None, None, q_len, kv_len, device=str(device))
 
 
@@ -87,7 +88,8 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
     Axis a uses channels [a*head_dim/A, (a+1)*head_dim/A) with frequencies theta^(-2j / (head_dim/A)).
     """
     num_axes = positions.shape[-1]
-    require(head_dim % (2 * num_axes) == 0, f"RoPE on {num_axes} axes needs head_dim divisible by {2 * num_axes}, got {head_dim}")
+    require(head_dim % (2 * num_axes) == 0,
+            f"RoPE on {num_axes} axes needs head_dim divisible by {2 * num_axes}, got {head_dim}")
     part = head_dim // num_axes
     freqs = theta ** (-torch.arange(0, part, 2, dtype=torch.float64, device=positions.device) / part)  # (part/2,)
     angles = positions.double()[..., None] * freqs  # (L, A, part/2)
@@ -158,7 +160,8 @@ class KVCache:
         stay cached for later calls."""
         start = self.lengths[layer]
         stop = start + k.shape[2]
-        require(stop <= self.capacity, f"the KV cache holds {self.capacity} tokens; {start} cached + {k.shape[2]} new do not fit")
+        require(stop <= self.capacity,
+                f"the KV cache holds {self.capacity} tokens; {start} cached + {k.shape[2]} new do not fit")
         keys, values = self._buffers(layer, k)
         keys[:, :, start:stop].copy_(k)
         values[:, :, start:stop].copy_(v)
@@ -166,7 +169,8 @@ class KVCache:
             self.lengths[layer] = stop
         return keys[:, :, :stop], values[:, :, :stop]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+              slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys/values (B, H, L, Dh) at `slots` (L,) and return the whole (B, H, capacity, Dh) buffers;
         lengths are left to `advance`."""
         keys, values = self._buffers(layer, k)
@@ -202,7 +206,8 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 SCORES_PER_CHUNK = 1 << 19
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float | None = None) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+          scale: float | None = None) -> torch.Tensor:
     """Unmasked SDPA; on the CPU, where it is faster, the same product written out (softmax(q k^T / sqrt(d)), dropout,
     times v):
     - with attention dropout: SDPA falls back to its math path there anyway, with a slower dropout and a
@@ -265,7 +270,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
     tokens) under any `Mask` -> (B, H, L, Dh). `scale` multiplies the logits (None: 1 / sqrt(Dh))."""
     cached = k.shape[2] - q.shape[2]
     if isinstance(mask, BlockCausal):
-        require(mask.ends[-1] == q.shape[2], f"block-causal entities end at {mask.ends}, but there are {q.shape[2]} new tokens")
+        require(mask.ends[-1] == q.shape[2],
+                f"block-causal entities end at {mask.ends}, but there are {q.shape[2]} new tokens")
         if len(mask.ends) == 1:
             return _sdpa(q, k, v, dropout, scale)
         outs, start = [], 0
@@ -282,7 +288,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropou
         ones = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ones.tril(cached), dropout_p=dropout, scale=scale)
     if BlockMask is not None and isinstance(mask, BlockMask):
-        require(dropout == 0.0, "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
+        require(dropout == 0.0,
+                "FlexAttention has no attention dropout; use the SDPA path (a tensor mask) with dropout")
         require(q.device.type != "cpu" or not (torch.is_grad_enabled() and q.requires_grad),
                 "FlexAttention has no backward on the CPU; train there with attention backend sdpa (or auto)")
         return _flex(q.device)(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask, scale=scale)
@@ -317,7 +324,8 @@ class Attention(nn.Module):
         `mask` (see `Mask`) covers the S cached and L new keys (a tensor one is (L, S + L)); `store` keeps these
         tokens' keys/values in `cache`. `slots` (L,): the static-shape cache path (`KVCache.write`), for mask None
         (the new tokens see each other and every earlier slot) or "causal" (each sees the slots up to its own)."""
-        qkv = rearrange(self.qkv(x), "b ... (three h d) -> three b h (...) d", three=3, h=self.heads)  # (3, B, H, L, Dh)
+        # (3, B, H, L, Dh)
+        qkv = rearrange(self.qkv(x), "b ... (three h d) -> three b h (...) d", three=3, h=self.heads)
         q, k, v = qkv.unbind(0)  # (B, H, L, Dh) each; unbind (not slicing) keeps the backward free of zero-filled grads
         if self.qk_norm:  # bounded logits at any width and learning rate; fp32 so bf16 runs normalise exactly
             q, k = (F.layer_norm(t.float(), t.shape[-1:]).to(t.dtype) for t in (q, k))
@@ -326,7 +334,8 @@ class Attention(nn.Module):
         if cache is not None and slots is not None:
             require(mask is None or mask == "causal", "the static-shape KV cache path takes mask None or causal")
             k, v = cache.write(layer, k, v, slots)  # (B, H, capacity, Dh)
-            last = slots.max().view(1, 1) if mask is None else slots[:, None]  # (1, 1) or (L, 1): last slot each query sees
+            # (1, 1) or (L, 1): last slot each query sees
+            last = slots.max().view(1, 1) if mask is None else slots[:, None]
             mask = torch.arange(cache.capacity, device=slots.device) <= last  # (1 or L, capacity)
         elif cache is not None:
             k, v = cache.extend(layer, k, v, store)  # (B, H, S + L, Dh)

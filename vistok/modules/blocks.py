@@ -75,11 +75,14 @@ class AdaLNZeroBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, segments: Sequence[int], mask: Mask = None) -> torch.Tensor:
         """x (B, L, D), cond (B, D), segments: lengths of the contiguous runs (sum L) -> (B, L, D)."""
-        require(len(segments) == self.num_segments, f"block has {self.num_segments} modulation sets, got segments {tuple(segments)}")
+        require(len(segments) == self.num_segments,
+                f"block has {self.num_segments} modulation sets, got segments {tuple(segments)}")
         mod = rearrange(self.ada(F.silu(cond)), "b (g six d) -> six b g d", g=self.num_segments, six=6)  # 6 x (B, G, D)
         gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = mod
-        x = x + gate(self.attn(modulate(layer_norm(x, self.norm_eps), shift_attn, scale_attn, segments), mask=mask), gate_attn, segments)
-        return x + gate(self.mlp(modulate(layer_norm(x, self.norm_eps), shift_mlp, scale_mlp, segments)), gate_mlp, segments)
+        x = x + gate(self.attn(modulate(layer_norm(x, self.norm_eps), shift_attn, scale_attn, segments), mask=mask),
+                     gate_attn, segments)
+        return x + gate(self.mlp(modulate(layer_norm(x, self.norm_eps), shift_mlp, scale_mlp, segments)),
+                        gate_mlp, segments)
 
 
 class AdaLNHead(nn.Module):

@@ -16,11 +16,13 @@ from torch import nn
 from vistok.errors import require
 
 
-def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0, freq_scale: float = 1.0) -> torch.Tensor:
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0,
+                      freq_scale: float = 1.0) -> torch.Tensor:
     """(...) float -> (..., dim) features [cos(t f_j), sin(t f_j)] with f_j = freq_scale max_period^(-j / (dim/2))."""
     require(dim % 2 == 0, f"timestep feature dim must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)  # (half,)
+    # (half,)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     if freq_scale != 1.0:
         freqs = freq_scale * freqs
     args = t.float()[..., None] * freqs  # (..., half)
@@ -40,7 +42,8 @@ class TimestepEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         require(not (floor and scale_freqs), "TimestepEmbedding: floor needs the scaled t itself; drop scale_freqs")
-        self.freq_dim, self.scale, self.max_period, self.floor, self.scale_freqs = freq_dim, scale, max_period, floor, scale_freqs
+        self.freq_dim, self.scale, self.max_period = freq_dim, scale, max_period
+        self.floor, self.scale_freqs = floor, scale_freqs
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

@@ -40,12 +40,14 @@ class FSQ(nn.Module):
     def __init__(self, levels: tuple[int, ...] | list[int] = (8, 8, 8, 5, 5, 5), eps: float = 1e-3) -> None:
         super().__init__()
         levels = tuple(int(level) for level in levels)
-        require(len(levels) >= 1 and all(level >= 2 for level in levels), f"FSQ levels must be integers >= 2, got {levels}")
+        require(len(levels) >= 1 and all(level >= 2 for level in levels),
+                f"FSQ levels must be integers >= 2, got {levels}")
         require(math.prod(levels) < 2**62, f"FSQ levels {levels} give more codes than int64 indices can hold")
         self.levels, self.eps = levels, eps
         # derived from `levels`, so not saved in checkpoints
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
-        self.register_buffer("_basis", torch.tensor([math.prod(levels[:i]) for i in range(len(levels))]), persistent=False)
+        self.register_buffer("_basis", torch.tensor([math.prod(levels[:i]) for i in range(len(levels))]),
+                             persistent=False)
 
     @property
     def dim(self) -> int:
@@ -67,7 +69,8 @@ class FSQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantOut:
         """(..., d) -> QuantOut(codes (..., d) in z's dtype, indices (...), aux_loss 0)."""
-        require(z.shape[-1] == self.dim, f"FSQ with levels {self.levels} expects (..., {self.dim}) inputs, got {tuple(z.shape)}")
+        require(z.shape[-1] == self.dim,
+                f"FSQ with levels {self.levels} expects (..., {self.dim}) inputs, got {tuple(z.shape)}")
         with torch.autocast(device_type=z.device.type, enabled=False):
             bounded = self.bound(z)  # (..., d) float32
             rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through rounding
@@ -89,7 +92,8 @@ class FSQ(nn.Module):
         return (digits.float() - half) / half
 
     def snap(self, codes: torch.Tensor) -> torch.Tensor:
-        """(..., d) any vectors -> the nearest grid codes (float32), e.g. to turn a continuous prediction into tokens."""
+        """(..., d) any vectors -> the nearest grid codes (float32), e.g. to turn a continuous prediction into
+        tokens."""
         half = self._half_width()
         lowest, highest = -half, (self._levels - 1).float() - half  # integer range of each axis
         return torch.maximum(torch.minimum(torch.round(codes.float() * half), highest), lowest) / half

@@ -18,7 +18,8 @@ The scan runs on `mamba_ssm`'s CUDA kernel when that package imports and the ten
 PyTorch scan: a custom autograd Function with a hand-written backward (the same linear recurrence in reverse time),
 run in cache-sized time blocks whose states backward recomputes, as the CUDA kernel does (memory O(B L D), not
 O(B L D N)); inside a block a chunked scan loops over ~2 sqrt(T) positions, never over single time steps under
-autograd. `selective_scan_ref` is the naive sequential recurrence that the tests and benchmarks/bench_mamba.py compare with.
+autograd. `selective_scan_ref` is the naive sequential recurrence that the tests and benchmarks/bench_mamba.py compare
+with.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def _selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus: bool) 
     x = rearrange(dt * u_, "b l d -> b d l 1") * rearrange(B, "b l n -> b 1 l n")  # (B, D, L, N)
     h = x.new_zeros(x.shape[0], x.shape[1], x.shape[3])  # (B, D, N)
     ys = []
-    for a_t, x_t, C_t in zip(a.unbind(2), x.unbind(2), C.unbind(1)):
+    for a_t, x_t, C_t in zip(a.unbind(2), x.unbind(2), C.unbind(1), strict=True):
         h = a_t * h + x_t
         ys.append(torch.einsum("bdn,bn->bd", h, C_t))
     y = torch.stack(ys, dim=1)  # (B, L, D)
@@ -363,7 +364,8 @@ class Mamba(nn.Module):
 
     def ssm(self, x: torch.Tensor, sfx: str = "") -> torch.Tensor:
         """One direction's conv + selective scan on an already reordered (B, L, di) sequence -> (B, L, di)."""
-        conv, x_proj, dt_proj = getattr(self, f"conv1d{sfx}"), getattr(self, f"x_proj{sfx}"), getattr(self, f"dt_proj{sfx}")
+        conv, x_proj = getattr(self, f"conv1d{sfx}"), getattr(self, f"x_proj{sfx}")
+        dt_proj = getattr(self, f"dt_proj{sfx}")
         length = x.shape[1]
         x = F.silu(conv(rearrange(x, "b l d -> b d l"))[..., :length])  # causal: keep the first L outputs
         x = rearrange(x, "b d l -> b l d")

@@ -28,7 +28,8 @@ class MambaConfig:
     nslices: int = 5  # v3 only: interleaved slices of the third direction
 
     def __post_init__(self) -> None:
-        require(self.d_model >= 1 and self.d_state >= 1 and self.d_conv >= 1, "mamba d_model, d_state, d_conv must be positive")
+        require(self.d_model >= 1 and self.d_state >= 1 and self.d_conv >= 1,
+                "mamba d_model, d_state, d_conv must be positive")
         require(self.bimamba_type in ("none", "v2", "v3"), f"bimamba_type={self.bimamba_type!r} must be none, v2 or v3")
         require(self.dt_rank >= 0 and self.nslices >= 1, "mamba dt_rank must be >= 0 and nslices >= 1")
 

@@ -16,10 +16,12 @@ from einops import rearrange
 from vistok.errors import require
 
 
-def sincos_posemb(grid: tuple[int, ...], width: int, base: float = 10000.0, device: torch.device | str | None = None) -> torch.Tensor:
+def sincos_posemb(grid: tuple[int, ...], width: int, base: float = 10000.0,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """(prod(grid), width) float32 embeddings of the grid positions in row-major order (the order of `patchify`)."""
     axes = len(grid)
-    require(axes >= 1 and width % (2 * axes) == 0, f"sin-cos embedding on {axes} axes needs width divisible by {2 * axes}, got {width}")
+    require(axes >= 1 and width % (2 * axes) == 0,
+            f"sin-cos embedding on {axes} axes needs width divisible by {2 * axes}, got {width}")
     half = width // axes // 2
     freqs = base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)  # (half,)
     coords = torch.meshgrid(*(torch.arange(n, dtype=torch.float64, device=device) for n in grid), indexing="ij")
@@ -34,7 +36,8 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, *grid) with every side divisible by `patch` -> (B, L, C patch^N) patches in row-major order."""
     spatial = x.ndim - 2
     require(spatial in (2, 3), f"patchify expects (B, C, H, W) or (B, C, D, H, W), got {tuple(x.shape)}")
-    require(all(n % patch == 0 for n in x.shape[2:]), f"sizes {tuple(x.shape[2:])} must divide by the patch size {patch}")
+    require(all(n % patch == 0 for n in x.shape[2:]),
+            f"sizes {tuple(x.shape[2:])} must divide by the patch size {patch}")
     if spatial == 2:
         return rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=patch, p2=patch)
     return rearrange(x, "b c (d p0) (h p1) (w p2) -> b (d h w) (c p0 p1 p2)", p0=patch, p1=patch, p2=patch)
@@ -46,4 +49,5 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, ...], patch: int) -> torch
     if len(grid) == 2:
         return rearrange(tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=grid[0], w=grid[1], p1=patch, p2=patch)
     d, h, w = grid
-    return rearrange(tokens, "b (d h w) (c p0 p1 p2) -> b c (d p0) (h p1) (w p2)", d=d, h=h, w=w, p0=patch, p1=patch, p2=patch)
+    return rearrange(tokens, "b (d h w) (c p0 p1 p2) -> b c (d p0) (h p1) (w p2)", d=d, h=h, w=w, p0=patch,
+                     p1=patch, p2=patch)

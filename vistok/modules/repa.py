@@ -27,7 +27,8 @@ from vistok.errors import VistokError, require
 
 def projector(width: int, hidden: int, out: int) -> nn.Sequential:
     """REPA's 3-layer MLP with SiLU: (..., width) -> (..., out)."""
-    return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
+    return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, out))
 
 
 def repa_loss(features: torch.Tensor, target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -68,7 +69,8 @@ class ConvTeacher(Teacher):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.ndim > 1 else 0.0))
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel()) ** 0.5
+                                                               if p.ndim > 1 else 0.0))
         self.freeze()
 
     @torch.no_grad()
@@ -98,7 +100,8 @@ class FidNetTeacher(Teacher):
         return self.net.stage2(self.net.stage1(self.net.stem(images)))  # (B, dim, r/4, r/4)
 
 
-DINOV2_ARCHS = ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2", "vit_giant_patch14_dinov2")
+DINOV2_ARCHS = ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2",
+                "vit_giant_patch14_dinov2")
 
 
 class DinoV2Teacher(Teacher):
@@ -114,8 +117,8 @@ class DinoV2Teacher(Teacher):
         path = Path(weights).expanduser()
         if not path.is_file():
             raise VistokError(
-                f"DINOv2 weights not found at {str(path)!r}: download {arch} weights (e.g. dinov2_vitl14_pretrain.pth) on a "
-                "machine with internet, copy the file here and pass its path, or use a CPU teacher (conv, fid-net)"
+                f"DINOv2 weights not found at {str(path)!r}: download {arch} weights (e.g. dinov2_vitl14_pretrain.pth) "
+                "on a machine with internet, copy the file here and pass its path, or use a CPU teacher (conv, fid-net)"
             )
         require(resolution % 14 == 0, f"DINOv2 resolution must be a multiple of its patch size 14, got {resolution}")
         self.net = timm.create_model(arch, pretrained=False, img_size=resolution, num_classes=0)
@@ -128,8 +131,8 @@ class DinoV2Teacher(Teacher):
         except (RuntimeError, KeyError, ValueError) as err:  # shape mismatches: another model size
             missing, unexpected = [str(err).splitlines()[-1].strip()], []
         if missing or unexpected:
-            raise VistokError(f"{path} does not hold {arch} weights (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                              "pass the matching arch")
+            raise VistokError(f"{path} does not hold {arch} weights (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}); pass the matching arch")
         self.dim, self.resolution = self.net.num_features, resolution
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
@@ -168,7 +171,8 @@ def build_teacher(kind: str, weights: str = "", dim: int = 64, net: nn.Module | 
     if kind == "conv":
         return ConvTeacher(dim, **kwargs)
     if kind == "fid-net":
-        require(net is not None, "the fid-net REPA teacher needs its loaded cifar10-net: pass net=load_fid_net(weights)")
+        require(net is not None,
+                "the fid-net REPA teacher needs its loaded cifar10-net: pass net=load_fid_net(weights)")
         return FidNetTeacher(net)
     if kind == "dinov2":
         return DinoV2Teacher(weights, **kwargs)

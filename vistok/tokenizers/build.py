@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
-from vistok.io.checks import inside_export
 from vistok.errors import VistokError
+from vistok.io.checks import inside_export
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 from vistok.tokenizers.vae import VAE, VAEConfig
 
@@ -36,7 +36,8 @@ class LatentsOnly(nn.Module):
 
     def _refuse(self, *_: Any) -> torch.Tensor:
         raise VistokError("this export has no VAE, so it cannot turn images into latents or back; use "
-                          "Tokenizer.encode_latents / decode_latents, or convert a checkpoint that holds its vae.* weights")
+                          "Tokenizer.encode_latents / decode_latents, "
+                          "or convert a checkpoint that holds its vae.* weights")
 
     encode = decode = _refuse
 
@@ -57,8 +58,9 @@ def build_tokenizer(spec: dict[str, Any], root: str | Path | None = None) -> nn.
     config = dict(spec.get("config", {}))
     if "path" in spec:
         if root is None or not inside_export(root, spec["path"], "tokenizer.path").exists():  # a folder or one file
-            raise VistokError(f"the export's tokenizer folder {spec['path']}/ is missing{f' from {root}' if root else ''}; "
-                              "re-export it (`vistok convert --from xar ... --vae VAE`, `--from flextok`)")
+            raise VistokError(f"the export's tokenizer folder {spec['path']}/ is "
+                              f"missing{f' from {root}' if root else ''}; re-export it (`vistok convert --from xar ... "
+                              "--vae VAE`, `--from flextok`)")
         config["weights"] = str(Path(root) / spec["path"])
     return tokenizer_cls(from_dict(config_cls, config)).eval()
 

@@ -78,18 +78,21 @@ class FlexTokConfig:
     official_numerics: bool = False
 
     def __post_init__(self) -> None:
-        require(self.patch >= 1 and self.head_dim >= 1, f"model.patch={self.patch} and model.head_dim={self.head_dim} must be >= 1")
+        require(self.patch >= 1 and self.head_dim >= 1,
+                f"model.patch={self.patch} and model.head_dim={self.head_dim} must be >= 1")
         require(len(self.grid) == 2 and all(n % self.patch == 0 for n in self.grid),
                 f"model.grid={self.grid} must be two sizes divisible by model.patch={self.patch}")
         for name in ("enc_width", "dec_width"):
             width = getattr(self, name)
             require(width % self.head_dim == 0, f"model.{name}={width} must divide by model.head_dim={self.head_dim}")
             require(width % 4 == 0, f"model.{name}={width} must divide by 4 for 2D sin-cos positions")
-        require(min(self.in_channels, self.registers, self.enc_depth, self.dec_depth, self.enc_width, self.dec_width) >= 1,
+        require(min(self.in_channels, self.registers, self.enc_depth, self.dec_depth,
+                    self.enc_width, self.dec_width) >= 1,
                 "model.in_channels, registers, enc_depth, dec_depth, enc_width and dec_width must be positive")
         require(self.nested_dropout in ("pow2", "uniform", "off"),
                 f"model.nested_dropout={self.nested_dropout!r} must be pow2, uniform or off")
-        require(0.0 <= self.null_cond_p < 1.0 and self.t_std > 0, "model.null_cond_p must be in [0, 1) and model.t_std > 0")
+        require(0.0 <= self.null_cond_p < 1.0 and self.t_std > 0,
+                "model.null_cond_p must be in [0, 1) and model.t_std > 0")
         require(self.max_timestep > 0, f"model.max_timestep must be positive, got {self.max_timestep}")
         require(self.repa_dim == 0 or 0 <= self.repa_layer < self.dec_depth,
                 f"model.repa_layer={self.repa_layer} must name a decoder block (0..{self.dec_depth - 1})")
@@ -139,7 +142,8 @@ class Encoder(nn.Module):
         self.config = c
         self.patch_emb = nn.Linear(c.patch_dim, c.enc_width)
         self.registers = nn.Parameter(torch.zeros(c.registers, c.enc_width))
-        self.blocks = nn.ModuleList(Block(c.enc_width, c.enc_width // c.head_dim, norm_eps=c.norm_eps, attn_scale=c.attn_scale)
+        self.blocks = nn.ModuleList(Block(c.enc_width, c.enc_width // c.head_dim, norm_eps=c.norm_eps,
+                                          attn_scale=c.attn_scale)
                                     for _ in range(c.enc_depth))
         self.head = nn.Linear(c.enc_width, len(c.levels))  # zero-initialised: every token starts at code 0
 
@@ -223,7 +227,8 @@ class FlexTok(nn.Module):
                     nn.init.zeros_(m.bias)
         for p in (self.encoder.registers, self.decoder.register_pos, self.decoder.mask_token, self.decoder.null_token):
             nn.init.trunc_normal_(p, std=0.02)
-        zero = [self.encoder.head, self.decoder.head.ada, self.decoder.head.linear, *(b.ada for b in self.decoder.blocks)]
+        zero = [self.encoder.head, self.decoder.head.ada, self.decoder.head.linear,
+                *(b.ada for b in self.decoder.blocks)]
         for m in zero:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -236,7 +241,8 @@ class FlexTok(nn.Module):
         """(B, C, H, W) latents -> (B, K, d) continuous register vectors."""
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels or tuple(x.shape[-2:]) != tuple(c.grid):
-            raise VistokError(f"FlexTok expects (B, {c.in_channels}, {c.grid[0]}, {c.grid[1]}) inputs, got {tuple(x.shape)}")
+            raise VistokError(f"FlexTok expects (B, {c.in_channels}, {c.grid[0]}, {c.grid[1]}) inputs, got "
+                              f"{tuple(x.shape)}")
         return self.encoder(x, self.enc_pos, self.encoder_mask(x.device))
 
     attention_backend = "auto"  # see `modules.attention.set_attention_backend`
@@ -248,7 +254,8 @@ class FlexTok(nn.Module):
             masks = self.__dict__.setdefault("_flex_masks", {})
             if str(device) not in masks:
                 n, length = self.config.num_patches, self.config.num_patches + self.config.registers
-                masks[str(device)] = flex_block_mask(lambda b, h, q, kv: (kv < n) | ((q >= n) & (kv <= q)), length, length, device)
+                masks[str(device)] = flex_block_mask(lambda b, h, q, kv: (kv < n) | ((q >= n) & (kv <= q)),
+                                                     length, length, device)
             return masks[str(device)]
         return self.enc_mask
 
@@ -269,13 +276,15 @@ class FlexTok(nn.Module):
         a sample's registers. Also the patch features of block `repa_layer` (or None)."""
         return self.decoder(x_t, t, self.decoder.condition(codes, keep_k, null), self.dec_pos, repa_layer)
 
-    def loss(self, v: torch.Tensor, target: torch.Tensor, feats: torch.Tensor | None, teacher_feats: torch.Tensor | None) -> FlexTokLoss:
+    def loss(self, v: torch.Tensor, target: torch.Tensor, feats: torch.Tensor | None,
+             teacher_feats: torch.Tensor | None) -> FlexTokLoss:
         """Velocity MSE (mean over samples of the per-sample mean) plus the weighted REPA term."""
         mse = F.mse_loss(v.float(), target.float())
         if self.repa_proj is None:
             return FlexTokLoss(mse, mse, mse.new_zeros(()))
         if teacher_feats is None:
-            raise VistokError("this FlexTok has REPA on (model.repa_dim > 0): pass teacher_feats, or set model.repa_dim=0")
+            raise VistokError("this FlexTok has REPA on (model.repa_dim > 0): pass teacher_feats, or set "
+                              "model.repa_dim=0")
         repa = repa_loss(self.repa_proj(feats), teacher_feats, self.config.patch_grid)
         return FlexTokLoss(mse + self.config.repa_weight * repa, mse, repa)
 
@@ -304,7 +313,8 @@ class FlexTok(nn.Module):
         z = self.encode(x0)  # (B, K, d)
         codes = self.quantize(z).codes  # (B, K, d) on the FSQ grid, straight-through gradients
         keep_k = self.draw_keep_k(batch) if keep_k is None else keep_k  # (B,)
-        null = (self.draw_null(batch) if self.training else torch.zeros(batch, dtype=torch.bool)) if null is None else null
+        null = (self.draw_null(batch) if self.training
+                else torch.zeros(batch, dtype=torch.bool)) if null is None else null
         t = flow.logit_normal((batch,), c.t_mean, c.t_std, device=device) if t is None else t  # (B,)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = flow.interpolate(x0, noise, t.view(-1, 1, 1, 1))  # t noise + (1 - t) x0
@@ -318,11 +328,17 @@ TINY = dict(in_channels=3, grid=(32, 32), patch=4, head_dim=32)  # 32x32 pixels:
 
 PRESETS = {
     "flextok-d12-d12": FlexTokConfig(**PAPER, enc_width=768, enc_depth=12, dec_width=768, dec_depth=12),  # 265,306,950
-    "flextok-d18-d18": FlexTokConfig(**PAPER, enc_width=1152, enc_depth=18, dec_width=1152, dec_depth=18),  # 873,979,590
-    "flextok-d18-d28": FlexTokConfig(**PAPER, enc_width=1152, enc_depth=18, dec_width=1792, dec_depth=28),  # 2,466,274,758
-    "flextok-tiny": FlexTokConfig(**TINY, registers=32, enc_width=128, enc_depth=4, dec_width=128, dec_depth=4),  # 2,475,702
-    "flextok-tiny-s": FlexTokConfig(**TINY, registers=16, enc_width=64, enc_depth=2, dec_width=64, dec_depth=2),  # 337,270
-    "flextok-test": FlexTokConfig(**{**TINY, "head_dim": 16}, registers=8, enc_width=32, enc_depth=1, dec_width=32, dec_depth=1),  # 54,294
+    # 873,979,590
+    "flextok-d18-d18": FlexTokConfig(**PAPER, enc_width=1152, enc_depth=18, dec_width=1152, dec_depth=18),
+    # 2,466,274,758
+    "flextok-d18-d28": FlexTokConfig(**PAPER, enc_width=1152, enc_depth=18, dec_width=1792, dec_depth=28),
+    # 2,475,702
+    "flextok-tiny": FlexTokConfig(**TINY, registers=32, enc_width=128, enc_depth=4, dec_width=128, dec_depth=4),
+    # 337,270
+    "flextok-tiny-s": FlexTokConfig(**TINY, registers=16, enc_width=64, enc_depth=2, dec_width=64, dec_depth=2),
+    # 54,294
+    "flextok-test": FlexTokConfig(**{**TINY, "head_dim": 16}, registers=8, enc_width=32, enc_depth=1,
+                                  dec_width=32, dec_depth=1),
 }
 
 FAMILY = ("flextok", FlexTokConfig, FlexTok)

@@ -11,11 +11,12 @@ and `model.safetensors`), or a bare state-dict file (.safetensors, or a pickle r
 Official names, all under `encoder.module_dict.<name>.` / `decoder.module_dict.<name>.`:
   enc_patch_emb.patch_proj -> encoder.patch_emb        dec_noise_patch_emb.patch_proj -> decoder.patch_emb
   enc_register_module.registers -> encoder.registers   dec_from_latents.proj -> decoder.from_codes
-  enc_transformer.blocks.i -> encoder.blocks.i         dec_registers_posemb_module.posembs (1, 1, D, K) -> register_pos (K, D)
+  enc_transformer.blocks.i -> encoder.blocks.i         dec_time_embedder.mlp -> decoder.time_emb.mlp
   enc_to_latents.proj -> encoder.head                  dec_nested_dropout.dropout_mask_token -> decoder.mask_token
-                                                       dec_latent_dropout.nullcond -> decoder.null_token (ZeroNullCond: 0)
-  dec_time_embedder.mlp -> decoder.time_emb.mlp        dec_transformer.blocks.i -> decoder.blocks.i (adaLN_modulation.1 -> ada)
   dec_to_patches.{adaLN_modulation.1, proj} -> decoder.head.{ada, linear}
+  dec_transformer.blocks.i -> decoder.blocks.i (adaLN_modulation.1 -> ada)
+  dec_registers_posemb_module.posembs (1, 1, D, K) -> register_pos (K, D)
+  dec_latent_dropout.nullcond -> decoder.null_token (ZeroNullCond: 0)
 In a block, attn.wq / wk / wv stack into attn.qkv, attn.proj stays, the gated MLP's fc1 (activated) / fc3 / fc2 become
 fc1_g / fc1_x / fc2. Patches are flattened (p1 p2 c) officially and (c p1 p2) in vistok: the patch embeddings'
 columns and the velocity head's rows are permuted. The fixed 2D sin-cos tables (`*_posemb_module.posembs`) are compared
@@ -27,7 +28,8 @@ Values the weights do not hold come from the hub config when it is there, else f
 released models' (FSQ levels [8, 8, 8, 5, 5, 5]; time embedder max_timestep 1.0, i.e. t in [0, 1]; nested dropout
 "uniform", as in the released decoder configs; head dim 64; 16 latent channels). The converted model runs with the
 official numerics (`FlexTokConfig.official_numerics`): LayerNorm eps 1e-5, attention logits scaled by 8 / head_dim,
-time frequencies scaled before the product with t. Decoding defaults: the official README's 20 steps, guidance 7.5 with APG.
+time frequencies scaled before the product with t. Decoding defaults: the official README's 20 steps, guidance 7.5 with
+APG.
 
 `cached(folder)` converts an official hub folder once into vistok's cache (`VISTOK_CACHE`, default
 ~/.cache/vistok), so `vistok.load("hf://EPFL-VILAB/flextok_d18_d28_dfn")` works directly and offline afterwards.
@@ -49,11 +51,11 @@ import torch
 from einops import rearrange
 
 from vistok.config import to_dict
-from vistok.io.checks import MAX_CONFIG_BYTES
 from vistok.errors import VistokError, require
+from vistok.io import exports
+from vistok.io.checks import MAX_CONFIG_BYTES
 from vistok.modules.posemb import sincos_posemb
 from vistok.tokenizers.flextok import FlexTok, FlexTokConfig
-from vistok.io import exports
 
 LEVELS = (8, 8, 8, 5, 5, 5)  # released FSQ levels, 64,000 codes
 MAX_TIMESTEP = 1.0  # released decoders see t in [0, 1]
@@ -98,7 +100,8 @@ def hub_config(folder: str | Path) -> dict[str, Any] | None:
         return None
     if isinstance(spec, dict) and "family" not in spec and isinstance(spec.get("config"), dict):
         spec = spec["config"]
-    ok = isinstance(spec, dict) and "family" not in spec and all(isinstance(spec.get(k), dict) for k in ("encoder", "decoder"))
+    ok = isinstance(spec, dict) and "family" not in spec and all(isinstance(spec.get(k), dict)
+                                                                 for k in ("encoder", "decoder"))
     return spec if ok else None
 
 
@@ -119,7 +122,8 @@ def read_hub(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     try:
         state = load_file(str(path / "model.safetensors"))
     except (OSError, SafetensorError) as err:
-        raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); is the download complete?") from None
+        raise VistokError(f"cannot read {path / 'model.safetensors'} ({type(err).__name__}); "
+                          "is the download complete?") from None
     return state, hub_config(path) or {}
 
 
@@ -171,7 +175,8 @@ def infer_config(official: dict[str, torch.Tensor], hub: dict[str, Any], levels:
     def setting(name: str, given: Any, default: Any) -> Any:
         if name in hub:
             if given is not None and given != hub[name]:
-                raise VistokError(f"{source}: its config.json sets {name}={hub[name]!r}, the option says {given!r}; drop the option")
+                raise VistokError(f"{source}: its config.json sets {name}={hub[name]!r}, the option says {given!r}; "
+                                  "drop the option")
             return hub[name]
         return default if given is None else given
 
@@ -181,12 +186,15 @@ def infer_config(official: dict[str, torch.Tensor], hub: dict[str, Any], levels:
     registers = shape(ENC + "enc_register_module.registers")[0]
     depth = {side: 1 + max((int(m.group(2)) for k in official if (m := BLOCK.match(k.split("module_dict.", 1)[-1]))
                             and m.group(1) == side), default=-1) for side in ("enc", "dec")}
-    require(depth["enc"] >= 1 and depth["dec"] >= 1, f"{source} has no transformer blocks under enc_transformer / dec_transformer")
-    channels = hub.get("channels") or (shape("vae.vae.decoder.conv_in.weight")[1] if "vae.vae.decoder.conv_in.weight" in official
+    require(depth["enc"] >= 1 and depth["dec"] >= 1,
+            f"{source} has no transformer blocks under enc_transformer / dec_transformer")
+    channels = hub.get("channels") or (shape("vae.vae.decoder.conv_in.weight")[1]
+                                       if "vae.vae.decoder.conv_in.weight" in official
                                        else LATENT_CHANNELS)
     patch = math.isqrt(patch_dim // channels)
-    require(patch * patch * channels == patch_dim, f"{source}: patches of {patch_dim} values do not fit {channels} latent "
-                                                    "channels in a square patch")
+    require(patch * patch * channels == patch_dim,
+            f"{source}: patches of {patch_dim} values do not fit {channels} latent "
+             "channels in a square patch")
     grid = shape(ENC + "enc_posemb_module.posembs")[-2:] if ENC + "enc_posemb_module.posembs" in official else None
     require(grid is not None, f"{source} has no enc_posemb_module.posembs to read the latent grid from")
     levels = tuple(int(v) for v in setting("levels", None if levels is None else list(levels), list(LEVELS)))
@@ -194,13 +202,17 @@ def infer_config(official: dict[str, torch.Tensor], hub: dict[str, Any], levels:
             f"{source}: the encoder emits {shape(ENC + 'enc_to_latents.proj.weight')[0]} values per token but the FSQ "
             f"levels {list(levels)} have {len(levels)}; pass --fsq-levels")
     head_dim = int(setting("head_dim", head_dim, HEAD_DIM))
-    require(hub.get("dec_head_dim", head_dim) == head_dim, f"{source}: encoder and decoder head dims differ; vistok uses one")
+    require(hub.get("dec_head_dim", head_dim) == head_dim,
+            f"{source}: encoder and decoder head dims differ; vistok uses one")
     mode = str(setting("nested_dropout", nested_dropout, NESTED_DROPOUT))
-    require(mode in ("uniform", "pow2"), f"{source}: nested-dropout mode {mode!r} is not one vistok trains with (uniform, pow2)")
+    require(mode in ("uniform", "pow2"),
+            f"{source}: nested-dropout mode {mode!r} is not one vistok trains with (uniform, pow2)")
     require(hub.get("enc_mask", "causal_last") == "causal_last" and hub.get("dec_mask", "full") == "full",
-            f"{source}: attention masks {hub.get('enc_mask')!r} / {hub.get('dec_mask')!r}; vistok implements causal_last / full")
-    require(not hub.get("null_single", False), f"{source}: a single-token null condition (replace_with_single_token) is "
-                                               "not implemented in vistok")
+            f"{source}: attention masks {hub.get('enc_mask')!r} / {hub.get('dec_mask')!r}; vistok implements "
+            "causal_last / full")
+    require(not hub.get("null_single", False),
+            f"{source}: a single-token null condition (replace_with_single_token) is "
+            "not implemented in vistok")
     require(hub.get("register_posemb", "learnable_sum") == "learnable_sum",
             f"{source}: register positions of type {hub.get('register_posemb')!r}; vistok implements learnable_sum")
     ada = shape(DEC + "dec_transformer.blocks.0.adaLN_modulation.1.weight")[0]
@@ -216,7 +228,8 @@ def infer_config(official: dict[str, torch.Tensor], hub: dict[str, Any], levels:
 
 
 # ----------------------------------------------------------------------------------------------------- weights
-def map_state(official: dict[str, torch.Tensor], cfg: FlexTokConfig, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def map_state(official: dict[str, torch.Tensor],
+              cfg: FlexTokConfig, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(vistok FlexTok state dict, names of the official keys left out on purpose: sin-cos tables, REPA heads)."""
     p, c = cfg.patch, cfg.in_channels
     state: dict[str, torch.Tensor] = {}
@@ -227,7 +240,8 @@ def map_state(official: dict[str, torch.Tensor], cfg: FlexTokConfig, source: str
             continue
         name = key[len(ENC):] if key.startswith(ENC) else key[len(DEC):] if key.startswith(DEC) else None
         if name is None:
-            raise VistokError(f"{source}: unexpected key {key!r} (neither encoder.module_dict, decoder.module_dict nor vae)")
+            raise VistokError(f"{source}: unexpected key {key!r} (neither encoder.module_dict, "
+                              "decoder.module_dict nor vae)")
         if name in SIMPLE:
             state[SIMPLE[name]] = value
         elif name in ("enc_patch_emb.patch_proj.weight", "dec_noise_patch_emb.patch_proj.weight"):  # columns (p1 p2 c)
@@ -238,7 +252,8 @@ def map_state(official: dict[str, torch.Tensor], cfg: FlexTokConfig, source: str
         elif name == "dec_to_patches.proj.bias":
             state["decoder.head.linear.bias"] = rearrange(value, "(p1 p2 c) -> (c p1 p2)", p1=p, p2=p, c=c)
         elif name == "dec_registers_posemb_module.posembs":  # (1, 1, D, K): one learnable axis
-            require(value.shape[:2] == (1, 1), f"{source}: register positions of shape {tuple(value.shape)}; expected (1, 1, D, K)")
+            require(value.shape[:2] == (1, 1),
+                    f"{source}: register positions of shape {tuple(value.shape)}; expected (1, 1, D, K)")
             state["decoder.register_pos"] = rearrange(value[0, 0], "d k -> k d")
         elif name in ("enc_posemb_module.posembs", "dec_patches_posemb_module.posembs"):
             check_sincos(value, source, name)
@@ -267,7 +282,8 @@ def check_sincos(table: torch.Tensor, source: str, name: str) -> None:
     """An official (1, D, h, w) sin-cos table must be the one vistok derives for that grid."""
     ours = rearrange(sincos_posemb(tuple(table.shape[-2:]), table.shape[1]), "(h w) d -> 1 d h w", h=table.shape[-2])
     if table.shape != ours.shape or not torch.allclose(table.float(), ours, atol=1e-5):
-        raise VistokError(f"{source}: {name} is not the 2D sin-cos table vistok derives; a layout vistok does not implement")
+        raise VistokError(f"{source}: {name} is not the 2D sin-cos table vistok derives; "
+                          "a layout vistok does not implement")
 
 
 # ----------------------------------------------------------------------------------------------------- the VAE
@@ -289,7 +305,8 @@ def vae_part(official: dict[str, torch.Tensor], hub: dict[str, Any], source: str
                      "training; add the VAE's scaling_factor to config.json")
     n = len(widths)
     config = {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "act_fn": "silu",
-              "block_out_channels": widths, "layers_per_block": layers, "norm_num_groups": int(hub.get("vae_groups", 32)),
+              "block_out_channels": widths, "layers_per_block": layers,
+              "norm_num_groups": int(hub.get("vae_groups", 32)),
               "latent_channels": int(state["decoder.conv_in.weight"].shape[1]), "scaling_factor": float(scaling),
               "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n}
     return config, state
@@ -306,8 +323,8 @@ def check_on_meta(build, state: dict[str, torch.Tensor], source: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------- export
 def export(official: dict[str, torch.Tensor], hub_tree: dict[str, Any], out: str | Path, source: str,
-           fsq_levels: Sequence[int] | None = None, max_timestep: float | None = None, nested_dropout: str | None = None,
-           head_dim: int | None = None) -> tuple[Path, str]:
+           fsq_levels: Sequence[int] | None = None, max_timestep: float | None = None,
+           nested_dropout: str | None = None, head_dim: int | None = None) -> tuple[Path, str]:
     """Write the vistok export of an official state dict (with its hub config tree, or {}). Everything is checked
     before anything is written. Returns (out, summary)."""
     out = Path(out).expanduser()
@@ -318,18 +335,21 @@ def export(official: dict[str, torch.Tensor], hub_tree: dict[str, Any], out: str
     state, dropped = map_state(official, cfg, source)
     check_on_meta(lambda: FlexTok(cfg), state, source)
     vae = vae_part(official, hub, source)
-    meta: dict[str, Any] = {"converted_from": {"kind": "flextok", "source": source, "dropped": len(dropped)}, "sample": SAMPLE}
+    meta: dict[str, Any] = {"converted_from": {"kind": "flextok", "source": source, "dropped": len(dropped)},
+                            "sample": SAMPLE}
     extra = None
     if vae is not None:
         vae_config, vae_state = vae
         from diffusers import AutoencoderKL
 
-        check_on_meta(lambda: AutoencoderKL(**{k: v for k, v in vae_config.items() if not k.startswith("_")}), vae_state,
-                      f"{source} (vae.*)")
+        check_on_meta(lambda: AutoencoderKL(**{k: v for k, v in vae_config.items() if not k.startswith("_")}),
+                      vae_state, f"{source} (vae.*)")
         require(vae_config["latent_channels"] == cfg.in_channels,
-                f"{source}: the VAE has {vae_config['latent_channels']} latent channels, the tokenizer {cfg.in_channels}")
-        spec = {"family": "vae", "path": "tokenizer", "config": {"arch": "flextok-c16", "scaling_factor": vae_config["scaling_factor"],
-                                                                  "sample": bool(hub.get("vae_sample", True))}}
+                f"{source}: the VAE has {vae_config['latent_channels']} latent channels, the tokenizer "
+                f"{cfg.in_channels}")
+        spec = {"family": "vae", "path": "tokenizer",
+                "config": {"arch": "flextok-c16", "scaling_factor": vae_config["scaling_factor"],
+                            "sample": bool(hub.get("vae_sample", True))}}
         meta.update(tokenizer=spec, resolution=cfg.grid[0] * 2 ** (len(vae_config["block_out_channels"]) - 1))
 
         def extra(folder: Path) -> None:
@@ -337,15 +357,18 @@ def export(official: dict[str, torch.Tensor], hub_tree: dict[str, Any], out: str
 
             (folder / "tokenizer").mkdir()
             (folder / "tokenizer" / "config.json").write_text(json.dumps(vae_config, indent=2))
-            save_file({k: v.contiguous() for k, v in vae_state.items()}, str(folder / "tokenizer" / "diffusion_pytorch_model.safetensors"))
+            save_file({k: v.contiguous() for k, v in vae_state.items()},
+                      str(folder / "tokenizer" / "diffusion_pytorch_model.safetensors"))
     else:
         meta.update(tokenizer={"family": "latents", "config": {"channels": cfg.in_channels, "grid": list(cfg.grid)}},
                     resolution=cfg.grid[0])
     path = exports.write_export(out, "flextok", to_dict(cfg), state, extra=extra, **meta)
     n = sum(v.numel() for v in state.values())
-    return path, (f"FlexTok d{cfg.enc_depth}-d{cfg.dec_depth} (widths {cfg.enc_width}/{cfg.dec_width}), {n:,} parameters, "
-                  f"{cfg.registers} tokens of {math.prod(cfg.levels):,}, {cfg.in_channels}x{cfg.grid[0]}x{cfg.grid[1]} latents, "
-                  + ("VAE in tokenizer/" if vae is not None else "no VAE (latents only: encode_latents / decode_latents)"))
+    return path, (f"FlexTok d{cfg.enc_depth}-d{cfg.dec_depth} (widths {cfg.enc_width}/{cfg.dec_width}), {n:,} "
+                  f"parameters, {cfg.registers} tokens of {math.prod(cfg.levels):,}, "
+                  f"{cfg.in_channels}x{cfg.grid[0]}x{cfg.grid[1]} latents, "
+                  + ("VAE in tokenizer/" if vae is not None
+                     else "no VAE (latents only: encode_latents / decode_latents)"))
 
 
 def cache_root() -> Path:
@@ -354,9 +377,11 @@ def cache_root() -> Path:
 
 def cached(folder: str | Path) -> Path:
     """The vistok export of an official hub folder, converted on first use into the cache and reused afterwards. The
-    cache entry is keyed by the folder's path and its files' sizes and times (a hub snapshot's path names its commit)."""
+    cache entry is keyed by the folder's path and its files' sizes and times (a hub snapshot's path names its
+    commit)."""
     folder = Path(folder).resolve()
-    stamp = [str(folder)] + [f"{(folder / n).stat().st_size}:{(folder / n).stat().st_mtime_ns}" for n in ("config.json", "model.safetensors")]
+    stamp = [str(folder)] + [f"{(folder / n).stat().st_size}:{(folder / n).stat().st_mtime_ns}"
+                             for n in ("config.json", "model.safetensors")]
     key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
     target = cache_root() / "flextok" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', folder.name)[:40]}-{key}"
     if not ((target / "config.json").is_file() and (target / "model.safetensors").is_file()):

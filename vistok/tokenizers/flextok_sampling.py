@@ -96,7 +96,8 @@ def prefix_lengths(keep_k: int | Sequence[int] | torch.Tensor | None, batch: int
     if k.numel() == 1:
         k = k.expand(batch).clone()
     require(k.numel() == batch, f"got {k.numel()} prefix lengths for {batch} images; pass one, or one per image")
-    require(bool(((k >= 1) & (k <= num_ids)).all()), f"prefix lengths must lie in 1..{num_ids} (the ids given), got {k.tolist()}")
+    require(bool(((k >= 1) & (k <= num_ids)).all()),
+            f"prefix lengths must lie in 1..{num_ids} (the ids given), got {k.tolist()}")
     return k
 
 
@@ -104,7 +105,8 @@ def ids_to_codes(model: FlexTok, ids: torch.Tensor) -> torch.Tensor:
     """(B, n) ids, n <= K -> (B, K, d) FSQ codes, padded with id 0 (masked by the prefix length, never decoded)."""
     K, size = model.config.registers, model.fsq.codebook_size
     if ids.ndim != 2 or not 1 <= ids.shape[1] <= K or ids.is_floating_point():
-        raise VistokError(f"token ids must be a (B, n) integer tensor with 1 <= n <= {K}, got {ids.dtype} {tuple(ids.shape)}")
+        raise VistokError(f"token ids must be a (B, n) integer tensor with 1 <= n <= {K}, got {ids.dtype} "
+                          f"{tuple(ids.shape)}")
     require(bool(((ids >= 0) & (ids < size)).all()), f"token ids must lie in 0..{size - 1}")
     ids = torch.cat([ids.long(), ids.new_zeros(ids.shape[0], K - ids.shape[1], dtype=torch.long)], dim=1)  # (B, K)
     return model.fsq.indices_to_codes(ids)
@@ -154,7 +156,8 @@ def decode(
     k = prefix_lengths(keep_k, batch, ids.shape[1]).to(device)  # (B,)
     if noise is None:
         noise = randn((batch, c.in_channels, *c.grid), resolve(generator, seed, batch), device)
-    require(tuple(noise.shape) == (batch, c.in_channels, *c.grid), f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
+    require(tuple(noise.shape) == (batch, c.in_channels, *c.grid),
+            f"noise must be (B, C, H, W) = {(batch, c.in_channels, *c.grid)}")
     with flow.eval_mode(model), torch.inference_mode(), \
             progress_bar(total=settings.steps, desc="decode", enabled=progress, unit="step") as bar:
         registers = model.decoder.condition(codes, k)  # (B, K, D): computed once, the same at every step
@@ -163,7 +166,7 @@ def decode(
             registers = torch.cat([registers, null])  # (2B, K, D)
         x, running = noise.to(device).float(), None
         grid = flow.time_grid(settings.steps, sde=False)  # 1 -> 0, uniform
-        for t, t_next in zip(grid[:-1], grid[1:]):
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             v, running = guided_velocity(model, x, t, registers, cfg, settings.guidance, apg, running)
             x = flow.euler_step(x, v.float(), t, t_next)
             bar.update(1)

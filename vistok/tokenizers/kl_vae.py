@@ -111,7 +111,8 @@ class Upsample(nn.Module):
 
 def _mid(channels: int) -> nn.Module:
     mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(channels, channels), AttnBlock(channels), ResnetBlock(channels, channels)
+    mid.block_1, mid.attn_1 = ResnetBlock(channels, channels), AttnBlock(channels)
+    mid.block_2 = ResnetBlock(channels, channels)
     return mid
 
 
@@ -136,7 +137,7 @@ class Encoder(nn.Module):
         widths = [c.ch * m for m in c.ch_mult]
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
         self.down = nn.ModuleList()
-        for i, (c_in, c_out) in enumerate(zip([c.ch, *widths[:-1]], widths)):
+        for i, (c_in, c_out) in enumerate(zip([c.ch, *widths[:-1]], widths, strict=True)):
             level = _level(c_in, c_out, c.num_res_blocks, c.resolution // 2**i in c.attn_resolutions)
             if i < len(widths) - 1:
                 level.downsample = Downsample(c_out)
@@ -223,7 +224,8 @@ class KLVAE(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent grid (h, w) of an H x W image."""
         if height % self.factor or width % self.factor:
-            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; resize or crop")
+            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; "
+                              "resize or crop")
         return height // self.factor, width // self.factor
 
     def posterior(self, images: torch.Tensor) -> Posterior:

@@ -25,7 +25,6 @@ from vistok.errors import VistokError, require
 from vistok.tokenizers.vae import ARCHS, PRESETS, VAE, VAEConfig
 
 
-
 def vae_config(source: str) -> VAEConfig:
     """The VAE a cache is made with, as a VAEConfig whose weights path is absolute (the cache and the exports trained
     on it name it): a `vistok convert --from mar-vae` export folder (MAR's KL-16), MAR's `kl16.ckpt` itself, a

@@ -44,7 +44,8 @@ class PixelTokenizer(nn.Module):
         """Token grid (h, w) of an H x W image."""
         p = self.config.patch
         if height % p or width % p:
-            raise VistokError(f"image size {height}x{width} must divide by the patch size {p}; resize or pick another patch")
+            raise VistokError(f"image size {height}x{width} must divide by the patch size {p}; "
+                              "resize or pick another patch")
         return height // p, width // p
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

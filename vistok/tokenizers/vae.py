@@ -31,14 +31,15 @@ import torch
 from torch import nn
 
 from vistok.config import from_dict
+from vistok.errors import VistokError, require
 from vistok.io.exports import load_state_strict, read_export
 from vistok.io.safeload import load_pickle
-from vistok.errors import VistokError, require
 from vistok.tokenizers.kl_vae import KLVAE, KLVAEConfig, config_from_state, official_state, posterior_sample
 
 _ENC, _DEC = "DownEncoderBlock2D", "UpDecoderBlock2D"
 ARCHS: dict[str, dict[str, Any]] = {
-    "flextok-c16": dict(block_out_channels=(128, 256, 512, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32),
+    "flextok-c16": dict(block_out_channels=(128, 256, 512, 512), latent_channels=16, layers_per_block=2,
+                        norm_num_groups=32),
     "tiny-f4": dict(block_out_channels=(32, 64, 64), latent_channels=16, layers_per_block=1, norm_num_groups=32),
 }
 KL_ARCHS = ("kl16",)  # LDM-layout autoencoders built by kl_vae.KLVAE (MAR's KL-16)
@@ -55,16 +56,19 @@ class VAEConfig:
     ch: int = 0  # kl16 only: base width (0: 128, the released size; from the weights when they are an export)
 
     def __post_init__(self) -> None:
-        require(self.arch in (*ARCHS, *KL_ARCHS), f"vae.arch={self.arch!r} is not one of {', '.join((*ARCHS, *KL_ARCHS))}")
+        require(self.arch in (*ARCHS, *KL_ARCHS),
+                f"vae.arch={self.arch!r} is not one of {', '.join((*ARCHS, *KL_ARCHS))}")
         require(self.ch == 0 or (self.arch in KL_ARCHS and self.ch % 32 == 0 and self.ch > 0),
                 f"vae.ch={self.ch} applies to kl16 only and must be a positive multiple of 32")
-        require(self.scaling_factor >= 0, f"vae.scaling_factor must be positive (or 0 for the default), got {self.scaling_factor}")
+        require(self.scaling_factor >= 0,
+                f"vae.scaling_factor must be positive (or 0 for the default), got {self.scaling_factor}")
 
 
 def _diffusers_config(arch: str) -> dict[str, Any]:
     cfg = dict(ARCHS[arch])
     n = len(cfg["block_out_channels"])
-    return dict(cfg, in_channels=3, out_channels=3, down_block_types=(_ENC,) * n, up_block_types=(_DEC,) * n, act_fn="silu")
+    return dict(cfg, in_channels=3, out_channels=3, down_block_types=(_ENC,) * n,
+                up_block_types=(_DEC,) * n, act_fn="silu")
 
 
 def _diffusers_folder(path: Path | None) -> bool:
@@ -86,7 +90,8 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as err:
-            raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); re-download the file") from None
+            raise VistokError(f"cannot read VAE weights from {path} ({err.__class__.__name__}); "
+                              "re-download the file") from None
     else:
         state = load_pickle(path, what="VAE weights")  # weights_only: a pickle naming code is refused, not run
     for key in ("state_dict", "model"):
@@ -113,22 +118,25 @@ class VAE(nn.Module):
         self.scaling_factor = config.scaling_factor or SCALING.get(config.arch, 0.0)
         if path is None:
             if not config.random_init:
-                raise VistokError(f"the {config.arch} VAE needs local weights: set vae.weights to a diffusers folder or a "
-                                  "checkpoint file (downloaded on a machine with internet), or use a pixel-tokenizer preset")
+                raise VistokError(f"the {config.arch} VAE needs local weights: set vae.weights to a diffusers folder "
+                                  "or a checkpoint file (downloaded on a machine with internet), or use a "
+                                  "pixel-tokenizer preset")
             self.vae, self.scaling_factor = AutoencoderKL(**arch), self.scaling_factor or 1.0
         elif path.is_dir():
             if not (path / "config.json").is_file():
                 raise VistokError(f"{path} has no config.json; point vae.weights at a diffusers AutoencoderKL folder")
             self.vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
-            self.scaling_factor = self.scaling_factor or float(json.loads((path / "config.json").read_text()).get("scaling_factor") or 0)
+            stored = json.loads((path / "config.json").read_text()).get("scaling_factor")
+            self.scaling_factor = self.scaling_factor or float(stored or 0)
         elif path.is_file():
             if not self.scaling_factor:
-                raise VistokError(f"no scaling factor for the {config.arch} VAE file {path}: set vae.scaling_factor (the "
-                                  "scaling_factor of its config.json) or use the diffusers folder that ships it")
+                raise VistokError(f"no scaling factor for the {config.arch} VAE file {path}: set vae.scaling_factor "
+                                  "(the scaling_factor of its config.json) or use the diffusers folder that ships it")
             self.vae = AutoencoderKL(**arch)
             self._load_file(path)
         else:
-            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the {config.arch} weights there or fix vae.weights")
+            raise VistokError(f"VAE weights not found at {str(path)!r}; copy the {config.arch} weights there "
+                              "or fix vae.weights")
         require(self.scaling_factor > 0, f"{path}/config.json has no scaling_factor; set vae.scaling_factor")
         self.vae.requires_grad_(False)
         self.vae.eval()
@@ -153,7 +161,8 @@ class VAE(nn.Module):
         else:
             raise VistokError(f"VAE weights not found at {str(path)!r}; copy the kl16 weights there or fix vae.weights")
         if config.ch and kl_config.ch != config.ch:
-            raise VistokError(f"{path} is a ch={kl_config.ch} VAE but vae.ch={config.ch}; set vae.ch=0 to follow the weights")
+            raise VistokError(f"{path} is a ch={kl_config.ch} VAE but vae.ch={config.ch}; "
+                              "set vae.ch=0 to follow the weights")
         self.vae = KLVAE(kl_config)
         if state is not None:
             load_state_strict(self.vae, state, str(path))
@@ -196,14 +205,16 @@ class VAE(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Latent grid (h, w) of an H x W image."""
         if height % self.factor or width % self.factor:
-            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; resize or crop")
+            raise VistokError(f"image size {height}x{width} must divide by the VAE's factor {self.factor}; "
+                              "resize or crop")
         return height // self.factor, width // self.factor
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> scaled posterior (mean, std), each (B, C, H/f, W/f)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % self.factor or images.shape[-2] % self.factor:
-            raise VistokError(f"the VAE expects (B, 3, H, W) images with H, W divisible by {self.factor}, got {tuple(images.shape)}")
+            raise VistokError(f"the VAE expects (B, 3, H, W) images with H, W divisible by {self.factor}, got "
+                              f"{tuple(images.shape)}")
         # MAR's KL-16 (official names) or a diffusers AutoencoderKL: both give a diagonal Gaussian posterior
         post = self.vae.posterior(images) if isinstance(self.vae, KLVAE) else \
             self.vae.encode(images.to(self.vae.dtype)).latent_dist
