@@ -65,7 +65,7 @@ def make_volume(work: Path, shape: tuple[int, int, int], cells_per_mvoxel: float
 
     store = work / f"raw_{'x'.join(map(str, shape))}_{cells_per_mvoxel:g}.zarr"
     if not (store / "raw" / "done").exists():
-        tile_shape = tuple(min(s, t) for s, t in zip(shape, TILE))
+        tile_shape = tuple(min(s, t) for s, t in zip(shape, TILE, strict=True))
         cells = max(1, round(cells_per_mvoxel * np.prod(tile_shape) / 1e6))
         tile, _ = synthetic_em_volume(tile_shape, num_cells=cells, seed=0)
         z = zarr.open_array(store=str(store / "raw"), mode="w", shape=shape, chunks=(16, 128, 128), dtype=np.uint8)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from vistok.convert.cli import add_commands as add_convert
 from vistok.em.cli import add_commands as add_em
 from vistok.engine.host_memory import keep_freed_memory
-from vistok.io.paths import check_cli_paths
 from vistok.errors import VistokError
+from vistok.io.paths import check_cli_paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +59,8 @@ def _once(cls: type[argparse.Action]) -> type[argparse.Action]:
                 first = given[self.dest]
                 what = f"{option_string} given twice" if first == option_string else \
                     f"{first} and {option_string} (the same setting) both given"
-                listing = f" (several values go after one flag: {option_string} A B)" if self.nargs in ("+", "*") else ""
+                listing = (f" (several values go after one flag: {option_string} A B)"
+                           if self.nargs in ("+", "*") else "")
                 parser.error(f"{what}; the second would silently replace the first, so give it once{listing}")
             given[self.dest] = option_string
         cls.__call__(self, parser, namespace, values, option_string)
@@ -100,8 +101,10 @@ def _inputs(p: argparse.ArgumentParser) -> None:
 def _decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive, help="Euler steps T (default: the export's)")
     p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
-    p.add_argument("--guidance", choices=("cfg", "apg"), help="CFG or adaptive projected guidance (default: the export's)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed; image i's noise depends on (seed, i) only (default 0)")
+    p.add_argument("--guidance", choices=("cfg", "apg"), help="CFG or adaptive projected guidance (default: the "
+                                                              "export's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; image i's noise depends on (seed, i) only "
+                                                       "(default 0)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the network")
 
 
@@ -133,7 +136,8 @@ def add_sample(sub) -> None:
     p.add_argument("--num", "--samples", dest="num", type=_positive,
                    help="number of images (default: one per --labels entry, else 100); --samples is the same flag "
                         "(torchrun claims --num)")
-    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid "
+                                                "alone")
     p.add_argument("--cfg", type=float, help="guidance scale, 1 = none (default: the export's)")
     p.add_argument("--steps", type=_positive, help="flow steps per entity (default: the export's)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same images, whatever the batch size (default 0)")
@@ -147,10 +151,12 @@ def add_sample(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first batch, faster after)")
     g = p.add_argument_group("generators on FlexTok tokens (GPT, xAR)")
     g.add_argument("--tokens", type=_positive, metavar="K",
-                   help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; default all)")
+                   help="generate and decode the first K tokens (GPT: any 1..K; xAR: a group end 1, 2, 4, ...; "
+                        "default all)")
     g.add_argument("--decode-steps", type=_positive, help="FlexTok decoder Euler steps (default: the export's)")
     g.add_argument("--temperature", type=float, help="GPT: softmax temperature, 0 = greedy (default: the export's)")
-    g.add_argument("--top-k", type=int, help="GPT: sample among the K most likely tokens, 0 = off (default: the export's)")
+    g.add_argument("--top-k", type=int, help="GPT: sample among the K most likely tokens, 0 = off (default: the "
+                                             "export's)")
     g.add_argument("--top-p", type=float, help="GPT: nucleus sampling mass in (0, 1], 1 = off (default: the export's)")
     p.set_defaults(func=cmd_sample)
 
@@ -171,7 +177,8 @@ def _split(items: Sequence[str] | None) -> list[str] | None:
         return None
     labels = [s.strip() for item in items for s in item.split(",") if s.strip()]
     if not labels:
-        raise VistokError(f"--labels {' '.join(items)!r} names no class; pass class indices or names, e.g. --labels 3 5")
+        raise VistokError(f"--labels {' '.join(items)!r} names no class; pass class indices or names, e.g. --labels 3 "
+                          "5")
     return labels
 
 
@@ -187,7 +194,8 @@ def add_reconstruct(sub) -> None:
     p.add_argument("--no-fid", action="store_true", help="skip FID (MSE, PSNR and SSIM only)")
     p.add_argument("--fid-real", default="cifar10-train", help="FID reference: dataset name (shipped statistics), "
                    "statistics .npz or image folder (default cifar10-train)")
-    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
+    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped "
+                                                              "one")
     p.add_argument("--grid-rows", type=_positive, default=8, help="images in grid.png (default 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (slow first batch, faster after)")
     p.set_defaults(func=cmd_reconstruct)
@@ -223,7 +231,8 @@ def add_decode(sub) -> None:
     _common(p, "FlexTok export")
     _decoding(p)
     p.add_argument("--tokens", required=True, help=".npz with ids (N, K) and optionally k (N,) and labels")
-    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid alone")
+    p.add_argument("--out", required=True, help="folder for PNGs + grid.png + samples.npz, or a .png path for a grid "
+                                                "alone")
     p.set_defaults(func=cmd_decode)
 
 
@@ -236,7 +245,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------- cache-latents
 def add_cache_latents(sub) -> None:
     p = sub.add_parser("cache-latents", help="posterior moments of an image folder through a VAE, sharded over "
-                                             "torchrun ranks and resumable (training reads them with data.latents=CACHE)")
+                                             "torchrun ranks and resumable (training reads them with "
+                                             "data.latents=CACHE)")
     p.add_argument("--vae", required=True, help="VAE: a mar-vae export folder, kl16.ckpt, a diffusers AutoencoderKL "
                                                 "folder, or a preset with weights")
     p.add_argument("--input", required=True, help="image folder, ImageNet-style (one sub-folder per class)")
@@ -263,10 +273,12 @@ def _fid_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="cifar10-net", choices=("cifar10-net", "inception-v3-compat"),
                    help="feature network (default cifar10-net; inception-v3-compat is the standard one)")
     p.add_argument("--inception-weights", metavar="PATH", help="local Inception weights (no download)")
-    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped one")
+    p.add_argument("--extractor-weights", metavar="DIR", help="an exported cifar10-net folder instead of the shipped "
+                                                              "one")
     p.add_argument("--num", type=_positive, help="use at most N images")
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--resolution", type=_positive, help="resize/crop folder images to this size (default: the first image's)")
+    p.add_argument("--resolution", type=_positive, help="resize/crop folder images to this size (default: the first "
+                                                        "image's)")
     p.add_argument("--data-root", help="data root for dataset names (default $VISTOK_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -280,7 +292,8 @@ def add_fid(sub) -> None:
     p.add_argument("--kid", action="store_true", help="also compute KID (needs real images)")
     p.add_argument("--isc", action="store_true", help="also compute the Inception Score of --fake")
     p.add_argument("--prc", action="store_true", help="also compute precision and recall (needs real images)")
-    p.add_argument("--adm", action="store_true", help="ADM's evaluator definitions: IS (contiguous 5,000-image splits), "
+    p.add_argument("--adm", action="store_true", help="ADM's evaluator definitions: IS (contiguous 5,000-image "
+                                                      "splits), "
                    "sFID, precision/recall (k=3, its half-precision distances); needs real images")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _fid_flags(p)

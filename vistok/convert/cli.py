@@ -7,8 +7,8 @@ import contextlib
 
 from vistok.checks import sizes_arg
 from vistok.convert import KINDS, convert
-from vistok.errors import VistokError
 from vistok.data.outputs import check_output_folder
+from vistok.errors import VistokError
 from vistok.io.paths import allow_replace, check_export_target
 
 # the family each kind's export names in config.json: an --out holding an export of it is replaced without asking
@@ -48,18 +48,21 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("convert", help="released checkpoints (xAR, MAR KL-16 VAE, Mamba, SegMamba, TokenUnify, FlexTok) "
+    p = sub.add_parser("convert", help="released checkpoints (xAR, MAR KL-16 VAE, Mamba, SegMamba, TokenUnify, "
+                                       "FlexTok) "
                                        "-> a vistok export",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="kind", required=True, choices=list(KINDS), help="what the input is")
-    p.add_argument("--input", required=True, help="the checkpoint file (.pth/.pt/.ckpt or .safetensors), or a FlexTok hub folder")
+    p.add_argument("--input", required=True, help="the checkpoint file (.pth/.pt/.ckpt or .safetensors), or a FlexTok "
+                                                  "hub folder")
     p.add_argument("--out", required=True, help="export folder to write (config.json + model.safetensors); an "
                                                "existing export of the same kind is replaced, other folders only "
                                                "with --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files (they are "
                                                             "deleted)")
     g = p.add_argument_group("xar")
-    g.add_argument("--weights", choices=["ema", "model"], help="from a training container: EMA (default) or raw weights")
+    g.add_argument("--weights", choices=["ema", "model"], help="from a training container: EMA (default) or raw "
+                                                               "weights")
     g.add_argument("--time", choices=["floor", "continuous"],
                    help="time embedding: floor(t*1000) as the official code (default) or continuous t*1000")
     g.add_argument("--heads", type=int, help="attention heads, if the checkpoint has no RoPE buffers to read them from")
@@ -74,7 +77,8 @@ def add_commands(sub) -> None:
                    help="tokenunify: the token size (default 4,16,16, the paper's)")
     g = p.add_argument_group("flextok (values the weights do not hold; a hub folder's config.json gives them itself)")
     g.add_argument("--fsq-levels", type=_levels, help="FSQ levels, comma-separated (default 8,8,8,5,5,5, released)")
-    g.add_argument("--max-timestep", type=float, help="the time embedder's max_timestep (default 1.0, released: t in [0, 1])")
+    g.add_argument("--max-timestep", type=float, help="the time embedder's max_timestep (default 1.0, released: t in "
+                                                      "[0, 1])")
     g.add_argument("--nested-dropout", choices=["uniform", "pow2"], help="nested-dropout mode for fine-tuning (default "
                                                                           "uniform, released)")
     g.add_argument("--head-dim", type=int, help="attention head dim (default 64, released)")
@@ -85,7 +89,8 @@ def _levels(text: str) -> list[int]:
     try:
         levels = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--fsq-levels takes comma-separated integers such as 8,8,8,5,5,5, not {text!r}") from None
+        raise argparse.ArgumentTypeError("--fsq-levels takes comma-separated integers such as 8,8,8,5,5,5, not "
+                                         f"{text!r}") from None
     if not levels or min(levels) < 2:
         raise argparse.ArgumentTypeError(f"--fsq-levels must be integers >= 2, got {text!r}")
     return levels

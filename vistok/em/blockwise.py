@@ -41,12 +41,12 @@ BLOCK_ID_SHIFT = 32  # fragments of block i get ids (i << 32) + 1 ... : 4 billio
 
 def _blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> dict[tuple[int, ...], int]:
     """Block start -> linear block index, in z-major order."""
-    starts = itertools.product(*(range(0, s, b) for s, b in zip(shape, block)))
+    starts = itertools.product(*(range(0, s, b) for s, b in zip(shape, block, strict=True)))
     return {st: i for i, st in enumerate(starts)}
 
 
 def _slices(begin, end) -> tuple[slice, ...]:
-    return tuple(slice(int(b), int(e)) for b, e in zip(begin, end))
+    return tuple(slice(int(b), int(e)) for b, e in zip(begin, end, strict=True))
 
 
 class BlockwiseSegmentation:
@@ -267,7 +267,8 @@ def run_worker(job_path: str | Path, task: str) -> int:
         job = BlockwiseSegmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()},
                                     predictor=functools.partial(load_predictor, ckpt, device))
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise VistokError(f"em-worker --job {job_path}: not a job file written by em-segment --workers ({err})") from None
+        raise VistokError(f"em-worker --job {job_path}: not a job file written by em-segment --workers "
+                          f"({err})") from None
     process, client, done = getattr(job, TASKS[task]), daisy.Client(), 0
     while True:
         with client.acquire_block() as block:

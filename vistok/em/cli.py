@@ -122,8 +122,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vistok.em.cli em-segment|em-eval ...`: these commands alone, run as the main `vistok` command runs."""
-    from vistok.cli import _Parser
-    from vistok.cli import main as run
+    from vistok.cli import _Parser, main as run
 
     parser = _Parser(prog="vistok", description="EM neuron segmentation and its scores.")
     add_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))

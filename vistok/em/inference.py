@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from vistok.em.backbone import FAMILY, SegMamba, SegMambaConfig
-from vistok.em.postprocess import optional_import
-from vistok.em.postprocess import segment as official_segment
+from vistok.em.postprocess import optional_import, segment as official_segment
 from vistok.em.segmentation import segment, sliding_window_inference
 from vistok.em.volumes import Volume, VolumeRef, normalize_minmax
 from vistok.errors import VistokError, require
@@ -138,8 +137,8 @@ def segment_to_file(model: SegMamba, src: Volume, dst: VolumeRef, cfg: Inference
     if cfg.postprocess == "waterz":
         require_postprocess()  # a missing library fails before the network runs
     device = next(model.parameters()).device
-    if all(s >= r for s, r in zip(src.shape, cfg.roi)):
-        total = math.prod(len(_starts(n, r, cfg.overlap)) for n, r in zip(src.shape, cfg.roi))
+    if all(s >= r for s, r in zip(src.shape, cfg.roi, strict=True)):
+        total = math.prod(len(_starts(n, r, cfg.overlap)) for n, r in zip(src.shape, cfg.roi, strict=True))
         with progress_bar(total=total, desc="em-segment", enabled=progress, unit="window") as bar:
             def predict(x: torch.Tensor) -> torch.Tensor:  # (N, 1, *roi) -> (N, 3, *roi) affinities
                 y = torch.sigmoid(model(x.to(device)))

@@ -116,26 +116,27 @@ def sliding_window_inference(predict: Callable[[torch.Tensor], torch.Tensor], vo
     size = tuple(volume.shape[2:])
     if len(roi) != len(size) or not 0 <= overlap < 1:
         raise VistokError(f"window {tuple(roi)} must have one size per axis of {size} and overlap in [0, 1)")
-    deficit = [max(0, r - s) for r, s in zip(roi, size)]
+    deficit = [max(0, r - s) for r, s in zip(roi, size, strict=True)]
     if any(deficit):
         pads = [p for d in reversed(deficit) for p in (d // 2, d - d // 2)]
-        mode = "reflect" if all(d // 2 < s and d - d // 2 < s for d, s in zip(deficit, size)) else "replicate"
+        fits = all(d // 2 < s and d - d // 2 < s for d, s in zip(deficit, size, strict=True))
+        mode = "reflect" if fits else "replicate"
         volume = F.pad(volume, pads, mode=mode)
     padded = tuple(volume.shape[2:])
     weight = gaussian_importance(tuple(roi), sigma_scale).to(volume.device)  # (*roi)
-    windows = [tuple(slice(s, s + r) for s, r in zip(st, roi))
-               for st in itertools.product(*(_starts(n, r, overlap) for n, r in zip(padded, roi)))]
+    windows = [tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True))
+               for st in itertools.product(*(_starts(n, r, overlap) for n, r in zip(padded, roi, strict=True)))]
     out, norm = None, torch.zeros(padded, device=volume.device)
     for i in range(0, len(windows), batch_size):
         group = windows[i: i + batch_size]
         pred = predict(torch.cat([volume[(..., *w)] for w in group]))  # (len(group) * B, C_out, *roi)
         if out is None:
             out = volume.new_zeros((volume.shape[0], pred.shape[1], *padded), dtype=torch.float32)
-        for w, p in zip(group, pred.float().split(volume.shape[0])):
+        for w, p in zip(group, pred.float().split(volume.shape[0]), strict=True):
             out[(..., *w)] += p * weight
             norm[w] += weight
     out = out / norm
-    crop = tuple(slice(d // 2, d // 2 + s) for d, s in zip(deficit, size))
+    crop = tuple(slice(d // 2, d // 2 + s) for d, s in zip(deficit, size, strict=True))
     return out[(..., *crop)]
 
 
@@ -290,7 +291,7 @@ def edge_scores(frags: np.ndarray, affs: np.ndarray, score: str, bins: int = 256
         def hist_of(x) -> dict[int, int]:
             if isinstance(x, int):
                 part = slice(bounds[x], bounds[x + 1])
-                return dict(zip(bin_ids[part].tolist(), bin_counts[part].tolist()))
+                return dict(zip(bin_ids[part].tolist(), bin_counts[part].tolist(), strict=True))
             return x[1]
 
         def value(x):
@@ -313,7 +314,7 @@ def merge_regions(uniq: np.ndarray, stats: list, value, merge, threshold: float,
     if len(uniq):
         adj: dict[int, dict[int, object]] = {}
         heap = []
-        for (u, v), s in zip(uniq.tolist(), stats):
+        for (u, v), s in zip(uniq.tolist(), stats, strict=True):
             adj.setdefault(u, {})[v] = s
             adj.setdefault(v, {})[u] = s
             heapq.heappush(heap, (-value(s), u, v))

@@ -25,8 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vistok.em.segmentation import (_starts, _watershed, edge_scores, gaussian_importance, merge_regions,
-                                    pair_bin_counts, reduce_counts)
+from vistok.em.segmentation import (
+    _starts,
+    _watershed,
+    edge_scores,
+    gaussian_importance,
+    merge_regions,
+    pair_bin_counts,
+    reduce_counts,
+)
 from vistok.em.volumes import DEFAULT_DATASET, Volume, VolumeRef, intensity_range, normalize_range
 from vistok.errors import VistokError
 
@@ -39,10 +46,10 @@ def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
     finished slabs in z order. The raw is read one row of windows at a time (a roi_z x H x W slab, at most two held):
     overlapping windows read one by one decompressed every chunk they share again, once per window."""
     size = tuple(vol.shape)
-    if any(s < r for s, r in zip(size, roi)):
+    if any(s < r for s, r in zip(size, roi, strict=True)):
         raise VistokError(f"volume {size} is smaller than the window {tuple(roi)} in some axis; use the in-memory path")
     weight = gaussian_importance(tuple(roi), sigma_scale).numpy()  # (*roi)
-    windows = list(itertools.product(*(_starts(n, r, overlap) for n, r in zip(size, roi))))  # z-major
+    windows = list(itertools.product(*(_starts(n, r, overlap) for n, r in zip(size, roi, strict=True))))  # z-major
     h, w = size[1:]
     buf_lo, out, norm = 0, np.zeros((channels, 0, h, w), np.float32), np.zeros((0, h, w), np.float32)
     slabs: dict[int, np.ndarray] = {}  # z start -> normalised raw (roi_z, H, W) of that row of windows
@@ -59,7 +66,7 @@ def stream_affinities(predict: Callable[[torch.Tensor], torch.Tensor], vol: Volu
             slabs[z0] = normalize_range(vol.read((slice(z0, z0 + roi[0]), slice(None), slice(None))), *value_range)
         x = np.stack([slabs[st[0]][:, st[1]: st[1] + roi[1], st[2]: st[2] + roi[2]] for st in group])
         pred = predict(torch.from_numpy(x)[:, None]).float().cpu().numpy()  # (N, C, *roi)
-        for st, p in zip(group, pred):
+        for st, p in zip(group, pred, strict=True):
             zs = slice(st[0] - buf_lo, st[0] - buf_lo + roi[0])
             ys, xs = slice(st[1], st[1] + roi[1]), slice(st[2], st[2] + roi[2])
             out[:, zs, ys, xs] += p * weight
