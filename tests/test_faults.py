@@ -203,7 +203,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
     with pytest.raises(VistokError, match=r"cannot write .*ckpt-000004.pt: No space left on device") as err:
         train(cfg, 4)
     assert "\n" not in str(err.value)
-    monkeypatch.setattr(checkpoint, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(exports, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(VistokError, match="No space left on device"):
         exports.write_export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=4)
     monkeypatch.undo()
