@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import load_train_script
+from conftest import check_ok, load_train_script, run
 
 import vistok
 from vistok import cli
@@ -36,15 +34,6 @@ FLEXTOK_SMALL = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)  #
 TINY_XAR = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=3", "model.dropout=0",
             "model.attn_dropout=0", "train.warmup_steps=0", "train.device=cpu", "train.precision=fp32",
             "train.num_workers=0", "train.log_every=1", "preview_per_class=0"]
-
-
-def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(list(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def torchrun(*args: str) -> list[str]:
