@@ -24,6 +24,27 @@ DATA_ROOT = Path(USER_DATA_ROOT).expanduser().resolve() if USER_DATA_ROOT else R
 CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "vistok-test"))
 
 
+# ------------------------------------------------------------------------------------------------ scheduling (-n N)
+# Seconds each file's tests took, summed, in a two-worker run (`--durations=0`, tests/README.md says how to refresh
+# it); a file not listed counts as FILE_SECONDS_DEFAULT. Under `pytest -n N` whole files go to a worker, the longest
+# first: every module fixture is then built once, on one worker, and no long file starts last.
+FILE_SECONDS: dict[str, float] = {}
+FILE_SECONDS_DEFAULT = 10.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-n N` without a `--dist` of the user's: whole files per worker in the order collected (longest first)."""
+    given = any(str(a).startswith("--dist") or str(a) == "-d" for a in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first (a stable sort: each file's own order is kept)."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, FILE_SECONDS_DEFAULT))
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The data folder with CIFAR-10 ($VISTOK_DATA when set, else the repo's sibling shared/data), exported as
