@@ -98,6 +98,14 @@ def shared_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init inception-v3-compat weights file (96 MB, seed 0), written once per session, read only."""
+    from vistok.metrics.fid import write_random_inception_weights
+
+    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "inception.pth")
+
+
+@pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
 

@@ -362,14 +362,12 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- the dry run
-def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
+def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
     layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
     torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
     inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception
     Score (its warnings about the unpublished weights and the few images are expected)."""
-    from vistok.metrics.fid import write_random_inception_weights
-
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
     cache = tmp_path / "cache"
     check_ok(run(*torchrun("-m", "vistok", "cache-latents", "--vae", str(kl16_vae), "--input", str(folder),
@@ -392,7 +390,7 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
         two_ranks = z["arr_0"]
     one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
     assert np.array_equal(one, two_ranks)
-    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
     assert cli.main(["fid-stats", "--input", str(folder), "--out", str(tmp_path / "ref.npz"), *flags]) == 0
     capsys.readouterr()
