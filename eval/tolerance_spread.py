@@ -117,7 +117,8 @@ def families() -> None:
         rows.append(("Mamba block, pure PyTorch scan (64 steps)", mamba))
     except (ImportError, TypeError):  # another constructor: the row is left out, the rest still print
         pass
-    print(f"{'float32 family, 1 thread against':<44} {'2 threads':>10} {'relative':>10} {'float64':>10} {'relative':>10}")
+    head = ("float32 family, 1 thread against", "2 threads", "relative", "float64", "relative")
+    print(f"{head[0]:<44} {head[1]:>10} {head[2]:>10} {head[3]:>10} {head[4]:>10}")
     for name, fn in rows:
         try:
             a, ra, b, rb = _spread(fn)

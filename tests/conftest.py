@@ -32,9 +32,9 @@ CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "visto
 # lowered for their cheaper tests. Only the order matters.
 FILE_SECONDS: dict[str, float] = {
     "test_perf.py": 250, "test_faults.py": 170, "test_fid.py": 97, "test_paper.py": 96, "test_shipped.py": 87,
-    "test_flextok_train.py": 79, "test_train.py": 62, "test_pairing.py": 61, "test_data.py": 30, "test_xar_train.py": 22,
-    "test_cli.py": 20, "test_readme.py": 16, "test_hostile_files.py": 10, "test_eval_scripts.py": 10,
-    "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5, "test_em_blockwise.py": 5,
+    "test_flextok_train.py": 79, "test_train.py": 62, "test_pairing.py": 61, "test_data.py": 30,
+    "test_xar_train.py": 22, "test_cli.py": 20, "test_readme.py": 16, "test_hostile_files.py": 10,
+    "test_eval_scripts.py": 10, "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5, "test_em_blockwise.py": 5,
 }
 FILE_SECONDS_DEFAULT = 3.0
 
@@ -147,7 +147,8 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **extra}
 
 
-def run(*cmd: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run(*cmd: str, timeout: float = 120, env: dict[str, str] | None = None,
+        cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python CMD...` in a child process from the repo root (for tests whose subject is a process: a training script,
     torchrun, a kill); `cmd` starting with an executable path other than python's is run as it is."""
     argv = list(cmd) if cmd and cmd[0] == sys.executable else [sys.executable, *cmd]
@@ -156,7 +157,8 @@ def run(*cmd: str, timeout: float = 120, env: dict[str, str] | None = None, cwd:
 
 def check_ok(proc) -> None:
     """Exit 0, else the tails of both streams in the failure."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                                  f"stderr:\n{proc.stderr[-3000:]}")
 
 
 @dataclass
@@ -178,7 +180,8 @@ def vistok(*argv: str, check: bool = False, env: dict[str, str] | None = None) -
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(err)):
             warnings.simplefilter("default")
             try:
                 code = cli.main(list(argv))
