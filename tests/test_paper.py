@@ -364,15 +364,15 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------- the dry run
 def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
-    layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
+    layout VAE (ch 32) (in this process; under torchrun in the test above); the xAR-B recipe config with a tiny model for 3 steps under
     torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
     inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception
     Score (its warnings about the unpublished weights and the few images are expected)."""
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
     cache = tmp_path / "cache"
-    check_ok(run(*torchrun("-m", "vistok", "cache-latents", "--vae", str(kl16_vae), "--input", str(folder),
-                           "--out", str(cache), "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0",
-                           "--device", "cpu")))
+    # in this process: the same command under torchrun is test_two_ranks_cover_every_image_once's subject
+    assert cli.main(["cache-latents", "--vae", str(kl16_vae), "--input", str(folder), "--out", str(cache),
+                     "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0", "--device", "cpu"]) == 0
     assert LatentCache(cache).latent_shape == (16, 16, 16)  # complete: every shard present
     run_dir = tmp_path / "run"
     proc = run(*torchrun("train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
