@@ -1,9 +1,15 @@
-"""Shared fixtures: the shared data root, a persistent decode cache, and a small generated image folder."""
+"""Shared fixtures and helpers: the shared data root, a persistent decode cache, a small generated image folder,
+running a script in a child process and `vistok ARGV` in this one."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,34 @@ REPO = Path(__file__).resolve().parents[1]
 USER_DATA_ROOT = os.environ.get("VISTOK_DATA") or None
 DATA_ROOT = Path(USER_DATA_ROOT).expanduser().resolve() if USER_DATA_ROOT else REPO.parent / "shared" / "data"
 CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "vistok-test"))
+
+
+# ------------------------------------------------------------------------------------------------ scheduling (-n N)
+# Seconds each file's tests took, summed, in a two-worker run (`--durations=0`, tests/README.md says how to refresh
+# it); a file not listed counts as FILE_SECONDS_DEFAULT. Under `pytest -n N` whole files go to a worker, the longest
+# first: every module fixture is then built once, on one worker, and no long file starts last. Measured on main
+# before the speed-ups (a loaded machine, scaled to the quiet run's 613 s); test_perf, test_faults and test_cli
+# lowered for their cheaper tests. Only the order matters.
+FILE_SECONDS: dict[str, float] = {
+    "test_perf.py": 250, "test_faults.py": 170, "test_fid.py": 97, "test_paper.py": 96, "test_shipped.py": 87,
+    "test_flextok_train.py": 79, "test_train.py": 62, "test_pairing.py": 61, "test_data.py": 30,
+    "test_xar_train.py": 22, "test_cli.py": 20, "test_readme.py": 16, "test_hostile_files.py": 10,
+    "test_eval_scripts.py": 10, "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5, "test_em_blockwise.py": 5,
+}
+FILE_SECONDS_DEFAULT = 3.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-n N` without a `--dist` of the user's: whole files per worker in the order collected (longest first)."""
+    given = any(str(a).startswith("--dist") or str(a) == "-d" for a in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first (a stable sort: each file's own order is kept)."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, FILE_SECONDS_DEFAULT))
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +98,14 @@ def shared_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init inception-v3-compat weights file (96 MB, seed 0), written once per session, read only."""
+    from vistok.metrics.fid import write_random_inception_weights
+
+    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "inception.pth")
+
+
+@pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
 
@@ -95,3 +137,75 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- processes and the CLI
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: one thread (the machine is small and shared, and compared runs must use the
+    same thread count), unbuffered output, this checkout first on the path, plus `extra`."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **extra}
+
+
+def run(*cmd: str, timeout: float = 120, env: dict[str, str] | None = None,
+        cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python CMD...` in a child process from the repo root (for tests whose subject is a process: a training script,
+    torchrun, a kill); `cmd` starting with an executable path other than python's is run as it is."""
+    argv = list(cmd) if cmd and cmd[0] == sys.executable else [sys.executable, *cmd]
+    return subprocess.run(argv, cwd=cwd, env=env or script_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc) -> None:
+    """Exit 0, else the tails of both streams in the failure."""
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                                  f"stderr:\n{proc.stderr[-3000:]}")
+
+
+@dataclass
+class CliResult:
+    """What `vistok ARGV` gave: its exit code and everything it wrote (warnings it raised count as stderr lines, as a
+    process's stderr would show them)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def vistok(*argv: str, check: bool = False, env: dict[str, str] | None = None) -> CliResult:
+    """`vistok ARGV` in this process (`vistok.cli.main`), for tests whose subject is the command, not the process
+    boundary: an interpreter start saved per call. `env` is set for the call only; argparse's exits give their code."""
+    from vistok import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(err)):
+            warnings.simplefilter("default")
+            try:
+                code = cli.main(list(argv))
+            except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    # a ResourceWarning comes when the garbage collector happens to run, in a process or not: not part of the output
+    shown = [w for w in caught if not issubclass(w.category, ResourceWarning)]
+    stderr = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in shown) + err.getvalue()
+    result = CliResult(code, out.getvalue(), stderr)
+    if check:
+        check_ok(result)
+    return result
+
+
+def assert_one_line_error(proc, code: int, fragment: str) -> str:
+    """Exit `code` and exactly one line on stderr (warnings included: none may precede the error), naming `fragment`,
+    no traceback; the line is returned."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]

@@ -1,12 +1,10 @@
-"""The `vistok` command: models listing, fid / fid-stats end to end, and one-line errors with non-zero exits."""
+"""The `vistok` command: models listing, fid / fid-stats end to end, and one-line errors with non-zero exits; run
+in-process (`vistok.cli.main`): what `--help` imports in a fresh interpreter is tests/test_help.py's subject."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 import time
 
@@ -14,22 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error, vistok
 from vistok import registry
-
-
-def vistok(*args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vistok.cli", *args], capture_output=True, text=True, timeout=600,
-                          env=None if env is None else {**os.environ, **env})
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
-    """Exit `code` and exactly one line on stderr (warnings included: none may precede the error), naming `fragment`."""
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = proc.stderr.rstrip("\n").split("\n")
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr
 
 
 def test_models_lists_presets_with_counts():

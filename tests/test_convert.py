@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
+from conftest import vistok as vistok_cli
 from vistok import registry
 from vistok.cli import main
 from vistok.convert import convert
@@ -380,8 +379,7 @@ def test_cli_convert_then_sample_a_256px_xar_on_its_vae(tmp_path: Path, capsys) 
 
 
 def test_convert_help_and_unknown_kind() -> None:
-    proc = subprocess.run([sys.executable, "-m", "vistok.cli", "convert", "--help"], capture_output=True, text=True,
-                          timeout=300)
+    proc = vistok_cli("convert", "--help")  # in-process: a fresh interpreter's imports are test_help.py's subject
     assert proc.returncode == 0 and proc.stdout.startswith("usage:")
     for flag in ("--from", "--input", "--out", "--weights", "--time", "--vae", "--prefix", "--nslices"):
         assert flag in proc.stdout

@@ -10,7 +10,6 @@ import errno
 import gc
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import check_ok, script_env
 from vistok.engine import checkpoint
 from vistok.engine.dist import DistEnv
 from vistok.engine.logging import read_metrics
@@ -404,10 +404,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-def script_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def command(run_dir: Path, folder: Path, nproc: int = 1, driver: list[str] = ()) -> list[str]:
     launcher = [sys.executable]
     if nproc > 1:
@@ -437,10 +433,6 @@ def finish(proc: subprocess.Popen) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -551,40 +543,73 @@ def references(tmp_path_factory, shared_image_folder) -> dict[str, Path]:
     return {script: root / script for script in KILL_SCRIPTS}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
-def test_sigkill_between_checkpoints_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
-    killed(run_script(script, tmp_path, shared_image_folder, "step:3"))  # checkpoint at 2, killed after step 3
-    assert checkpoint.load_training_state(tmp_path)["step"] == 2 and not (tmp_path / "export").exists()
-    check_ok(run_script(script, tmp_path, shared_image_folder))
-    assert_same_export(tmp_path, references[script])
+# One run folder per script is killed five times in a row and then finished; each kill's aftermath is recorded when it
+# happens and the tests below read it (five runs and a finish where the three tests once took eight runs a script).
+KILL_SEQUENCE = ("step:1", "step:3", "ckpt:4:4096", "ckpt:6:100", "export")
+
+
+@pytest.fixture(scope="module")
+def kill_sequence(tmp_path_factory, shared_image_folder):
+    """script -> {kill point: what the run folder held right after that kill, "done": the finishing run}, run once."""
+    done: dict[str, dict] = {}
+
+    def get(script: str) -> dict:
+        if script not in done:
+            run_dir, seen = tmp_path_factory.mktemp(f"killed_{script}"), {}
+            for point in KILL_SEQUENCE:
+                proc = run_script(script, run_dir, shared_image_folder, point)
+                files = [p.name for p in checkpoint.checkpoint_files(run_dir)]
+                seen[point] = dict(proc=proc, files=files, export=(run_dir / "export").exists(),
+                                   step=checkpoint.load_training_state(run_dir)["step"] if files else None,
+                                   ckpt4_tmp=len(list(run_dir.glob(".ckpt-000004.pt.*.tmp"))),
+                                   export_tmp=len(list(run_dir.glob(".export.*.tmp"))))
+            seen["done"] = dict(proc=run_script(script, run_dir, shared_image_folder), run_dir=run_dir,
+                                files=[p.name for p in checkpoint.checkpoint_files(run_dir)])
+            done[script] = seen
+        return done[script]
+
+    return get
+
+
+def finished_like_the_reference(seen: dict, reference: Path) -> None:
+    check_ok(seen["done"]["proc"])
+    assert_same_export(seen["done"]["run_dir"], reference)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", list(KILL_SCRIPTS))
-def test_sigkill_inside_a_checkpoint_write_resumes_bit_for_bit(tmp_path, shared_image_folder, references, script):
-    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:4:4096"))  # 4 KB of step 4's file on disk
-    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000002.pt"]
-    assert len(list(tmp_path.glob(".ckpt-000004.pt.*.tmp"))) == 1  # the torn file never took a checkpoint's name
-    check_ok(run_script(script, tmp_path, shared_image_folder))
-    assert_same_export(tmp_path, references[script])
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(references, kill_sequence, script):
+    seen = kill_sequence(script)["step:3"]  # checkpoint at 2, killed after step 3
+    killed(seen["proc"])
+    assert seen["step"] == 2 and not seen["export"]
+    finished_like_the_reference(kill_sequence(script), references[script])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", list(KILL_SCRIPTS))
-def test_three_sigkills_in_one_run_resume_bit_for_bit(tmp_path, shared_image_folder, references, script):
-    """Between checkpoints, inside the last checkpoint's write, inside the export: the fourth try finishes."""
-    killed(run_script(script, tmp_path, shared_image_folder, "step:1"))  # before any checkpoint: starts over
-    assert not checkpoint.checkpoint_files(tmp_path)
-    killed(run_script(script, tmp_path, shared_image_folder, "ckpt:6:100"))
-    assert checkpoint.load_training_state(tmp_path)["step"] == 4
-    killed(run_script(script, tmp_path, shared_image_folder, "export"))  # files written, not yet in place
-    assert checkpoint.load_training_state(tmp_path)["step"] == 6 and not (tmp_path / "export").exists()
-    assert len(list(tmp_path.glob(".export.*.tmp"))) == 1
-    done = run_script(script, tmp_path, shared_image_folder)
-    check_ok(done)
-    assert_same_export(tmp_path, references[script])
-    assert [p.name for p in checkpoint.checkpoint_files(tmp_path)] == ["ckpt-000006.pt", "ckpt-000004.pt"]
+def test_sigkill_inside_a_checkpoint_write_resumes_bit_for_bit(references, kill_sequence, script):
+    seen = kill_sequence(script)["ckpt:4:4096"]  # resumed from 2: 4 KB of step 4's file on disk
+    killed(seen["proc"])
+    assert seen["files"] == ["ckpt-000002.pt"]
+    assert seen["ckpt4_tmp"] == 1  # the torn file never took a checkpoint's name
+    finished_like_the_reference(kill_sequence(script), references[script])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(KILL_SCRIPTS))
+def test_three_sigkills_in_one_run_resume_bit_for_bit(references, kill_sequence, script):
+    """Before any checkpoint, inside the last checkpoint's write, inside the export (with the two kills above in
+    between): the last try finishes."""
+    runs = kill_sequence(script)
+    killed(runs["step:1"]["proc"])  # before any checkpoint: the next try starts over
+    assert not runs["step:1"]["files"]
+    killed(runs["ckpt:6:100"]["proc"])
+    assert runs["ckpt:6:100"]["step"] == 4
+    killed(runs["export"]["proc"])  # files written, not yet in place
+    assert runs["export"]["step"] == 6 and not runs["export"]["export"]
+    assert runs["export"]["export_tmp"] == 1
+    finished_like_the_reference(runs, references[script])
+    assert runs["done"]["files"] == ["ckpt-000006.pt", "ckpt-000004.pt"]
 
 
 @pytest.mark.slow

@@ -93,12 +93,12 @@ def test_kid_on_small_sets(npz_sets, tmp_path):
         fid.calculate(small, fid.shipped_statistics("cifar10-train", "cifar10-net"), kid=True)
 
 
-def test_inception_offline(tmp_path, monkeypatch, npz_sets):
+def test_inception_offline(tmp_path, monkeypatch, npz_sets, inception_weights):
     """inception-v3-compat runs from a local weights file, and names the fix when no weights are there."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(VistokError, match="--inception-weights"):
         fid.calculate(npz_sets["real"], npz_sets["real"], extractor="inception-v3-compat", num=8)
-    weights = fid.write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     small = tmp_path / "a.npz"
     with np.load(npz_sets["real"]) as z:
         np.savez(small, images=z["images"][:24])
@@ -386,14 +386,14 @@ def test_adm_distances_are_half_precision_values():
     assert not torch.equal(d.double(), exact)
 
 
-def test_adm_spatial_features_are_mixed_6_conv_first_7_channels_nhwc(tmp_path):
+def test_adm_spatial_features_are_mixed_6_conv_first_7_channels_nhwc(inception_weights):
     """inception-v3-compat's spatial layer is the 17x17 mixed_6/conv (Mixed_6d.branch1x1): 7 x 17 x 17 = 2023 values,
     flattened (h, w, c) as TensorFlow does."""
     import torch
 
     from vistok.metrics import adm
 
-    weights = fid.write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     with fid.feature_extractor("inception-v3-compat", str(weights), ["2048"]) as fe:
         direct = []
         fe.Mixed_6d.branch1x1.register_forward_hook(lambda m, a, out: direct.append(out.detach().clone()))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import check_ok, run
 from vistok import cli
 from vistok.config import from_dict
 from vistok.io.exports import write_export
@@ -38,15 +38,6 @@ TINY = ["model.registers=8", "model.enc_width=32", "model.dec_width=32", "model.
         "train.num_workers=0", "train.device=cpu", "train.log_every=1", "preview_images=2", "sample.steps=2"]
 
 
-
-
-def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # a small, shared machine
-    return subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:

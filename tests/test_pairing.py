@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import check_ok, run
 import vistok
 from vistok import cli, flow, registry
 from vistok.config import to_dict
@@ -417,15 +415,6 @@ def test_models_lists_the_new_presets() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ training scripts
-def run(*cmd: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # a small, shared machine
-    return subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
 def token_file(flextok_export, shared_image_folder, tmp_path_factory) -> Path:
     """`vistok encode` of 2 classes x 16 images with the test FlexTok: ids (32, 8) int32, k, labels."""

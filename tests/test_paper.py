@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import load_train_script
+from conftest import check_ok, load_train_script, run
 
 import vistok
 from vistok import cli
@@ -36,15 +34,6 @@ FLEXTOK_SMALL = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)  #
 TINY_XAR = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=3", "model.dropout=0",
             "model.attn_dropout=0", "train.warmup_steps=0", "train.device=cpu", "train.precision=fp32",
             "train.num_workers=0", "train.log_every=1", "preview_per_class=0"]
-
-
-def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(list(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def torchrun(*args: str) -> list[str]:
@@ -376,19 +365,17 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- the dry run
-def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
+def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
-    layout VAE (ch 32) under torchrun with 2 processes; the xAR-B recipe config with a tiny model for 3 steps under
+    layout VAE (ch 32) (in this process; under torchrun in the test above); the xAR-B recipe config with a tiny model for 3 steps under
     torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
     inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception
     Score (its warnings about the unpublished weights and the few images are expected)."""
-    from vistok.metrics.fid import write_random_inception_weights
-
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
     cache = tmp_path / "cache"
-    check_ok(run(*torchrun("-m", "vistok", "cache-latents", "--vae", str(kl16_vae), "--input", str(folder),
-                           "--out", str(cache), "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0",
-                           "--device", "cpu")))
+    # in this process: the same command under torchrun is test_two_ranks_cover_every_image_once's subject
+    assert cli.main(["cache-latents", "--vae", str(kl16_vae), "--input", str(folder), "--out", str(cache),
+                     "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0", "--device", "cpu"]) == 0
     assert LatentCache(cache).latent_shape == (16, 16, 16)  # complete: every shard present
     run_dir = tmp_path / "run"
     proc = run(*torchrun("train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
@@ -406,7 +393,7 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys) -> None:
         two_ranks = z["arr_0"]
     one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
     assert np.array_equal(one, two_ranks)
-    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
     assert cli.main(["fid-stats", "--input", str(folder), "--out", str(tmp_path / "ref.npz"), *flags]) == 0
     capsys.readouterr()

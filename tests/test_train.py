@@ -5,7 +5,6 @@ Plus an in-process check that the model and optimizer pieces can overfit one bat
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import check_ok, run, script_env
 from vistok.config import load_config
 from vistok.data import build_image_dataset
 from vistok.engine import checkpoint
@@ -32,24 +32,11 @@ SCRIPT = str(REPO / "train" / "train_fid_net.py")
 TINY = ["model.widths=[8,16,16,32]", "model.groups=4", "train.num_workers=0", "train.warmup_steps=0", "train.device=cpu"]
 
 
-def script_env() -> dict[str, str]:
-    # one thread per process: the machine is small and shared, and thread count must match between compared runs
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return launcher + [SCRIPT, f"train.run_dir={run_dir}", *TINY, *overrides]
-
-
-def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def check_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
 
 def assert_states_close(a: dict, b: dict, atol: float) -> None:
@@ -96,9 +83,9 @@ def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder, fid_
     """2 processes (DDP, or FSDP2 sharding) and 1 process at the same global batch give the same weights."""
     common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
               "train.total_steps=5", "train.ckpt_every=5", "train.log_every=1", *optim]
-    ddp = run(train_cmd(tmp_path / "ddp", *common, f"train.parallel={parallel}", nproc=2), timeout=240)
+    ddp = run(*train_cmd(tmp_path / "ddp", *common, f"train.parallel={parallel}", nproc=2), timeout=240)
     check_ok(ddp)
-    single = run(train_cmd(tmp_path / "one", *common))
+    single = run(*train_cmd(tmp_path / "one", *common))
     check_ok(single)
     a = checkpoint.load_training_state(tmp_path / "one")
     if parallel == "fsdp":  # sharded with torch.distributed.checkpoint, one file per rank: no full last.pt
@@ -159,7 +146,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, cifar_cache):
     assert 5 <= killed_at < total and not (killed_dir / "export").exists()
     assert max(r["step"] for r in read_metrics(killed_dir)) >= killed_at  # (lines past it are dropped on resume)
 
-    resumed = run(cmd)
+    resumed = run(*cmd)
     check_ok(resumed)
     assert reference.wait(timeout=180) == 0, reference.stderr.read()[-3000:]
     rows, ref_rows = read_metrics(killed_dir), read_metrics(ref_dir)
@@ -212,7 +199,7 @@ def bad_runs(tmp_path_factory, shared_image_folder) -> dict[str, tuple[Path, sub
     cmds = {key: (root / f"cfg{i}", [key]) for i, key in enumerate(BAD_CONFIG)}
     cmds["missing_root"] = (root / "missing_root", ["data.name=cifar10-train", "data.root=/nonexistent/vistok-data"])
     cmds["non_finite"] = (root / "non_finite", [*folder, "train.total_steps=20", "train.lr=1e30"])
-    return {name: (run_dir, run(train_cmd(run_dir, *args))) for name, (run_dir, args) in cmds.items()}
+    return {name: (run_dir, run(*train_cmd(run_dir, *args))) for name, (run_dir, args) in cmds.items()}
 
 
 def check_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -259,15 +246,15 @@ def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_pa
     common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
               "train.total_steps=3", "train.ckpt_every=3", "train.log_every=1", "train.optimizer=sgd",
               "train.grad_clip=0", "train.lr=0.05"]
-    check_ok(run(train_cmd(tmp_path / "accum1", *common)))
-    check_ok(run(train_cmd(tmp_path / "accum4", *common, "train.grad_accum=4")))
+    check_ok(run(*train_cmd(tmp_path / "accum1", *common)))
+    check_ok(run(*train_cmd(tmp_path / "accum4", *common, "train.grad_accum=4")))
     a, b = checkpoint.load_training_state(tmp_path / "accum1"), checkpoint.load_training_state(tmp_path / "accum4")
     assert_moved(step0_state(fid_net_script, common), a["model"], 1.0)
     assert_states_close(a["model"], b["model"], atol=1e-5)
     assert [r["loss"] for r in read_metrics(tmp_path / "accum1")] == pytest.approx(
         [r["loss"] for r in read_metrics(tmp_path / "accum4")], abs=1e-5)
 
-    check_ok(run(train_cmd(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true")))
+    check_ok(run(*train_cmd(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true")))
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
     assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")]))
     assert list((tmp_path / "bf16" / "tb").glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
