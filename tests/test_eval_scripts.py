@@ -5,7 +5,6 @@ ablation's bookkeeping (`experiments/ablate_flextok.py`) and the CFG-schedule sw
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import script_env
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("experiments", "benchmarks")]
 
@@ -51,7 +51,7 @@ def test_ood_sets_differ_from_each_other_and_unknown_names_fail(data_root) -> No
 
 def test_ood_script_stops_on_a_missing_data_file_before_any_decoding(tmp_path) -> None:
     """Every set is built before the tokenizer loads, so a missing file is one line and nothing else runs."""
-    env = {**os.environ, "VISTOK_DATA": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = script_env(VISTOK_DATA=str(tmp_path))  # this checkout on the path, as for every script
     proc = subprocess.run([sys.executable, str(Path(flextok_ood.__file__)), "--sets", "shapes,em", "--num", "2",
                            "--ckpt", str(tmp_path / "no-such-export")], env=env, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
