@@ -52,3 +52,13 @@ def test_every_flag_still_parses_to_its_default() -> None:
         for names, (dest, default, *_rest) in rows.items():
             if not rows[names][5] and names.startswith("-"):
                 assert args[dest] == default, (command, names)
+
+
+def test_the_cli_stays_thin() -> None:
+    """The command module only parses, calls the API and prints: under 300 lines (its --help importing no torch is
+    tests/test_help.py's subject)."""
+    assert len((ROOT / "vistok" / "cli.py").read_text().splitlines()) < 300
+
+
+if __name__ == "__main__":
+    print(json.dumps(flag_table(), indent=1))

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from vistok.checks import sizes_arg
+from vistok.cli_args import same_named
 
 
 def cmd_em_segment(args: argparse.Namespace) -> None:
@@ -28,11 +29,10 @@ def cmd_em_segment(args: argparse.Namespace) -> None:
 
     roi = None if args.roi is None else sizes_arg(args.roi, "--roi", "--roi 16,64,64")
     block = None if args.block is None else sizes_arg(args.block, "--block", "--block 64,512,512")
-    print(segment_file(args.ckpt, args.input, args.out, baseline=args.baseline, per_slice=args.per_slice, roi=roi,
-                       overlap=args.overlap, batch_size=args.batch_size, threshold=args.threshold,
-                       fragment_threshold=args.fragment_threshold, postprocess=args.postprocess, workers=args.workers,
-                       block=block, worker_command=args.worker_command, device=args.device,
-                       progress=False if args.quiet else None).summary())
+    same = same_named(args, "baseline per_slice overlap batch_size threshold fragment_threshold postprocess workers "
+                            "worker_command device")
+    print(segment_file(args.ckpt, args.input, args.out, roi=roi, block=block, progress=False if args.quiet else None,
+                       **same).summary())
 
 
 def cmd_em_worker(args: argparse.Namespace) -> None:
@@ -122,10 +122,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vistok.em.cli em-segment|em-eval ...`: these commands alone, run as the main `vistok` command runs."""
-    from vistok.cli import _Parser, main as run
+    from vistok.cli import main as run
+    from vistok.cli_args import Parser
 
-    parser = _Parser(prog="vistok", description="EM neuron segmentation and its scores.")
-    add_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    parser = Parser(prog="vistok", description="EM neuron segmentation and its scores.")
+    add_commands(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
     return run(argv, parser)
 
 
