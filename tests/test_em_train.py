@@ -137,7 +137,8 @@ def test_finetuning_loads_the_pretrained_backbone_and_scores_the_test_volume(run
     script = load_script("finetune_em_seg")
     cfg = load_config(script.Config, None, [o for o in FINETUNE if o.startswith("model.")])
     model = SegMamba(cfg.model)
-    assert script.load_init(model, str(runs["pre"] / "export")) == ["head.bias", "head.weight"]
+    assert script.load_init(model, str(runs["pre"] / "export")) == (["head.bias", "head.weight"],
+                                                                    str(runs["pre"] / "export"))  # a folder: as given
     for k, v in model.state_dict().items():
         if not k.startswith("head."):
             assert torch.equal(v, pre["backbone." + k]), k

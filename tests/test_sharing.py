@@ -261,3 +261,35 @@ def test_demo_records_the_pinned_sources_of_its_models(tmp_path, monkeypatch) ->
     demo.flextok_step(tmp_path, images, rows=2, sources=found)
     assert found == {"flextok": f"hf://vistok-test/flextok@{commit}"}
     assert demo.xar_step(tmp_path, 2)["source"] == f"hf://vistok-test/xar@{commit}"
+
+
+def test_em_training_records_the_pinned_hub_commit_of_init_from(tmp_path, monkeypatch) -> None:
+    """`init_from=hf://org/repo` in the EM scripts: the log, eval.json and the export record hf://org/repo@COMMIT (what
+    `load_init` returns), and the weights are the snapshot's."""
+    from conftest import load_train_script
+    from huggingface_hub import constants
+
+    from vistok.em.objectives import PRESETS, TokenUnify
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = tmp_path / "hub"
+    seg_src = sources.resolve_ckpt("em-segmamba-tiny-scratch")
+    shutil.copytree(seg_src, hub / "models--lab--seg" / "snapshots" / commit)
+    torch.manual_seed(0)
+    pre = TokenUnify(PRESETS["tokenunify-tiny"])
+    write_export(hub / "models--lab--pre" / "snapshots" / commit, "tokenunify", to_dict(pre.config), pre.state_dict())
+    for repo in ("seg", "pre"):
+        (hub / f"models--lab--{repo}" / "refs").mkdir()
+        (hub / f"models--lab--{repo}" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    seg_meta, seg_state = exports.read_export(seg_src)
+    model = exports.build("segmamba", seg_meta["config"])
+    fresh, pinned = load_train_script("finetune_em_seg").load_init(model, "hf://lab/seg")
+    assert pinned == f"hf://lab/seg@{commit}" and fresh == []
+    assert all(torch.equal(v, seg_state[k]) for k, v in model.state_dict().items())
+    started = TokenUnify(PRESETS["tokenunify-tiny"])
+    found = load_train_script("pretrain_tokenunify").load_init(started, "hf://lab/pre")
+    assert found.source == f"hf://lab/pre@{commit}" and found.meta["family"] == "tokenunify"
+    assert all(torch.equal(v, pre.state_dict()[k]) for k, v in started.state_dict().items())

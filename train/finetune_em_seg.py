@@ -48,9 +48,11 @@ class Config:
     init_from: str = ""  # a pretraining export folder; empty: from scratch
 
 
-def load_init(model: SegMamba, init_from: str) -> list[str]:
-    """Load a pretrained backbone strictly into `model`; returns the keys left at their init (the output head)."""
-    meta, state = exports.read_export(init_from)
+def load_init(model: SegMamba, init_from: str) -> tuple[list[str], str]:
+    """Load a pretrained backbone strictly into `model`; returns the keys left at their init (the output head) and the
+    source's pinned name (hf://org/repo@COMMIT for a hub source), which the log and the export record."""
+    export = exports.open_export(init_from)
+    meta, state = exports.read_export(export)
     family = meta.get("family")
     if family == PRETRAIN_FAMILY[0]:
         backbone, prefix = meta["config"]["backbone"], "backbone."
@@ -65,7 +67,7 @@ def load_init(model: SegMamba, init_from: str) -> list[str]:
         was, now = (", ".join(f"model.{k}={cfg[k]}" for k in differ) for cfg in (theirs, ours))
         raise VistokError(f"init_from={init_from} was pretrained with {was} but this run has {now}; "
                           "set the same backbone keys")
-    return load_pretrained_backbone(model, state, prefix)
+    return load_pretrained_backbone(model, state, prefix), export.source
 
 
 def main() -> None:
@@ -82,17 +84,18 @@ def main() -> None:
     test = read_eval(cfg.eval)
 
     model = SegMamba(cfg.model).to(env.device)
+    init_from = None  # the pinned source of the pretrained weights, as the log and the export record it
     if cfg.init_from:  # before the EMA, which starts from these weights
-        fresh = load_init(model, cfg.init_from)
+        fresh, init_from = load_init(model, cfg.init_from)
         if env.is_main:
-            print(f"init_from {cfg.init_from}: pretrained backbone loaded; new: {', '.join(fresh) or 'nothing'}")
+            print(f"init_from {init_from}: pretrained backbone loaded; new: {', '.join(fresh) or 'nothing'}")
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
     loader = step_loader(crops, tc.batch_size, tc.num_workers, tc.seed, env, start_step=run.step)
     if env.is_main and run.step == 0:
         print(f"SegMamba: {sum(p.numel() for p in model.parameters()):,} parameters, {micro} crops of "
               f"{tuple(cfg.data.crop)} per forward, "
-              f"{'init from ' + cfg.init_from if cfg.init_from else 'from scratch'}")
+              f"{'init from ' + init_from if init_from else 'from scratch'}")
 
     batches = iter(loader)
     with run.logging():
@@ -113,8 +116,8 @@ def main() -> None:
         scores = {"raw": cfg.eval.raw, "labels": cfg.eval.labels, **evaluate(seg, test[1])._asdict(),
                   "segments": int(len(np.unique(seg))), "seconds": round(time.perf_counter() - start, 1)}
         Path(tc.run_dir, "eval.json").write_text(json.dumps(
-            {"step": run.step, "init_from": cfg.init_from or None, **scores}, indent=2) + "\n")
-    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), init_from=cfg.init_from or None,
+            {"step": run.step, "init_from": init_from, **scores}, indent=2) + "\n")
+    run.export(FAMILY[0], cfg.model, ema_model.state_dict(), init_from=init_from,
                inference=to_dict(infer), data=list(cfg.data.raw), eval=scores or None)
     if scores:
         print(f"{cfg.eval.raw}: VOI split {scores['voi_split']:.4f}  VOI merge {scores['voi_merge']:.4f}  "

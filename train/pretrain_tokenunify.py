@@ -61,9 +61,11 @@ class Config:
         require(self.eval_crops >= 0, "eval_crops must be >= 0")
 
 
-def load_init(model: TokenUnify, init_from: str) -> dict:
-    """Load every weight of a TokenUnify export into `model` (config must match); returns the export's metadata."""
-    meta, state = exports.read_export(init_from)
+def load_init(model: TokenUnify, init_from: str) -> exports.Export:
+    """Load every weight of a TokenUnify export into `model` (config must match); returns the export found (its
+    metadata, and its source's pinned name, hf://org/repo@COMMIT for a hub source, which the log and export record)."""
+    export = exports.open_export(init_from)
+    meta, state = exports.read_export(export)
     if meta.get("family") != FAMILY[0]:
         raise VistokError(f"init_from={init_from} holds a {meta.get('family')!r} model; pass a TokenUnify pretraining "
                           "export (RUN/export of train/pretrain_tokenunify.py)")
@@ -73,7 +75,7 @@ def load_init(model: TokenUnify, init_from: str) -> dict:
         raise VistokError(f"init_from={init_from} was pretrained with a different model config ({', '.join(differ)} "
                           "differ); set the same model keys as the first stage")
     load_pretrained(model, state, str(init_from))
-    return meta
+    return export
 
 
 @torch.no_grad()
@@ -100,11 +102,13 @@ def main() -> None:
     crops = pretrain_crops(cfg.data, volumes, ranges, cfg.model.input_size, tc.seed, env)
 
     model = TokenUnify(cfg.model).to(env.device)
+    init_from = None  # the pinned source of the first stage's weights, as the log and the export record it
     if cfg.init_from:  # before the Trainer: the EMA starts from these weights; the optimizer and schedule are new
         prev = load_init(model, cfg.init_from)
+        init_from = prev.source
         if env.is_main:
-            print(f"init_from {cfg.init_from}: all weights loaded (its schedule: {prev.get('schedule')}, "
-                  f"step {prev.get('step')})")
+            print(f"init_from {init_from}: all weights loaded (its schedule: {prev.meta.get('schedule')}, "
+                  f"step {prev.meta.get('step')})")
     run = Trainer(model, cfg, env)  # wrap, EMA, optimizer, schedule; resumes RUN/last.pt if there
     ddp_model = run.ddp_model
     loader = step_loader(crops, tc.batch_size, tc.num_workers, tc.seed, env, start_step=run.step)
@@ -132,7 +136,7 @@ def main() -> None:
         scores = task_errors(ema_model, fixed, tc.seed, env.device)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     run.export(FAMILY[0], cfg.model, ema_model.state_dict(), schedule=to_dict(cfg.schedule),
-               volumes=list(cfg.data.volumes), init_from=cfg.init_from or None,
+               volumes=list(cfg.data.volumes), init_from=init_from,
                eval={"crops": cfg.eval_crops, **scores}, note=f"; {shown}" if shown else "")
     dist.cleanup()
 
