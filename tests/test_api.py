@@ -15,8 +15,8 @@ import pytest
 
 import vistok
 from vistok.api import FeatureNet, Segmenter
-from vistok.io.sources import parse_hf, shipped_models
 from vistok.errors import VistokError
+from vistok.io.sources import parse_hf, shipped_models
 
 REPO = Path(__file__).resolve().parents[1]
 

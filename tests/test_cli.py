@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, vistok
 from vistok import registry
+
+from conftest import assert_one_line_error, vistok
 
 
 def test_models_lists_presets_with_counts():

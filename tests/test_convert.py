@@ -19,14 +19,14 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from conftest import vistok as vistok_cli
 from vistok import registry
 from vistok.cli import main
-from vistok.convert import convert
-from vistok.convert import xar as xar_convert
+from vistok.convert import convert, xar as xar_convert
 from vistok.convert.common import build_meta, check_against
 from vistok.em.backbone import GSC, SegMamba, SegMambaConfig
 from vistok.errors import VistokError
+
+from conftest import vistok as vistok_cli
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
 pytestmark = pytest.mark.filterwarnings("ignore:vistok Mamba")

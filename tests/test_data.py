@@ -18,8 +18,6 @@ from vistok.data.loader import Augmented, StepBatchSampler
 from vistok.data.procedural import DeadLeaves
 from vistok.errors import VistokError
 
-
-
 # ---------------------------------------------------------------- named datasets
 
 
@@ -473,8 +471,8 @@ def test_decompression_bomb_is_skipped_once_not_replaced(tmp_path, monkeypatch):
     for i, image in enumerate(originals):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "1b.png")  # sorts between 1.png and 2.png
-    from vistok.metrics import fid
     from vistok.data.sources import load_images
+    from vistok.metrics import fid
 
     with pytest.warns(UserWarning, match="1b.png: DecompressionBombError"):
         images, _ = load_images(tmp_path, 32)  # what encode / reconstruct read

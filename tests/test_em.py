@@ -13,12 +13,20 @@ import torch
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from vistok.em import tokens
-from vistok.em.backbone import PRESETS as SEG_PRESETS
-from vistok.em.backbone import SegMamba, SegMambaConfig
+from vistok.em.backbone import PRESETS as SEG_PRESETS, SegMamba, SegMambaConfig
 from vistok.em.metrics import arand, evaluate, voi
 from vistok.em.objectives import MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
-from vistok.em.segmentation import (affinities, agglomerate, class_balance_weights, fragments, gaussian_importance,
-                                    segment, sliding_window_inference, weighted_mse, widen_border)
+from vistok.em.segmentation import (
+    affinities,
+    agglomerate,
+    class_balance_weights,
+    fragments,
+    gaussian_importance,
+    segment,
+    sliding_window_inference,
+    weighted_mse,
+    widen_border,
+)
 from vistok.em.synthetic import synthetic_em_volume
 from vistok.em.volumes import EMCrops, augment_inplane, parse_volume_arg, read_volume, write_volume
 from vistok.errors import VistokError

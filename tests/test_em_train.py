@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_train_script
-
 from vistok.config import load_config, to_dict
 from vistok.em import cli as em_cli
 from vistok.em.backbone import SegMamba
@@ -27,6 +25,8 @@ from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.errors import VistokError
 from vistok.io import exports
+
+from conftest import load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:vistok Mamba")]

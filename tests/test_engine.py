@@ -22,14 +22,13 @@ from torch import nn
 from vistok import registry
 from vistok.config import to_dict
 from vistok.engine import checkpoint, flops
-from vistok.io import atomic, exports
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
 from vistok.engine.loop import Checkpointer, TrainConfig, Trainer, optimizer_step, run_main, split_micro_batches
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from vistok.errors import VistokError
+from vistok.io import atomic, exports
 from vistok.metrics.fid_net import FidNet
-
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

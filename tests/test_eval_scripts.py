@@ -106,6 +106,7 @@ def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root
     """`experiments/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
     no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored afterwards."""
     import sweep_flextok_xar_cfg as sweep
+
     import vistok.api.models as models
 
     keep = models.sample_ids

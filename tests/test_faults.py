@@ -21,13 +21,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import check_ok, script_env
 from vistok.engine import checkpoint
 from vistok.engine.dist import DistEnv
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
 from vistok.io import exports
+
+from conftest import check_ok, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")

@@ -5,15 +5,16 @@ evaluator definitions (`--adm`) against hand and brute-force computations; one w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
-from pathlib import Path
 
 from vistok.demo import degraded_sets
 from vistok.errors import VistokError
-from vistok.metrics import fid
 from vistok.io.sources import shipped_models
+from vistok.metrics import fid
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import check_ok, run
-from vistok import cli
-from vistok.config import from_dict
-from vistok.io.exports import write_export
-from vistok.errors import VistokError
 import vistok
+from vistok import cli
 from vistok.api import load_flextok
 from vistok.api.jobs import prefix_list as parse_ks
+from vistok.config import from_dict
 from vistok.data.sources import load_images
+from vistok.errors import VistokError
+from vistok.io.exports import write_export
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder
 from vistok.viz import recon_grid
+
+from conftest import check_ok, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "train/configs/flextok_cifar10_tiny.yaml"
@@ -218,8 +219,7 @@ def test_reconstruct_writes_images_grid_and_metrics_per_k(run_dir, random_export
 def test_reconstruct_fid_with_an_extractor_export(random_export, tmp_path):
     """FID without the shipped cifar10-net: a random cifar10-net-test export as the extractor and the inputs' own
     images as the reference, so the inputs' FID (the floor) is 0."""
-    from vistok.metrics.fid_net import PRESETS as FID_PRESETS
-    from vistok.metrics.fid_net import FidNet
+    from vistok.metrics.fid_net import PRESETS as FID_PRESETS, FidNet
 
     cfg = FID_PRESETS["cifar10-net-test"]
     torch.manual_seed(0)

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from vistok.cli import main
-from vistok.io.lock import WriterLock, lock_path
 from vistok.errors import VistokError
 from vistok.io import exports
+from vistok.io.lock import WriterLock, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 # the repo's sibling shared/ (as tests/test_convert.py), or the nearest one above a worktree

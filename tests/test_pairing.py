@@ -15,23 +15,31 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import check_ok, run
 import vistok
 from vistok import cli, flow, registry
-from vistok.config import to_dict
-from vistok.io.exports import write_export
-from vistok.errors import VistokError
-from vistok.generators.ar import AR, ARConfig, PRESETS as AR_PRESETS
-from vistok.generators.entities import Partition
 from vistok.api import PairedGenerator, export_paired, load_paired
+from vistok.config import to_dict
+from vistok.errors import VistokError
+from vistok.generators.ar import AR, PRESETS as AR_PRESETS, ARConfig
+from vistok.generators.entities import Partition
 from vistok.generators.flextok_codes import FlexTokCodes, check_k, check_pairing, ids_to_grid, sample_ids, valid_ks
-from vistok.generators.sampling import (ARSampleConfig, SampleConfig, draw_tokens, filter_logits, guided_logits, sample_ar,
-                                        sample_entities)
-from vistok.seeding import image_generators
+from vistok.generators.sampling import (
+    ARSampleConfig,
+    SampleConfig,
+    draw_tokens,
+    filter_logits,
+    guided_logits,
+    sample_ar,
+    sample_entities,
+)
 from vistok.generators.xar import PRESETS as XAR_PRESETS, XAR
+from vistok.io.exports import write_export
 from vistok.modules.fsq import FSQ
+from vistok.seeding import image_generators
 from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 from vistok.tokenizers.pixel import PixelConfig
+
+from conftest import check_ok, run
 
 REPO = Path(__file__).resolve().parents[1]
 K = 8  # flextok-test's registers

@@ -15,18 +15,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import check_ok, load_train_script, run
-
 import vistok
 from vistok import cli
 from vistok.config import load_config
-from vistok.data.latents import (CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name,
-                                 write_cache)
+from vistok.data.latents import CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name, write_cache
 from vistok.engine.optim import EMA, build_scheduler, constant_cosine
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS
 from vistok.tokenizers.latent_cache import cache_latents, vae_config
 from vistok.tokenizers.vae import VAE
+
+from conftest import check_ok, load_train_script, run
 
 REPO = Path(__file__).resolve().parents[1]
 FLEXTOK_SMALL = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)  # FlexTok's f8 layout, small

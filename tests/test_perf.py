@@ -8,7 +8,6 @@ compiled. Inductor itself is exercised by `benchmarks/bench_xar.py --compile` an
 
 from __future__ import annotations
 
-
 import statistics
 import subprocess
 import sys
@@ -23,8 +22,7 @@ from vistok.generators.entities import block_causal_mask
 from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_ar, sample_xar
 from vistok.generators.xar import XAR, XARConfig
 from vistok.modules.attention import BlockCausal, KVCache, attend, flex_attention, set_attention_backend
-from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
-from vistok.tokenizers.flextok import FlexTok
+from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 
 
 def tiny_xar(**overrides) -> XAR:
@@ -498,7 +496,7 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
     import torch._dynamo
 
     from vistok.engine.dist import setup
-    from vistok.engine.loop import Trainer, TrainConfig
+    from vistok.engine.loop import TrainConfig, Trainer
 
     real_compile, compiled = torch.nn.Module.compile, []
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_train_script
 
 from vistok.config import load_config
 from vistok.engine import precision
@@ -18,6 +17,8 @@ from vistok.engine.loop import TrainConfig
 from vistok.engine.optim import build_optimizer, param_groups
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS, XAR
+
+from conftest import load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("label_emb.table.weight", "pos_in", "pos_mid")  # the class table and both position tables

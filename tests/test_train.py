@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import check_ok, run, script_env
 from vistok.config import load_config
 from vistok.data import build_image_dataset
 from vistok.engine import checkpoint
@@ -23,9 +22,10 @@ from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import optimizer_step
 from vistok.engine.optim import build_optimizer, build_scheduler
-from vistok.metrics.fid_net import PRESETS, FidNet
 from vistok.io import exports
+from vistok.metrics.fid_net import PRESETS, FidNet
 
+from conftest import check_ok, run, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")

@@ -17,8 +17,6 @@ from vistok.modules.attention import rope_tables
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
 
 
-
-
 def tiny(**overrides) -> XAR:
     """4x4 grid of 4-channel tokens, 2x2 cells (4 entities x 4 tokens, the paper's 2x2 cell layout), no dropout."""
     cfg = dict(in_channels=4, grid=(4, 4), entity="cell", entity_size=2, width=64, depth=1, heads=4, num_classes=10,
