@@ -405,7 +405,7 @@ def test_mixed_dataset_holds_the_asked_share_of_procedural_images(shared_image_f
     extra = len(mixed) - len(ds)
     assert extra == round(len(ds) / 3) and torch.equal(mixed[0][0], ds[0][0])
     assert mixed[len(ds)][1] == -1 and torch.equal(mixed[len(ds)][0], DeadLeaves(extra, 32, seed=3)[0][0])
-    labels = torch.cat([lab for _, (_, lab) in zip(range(8), build_loader(mixed, 8, seed=0))])
+    labels = torch.cat([lab for _, (_, lab) in zip(range(8), build_loader(mixed, 8, seed=0), strict=False)])
     assert 0 < (labels == -1).float().mean() < 0.6  # mixed into the batches, not appended after an epoch
 
 
@@ -477,7 +477,7 @@ def test_decompression_bomb_is_skipped_once_not_replaced(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="1b.png: DecompressionBombError"):
         images, _ = load_images(tmp_path, 32)  # what encode / reconstruct read
     assert images.shape[0] == 3
-    for got, want in zip(images, originals):
+    for got, want in zip(images, originals, strict=True):
         assert np.array_equal(got, want)
     with pytest.warns(UserWarning):
         ds = fid.as_images(tmp_path)

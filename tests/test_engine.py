@@ -318,25 +318,25 @@ def test_optimizer_step_clips_before_stepping():
     sched = build_scheduler(opt, "constant", 0, 10)
     grads = [torch.randn_like(p) * 10 for p in model.parameters()]
     total = torch.sqrt(sum((g**2).sum() for g in grads))
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in model.parameters()]
     norm = optimizer_step(model, opt, sched, grad_clip=1.0)
     assert norm.item() == pytest.approx(total.item(), rel=1e-6)  # the norm before clipping is reported
-    deltas = [b - p.detach() for b, p in zip(before, model.parameters())]
+    deltas = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
     # the step used the clipped gradients: lr * grad / |grad| * clip
-    for d, g in zip(deltas, grads):
+    for d, g in zip(deltas, grads, strict=True):
         torch.testing.assert_close(d, 0.5 * g / total, rtol=1e-5, atol=1e-7)
     assert torch.sqrt(sum((d**2).sum() for d in deltas)).item() == pytest.approx(0.5, rel=1e-5)
     assert all(p.grad is None for p in model.parameters())
     assert sched.last_epoch == 1
     # no clipping: the raw gradient
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in model.parameters()]
     norm = optimizer_step(model, opt, sched, grad_clip=0.0)
     assert norm.item() == pytest.approx(total.item(), rel=1e-6)
-    for b, p, g in zip(before, model.parameters(), grads):
+    for b, p, g in zip(before, model.parameters(), grads, strict=True):
         torch.testing.assert_close(b - p.detach(), 0.5 * g, rtol=1e-5, atol=1e-6)
 
 
@@ -716,5 +716,5 @@ def test_adamw_is_fused_on_plain_tensors_and_steps_like_the_reference_loop():
             m(x).square().mean().backward()
             opt.step()
             opt.zero_grad()
-    for a, b in zip(model.parameters(), twin.parameters()):
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -100,7 +100,7 @@ def test_selective_scan_matches_sequential_recurrence(monkeypatch, block_elems: 
     w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((y * w).sum(), inputs)
     grads_ref = torch.autograd.grad((y_ref * w).sum(), inputs)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert ((g - g_ref).norm() / g_ref.norm()).item() < 1e-5
 
 

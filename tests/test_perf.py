@@ -118,7 +118,7 @@ def test_block_causal_chunks_equal_the_dense_mask_values_and_gradients(cached: i
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad((out * ref.detach()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
@@ -244,14 +244,14 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     for step in range(4):
         t, noise = torch.rand(4, 4), torch.randn(4, 16, 4)
         losses = []
-        for m, opt in zip((eager, compiled), opts):
+        for m, opt in zip((eager, compiled), opts, strict=True):
             loss = m(tokens, labels, t=t, noise=noise)
             loss.backward()
             opt.step()
             opt.zero_grad()
             losses.append(loss.detach())
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(eager.parameters(), compiled.parameters()):
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
 

@@ -72,7 +72,7 @@ def test_flextok_tiny_reconstruction_error_matches_and_falls_with_k(data_root):
     for k, value in mse.items():
         assert value == pytest.approx(FLEXTOK_MSE[k], rel=FLEXTOK_RTOL), f"k={k}: MSE {mse}, recorded {FLEXTOK_MSE}"
     values = list(mse.values())
-    assert all(a > b for a, b in zip(values, values[1:])), f"MSE must fall with every k step: {mse}"
+    assert all(a > b for a, b in zip(values, values[1:], strict=False)), f"MSE must fall with every k step: {mse}"
     assert values[-1] <= 0.5 * values[0], f"MSE at k = K must be at most half of MSE at k = 1: {mse}"
     fewer = flextok_mse(steps=2)  # another decoder setting (blurrier, lower MSE), for scale
     assert all(abs(fewer[k] / FLEXTOK_MSE[k] - 1) > 3 * FLEXTOK_RTOL for k in fewer), fewer

@@ -256,5 +256,5 @@ def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_pa
 
     check_ok(run(*train_cmd(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true")))
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
-    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")]))
+    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")], strict=True))
     assert list((tmp_path / "bf16" / "tb").glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
