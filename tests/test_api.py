@@ -78,11 +78,11 @@ def make_hub_cache(cache: Path, repo: str, commit: str, source: Path, refs: tupl
 def test_hf_sources_load_offline_from_the_local_cache(tmp_path) -> None:
     commit = "0123456789abcdef0123456789abcdef01234567"
     make_hub_cache(tmp_path / "hub", "vistok-test/xar-tiny", commit, shipped_models()["cifar10-xar-tiny"], ("main", "v1"))
-    script = """
+    script = f"""
 import json, vistok
 from vistok.errors import VistokError
-out = {}
-for src in ["hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", "hf://vistok-test/xar-tiny@%s"]:
+out = {{}}
+for src in ["hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", "hf://vistok-test/xar-tiny@{commit}"]:
     gen = vistok.load(src)
     out[src] = [type(gen).__name__, gen.sample([3], steps=2, seed=0).tolist()]
 for src in ["hf://vistok-test/missing", "hf://vistok-test/xar-tiny@v9"]:
@@ -91,7 +91,7 @@ for src in ["hf://vistok-test/missing", "hf://vistok-test/xar-tiny@v9"]:
     except VistokError as err:
         out[src] = str(err)
 print(json.dumps(out))
-""" % commit
+"""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "hub"),
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -425,7 +425,7 @@ def test_loader_same_batches_for_any_world_size_and_workers(shared_image_folder)
     single = iter(build_loader(ds, 8, **kw))
     ranks = [iter(build_loader(ds, 8, rank=r, world_size=2, **kw)) for r in range(2)]
     workers = iter(build_loader(ds, 8, num_workers=2, **kw))
-    for step in range(6):  # one epoch is 4 steps
+    for _step in range(6):  # one epoch is 4 steps
         x, y = next(single)
         (x0, y0), (x1, y1) = next(ranks[0]), next(ranks[1])
         # rank r holds positions r, r + 2, ... of the global batch

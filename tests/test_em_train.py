@@ -114,7 +114,9 @@ def test_pretraining_runs_the_papers_two_stage_schedule_as_two_chained_runs(runs
     script.load_init(started := TokenUnify(cfg.model), str(runs["pre1"] / "export"))
     for k, v in started.state_dict().items():
         assert torch.equal(v, export1[k]), k
-    dist_from = lambda a: sum(float((a[k].float() - state2["model"][k].float()).norm()) for k in a if a[k].is_floating_point())
+    def dist_from(a):
+        return sum(float((a[k].float() - state2["model"][k].float()).norm()) for k in a if a[k].is_floating_point())
+
     assert dist_from(export1) < 0.5 * dist_from(fresh)
     assert state1["step"] == 2
 

@@ -427,7 +427,9 @@ def test_zarr_volume_with_a_pickle_codec_is_refused_before_any_chunk_is_decoded(
     # the same bytes, decoded by zarr itself under this environment, do run it: the refusal is what protects
     import zarr
 
-    with pytest.raises(Exception):
+    # noqa B017 on purpose: the check is the marker below (the payload ran); zarr then fails on the unpickled object
+    # with an error of its own, whose type depends on the zarr / numcodecs version and is not what is tested here
+    with pytest.raises(Exception):  # noqa: B017
         zarr.open_array(store=str(stores[1]), mode="r")[...]
     assert marker.exists()
 

@@ -205,9 +205,12 @@ def test_flex_attention_compiled_on_cpu_equals_sdpa() -> None:
 
     from vistok.modules import attention
 
+    def same_or_earlier_entity(ids):
+        return lambda b, h, q, kv: ids[kv] <= ids[q]
+
     for length in (64, 96):
         ids = torch.arange(length) // 16  # entities of 16 tokens
-        block = create_block_mask(lambda b, h, q, kv: ids[kv] <= ids[q], None, None, length, length, device="cpu")
+        block = create_block_mask(same_or_earlier_entity(ids), None, None, length, length, device="cpu")
         q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
         try:
             out = attention._fused_flex()(q, k, v, block_mask=block)
@@ -241,7 +244,7 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     tokens, labels = torch.randn(4, 4, 4, 4), torch.tensor([0, 1, 2, 3])
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, compiled)]
     torch._dynamo.utils.counters.clear()
-    for step in range(4):
+    for _step in range(4):
         t, noise = torch.rand(4, 4), torch.randn(4, 16, 4)
         losses = []
         for m, opt in zip((eager, compiled), opts, strict=True):

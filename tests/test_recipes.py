@@ -136,7 +136,9 @@ def test_bf16_on_cpu_warns_in_training_and_sampling(tmp_path, fresh_warning) -> 
         Trainer(torch.nn.Linear(2, 2), Cfg(TrainConfig(run_dir=str(tmp_path / "run"), precision="bf16", device="cpu",
                                                        batch_size=2)), env)
     precision._warned.clear()
-    step = lambda start, n, rows: {"images": torch.zeros(rows, 1).numpy()}
+    def step(start, n, rows):
+        return {"images": torch.zeros(rows, 1).numpy()}
+
     with pytest.warns(UserWarning, match="bf16 on a CPU"):
         list(run_batches(step, 2, precision="bf16", device=torch.device("cpu")))
     precision._warned.clear()
