@@ -1,4 +1,5 @@
-"""Data: named datasets, image folders (modes, sizes, corrupt files), errors, and the deterministic distributed loader."""
+"""Data: named datasets, image folders (modes, sizes, corrupt files), errors, and the deterministic distributed
+loader."""
 
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def test_modes_and_sizes_become_rgb_at_resolution(tmp_path):
     Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(tmp_path / "wide.jpg")
     Image.fromarray(rng.integers(0, 256, (100, 30, 3), dtype=np.uint8)).save(tmp_path / "tall.png")
     Image.fromarray(rng.integers(0, 256, (10, 7, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
-    Image.fromarray(rng.integers(0, 256, (33, 33), dtype=np.uint8), mode="L").convert("P").save(tmp_path / "palette.gif")
+    Image.fromarray(rng.integers(0, 256, (33, 33), dtype=np.uint8), mode="L").convert("P").save(
+        tmp_path / "palette.gif")
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).convert("CMYK").save(tmp_path / "cmyk.tiff")
     for resolution in (32, 16):
         ds = ImageFolderDataset(tmp_path, resolution)
@@ -370,7 +372,8 @@ def test_grayscale_augmentation_leaves_the_other_draws_alone(shared_image_folder
     """gray_p converts that share of visits to the channel mean; its draw comes after the crop and flip draws, so
     a run without it (every run before it existed) sees the same crops and flips as before."""
     ds = build_image_dataset(str(shared_image_folder))
-    plain, gray = Augmented(ds, seed=5, hflip=True, crop_pad=4), Augmented(ds, seed=5, hflip=True, crop_pad=4, gray_p=0.5)
+    plain, gray = (Augmented(ds, seed=5, hflip=True, crop_pad=4),
+                   Augmented(ds, seed=5, hflip=True, crop_pad=4, gray_p=0.5))
     converted = 0
     for i in range(40):
         a, b = plain[(i, 1)][0], gray[(i, 1)][0]

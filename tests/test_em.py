@@ -596,7 +596,8 @@ def test_agglomeration_merges_by_boundary_affinity() -> None:
     assert len(np.unique(agglomerate(frags, aff, threshold=0.1))) == 1
 
 
-def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, score: str, bins: int = 256) -> np.ndarray:
+def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, score: str,
+                       bins: int = 256) -> np.ndarray:
     """Reference: the former dense implementation (one pairs x bins histogram array), merged exactly the same way."""
     import heapq
 

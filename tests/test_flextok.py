@@ -1,4 +1,5 @@
-"""FlexTok (Bachmann et al., arXiv 2502.13967): encoder mask, nested dropout, training loss, sampler, guidance, presets."""
+"""FlexTok (Bachmann et al., arXiv 2502.13967): encoder mask, nested dropout, training loss, sampler, guidance,
+presets."""
 
 from __future__ import annotations
 
