@@ -27,7 +27,8 @@ def test_interpolation_and_velocity() -> None:
     assert torch.equal(flow.interpolate(x, eps, 0.0), x)  # t = 0 is data
     assert torch.equal(flow.interpolate(x, eps, 1.0), eps)  # t = 1 is noise
     t, h = 0.3, 1e-3
-    finite_diff = (flow.interpolate(x.double(), eps.double(), t + h) - flow.interpolate(x.double(), eps.double(), t - h)) / (2 * h)
+    finite_diff = (flow.interpolate(x.double(), eps.double(), t + h)
+                   - flow.interpolate(x.double(), eps.double(), t - h)) / (2 * h)
     torch.testing.assert_close(finite_diff, flow.velocity_target(x, eps).double())
     per_row = torch.tensor([[0.0], [1.0], [0.5], [0.25]])  # (B, 1) broadcasts over channels
     xt = flow.interpolate(x, eps, per_row)

@@ -83,7 +83,8 @@ def test_out_that_is_the_input_is_refused_before_any_work(tmp_path, images_npz, 
     weights.write_bytes(b"not read")
     missing = str(tmp_path / "no-such-export")
     cases = [
-        (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(images_npz)], images_npz, "is the input"),
+        (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(images_npz)], images_npz,
+         "is the input"),
         (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(link)], images_npz, "is the input"),
         (["fid-stats", "--input", str(images_npz), "--out", str(images_npz)], images_npz, "is the input"),
         (["reconstruct", "--ckpt", missing, "--input", str(image_folder), "--out", str(image_folder)], image_folder,

@@ -183,4 +183,5 @@ def test_backward_reaches_every_parameter_and_builds_on_meta() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mod.parameters())
     with torch.device("meta"):
         meta = Mamba(256, bimamba_type="v3")
-    assert sum(p.numel() for p in meta.parameters()) == sum(math.prod(s) for s in spec_shapes(256, 16, 4, 2, "v3").values())
+    assert (sum(p.numel() for p in meta.parameters())
+            == sum(math.prod(s) for s in spec_shapes(256, 16, 4, 2, "v3").values()))

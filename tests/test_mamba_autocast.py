@@ -1,4 +1,5 @@
-"""The pure-PyTorch selective scan runs in fp32 under autocast (its einsums are matmuls that autocast would run in bf16)."""
+"""The pure-PyTorch selective scan runs in fp32 under autocast (its einsums are matmuls that autocast would run in
+bf16)."""
 
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def test_xar_cached_velocities_equal_the_full_forward_at_every_layer() -> None:
     # two entities at once after a cache (the dense-mask case with cached keys)
     cache = model.new_cache()
     model.predict(x[:, :8], labels, t[:, :2], first=0, cache=cache, store=True)
-    torch.testing.assert_close(model.predict(x[:, 8:], labels, t[:, 2:], first=2, cache=cache), full[:, 8:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.predict(x[:, 8:], labels, t[:, 2:], first=2, cache=cache), full[:, 8:],
+                               rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- attention masks
@@ -215,7 +216,8 @@ def test_flex_attention_compiled_on_cpu_equals_sdpa() -> None:
         try:
             out = attention._fused_flex()(q, k, v, block_mask=block)
         except Exception as err:  # noqa: BLE001 - any inductor/toolchain failure is a reason to skip, named below
-            pytest.skip(f"compiled FlexAttention does not run on this CPU build: {type(err).__name__}: {str(err)[:200]}")
+            pytest.skip(f"compiled FlexAttention does not run on this CPU build: "
+                        f"{type(err).__name__}: {str(err)[:200]}")
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[None, :] <= ids[:, None])
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
@@ -345,7 +347,8 @@ def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step(exact_s
     if exact_shapes:  # one graph per (cache length, store): the flow steps of entity s, then its store
         assert first == 2 * entities - 1
     else:
-        assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+        # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+        assert 1 <= first <= 2
     sample_xar(model, labels, SampleConfig(steps=6, cfg=2.0), seed=3, compile=True)  # twice the steps, other noise
     assert backend.compiles == first
     out = sample_xar(model, labels, SampleConfig(steps=3, cfg=1.0), seed=4, compile=True)  # no CFG: half the batch
@@ -420,7 +423,8 @@ def run_script(*args: str, timeout: float = 300):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_bench_xar_gpu_rows_run_on_cpu() -> None:
@@ -437,7 +441,8 @@ def test_bench_xar_baseline_corrects_by_the_issues_own_ratio() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline", str(root))
+    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline",
+                      str(root))
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| train step B=8"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -451,14 +456,16 @@ def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
     import json
 
     out = tmp_path / "check.json"
-    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out", str(out))
+    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out",
+                      str(out))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     names = [r["row"] for r in report["rows"]]
     assert report["meta"]["tiny_sizes"] and len(names) == 7, names
     kv = [r for r in report["rows"] if r["row"].startswith("static KV cache")]
     assert len(kv) == 1 and kv[0]["ok"] and kv[0]["value"] < 1e-4 and kv[0]["scale"] > 0.1, kv
-    assert any("train step" in n for n in names) and any("decode" in n for n in names) and any("scan" in n for n in names)
+    assert (any("train step" in n for n in names) and any("decode" in n for n in names)
+            and any("scan" in n for n in names))
     flex = [r for r in report["rows"] if r["row"].startswith("FlexAttention")]
     assert len(flex) == 2 and all(r["ok"] and r["value"] < 1e-4 and "eager model" in r["row"] for r in flex), flex
     assert all(r["value"] > 0 for r in report["rows"] if r["unit"] != "max |diff|")

@@ -76,7 +76,8 @@ def test_adamw_step_shrinks_the_tables_only_under_the_official_rule() -> None:
 def test_paper_configs_name_the_official_rules(size) -> None:
     cfg = load_config(load_train_script("train_xar").Config, REPO / f"train/configs/xar_{size}_in256.yaml")
     assert cfg.train.decay_rule == "official" and cfg.model.time_floor is True
-    assert load_config(load_train_script("train_xar").Config, REPO / "train/configs/xar_cifar10_tiny.yaml").train.decay_rule == "layers"
+    assert load_config(load_train_script("train_xar").Config,
+                       REPO / "train/configs/xar_cifar10_tiny.yaml").train.decay_rule == "layers"
 
 
 # ---------------------------------------------------------------------------------------------- time input

@@ -1,4 +1,5 @@
-"""xAR (Ren et al., arXiv 2502.20388): the training forward (Noisy Context Learning), the cached sampler, CFG, presets."""
+"""xAR (Ren et al., arXiv 2502.20388): the training forward (Noisy Context Learning), the cached sampler, CFG,
+presets."""
 
 from __future__ import annotations
 
