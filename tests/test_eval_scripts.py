@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import script_env
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("experiments", "benchmarks")]

@@ -266,10 +266,11 @@ def test_demo_records_the_pinned_sources_of_its_models(tmp_path, monkeypatch) ->
 def test_em_training_records_the_pinned_hub_commit_of_init_from(tmp_path, monkeypatch) -> None:
     """`init_from=hf://org/repo` in the EM scripts: the log, eval.json and the export record hf://org/repo@COMMIT (what
     `load_init` returns), and the weights are the snapshot's."""
-    from conftest import load_train_script
     from huggingface_hub import constants
 
     from vistok.em.objectives import PRESETS, TokenUnify
+
+    from conftest import load_train_script
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     hub = tmp_path / "hub"
