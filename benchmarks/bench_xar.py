@@ -11,16 +11,16 @@
     python benchmarks/bench_xar.py --baseline /tmp/v0 [--compile ROWS]   # in lockstep with it: machine-corrected ratios
     python benchmarks/bench_xar.py --malloc-default  # without vistok's host-memory setting (vistok.engine.host_memory)
 
---code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 16bc730` (the code issue #12 timed at
+--code DIR imports vistok from DIR instead: with `git worktree add /tmp/v0 xar-bench-reference` (the code timed at
 parity with the official implementation), runs of both measure how much faster this machine is than the one the
 official column came from, so the ratios can be read on equal terms. `--baseline DIR` runs both in lockstep: one
 worker process per checkout stays up, and each of `--rounds` rounds runs every row once on one side and straight
 after on the other, so every ratio pairs two runs seconds apart (this machine's speed drifts by tens of per cent
 over minutes, which unpaired medians taken minutes apart carry into the ratio). It prints, per row, the median and
-quartiles of the paired ratios vistok / baseline, the corrected ratio (vistok / baseline) x (the issue's vistok /
-official), the figure issue #12's 0.7x target is read against, and in how many rounds that was <= 0.7.
+quartiles of the paired ratios vistok / baseline, the corrected ratio (vistok / baseline) x (the reference's vistok /
+official), the figure the 0.7x target is read against, and in how many rounds that was <= 0.7.
 
-The official column holds the official code's medians from issue #12, measured at this configuration: width 64,
+The official column holds the official code's medians, measured at this configuration: width 64,
 2+2 blocks, 4 heads, 16x16x16 latents, 4 cells of 8x8, 1000 classes, fp32, 2 threads, random weights. Training
 steps are forward + loss + backward + grad clip + AdamW on random latents; sampling is `sample_xar` with 10 SDE steps
 per cell, CFG 2.0 linear over cells, no VAE decode. Rows run interleaved (round r runs every row once) after a
@@ -64,7 +64,7 @@ ROWS = {
     "s8": ("sample 8 images, 10 steps per cell, CFG 2.0 linear, no VAE", 816, ("sample", 8, 0.0)),
     "s32": ("sample 32 images, same", 2785, ("sample", 32, 0.0)),
 }
-# the vistok column of issue #12: the code it timed (16bc730) against the official code in the same runs
+# the reference vistok column: the code (tag xar-bench-reference) timed against the official code in the same runs
 ISSUE_VISTOK = {"t32": 408, "t8": 144, "t32d": 1084, "t8d": 235, "s8": 829, "s32": 2920}
 
 
@@ -223,7 +223,7 @@ def baseline_rows(keys: list[str], rounds: int, compiled: set[str], baseline: st
     `--code`, eager; this one with the rows in `compiled` compiled) stay up, and every round runs each row once on
     one side and at once on the other (which side goes first alternates), so each ratio compares two runs seconds
     apart, whatever the machine's speed does over minutes. Per row: the median and quartiles of those paired ratios,
-    and the corrected ratio (now / baseline) x (the issue's own baseline / official, ISSUE_VISTOK)."""
+    and the corrected ratio (now / baseline) x (the reference's own vistok / official, ISSUE_VISTOK)."""
     ratios: dict[str, list[float]] = {k: [] for k in keys}
     now_ms: dict[str, list[float]] = {k: [] for k in keys}
     base_ms: dict[str, list[float]] = {k: [] for k in keys}
@@ -367,9 +367,10 @@ def main() -> None:
                         help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="for --gpu-only (default: CUDA if present)")
-    parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the issue rows only)")
-    parser.add_argument("--baseline", metavar="DIR", help="run in lockstep with this checkout (e.g. 16bc730) and print "
-                        "the machine-corrected ratio to the official column (see the docstring)")
+    parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the reference rows only)")
+    parser.add_argument("--baseline", metavar="DIR", help="run in lockstep with this checkout (e.g. of the tag "
+                        "xar-bench-reference) and print the machine-corrected ratio to the official column (see the "
+                        "docstring)")
     parser.add_argument("--rounds", type=int, default=15, help="paired rounds with --baseline (default 15)")
     parser.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc thresholds alone (vistok's "
                         "training loop and CLI keep freed host memory for reuse: vistok.engine.host_memory)")

@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out gpu_check.json                 # on a CUDA machine: the real sizes
     python benchmarks/gpu_check.py --device cpu --out /tmp/check.json   # tiny sizes on the CPU (what CI runs)
 
-Rows (issue #12): xar-b (Ren et al., arXiv 2502.20388) training step time and MFU at batch 64 per GPU in bf16 (model
+Rows: xar-b (Ren et al., arXiv 2502.20388) training step time and MFU at batch 64 per GPU in bf16 (model
 FLOPs of forward + backward counted once with torch.utils.flop_counter, over the device's dense bf16 peak, or
 $VISTOK_PEAK_TFLOPS) and sampling images/s at batch 256, 50 steps, CFG, bf16, each eager and with `torch.compile`;
 FlexTok d18-d18 (Bachmann et al., arXiv 2502.13967) decode images/s at batch 64, 20 steps, CFG (latents, random

@@ -6,7 +6,7 @@ into 1D Token Sequences of Flexible Length", arXiv 2502.13967, Fig. 5: later tok
 
 Builds image sets that are not CIFAR-10, deterministically from a seed (nothing is downloaded), reconstructs each
 image from its first k tokens (same decoder noise at every k) and prints MSE / PSNR against k per set, with the ratio
-MSE(K) / MSE(1) that issue #13 asks to keep at or below 0.5. The sets (32x32 RGB, `build_set`), synthetic:
+MSE(K) / MSE(1), which should stay at or below 0.5. The sets (32x32 RGB, `build_set`), synthetic:
 
 - `shapes`: one to four filled ellipses, rectangles and triangles in saturated colours on a flat background: sharp
   edges and flat regions, no texture.

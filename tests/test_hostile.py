@@ -1,4 +1,4 @@
-"""The hostile battery (issue 25, items 6 and 7): inputs a new user or an attacker hands vistok, each of which gave a
+"""The hostile battery: inputs a new user or an attacker hands vistok, each of which gave a
 traceback or a silent wrong result with exit status 0. Each must now give one line naming the problem (the CLI: exit
 1, or 2 for argparse's own refusals, before any output is written) or, from Python, a VistokError that is also the
 TypeError/ValueError Python itself would raise, naming the argument and its valid range.

@@ -1,4 +1,4 @@
-"""The papers' exact recipes (issue 27, item 6): xAR's official weight-decay groups and floor(t * 1000) time input,
+"""The papers' exact recipes: xAR's official weight-decay groups and floor(t * 1000) time input,
 and the bf16-on-a-CPU warning in training and sampling. (ADM's evaluator definitions: tests/test_fid.py.)"""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""TokenUnify's official autoregressive stage (issue 27, item 6): the backbone variant of src/segmamba_ar.py, the
+"""TokenUnify's official autoregressive stage: the backbone variant of src/segmamba_ar.py, the
 official input perturbations, the next-token target as the official loader forms it, and the named config; plus the
-EM data settings and loaders in vistok/em/data.py (issue 28, item 4).
+EM data settings and loaders in vistok/em/data.py.
 
 References are written from the official sources, not from vistok's code:
 - the loader `dataloader/data_provider_pretraining_autoregress.py`: raster tokens with z slowest, k ~ U{1..K-1},

@@ -4,7 +4,7 @@ PyTorch's CPU allocator does not cache: every CPU tensor is a `malloc` and every
 block above its mmap threshold (128 KiB at first, rising to at most 32 MiB as larger blocks are freed) with a fresh
 `mmap` and unmaps it on `free`, and it returns the top of the heap to the OS beyond its trim threshold. Either way
 the next tensor of that size takes a page fault on every 4 KiB page it touches. A training step or a sampler forward
-allocates the same activations again and again, so those faults are pure overhead: on issue #12's xAR rows (width 64,
+allocates the same activations again and again, so those faults are pure overhead: on the xAR benchmark rows (width 64,
 batch 32, fp32) a compiled training step takes tens of thousands of them (`python benchmarks/bench_xar.py --rows t32
 --compile --malloc-default` prints the count; the README has the measured times).
 
