@@ -367,7 +367,7 @@ def main() -> None:
                         help="only the xar-b bf16 rows (tiny sizes with --device cpu)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="for --gpu-only (default: CUDA if present)")
-    parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout instead (the reference rows only)")
+    parser.add_argument("--code", metavar="DIR", help="import vistok from this checkout (reference rows only)")
     parser.add_argument("--baseline", metavar="DIR", help="run in lockstep with this checkout (e.g. of the tag "
                         "xar-bench-reference) and print the machine-corrected ratio to the official column (see the "
                         "docstring)")
