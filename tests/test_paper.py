@@ -163,15 +163,15 @@ def test_rerun_skips_finished_shards_and_refuses_another_cache(tmp_path, kl16_va
 def paper_images(tmp_path_factory) -> Path:
     """The paper path's ImageNet-style folder: 3 classes of 3 images, landscape and portrait (ADM crops them)."""
     return write_classes(tmp_path_factory.mktemp("paper") / "imagenet" / "train", per_class=3,
-                         sizes=((320, 256), (256, 384)))
+                         sizes=((80, 64), (64, 96)))
 
 
 @pytest.fixture(scope="module")
 def two_rank_cache(tmp_path_factory, paper_images, kl16_vae):
-    """`torchrun --nproc_per_node=2 -m vistok cache-latents` of that folder at 256 x 256 with flips, 5 shards of 2
-    images (the README's step 2): the subject of the test below, and the cache the dry run trains on."""
+    """`torchrun --nproc_per_node=2 -m vistok cache-latents` of that folder at 64 x 64 with flips, 5 shards of 2 images
+    (the README's step 2 at tiny size): the subject of the test below, and the cache the dry run trains on."""
     out = tmp_path_factory.mktemp("two_rank_cache") / "cache"
-    args = ["--vae", str(kl16_vae), "--input", str(paper_images), "--resolution", "256", "--shard-size", "2", "--flip",
+    args = ["--vae", str(kl16_vae), "--input", str(paper_images), "--resolution", "64", "--shard-size", "2", "--flip",
             "--workers", "0", "--device", "cpu"]
     return run(*torchrun("-m", "vistok", "cache-latents", *args, "--out", str(out))), out
 
@@ -183,7 +183,7 @@ def test_two_ranks_cover_every_image_once(tmp_path, kl16_vae, paper_images, two_
     lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("rank"))
     assert lines == [f"rank 0/2: encoded 5 images into 3 shards, 0 already finished -> {out}",
                      f"rank 1/2: encoded 4 images into 2 shards, 0 already finished -> {out}"]
-    cache_latents(str(kl16_vae), paper_images, tmp_path / "one", resolution=256, flip=True, shard_size=2,
+    cache_latents(str(kl16_vae), paper_images, tmp_path / "one", resolution=64, flip=True, shard_size=2,
                   num_workers=0, device="cpu", progress=False)
     two, one = LatentCache(out, sample=False), LatentCache(tmp_path / "one", sample=False)
     assert two.manifest == {**one.manifest}
@@ -314,13 +314,13 @@ def test_paper_configs_hold_the_official_recipe(size, steps, cfg) -> None:
 
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory, two_rank_cache) -> tuple:
-    """The README's step 3 at tiny size: xar_b_in256.yaml with a tiny model for 3 steps on the 2-rank cache, under
-    torchrun with 2 processes; read by the two tests below."""
+    """The README's step 3 at tiny size: xar_b_in256.yaml with a tiny model (4 x 4 latents, 4 entities of 2 x 2) for 3
+    steps on the 2-rank cache, under torchrun with 2 processes; read by the two tests below."""
     cache = two_rank_cache[1]
     run_dir = tmp_path_factory.mktemp("paper_run") / "run"
     proc = run(*torchrun("train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
                          f"data.latents={cache}", f"train.run_dir={run_dir}", "train.batch_size=4",
-                         "train.total_steps=3"))
+                         "train.total_steps=3", "model.grid=[4,4]", "model.entity_size=2"))
     return proc, run_dir, cache
 
 
@@ -344,12 +344,11 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
                      str(tmp_path / "samples"), "--quiet", "--device", "cpu"]) == 0
     assert "steps 2, cfg 2.7, cfg_schedule linear" in capsys.readouterr().out  # the export's cfg, the flag's steps
     with np.load(tmp_path / "samples" / "samples.npz") as z:
-        assert z["arr_0"].shape == (3, 256, 256, 3) and z["arr_0"].dtype == np.uint8  # decoded by the 16x VAE
+        assert z["arr_0"].shape == (3, 64, 64, 3) and z["arr_0"].dtype == np.uint8  # decoded by the 16x VAE
     # a model that does not fit the cache is one line before any work
     mod = train_xar_module()
-    cfg = load_config(mod.Config, REPO / "train/configs/xar_b_in256.yaml",
-                      [f"data.latents={cache}", "model.grid=[8,8]"])
-    with pytest.raises(VistokError, match=r"16-channel 16x16 token grids.*model.grid=\[16,16\]"):
+    cfg = load_config(mod.Config, REPO / "train/configs/xar_b_in256.yaml", [f"data.latents={cache}"])
+    with pytest.raises(VistokError, match=r"16-channel 4x4 token grids.*model.grid=\[4,4\]"):
         mod.check_pairing(cfg, 16, LatentCache(cache).latent_shape[1:], 3, "the cache")
 
 
@@ -391,7 +390,7 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------- the dry run
 def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, capsys,
                             inception_weights) -> None:
-    """The README's "Paper scale" path at tiny size: 3 classes of 9 images cropped to 256 x 256; `cache-latents` under
+    """The README's "Paper scale" path at tiny size: 3 classes of 9 images cropped to 64 x 64; `cache-latents` under
     torchrun with 2 processes with a KL-16 layout VAE (ch 32); the xAR-B recipe config with a tiny model for 3 steps
     under torchrun with 2 processes (both in fixtures above); sampling under torchrun with 2 processes (the same
     images as one process); FID with inception-v3-compat (random weights, offline) against `vistok fid-stats` of the
@@ -399,7 +398,7 @@ def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, c
     proc, cache = two_rank_cache
     check_ok(proc)
     folder = paper_images
-    assert LatentCache(cache).latent_shape == (16, 16, 16)  # complete: every shard present
+    assert LatentCache(cache).latent_shape == (16, 4, 4)  # complete: every shard present
     proc, run_dir, _ = paper_run
     check_ok(proc)
     assert json.loads((run_dir / "export" / "config.json").read_text())["step"] == 3
@@ -409,7 +408,7 @@ def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, c
     check_ok(proc)
     assert "2 processes" in proc.stdout
     with np.load(samples / "samples.npz") as z:
-        assert z["arr_0"].shape == (4, 256, 256, 3) and z["labels"].tolist() == [0, 1, 2, 0]
+        assert z["arr_0"].shape == (4, 64, 64, 3) and z["labels"].tolist() == [0, 1, 2, 0]
         two_ranks = z["arr_0"]
     one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
     assert np.array_equal(one, two_ranks)
