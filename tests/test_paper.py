@@ -360,14 +360,16 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
     cache_latents(str(vae), folder, tmp_path / "cache", resolution=64, flip=True, shard_size=4, num_workers=0,
                   device="cpu", progress=False)
     run_dir = tmp_path / "run"
-    proc = run(sys.executable, "train/train_flextok.py", "--config", "train/configs/flextok_d18_d18_in1k.yaml",
-               f"train.run_dir={run_dir}", f"data.latents={tmp_path / 'cache'}", f"data.name={folder}",
-               "data.resolution=64", "model.registers=8", "model.enc_width=32", "model.dec_width=32",
-               "model.enc_depth=1", "model.dec_depth=1", "model.head_dim=16", "model.grid=[8,8]", "train.batch_size=4",
-               "train.total_steps=2", "train.warmup_steps=0", "train.device=cpu", "train.precision=fp32",
-               "train.parallel=ddp", "train.num_workers=0", "train.log_every=1", "repa.teacher=conv",
-               "repa.conv_dim=16", "model.repa_dim=16", "model.repa_hidden=32", "model.repa_layer=0",
-               "preview_images=2", "sample.steps=2")
+    from test_faults import Forked  # the script in a process of its own, forked from this one: imports done already
+
+    proc = Forked([str(REPO / "train/train_flextok.py"), "--config", "train/configs/flextok_d18_d18_in1k.yaml",
+                   f"train.run_dir={run_dir}", f"data.latents={tmp_path / 'cache'}", f"data.name={folder}",
+                   "data.resolution=64", "model.registers=8", "model.enc_width=32", "model.dec_width=32",
+                   "model.enc_depth=1", "model.dec_depth=1", "model.head_dim=16", "model.grid=[8,8]",
+                   "train.batch_size=4", "train.total_steps=2", "train.warmup_steps=0", "train.device=cpu",
+                   "train.precision=fp32", "train.parallel=ddp", "train.num_workers=0", "train.log_every=1",
+                   "repa.teacher=conv", "repa.conv_dim=16", "model.repa_dim=16", "model.repa_hidden=32",
+                   "model.repa_layer=0", "preview_images=2", "sample.steps=2"], tmp_path / "train_flextok").wait()
     check_ok(proc)
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) and -1 <= r["repa"] <= 1 for r in rows)
