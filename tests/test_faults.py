@@ -10,9 +10,14 @@ import errno
 import gc
 import json
 import math
+import os
+import runpy
 import signal
+import socket
 import subprocess
 import sys
+import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
 from vistok.io import exports
 
-from conftest import check_ok, script_env
+from conftest import check_ok, load_train_script, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")
@@ -132,7 +137,9 @@ def _two_ranks(rank: int, init_file: str, run_dir: str) -> None:
 
 def test_a_non_finite_loss_on_one_rank_is_skipped_by_all(tmp_path):
     """The verdict is all-reduced: with a per-rank check rank 0 would step and rank 1 not, and the replicas diverge."""
-    torch.multiprocessing.spawn(_two_ranks, (str(tmp_path / "pg"), str(tmp_path)), nprocs=2)
+    # forked, not spawned: the two ranks start without importing torch again
+    torch.multiprocessing.start_processes(_two_ranks, (str(tmp_path / "pg"), str(tmp_path)), nprocs=2,
+                                          start_method="fork")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["skipped"] == r1["skipped"] == 1
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
@@ -379,6 +386,98 @@ def test_a_non_finite_first_step_after_resume_blames_the_checkpoint_not_the_lr(t
 
 
 # ------------------------------------------------------------------------------------------ subprocesses: kills
+# A training process to kill is a fork of this one that runs its script as `python SCRIPT ARGS` would: a process of
+# its own, killed by a real SIGKILL, every resume a new process that knows only the run folder; torch, vistok and the
+# scripts' imports are done once, here (they are most of the 5 s a fresh interpreter takes to start a tiny run). Two
+# ranks are two forks joined by gloo (env://), the first rank to fail taking the other down as torchrun does; torchrun
+# itself, restarting a killed rank, is the subject of one test and runs there as it is.
+@dataclass
+class Finished:
+    """What a (one- or two-rank) run left: as subprocess.CompletedProcess, plus each rank's exit code."""
+
+    args: list[str]
+    returncode: int  # 0, or the exit code of the rank that failed first (-9: SIGKILL)
+    stdout: str
+    stderr: str
+    codes: list[int]  # per rank (a rank taken down after another one failed shows -9 too)
+
+
+def _child(argv: list[str], env: dict[str, str], out: int, err: int) -> None:
+    """In a forked child: `python ARGV` under environment `env`, output to the two files; never returns."""
+    code = 1
+    try:
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(env)
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # what a fresh interpreter reads at start-up
+        os.chdir(REPO)
+        sys.argv = list(argv)
+        sys.path.insert(0, str(Path(argv[0]).parent))
+        runpy.run_path(argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except BaseException:  # a traceback on stderr and exit 1, as python does
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Forked:
+    """`python ARGV` started as `nproc` forks of this process (ranks 0 .. nproc - 1 when nproc > 1)."""
+
+    def __init__(self, argv: list[str], log: Path, nproc: int = 1, kill_at: str = "") -> None:
+        env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
+        if kill_at:
+            env["VISTOK_KILL_AT"] = kill_at
+        if nproc > 1:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
+                       LOCAL_WORLD_SIZE=str(nproc))
+        for stem in ("train_xar", "train_flextok", "train_fid_net"):  # their imports, done once here, not per fork
+            load_train_script(stem)
+        self.argv, self.logs, self.pids = argv, [], []
+        for rank in range(nproc):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if nproc > 1 else env
+            logs = (Path(f"{log}.{rank}.out"), Path(f"{log}.{rank}.err"))
+            with open(logs[0], "w") as out, open(logs[1], "w") as err:
+                pid = os.fork()
+                if pid == 0:
+                    _child(argv, rank_env, out.fileno(), err.fileno())
+            self.logs.append(logs)
+            self.pids.append(pid)
+
+    def wait(self, timeout: float = 300) -> Finished:
+        """Every rank's exit; the first failure (or the timeout) SIGKILLs the ranks still running."""
+        codes: dict[int, int] = {}
+        first, deadline = 0, time.monotonic() + timeout
+        while len(codes) < len(self.pids):
+            for rank, pid in enumerate(self.pids):
+                if rank not in codes:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        codes[rank] = os.waitstatus_to_exitcode(status)
+                        first = first or codes[rank]
+            if first or time.monotonic() > deadline:
+                for rank, pid in enumerate(self.pids):
+                    if rank not in codes:
+                        os.kill(pid, signal.SIGKILL)
+                        codes[rank] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                first = first or -signal.SIGKILL
+            elif len(codes) < len(self.pids):
+                time.sleep(0.02)
+        out, err = ("".join(p.read_text() for p in paths) for paths in zip(*self.logs, strict=True))
+        return Finished(self.argv, first, out, err, [codes[r] for r in range(len(self.pids))])
+
+
 DRIVER = '''
 import os, runpy, signal, sys
 import torch
@@ -412,35 +511,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-def command(run_dir: Path, folder: Path, nproc: int = 1, driver: list[str] = ()) -> list[str]:
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--max-restarts=1",
-                     "--monitor-interval=0.1"]
-    overrides = [f"train.run_dir={run_dir}", "model.widths=[8,16,16,32]", "model.groups=4", "train.num_workers=0",
-                 "train.warmup_steps=0", "train.device=cpu", f"data.name={folder}", f"eval_data={folder}",
-                 "train.batch_size=16", "train.total_steps=6", "train.ckpt_every=2", "train.log_every=1"]
-    return launcher + [*driver, SCRIPT, *overrides]
-
-
-def launch(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args, **kwargs), cwd=REPO, env=script_env(), capture_output=True, text=True,
-                          timeout=300)
-
-
-def start(*args, **kwargs) -> subprocess.Popen:
-    """The uninterrupted reference run, started alongside (two cores: overlapping the start-ups saves time)."""
-    return subprocess.Popen(command(*args, **kwargs), cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen) -> None:
-    try:
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+def fid_net_args(run_dir: Path, folder: Path) -> list[str]:
+    return [SCRIPT, f"train.run_dir={run_dir}", "model.widths=[8,16,16,32]", "model.groups=4", "train.num_workers=0",
+            "train.warmup_steps=0", "train.device=cpu", f"data.name={folder}", f"eval_data={folder}",
+            "train.batch_size=16", "train.total_steps=6", "train.ckpt_every=2", "train.log_every=1"]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -463,24 +537,15 @@ def driver(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_save_keeps_the_previous_one(tmp_path, shared_image_folder, driver):
-    reference = start(tmp_path / "ref", shared_image_folder)
-    killed = launch(tmp_path / "run", shared_image_folder, driver=[str(driver), "kill-in-save", "4"])
+    reference = Forked(fid_net_args(tmp_path / "ref", shared_image_folder), tmp_path / "ref")  # alongside
+    killed = Forked([str(driver), "kill-in-save", "4", *fid_net_args(tmp_path / "run", shared_image_folder)],
+                    tmp_path / "killed").wait()
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2  # the previous checkpoint survived
     assert len(list((tmp_path / "run").glob(".ckpt-000004.pt.*.tmp"))) == 1  # the killed writer's half file
-    check_ok(launch(tmp_path / "run", shared_image_folder))  # the same command again resumes
+    check_ok(Forked(fid_net_args(tmp_path / "run", shared_image_folder), tmp_path / "resumed").wait())  # resumes
     assert not list((tmp_path / "run").glob(".*.tmp"))
-    finish(reference)
-    assert_same_run(tmp_path / "run", tmp_path / "ref")
-
-
-@pytest.mark.slow
-def test_torchrun_restarts_a_killed_rank_to_the_same_losses(tmp_path, shared_image_folder, driver):
-    reference = start(tmp_path / "ref", shared_image_folder, nproc=2)
-    restarted = launch(tmp_path / "run", shared_image_folder, nproc=2, driver=[str(driver), "kill-rank-1", "3"])
-    check_ok(restarted)
-    assert "local_rank: 1" in restarted.stderr and "exitcode: -9" in restarted.stderr  # killed, then restarted
-    finish(reference)
+    check_ok(reference.wait())
     assert_same_run(tmp_path / "run", tmp_path / "ref")
 
 
@@ -501,30 +566,27 @@ KILL_TRAIN = ["train.batch_size=8", "train.total_steps=6", "train.ckpt_every=2",
               "train.num_workers=0", "train.device=cpu", "train.log_every=1"]  # 32 images: an epoch ends at step 4
 
 
-def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "",
-               nproc: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable]
-    if nproc > 1:  # no restarts: a killed rank ends the job, and the same command is run again
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0",
-                     "--monitor-interval=0.1"]
-    env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
-    if kill_at:
-        env["VISTOK_KILL_AT"] = kill_at
-    cmd = [*launcher, *KILL_SCRIPTS[script], f"train.run_dir={run_dir}", f"data.name={folder}", *KILL_TRAIN]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def script_args(script: str, run_dir: Path, folder: Path) -> list[str]:
+    return [str(REPO / KILL_SCRIPTS[script][0]), *KILL_SCRIPTS[script][1:], f"train.run_dir={run_dir}",
+            f"data.name={folder}", *KILL_TRAIN]
 
 
-def killed(proc: subprocess.CompletedProcess, nproc: int = 1) -> None:
-    """The process died of SIGKILL (one process), or the job failed because a rank did (torchrun)."""
-    expected = "exitcode: -9" if nproc > 1 else None
-    if expected:
-        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-3000:]
-    else:
-        assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+def start_script(script: str, run_dir: Path, folder: Path, kill_at: str = "", nproc: int = 1) -> Forked:
+    return Forked(script_args(script, run_dir, folder), run_dir.parent / f"{run_dir.name}-{kill_at or 'run'}",
+                  nproc, kill_at)
+
+
+def run_script(script: str, run_dir: Path, folder: Path, kill_at: str = "", nproc: int = 1) -> Finished:
+    return start_script(script, run_dir, folder, kill_at, nproc).wait()
+
+
+def killed(proc: Finished, rank: int = 0) -> None:
+    """Rank `rank` died of SIGKILL (and, with two ranks, the job with it)."""
+    assert proc.codes[rank] == -signal.SIGKILL and proc.returncode != 0, f"exits {proc.codes}\n{proc.stderr[-3000:]}"
 
 
 def assert_same_export(run: Path, reference: Path) -> None:
-    """Bit for bit: every file of the export (weights, config, preview) and every logged loss."""
+    """Bit for bit: every file of the export (weights, config, preview) and every logged loss and learning rate."""
     names = sorted(p.name for p in (reference / "export").iterdir())
     assert "model.safetensors" in names and sorted(p.name for p in (run / "export").iterdir()) == names
     for name in names:
@@ -532,6 +594,7 @@ def assert_same_export(run: Path, reference: Path) -> None:
     rows, ref = read_metrics(run), read_metrics(reference)
     assert [r["step"] for r in rows] == [r["step"] for r in ref] == list(range(1, 7))
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref]
     assert not list(run.glob(".*.tmp"))  # the killed writers' temporary files are gone
 
 
@@ -539,15 +602,9 @@ def assert_same_export(run: Path, reference: Path) -> None:
 def references(tmp_path_factory, shared_image_folder) -> dict[str, Path]:
     """One uninterrupted run per script, started together (two cores) and shared by every kill test."""
     root = tmp_path_factory.mktemp("kill_refs")
-    procs = {}
-    for script in KILL_SCRIPTS:
-        cmd = [sys.executable, *KILL_SCRIPTS[script], f"train.run_dir={root / script}",
-               f"data.name={shared_image_folder}", *KILL_TRAIN]
-        env = {k: v for k, v in script_env().items() if k != "VISTOK_KILL_AT"}
-        procs[script] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True)
+    procs = {script: start_script(script, root / script, shared_image_folder) for script in KILL_SCRIPTS}
     for proc in procs.values():
-        finish(proc)
+        check_ok(proc.wait())
     return {script: root / script for script in KILL_SCRIPTS}
 
 
@@ -563,7 +620,7 @@ def kill_sequence(tmp_path_factory, shared_image_folder):
 
     def get(script: str) -> dict:
         if script not in done:
-            run_dir, seen = tmp_path_factory.mktemp(f"killed_{script}"), {}
+            run_dir, seen = tmp_path_factory.mktemp(f"killed_{script}") / "run", {}
             for point in KILL_SEQUENCE:
                 proc = run_script(script, run_dir, shared_image_folder, point)
                 files = [p.name for p in checkpoint.checkpoint_files(run_dir)]
@@ -620,15 +677,35 @@ def test_three_sigkills_in_one_run_resume_bit_for_bit(references, kill_sequence,
     assert runs["done"]["files"] == ["ckpt-000006.pt", "ckpt-000004.pt"]
 
 
+@pytest.fixture(scope="module")
+def two_rank_reference(tmp_path_factory, shared_image_folder) -> Path:
+    """An uninterrupted 2-rank xAR run (each rank draws its own dropout and noise), for the two tests below."""
+    run_dir = tmp_path_factory.mktemp("two_ranks") / "ref"
+    check_ok(run_script("xar", run_dir, shared_image_folder, nproc=2))
+    return run_dir
+
+
 @pytest.mark.slow
-def test_sigkills_on_two_gloo_ranks_resume_bit_for_bit(tmp_path, shared_image_folder):
-    """torchrun, 2 ranks (each draws its own dropout and noise): rank 1 killed between checkpoints, then rank 0 inside
-    a checkpoint write; the run resumed twice equals an uninterrupted 2-rank run."""
-    reference = run_script("xar", tmp_path / "ref", shared_image_folder, nproc=2)
-    check_ok(reference)
-    killed(run_script("xar", tmp_path / "run", shared_image_folder, "step:3@1", nproc=2), nproc=2)
+def test_sigkills_on_two_gloo_ranks_resume_bit_for_bit(tmp_path, shared_image_folder, two_rank_reference):
+    """2 ranks: rank 1 killed between checkpoints, then rank 0 inside a checkpoint write; the run resumed twice equals
+    an uninterrupted 2-rank run."""
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "step:3@1", nproc=2), rank=1)
     assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
-    killed(run_script("xar", tmp_path / "run", shared_image_folder, "ckpt:4:4096@0", nproc=2), nproc=2)
+    killed(run_script("xar", tmp_path / "run", shared_image_folder, "ckpt:4:4096@0", nproc=2), rank=0)
     assert checkpoint.load_training_state(tmp_path / "run")["step"] == 2
     check_ok(run_script("xar", tmp_path / "run", shared_image_folder, nproc=2))
-    assert_same_export(tmp_path / "run", tmp_path / "ref")
+    assert_same_export(tmp_path / "run", two_rank_reference)
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_rank_to_the_same_losses(tmp_path, shared_image_folder, driver, two_rank_reference):
+    """torchrun --max-restarts=1 itself (a fresh interpreter per rank): rank 1 killed after step 3 is restarted with
+    rank 0, reads nothing from disk (rank 0 broadcasts the checkpoint of step 2) and the run ends as the reference."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+                "--monitor-interval=0.1"]
+    args = script_args("xar", tmp_path / "run", shared_image_folder)
+    restarted = subprocess.run([*torchrun, str(driver), "kill-rank-1", "3", *args], cwd=REPO, env=script_env(),
+                               capture_output=True, text=True, timeout=300)
+    check_ok(restarted)
+    assert "local_rank: 1" in restarted.stderr and "exitcode: -9" in restarted.stderr  # killed, then restarted
+    assert_same_export(tmp_path / "run", two_rank_reference)

@@ -159,28 +159,42 @@ def test_rerun_skips_finished_shards_and_refuses_another_cache(tmp_path, kl16_va
     assert [p.name for p in sorted((tmp_path / "y").glob("shard-*"))] == ["shard-00000.safetensors"]  # cats kept
 
 
-def test_two_ranks_cover_every_image_once(tmp_path, kl16_vae) -> None:
-    """torchrun with 2 processes: rank r writes shards r, r + 2, ...; together they equal a one-process cache."""
-    folder = write_classes(tmp_path / "images", per_class=3, sizes=((40, 32), (32, 48)))  # 9 images, 5 shards of 2
-    args = ["--vae", str(kl16_vae), "--input", str(folder), "--resolution", "32", "--shard-size", "2", "--flip",
+@pytest.fixture(scope="module")
+def paper_images(tmp_path_factory) -> Path:
+    """The paper path's ImageNet-style folder: 3 classes of 3 images, landscape and portrait (ADM crops them)."""
+    return write_classes(tmp_path_factory.mktemp("paper") / "imagenet" / "train", per_class=3,
+                         sizes=((80, 64), (64, 96)))
+
+
+@pytest.fixture(scope="module")
+def two_rank_cache(tmp_path_factory, paper_images, kl16_vae):
+    """`torchrun --nproc_per_node=2 -m vistok cache-latents` of that folder at 64 x 64 with flips, 5 shards of 2 images
+    (the README's step 2 at tiny size): the subject of the test below, and the cache the dry run trains on."""
+    out = tmp_path_factory.mktemp("two_rank_cache") / "cache"
+    args = ["--vae", str(kl16_vae), "--input", str(paper_images), "--resolution", "64", "--shard-size", "2", "--flip",
             "--workers", "0", "--device", "cpu"]
-    proc = run(*torchrun("-m", "vistok", "cache-latents", *args, "--out", str(tmp_path / "two")))
+    return run(*torchrun("-m", "vistok", "cache-latents", *args, "--out", str(out))), out
+
+
+def test_two_ranks_cover_every_image_once(tmp_path, kl16_vae, paper_images, two_rank_cache) -> None:
+    """torchrun with 2 processes: rank r writes shards r, r + 2, ...; together they equal a one-process cache."""
+    proc, out = two_rank_cache
     check_ok(proc)
     lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("rank"))
-    assert lines == [f"rank 0/2: encoded 5 images into 3 shards, 0 already finished -> {tmp_path / 'two'}",
-                     f"rank 1/2: encoded 4 images into 2 shards, 0 already finished -> {tmp_path / 'two'}"]
-    cache_latents(str(kl16_vae), folder, tmp_path / "one", resolution=32, flip=True, shard_size=2, num_workers=0,
-                  device="cpu", progress=False)
-    two, one = LatentCache(tmp_path / "two", sample=False), LatentCache(tmp_path / "one", sample=False)
+    assert lines == [f"rank 0/2: encoded 5 images into 3 shards, 0 already finished -> {out}",
+                     f"rank 1/2: encoded 4 images into 2 shards, 0 already finished -> {out}"]
+    cache_latents(str(kl16_vae), paper_images, tmp_path / "one", resolution=64, flip=True, shard_size=2,
+                  num_workers=0, device="cpu", progress=False)
+    two, one = LatentCache(out, sample=False), LatentCache(tmp_path / "one", sample=False)
     assert two.manifest == {**one.manifest}
     firsts = []
     for k in range(5):
-        a, b = load_file(tmp_path / "two" / shard_name(k)), load_file(tmp_path / "one" / shard_name(k))
+        a, b = load_file(out / shard_name(k)), load_file(tmp_path / "one" / shard_name(k))
         assert a.keys() == b.keys() == {"mean", "std", "mean_flip", "std_flip", "label"}
         assert all(torch.equal(a[key], b[key]) for key in a)
         from safetensors import safe_open
 
-        with safe_open(str(tmp_path / "two" / shard_name(k)), "pt") as f:
+        with safe_open(str(out / shard_name(k)), "pt") as f:
             firsts += range(int(f.metadata()["first"]), int(f.metadata()["first"]) + len(a["label"]))
     assert firsts == list(range(9))  # every image exactly once, in order
     assert [two.moments(i)[2] for i in range(9)] == [i // 3 for i in range(9)]
@@ -298,25 +312,31 @@ def test_paper_configs_hold_the_official_recipe(size, steps, cfg) -> None:
     assert c.data.latents
 
 
-def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16_vae, capsys) -> None:
-    """xar_b_in256.yaml with a tiny model: trains on the cache, exports the cache's VAE and xAR-B's sampling defaults,
-    and `vistok sample` decodes through that VAE unless flags override the defaults."""
-    folder = write_classes(tmp_path / "images", per_class=2, sizes=((64, 64),))
-    cache_latents(str(kl16_vae), folder, tmp_path / "cache", resolution=64, flip=True, shard_size=4, num_workers=0,
-                  device="cpu", progress=False)
-    run_dir = tmp_path / "run"
-    proc = run(sys.executable, "train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
-               f"data.latents={tmp_path / 'cache'}", f"train.run_dir={run_dir}", "train.batch_size=4",
-               "train.total_steps=2", "model.grid=[4,4]", "model.entity_size=2")
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory, two_rank_cache) -> tuple:
+    """The README's step 3 at tiny size: xar_b_in256.yaml with a tiny model (4 x 4 latents, 4 entities of 2 x 2) for 3
+    steps on the 2-rank cache, under torchrun with 2 processes; read by the two tests below."""
+    cache = two_rank_cache[1]
+    run_dir = tmp_path_factory.mktemp("paper_run") / "run"
+    proc = run(*torchrun("train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
+                         f"data.latents={cache}", f"train.run_dir={run_dir}", "train.batch_size=4",
+                         "train.total_steps=3", "model.grid=[4,4]", "model.entity_size=2"))
+    return proc, run_dir, cache
+
+
+def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16_vae, paper_run, capsys) -> None:
+    """xar_b_in256.yaml with a tiny model (the dry run's training run): trains on the cache, exports the cache's VAE and
+    xAR-B's sampling defaults, and `vistok sample` decodes through that VAE unless flags override the defaults."""
+    proc, run_dir, cache = paper_run
     check_ok(proc)
     meta = json.loads((run_dir / "export" / "config.json").read_text())
     assert meta["tokenizer"] == {"family": "vae", "config": meta["tokenizer"]["config"], "path": "tokenizer",
                                  "source": kl16_vae.name}  # the cache's VAE copied into the export, no absolute path
-    assert ("weights" not in meta["tokenizer"]["config"]
-            and (run_dir / "export" / "tokenizer" / "model.safetensors").is_file())
+    assert "weights" not in meta["tokenizer"]["config"]
+    assert (run_dir / "export" / "tokenizer" / "model.safetensors").is_file()
     assert meta["sample"]["steps"] == 40 and meta["sample"]["cfg"] == 2.7 and meta["classes"] == ["cat", "dog", "fox"]
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(4e-4)  # no warmup: constant
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["lr"] == pytest.approx(4e-4)  # no warmup: constant
     generator = vistok.load(run_dir / "export")
     assert (generator.defaults.steps, generator.defaults.cfg) == (40, 2.7)
     assert generator.settings(steps=2).cfg == 2.7 and generator.settings(cfg=1.5).cfg == 1.5
@@ -327,9 +347,9 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
         assert z["arr_0"].shape == (3, 64, 64, 3) and z["arr_0"].dtype == np.uint8  # decoded by the 16x VAE
     # a model that does not fit the cache is one line before any work
     mod = train_xar_module()
-    cfg = load_config(mod.Config, REPO / "train/configs/xar_b_in256.yaml", [f"data.latents={tmp_path / 'cache'}"])
+    cfg = load_config(mod.Config, REPO / "train/configs/xar_b_in256.yaml", [f"data.latents={cache}"])
     with pytest.raises(VistokError, match=r"16-channel 4x4 token grids.*model.grid=\[4,4\]"):
-        mod.check_pairing(cfg, 16, LatentCache(tmp_path / "cache").latent_shape[1:], 3, "the cache")
+        mod.check_pairing(cfg, 16, LatentCache(cache).latent_shape[1:], 3, "the cache")
 
 
 def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
@@ -340,14 +360,16 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
     cache_latents(str(vae), folder, tmp_path / "cache", resolution=64, flip=True, shard_size=4, num_workers=0,
                   device="cpu", progress=False)
     run_dir = tmp_path / "run"
-    proc = run(sys.executable, "train/train_flextok.py", "--config", "train/configs/flextok_d18_d18_in1k.yaml",
-               f"train.run_dir={run_dir}", f"data.latents={tmp_path / 'cache'}", f"data.name={folder}",
-               "data.resolution=64", "model.registers=8", "model.enc_width=32", "model.dec_width=32",
-               "model.enc_depth=1", "model.dec_depth=1", "model.head_dim=16", "model.grid=[8,8]", "train.batch_size=4",
-               "train.total_steps=2", "train.warmup_steps=0", "train.device=cpu", "train.precision=fp32",
-               "train.parallel=ddp", "train.num_workers=0", "train.log_every=1", "repa.teacher=conv",
-               "repa.conv_dim=16", "model.repa_dim=16", "model.repa_hidden=32", "model.repa_layer=0",
-               "preview_images=2", "sample.steps=2")
+    from test_faults import Forked  # the script in a process of its own, forked from this one: imports done already
+
+    proc = Forked([str(REPO / "train/train_flextok.py"), "--config", "train/configs/flextok_d18_d18_in1k.yaml",
+                   f"train.run_dir={run_dir}", f"data.latents={tmp_path / 'cache'}", f"data.name={folder}",
+                   "data.resolution=64", "model.registers=8", "model.enc_width=32", "model.dec_width=32",
+                   "model.enc_depth=1", "model.dec_depth=1", "model.head_dim=16", "model.grid=[8,8]",
+                   "train.batch_size=4", "train.total_steps=2", "train.warmup_steps=0", "train.device=cpu",
+                   "train.precision=fp32", "train.parallel=ddp", "train.num_workers=0", "train.log_every=1",
+                   "repa.teacher=conv", "repa.conv_dim=16", "model.repa_dim=16", "model.repa_hidden=32",
+                   "model.repa_layer=0", "preview_images=2", "sample.steps=2"], tmp_path / "train_flextok").wait()
     check_ok(proc)
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) and -1 <= r["repa"] <= 1 for r in rows)
@@ -368,22 +390,18 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- the dry run
-def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> None:
-    """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
-    layout VAE (ch 32) (in this process; under torchrun in the test above); the xAR-B recipe config with a tiny model
-    for 3 steps under torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one
-    process); FID with inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with
-    the Inception Score (its warnings about the unpublished weights and the few images are expected)."""
-    folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
-    cache = tmp_path / "cache"
-    # in this process: the same command under torchrun is test_two_ranks_cover_every_image_once's subject
-    assert cli.main(["cache-latents", "--vae", str(kl16_vae), "--input", str(folder), "--out", str(cache),
-                     "--resolution", "256", "--flip", "--shard-size", "2", "--workers", "0", "--device", "cpu"]) == 0
-    assert LatentCache(cache).latent_shape == (16, 16, 16)  # complete: every shard present
-    run_dir = tmp_path / "run"
-    proc = run(*torchrun("train/train_xar.py", "--config", "train/configs/xar_b_in256.yaml", *TINY_XAR,
-                         f"data.latents={cache}", f"train.run_dir={run_dir}", "train.batch_size=4",
-                         "train.total_steps=3"))
+def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, capsys,
+                            inception_weights) -> None:
+    """The README's "Paper scale" path at tiny size: 3 classes of 9 images cropped to 64 x 64; `cache-latents` under
+    torchrun with 2 processes with a KL-16 layout VAE (ch 32); the xAR-B recipe config with a tiny model for 3 steps
+    under torchrun with 2 processes (both in fixtures above); sampling under torchrun with 2 processes (the same
+    images as one process); FID with inception-v3-compat (random weights, offline) against `vistok fid-stats` of the
+    folder, with the Inception Score (its warnings about the unpublished weights and the few images are expected)."""
+    proc, cache = two_rank_cache
+    check_ok(proc)
+    folder = paper_images
+    assert LatentCache(cache).latent_shape == (16, 4, 4)  # complete: every shard present
+    proc, run_dir, _ = paper_run
     check_ok(proc)
     assert json.loads((run_dir / "export" / "config.json").read_text())["step"] == 3
     samples = tmp_path / "samples"
@@ -392,7 +410,7 @@ def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> No
     check_ok(proc)
     assert "2 processes" in proc.stdout
     with np.load(samples / "samples.npz") as z:
-        assert z["arr_0"].shape == (4, 256, 256, 3) and z["labels"].tolist() == [0, 1, 2, 0]
+        assert z["arr_0"].shape == (4, 64, 64, 3) and z["labels"].tolist() == [0, 1, 2, 0]
         two_ranks = z["arr_0"]
     one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
     assert np.array_equal(one, two_ranks)

@@ -38,18 +38,25 @@ from vistok.tokenizers.flextok_sampling import k_ladder
 
 REGENERATE = os.environ.get("VISTOK_REGENERATE_GOLDENS") == "1"
 
-# cifar10-xar-tiny: 300 samples (30 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear)
-XAR_NUM, XAR_FID, XAR_TOL = 300, 187.381, 5.0
-# cifar10-flextok-tiny: MSE (pixels in [0, 1]) of 100 CIFAR-10 test images from their first k tokens, 25 Euler steps
-FLEXTOK_NUM, FLEXTOK_RTOL = 100, 0.03
-FLEXTOK_MSE = {1: 0.074883, 2: 0.061725, 4: 0.050655, 8: 0.040708, 16: 0.034118}
+# cifar10-xar-tiny: 100 samples (10 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear): the first
+# 100 of the demo's 300 (per-image seeds), whose FID the README prints (187.381: more samples, less small-set bias).
+# Recorded 310.430, the same with 2 threads; for scale, at 100 samples cfg 1.0 gives 320.6, a constant cfg schedule
+# 288.7, 4 steps 690.8 (asserted below)
+XAR_NUM, XAR_FID, XAR_TOL = 100, 310.430, 5.0
+# cifar10-flextok-tiny: MSE (pixels in [0, 1]) of 50 CIFAR-10 test images (every 200th: 5 per class) from their first k
+# tokens, 25 Euler steps (2 steps, the comparator below: 0.054264 ... 0.029356, 15 % to 30 % lower)
+FLEXTOK_NUM, FLEXTOK_RTOL = 50, 0.03
+FLEXTOK_MSE = {1: 0.077781, 2: 0.064451, 4: 0.050386, 8: 0.04171, 16: 0.0345}
 
 
 def xar_fid(tmp_path, **overrides) -> float:
     images = vistok.load("cifar10-xar-tiny").sample(num=XAR_NUM, seed=0, batch_size=XAR_NUM, **overrides)
     path = tmp_path / "samples.npz"
     np.savez(path, arr_0=images)
-    return fid.calculate(path, "cifar10-train")["fid"]
+    # fewer samples than the 256 feature dimensions: an FID with small-set bias (the warning says so), still a seeded
+    # fingerprint of the samples that moves with the sampler (see XAR_FID)
+    with pytest.warns(UserWarning, match="rank-deficient covariance"):
+        return fid.calculate(path, "cifar10-train")["fid"]
 
 
 def test_xar_tiny_fid_matches_the_recorded_value(tmp_path):
@@ -79,7 +86,7 @@ def test_flextok_tiny_reconstruction_error_matches_and_falls_with_k(data_root):
 
 
 def test_flextok_tiny_ordering_holds_on_real_photos_and_degrades_on_strokes(data_root):
-    """The out-of-distribution table of docs/flextok.md on 64 images per set: on photographs that are not CIFAR-10
+    """The out-of-distribution table of docs/flextok.md on 48 images per set: on photographs that are not CIFAR-10
     (colour and grayscale) and on printed text, 16 tokens at most halve the error of 1; on synthetic strokes they do
     not."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -88,8 +95,8 @@ def test_flextok_tiny_ordering_holds_on_real_photos_and_degrades_on_strokes(data
     tok = vistok.load("cifar10-flextok-tiny")
     ratio = {}
     for name in ("photos", "gray-photos", "text", "strokes"):
-        mse = ladder(tok, build_set(name, 64), [1, 16], seed=0, steps=None)
-        ratio[name] = mse[16]["mse"] / mse[1]["mse"]  # 0.41, 0.31, 0.29 and 0.58 when written
+        mse = ladder(tok, build_set(name, 48), [1, 16], seed=0, steps=None)
+        ratio[name] = mse[16]["mse"] / mse[1]["mse"]  # 0.40, 0.29, 0.29 and 0.56 when written (64 images: 0.58)
     assert max(ratio["photos"], ratio["gray-photos"], ratio["text"]) <= 0.45 < 0.5 < ratio["strokes"], ratio
 
 
