@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import REPO, script_env
 from vistok.errors import VistokError
 from vistok.generators.ar import AR, ARConfig
 from vistok.generators.entities import block_causal_mask
@@ -409,34 +410,42 @@ def test_attention_backend_is_checked() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- scripts
-def run_script(*args: str, timeout: float = 300):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def bench_main(monkeypatch, capsys, script: str, *argv: str) -> str:
+    """benchmarks/SCRIPT.py's `main()` with ARGV in this process (its folder on the path, as when run; the process
+    boundary is not what these tests check) -> what it printed. Child processes it starts (`--baseline`'s workers)
+    get one thread and this checkout first on their path; the process-wide malloc setting it makes is left out, and
+    the thread count it sets is restored after the test (conftest's `one_thread`)."""
+    import importlib
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True, timeout=timeout)
+    import vistok.engine.host_memory as host_memory
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = importlib.import_module(script)
+    for key in ("OMP_NUM_THREADS", "PYTHONPATH"):
+        monkeypatch.setenv(key, script_env()[key])
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / f"{script}.py"), *argv])
+    try:
+        module.main()
+    except SystemExit as stop:
+        pytest.fail(f"{script}.py exited with {stop.code!r}:\n{capsys.readouterr().out[-3000:]}")
+    return capsys.readouterr().out
 
 
-def test_bench_xar_gpu_rows_run_on_cpu() -> None:
-    proc = run_script("bench_xar.py", "--gpu-only", "--device", "cpu", "--threads", "1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "train step, bf16, batch 4" in proc.stdout and "TFLOP/step" in proc.stdout
-    assert "sampling, bf16, batch 4, 2 steps" in proc.stdout and "images/s" in proc.stdout
+def test_bench_xar_gpu_rows_run_on_cpu(monkeypatch, capsys) -> None:
+    out = bench_main(monkeypatch, capsys, "bench_xar", "--gpu-only", "--device", "cpu", "--threads", "1")
+    assert "train step, bf16, batch 4" in out and "TFLOP/step" in out
+    assert "sampling, bf16, batch 4, 2 steps" in out and "images/s" in out
 
 
-def test_bench_xar_baseline_corrects_by_the_issues_own_ratio() -> None:
+def test_bench_xar_baseline_corrects_by_the_issues_own_ratio(monkeypatch, capsys) -> None:
     """--baseline against this very checkout (one round, one row): both sides run in their own processes, and the
     corrected column is vistok / baseline times the issue's 144 / 138 for the B=8 training row."""
     import re
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline", str(root))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("| train step B=8"))
+    out = bench_main(monkeypatch, capsys, "bench_xar", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads",
+                     "1", "--baseline", str(REPO))
+    row = next(line for line in out.splitlines() if line.startswith("| train step B=8"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:3] == ["138", "144"], cells
     ratio, corrected = (float(re.match(r"[0-9.]+", c).group()) for c in cells[5:7])
@@ -444,13 +453,13 @@ def test_bench_xar_baseline_corrects_by_the_issues_own_ratio() -> None:
     assert abs(corrected - ratio * 144 / 138) < 0.011, cells
 
 
-def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
+def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path, monkeypatch, capsys) -> None:
     import json
 
-    out = tmp_path / "check.json"
-    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    path = tmp_path / "check.json"
+    stdout = bench_main(monkeypatch, capsys, "gpu_check", "--device", "cpu", "--threads", "1", "--no-compile",
+                        "--no-flex-compile", "--out", str(path))
+    report = json.loads(path.read_text())
     names = [r["row"] for r in report["rows"]]
     assert report["meta"]["tiny_sizes"] and len(names) == 7, names
     kv = [r for r in report["rows"] if r["row"].startswith("static KV cache")]
@@ -459,7 +468,7 @@ def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
     flex = [r for r in report["rows"] if r["row"].startswith("FlexAttention")]
     assert len(flex) == 2 and all(r["ok"] and r["value"] < 1e-4 and "eager model" in r["row"] for r in flex), flex
     assert all(r["value"] > 0 for r in report["rows"] if r["unit"] != "max |diff|")
-    assert "| check | measured |" in proc.stdout
+    assert "| check | measured |" in stdout
 
 
 def test_compiled_training_on_cpu_draws_the_same_dropout_as_eager() -> None:
