@@ -7,19 +7,25 @@ documented; both generators overfit one batch and produce decodable images at ev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import sys
+import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import check_ok, run
+from conftest import CliResult, check_ok, load_train_script
 import vistok
 from vistok import cli, flow, registry
 from vistok.config import to_dict
 from vistok.io.exports import write_export
+from vistok.engine.loop import run_main
 from vistok.errors import VistokError
 from vistok.generators.ar import AR, ARConfig, PRESETS as AR_PRESETS
 from vistok.generators.entities import Partition
@@ -429,19 +435,38 @@ def token_file(flextok_export, shared_image_folder, tmp_path_factory) -> Path:
 COMMON = ["train.batch_size=8", "train.total_steps=3", "train.warmup_steps=0", "train.num_workers=0",
           "train.device=cpu", "train.log_every=1", "preview_per_class=1", "data.classes=[]", "model.num_classes=2"]
 SCRIPTS = {
-    "gpt": ("train/train_flextok_gpt.py", "train/configs/flextok_gpt_cifar10_tiny.yaml",
+    "gpt": ("train_flextok_gpt", "train/configs/flextok_gpt_cifar10_tiny.yaml",
             ["model.tokens=8", "model.width=32", "model.depth=1", "model.heads=1"]),
-    "xar": ("train/train_flextok_xar.py", "train/configs/flextok_xar_cifar10_tiny.yaml",
+    "xar": ("train_flextok_xar", "train/configs/flextok_xar_cifar10_tiny.yaml",
             ["model.grid=[1,8]", "model.width=32", "model.depth=1", "model.heads=2", "sample.steps=2"]),
 }
+
+
+def script_main(stem: str, *argv: str) -> CliResult:
+    """`python train/STEM.py ARGV` run in this process: the script's `run_main(main)` with that argv, its exit code,
+    stdout and stderr (warnings count as stderr lines, as a child process would show them). The subject here is what
+    the script does with a token file, not a process boundary."""
+    module = load_train_script(stem)
+    out, err = io.StringIO(), io.StringIO()
+    with (mock.patch.object(sys, "argv", [f"train/{stem}.py", *argv]), warnings.catch_warnings(record=True) as caught,
+          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+        warnings.simplefilter("default")
+        try:
+            run_main(module.main)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    shown = [w for w in caught if not issubclass(w.category, ResourceWarning)]
+    stderr = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in shown) + err.getvalue()
+    return CliResult(code, out.getvalue(), stderr)
 
 
 @pytest.mark.parametrize("kind", ["gpt", "xar"])
 def test_training_script_on_a_token_file(kind, token_file, flextok_export, tmp_path, capsys) -> None:
     script, config, model_args = SCRIPTS[kind]
-    args = ["--config", config, f"train.run_dir={tmp_path}", f"tokenizer.ckpt={flextok_export}",
+    args = ["--config", str(REPO / config), f"train.run_dir={tmp_path}", f"tokenizer.ckpt={flextok_export}",
             f"data.tokens={token_file}", *COMMON, *model_args]
-    check_ok(run(script, *args))
+    check_ok(script_main(script, *args))
     out = tmp_path / "export"
     meta = json.loads((out / "config.json").read_text())
     assert meta["family"] == ("ar" if kind == "gpt" else "xar") and meta["step"] == 3 and meta["classes"] == ["0", "1"]
@@ -453,6 +478,6 @@ def test_training_script_on_a_token_file(kind, token_file, flextok_export, tmp_p
     assert cli.main(["sample", "--ckpt", str(out), "--tokens", "2", "--num", "2", "--out", str(tmp_path / "s"),
                      "--decode-steps", "2", "--quiet", "--device", "cpu"]) == 0
     if kind == "gpt":  # a missing token file names the command that writes it
-        proc = run(script, *args, f"train.run_dir={tmp_path / 'missing'}", "data.tokens=/no/such.npz")
+        proc = script_main(script, *args, f"train.run_dir={tmp_path / 'missing'}", "data.tokens=/no/such.npz")
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and "vistok encode --ckpt" in lines[0], proc.stderr
