@@ -34,7 +34,8 @@ FILE_SECONDS: dict[str, float] = {
     "test_perf.py": 250, "test_faults.py": 170, "test_fid.py": 97, "test_paper.py": 96, "test_shipped.py": 87,
     "test_flextok_train.py": 79, "test_train.py": 62, "test_pairing.py": 61, "test_data.py": 30,
     "test_xar_train.py": 22, "test_cli.py": 20, "test_readme.py": 16, "test_hostile_files.py": 10,
-    "test_eval_scripts.py": 10, "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5, "test_em_blockwise.py": 5,
+    "test_eval_scripts.py": 10, "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5,
+    "test_em_blockwise.py": 5,
 }
 FILE_SECONDS_DEFAULT = 3.0
 
@@ -74,7 +75,8 @@ def vistok_env() -> None:
         os.environ["VISTOK_DATA"] = str(DATA_ROOT)
 
 
-def write_image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs"), per_class: int = 16, seed: int = 0) -> Path:
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs"), per_class: int = 16,
+                       seed: int = 0) -> Path:
     """`per_class` random 32x32 RGB PNGs in each class sub-folder of `root`, the same bytes for the same seed."""
     rng = np.random.default_rng(seed)
     for c in classes:

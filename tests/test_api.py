@@ -15,8 +15,8 @@ import pytest
 
 import vistok
 from vistok.api import FeatureNet, Segmenter
-from vistok.io.sources import parse_hf, shipped_models
 from vistok.errors import VistokError
+from vistok.io.sources import parse_hf, shipped_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,12 +77,13 @@ def make_hub_cache(cache: Path, repo: str, commit: str, source: Path, refs: tupl
 
 def test_hf_sources_load_offline_from_the_local_cache(tmp_path) -> None:
     commit = "0123456789abcdef0123456789abcdef01234567"
-    make_hub_cache(tmp_path / "hub", "vistok-test/xar-tiny", commit, shipped_models()["cifar10-xar-tiny"], ("main", "v1"))
-    script = """
+    make_hub_cache(tmp_path / "hub", "vistok-test/xar-tiny", commit, shipped_models()["cifar10-xar-tiny"],
+                   ("main", "v1"))
+    script = f"""
 import json, vistok
 from vistok.errors import VistokError
-out = {}
-for src in ["hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", "hf://vistok-test/xar-tiny@%s"]:
+out = {{}}
+for src in ["hf://vistok-test/xar-tiny", "hf://vistok-test/xar-tiny@v1", "hf://vistok-test/xar-tiny@{commit}"]:
     gen = vistok.load(src)
     out[src] = [type(gen).__name__, gen.sample([3], steps=2, seed=0).tolist()]
 for src in ["hf://vistok-test/missing", "hf://vistok-test/xar-tiny@v9"]:
@@ -91,9 +92,9 @@ for src in ["hf://vistok-test/missing", "hf://vistok-test/xar-tiny@v9"]:
     except VistokError as err:
         out[src] = str(err)
 print(json.dumps(out))
-""" % commit
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "hub"),
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"),
+           "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -120,7 +121,8 @@ def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
-        assert a["arr_0"].shape == (40, 32, 32, 3) and sorted(a.files) == sorted(b.files) == ["arr_0", "labels", "source"]
+        assert (a["arr_0"].shape == (40, 32, 32, 3)
+                and sorted(a.files) == sorted(b.files) == ["arr_0", "labels", "source"])
         assert str(a["source"]) == str(b["source"]) == "cifar10-xar-tiny"  # the model that made them
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -131,7 +133,8 @@ def test_sample_writer_streams_shards_into_one_npz(tmp_path) -> None:
     from vistok.api.outputs import SampleWriter
 
     rng = np.random.default_rng(0)
-    images, ids, labels = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), rng.integers(0, 99, (7, 2)), np.arange(7) % 2
+    images, ids, labels = (rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), rng.integers(0, 99, (7, 2)),
+                           np.arange(7) % 2)
     writer = SampleWriter(tmp_path / "out")
     for start in (4, 0, 2):  # any order, as ranks finish
         stop = {0: 2, 2: 4, 4: 7}[start]

@@ -14,8 +14,7 @@ from PIL import Image
 
 import vistok
 from vistok import cli
-from vistok.api import em as em_jobs
-from vistok.api import jobs
+from vistok.api import em as em_jobs, jobs
 from vistok.engine import dist
 from vistok.errors import VistokError
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, vistok
 from vistok import registry
+
+from conftest import assert_one_line_error, vistok
 
 
 def test_models_lists_presets_with_counts():
@@ -25,7 +26,8 @@ def test_models_lists_presets_with_counts():
     assert "cifar10-net" in text and "1,646,112" in text
 
 
-@pytest.mark.parametrize("cmd", [["--help"], ["models", "--help"], ["fid", "--help"], ["fid-stats", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("cmd", [["--help"], ["models", "--help"], ["fid", "--help"], ["fid-stats", "--help"],
+                                 ["demo", "--help"]])
 def test_help_everywhere(cmd):
     assert vistok(*cmd, check=True).stdout.startswith("usage:")
 
@@ -34,19 +36,23 @@ def test_fid_stats_then_fid_json(tmp_path, data_root):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
     vistok("fid-stats", "--input", "cifar10-test", "--num", "200", "--out", str(tmp_path / "ref.npz"), check=True)
-    res = json.loads(vistok("fid", "--fake", str(tmp_path / "a.npz"), "--real", str(tmp_path / "ref.npz"), "--json", check=True).stdout)
+    res = json.loads(vistok("fid", "--fake", str(tmp_path / "a.npz"), "--real", str(tmp_path / "ref.npz"), "--json",
+                            check=True).stdout)
     assert res["num_fake"] == 64 and res["fid"] > 0 and res["real_stats"].endswith("ref.npz")
 
 
 def test_user_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(vistok("fid", "--fake", str(tmp_path / "empty"), "--real", "cifar10-test"), 1, "no readable images")
-    assert_one_line_error(vistok("fid", "--fake", str(tmp_path / "nope"), "--real", "cifar10-test"), 1, "not an image folder")
+    assert_one_line_error(vistok("fid", "--fake", str(tmp_path / "empty"), "--real", "cifar10-test"), 1,
+                          "no readable images")
+    assert_one_line_error(vistok("fid", "--fake", str(tmp_path / "nope"), "--real", "cifar10-test"), 1,
+                          "not an image folder")
     assert_one_line_error(vistok("fid", "--fake", "x", "--real", "y", "--num", "ten"), 2, "invalid positive int value")
     assert_one_line_error(vistok("fid", "--fake", "x"), 2, "--real")
     assert_one_line_error(vistok("frobnicate"), 2, "invalid choice")
     assert_one_line_error(
-        vistok("fid", "--fake", str(tmp_path), "--real", "y", "--extractor", "inception-v3-compat", "--inception-weights", "/no/such.pth"),
+        vistok("fid", "--fake", str(tmp_path), "--real", "y", "--extractor", "inception-v3-compat",
+               "--inception-weights", "/no/such.pth"),
         1, "--inception-weights",
     )
 
@@ -84,20 +90,22 @@ def test_damaged_npz_inputs_are_one_line(tmp_path):
 def test_bad_numbers_and_outputs_fail_before_work(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, arr_0=np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
-    assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), "--num", "-5"), 2, "--num: must be at least 1")
-    assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), "--resolution", "0"), 2, "--resolution")
+    assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), "--num", "-5"), 2,
+                          "--num: must be at least 1")
+    assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), "--resolution", "0"), 2,
+                          "--resolution")
     assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), "--num", "1"), 1,
                           "FID needs at least 2 fake images, got 1")
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file" / "ref.npz", tmp_path):  # under a file; a folder
         assert_one_line_error(vistok("fid-stats", "--input", "/no/such/input", "--out", str(out)), 1, f"--out {out}")
     for cfg in ("inf", "nan"):  # negatives and 0: test_cfg_must_be_finite_and_positive
-        assert_one_line_error(vistok("sample", "--ckpt", "cifar10-xar-tiny", "--out", str(tmp_path / "s"), "--cfg", cfg),
-                              1, "the guidance scale must be a positive number")
+        assert_one_line_error(vistok("sample", "--ckpt", "cifar10-xar-tiny", "--out", str(tmp_path / "s"), "--cfg",
+                                     cfg), 1, "the guidance scale must be a positive number")
     assert not (tmp_path / "s").exists()
     start = time.perf_counter()  # 100,000 images would take hours: the existing file must be refused first
-    assert_one_line_error(vistok("sample", "--ckpt", "cifar10-xar-tiny", "--num", "100000", "--out", str(tmp_path / "file")),
-                          1, "is a file")
+    assert_one_line_error(vistok("sample", "--ckpt", "cifar10-xar-tiny", "--num", "100000", "--out",
+                                 str(tmp_path / "file")), 1, "is a file")
     assert time.perf_counter() - start < 120
     assert (tmp_path / "file").read_text() == "x"
 
@@ -161,6 +169,6 @@ def test_crafted_inception_weights_print_one_line_and_run_nothing(tmp_path):
     inception = ("--extractor", "inception-v3-compat")
     assert_one_line_error(vistok("fid", "--fake", str(good), "--real", str(good), *inception, "--inception-weights",
                                  str(evil)), 1, "which could run code")
-    assert_one_line_error(vistok("fid-stats", "--input", str(good), "--out", str(tmp_path / "s.npz"), *inception, env=env),
-                          1, "which could run code")
+    assert_one_line_error(vistok("fid-stats", "--input", str(good), "--out", str(tmp_path / "s.npz"), *inception,
+                                 env=env), 1, "which could run code")
     assert not marker.exists() and not (tmp_path / "s.npz").exists()

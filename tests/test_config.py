@@ -108,7 +108,8 @@ def test_type_errors_name_key_and_type(override, fragment):
 
 
 def test_values_are_coerced_to_field_types():
-    cfg = load_config(Run, None, ["opt.lr=2", "opt.steps=4.0", "opt.flag=yes", "opt.note=12", "limit=7", "widths=[1,2,3]"])
+    cfg = load_config(Run, None, ["opt.lr=2", "opt.steps=4.0", "opt.flag=yes", "opt.note=12", "limit=7",
+                                  "widths=[1,2,3]"])
     assert cfg.opt.lr == 2.0 and isinstance(cfg.opt.lr, float)
     assert cfg.opt.steps == 4 and isinstance(cfg.opt.steps, int)
     assert cfg.opt.flag is True

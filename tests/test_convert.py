@@ -19,14 +19,14 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from conftest import vistok as vistok_cli
 from vistok import registry
 from vistok.cli import main
-from vistok.convert import convert
-from vistok.convert import xar as xar_convert
+from vistok.convert import convert, xar as xar_convert
 from vistok.convert.common import build_meta, check_against
 from vistok.em.backbone import GSC, SegMamba, SegMambaConfig
 from vistok.errors import VistokError
+
+from conftest import vistok as vistok_cli
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
 pytestmark = pytest.mark.filterwarnings("ignore:vistok Mamba")
@@ -153,7 +153,8 @@ def test_xar_presets_inferred_from_shapes_at_released_sizes() -> None:
 
 def test_xar_layout_checks_fail_with_one_line(tmp_path: Path) -> None:
     state = load_file(FIX / "xar_tiny_state.safetensors")
-    wrong = dict(state, **{"encoder_blocks.0.attn.rope.freqs_cos": state["encoder_blocks.0.attn.rope.freqs_cos"].flip(0)})
+    wrong = dict(state, **{"encoder_blocks.0.attn.rope.freqs_cos":
+                           state["encoder_blocks.0.attn.rope.freqs_cos"].flip(0)})
     save_file(wrong, tmp_path / "wrong_rope.safetensors")
     with pytest.raises(VistokError, match="RoPE"):
         convert("xar", tmp_path / "wrong_rope.safetensors", tmp_path / "out")
@@ -314,12 +315,14 @@ def test_segmamba_gsc_matches_the_official_computation() -> None:
 
     torch.manual_seed(0)
     official = {f"vit.gscs.0.{p}.{t}": torch.randn((8, 8, *(3,) * 3) if p in ("proj", "proj2") else (8, 8, 1, 1, 1))
-                if t == "weight" else torch.randn(8) for p in ("proj", "proj2", "proj3", "proj4") for t in ("weight", "bias")}
+                if t == "weight" else torch.randn(8)
+                for p in ("proj", "proj2", "proj3", "proj4") for t in ("weight", "bias")}
     x = torch.randn(1, 8, 4, 6, 6)
 
     def cna(h: torch.Tensor, p: str) -> torch.Tensor:
         w, b = official[f"vit.gscs.0.{p}.weight"], official[f"vit.gscs.0.{p}.bias"]
-        return torch.relu(torch.nn.functional.instance_norm(torch.nn.functional.conv3d(h, w, b, padding=w.shape[-1] // 2)))
+        return torch.relu(torch.nn.functional.instance_norm(
+            torch.nn.functional.conv3d(h, w, b, padding=w.shape[-1] // 2)))
 
     reference = cna(cna(cna(x, "proj"), "proj2") + cna(x, "proj3"), "proj4") + x
     gsc = GSC(8)

@@ -59,9 +59,11 @@ def hub_tree(levels=(8, 8, 8, 5, 5, 5), max_timestep=1.0, scaling=0.7) -> dict:
     mod = "flextok.model."
     return {
         "encoder": {"_target_": mod + "utils.wrappers.SequentialModuleDictWrapper", "module_dict": {
-            "enc_patch_emb": {"_target_": mod + "preprocessors.patching.PatchEmbedder", "channels_in": 16, "patch_sizes": [2, 2]},
+            "enc_patch_emb": {"_target_": mod + "preprocessors.patching.PatchEmbedder", "channels_in": 16,
+                              "patch_sizes": [2, 2]},
             "enc_seq_packer": {"mask_mode": "causal_last"},
-            "enc_transformer": {"_target_": mod + "trunks.transformers.FlexTransformer", "dim": 64, "depth": 2, "head_dim": 32}}},
+            "enc_transformer": {"_target_": mod + "trunks.transformers.FlexTransformer", "dim": 64, "depth": 2,
+                                "head_dim": 32}}},
         "decoder": {"_target_": mod + "utils.wrappers.SequentialModuleDictWrapper", "module_dict": {
             "dec_registers_posemb_module": {"posemb_type": "learnable_sum"},
             "dec_nested_dropout": {"size_sampling_mode": "uniform"},
@@ -111,7 +113,8 @@ def test_converted_fixture_gives_the_official_ids_and_velocities(bare_export, io
         assert rel_err(model.encode(io["latents"]), io["encoder_register_latents"]) < TOL
         assert torch.equal(model.quantize(model.encode(io["latents"])).codes, io["quants"])
         codes = flextok_sampling.ids_to_codes(model, io["token_ids"])  # the official padding of truncated ids: id 0
-        for null, name in ((None, "decoder_velocity_cond"), (torch.ones(4, dtype=torch.bool), "decoder_velocity_uncond")):
+        for null, name in ((None, "decoder_velocity_cond"),
+                           (torch.ones(4, dtype=torch.bool), "decoder_velocity_uncond")):
             v, _ = model.decode(io["decoder_x_t"], io["decoder_t"], codes, io["keep_k"], null)
             assert rel_err(v, io[name]) < TOL, name
 
@@ -122,7 +125,8 @@ def test_decode_latents_reproduces_the_official_detokenizations(bare_export, io)
     assert np.array_equal(tok.encode_latents(io["latents"].numpy()), io["token_ids"].numpy())
     assert io["keep_k"].tolist() == [16, 8, 4, 1]  # every prefix length in one batch
     for cfg, guidance, name in ((1.0, "cfg", "detok_cfg1"), (3.0, "cfg", "detok_cfg3"), (3.0, "apg", "detok_apg3")):
-        out = tok.decode_latents(io["token_ids"], io["keep_k"], steps=6, cfg=cfg, guidance=guidance, noise=io["detok_noise"])
+        out = tok.decode_latents(io["token_ids"], io["keep_k"], steps=6, cfg=cfg, guidance=guidance,
+                                 noise=io["detok_noise"])
         assert out.dtype == np.float32 and out.shape == (4, 16, 8, 8)
         assert rel_err(out, io[name]) < TOL, name
     # the prefix really selects: k=1 for every image is not the fixture's mixed batch
@@ -265,7 +269,8 @@ def test_every_attention_path_takes_the_official_logit_scale() -> None:
     torch.manual_seed(0)  # the written-out product (CPU dropout path) with p -> 0 keeps every probability
     out = attention._sdpa(q.requires_grad_(), k, v, 1e-9, scale)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(attend(q.detach(), k, v, None), ref, atol=1e-3)  # the default scale differs at head dim 16
+    # the default scale differs at head dim 16
+    assert not torch.allclose(attend(q.detach(), k, v, None), ref, atol=1e-3)
 
 
 def test_a_shipped_pixel_tokenizer_has_the_same_public_latent_space() -> None:

@@ -54,7 +54,8 @@ def official_head(state: dict[str, torch.Tensor], logits: torch.Tensor) -> torch
 
 def test_a_pretraining_container_converts_one_to_one_and_the_head_computes_as_the_official(tmp_path: Path) -> None:
     official = official_state()
-    container = {"model": {f"module.{k}": v for k, v in official.items()}, "optimizer": {"state": {}, "param_groups": []},
+    container = {"model": {f"module.{k}": v for k, v in official.items()},
+                 "optimizer": {"state": {}, "param_groups": []},
                  "epoch": 3, "args": argparse.Namespace(auto_mode=1, fill_nose=1)}
     torch.save(container, tmp_path / "checkpoint.pth")
     done = convert("tokenunify", tmp_path / "checkpoint.pth", tmp_path / "tu")

@@ -1,4 +1,5 @@
-"""Data: named datasets, image folders (modes, sizes, corrupt files), errors, and the deterministic distributed loader."""
+"""Data: named datasets, image folders (modes, sizes, corrupt files), errors, and the deterministic distributed
+loader."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from vistok.data.images import CIFAR10_CLASSES, ImageDataConfig, ImageFolderData
 from vistok.data.loader import Augmented, StepBatchSampler
 from vistok.data.procedural import DeadLeaves
 from vistok.errors import VistokError
-
-
 
 # ---------------------------------------------------------------- named datasets
 
@@ -197,7 +196,8 @@ def test_modes_and_sizes_become_rgb_at_resolution(tmp_path):
     Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(tmp_path / "wide.jpg")
     Image.fromarray(rng.integers(0, 256, (100, 30, 3), dtype=np.uint8)).save(tmp_path / "tall.png")
     Image.fromarray(rng.integers(0, 256, (10, 7, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
-    Image.fromarray(rng.integers(0, 256, (33, 33), dtype=np.uint8), mode="L").convert("P").save(tmp_path / "palette.gif")
+    Image.fromarray(rng.integers(0, 256, (33, 33), dtype=np.uint8), mode="L").convert("P").save(
+        tmp_path / "palette.gif")
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).convert("CMYK").save(tmp_path / "cmyk.tiff")
     for resolution in (32, 16):
         ds = ImageFolderDataset(tmp_path, resolution)
@@ -372,7 +372,8 @@ def test_grayscale_augmentation_leaves_the_other_draws_alone(shared_image_folder
     """gray_p converts that share of visits to the channel mean; its draw comes after the crop and flip draws, so
     a run without it (every run before it existed) sees the same crops and flips as before."""
     ds = build_image_dataset(str(shared_image_folder))
-    plain, gray = Augmented(ds, seed=5, hflip=True, crop_pad=4), Augmented(ds, seed=5, hflip=True, crop_pad=4, gray_p=0.5)
+    plain, gray = (Augmented(ds, seed=5, hflip=True, crop_pad=4),
+                   Augmented(ds, seed=5, hflip=True, crop_pad=4, gray_p=0.5))
     converted = 0
     for i in range(40):
         a, b = plain[(i, 1)][0], gray[(i, 1)][0]
@@ -407,7 +408,7 @@ def test_mixed_dataset_holds_the_asked_share_of_procedural_images(shared_image_f
     extra = len(mixed) - len(ds)
     assert extra == round(len(ds) / 3) and torch.equal(mixed[0][0], ds[0][0])
     assert mixed[len(ds)][1] == -1 and torch.equal(mixed[len(ds)][0], DeadLeaves(extra, 32, seed=3)[0][0])
-    labels = torch.cat([lab for _, (_, lab) in zip(range(8), build_loader(mixed, 8, seed=0))])
+    labels = torch.cat([lab for _, (_, lab) in zip(range(8), build_loader(mixed, 8, seed=0), strict=False)])
     assert 0 < (labels == -1).float().mean() < 0.6  # mixed into the batches, not appended after an epoch
 
 
@@ -427,7 +428,7 @@ def test_loader_same_batches_for_any_world_size_and_workers(shared_image_folder)
     single = iter(build_loader(ds, 8, **kw))
     ranks = [iter(build_loader(ds, 8, rank=r, world_size=2, **kw)) for r in range(2)]
     workers = iter(build_loader(ds, 8, num_workers=2, **kw))
-    for step in range(6):  # one epoch is 4 steps
+    for _step in range(6):  # one epoch is 4 steps
         x, y = next(single)
         (x0, y0), (x1, y1) = next(ranks[0]), next(ranks[1])
         # rank r holds positions r, r + 2, ... of the global batch
@@ -473,13 +474,13 @@ def test_decompression_bomb_is_skipped_once_not_replaced(tmp_path, monkeypatch):
     for i, image in enumerate(originals):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "1b.png")  # sorts between 1.png and 2.png
-    from vistok.metrics import fid
     from vistok.data.sources import load_images
+    from vistok.metrics import fid
 
     with pytest.warns(UserWarning, match="1b.png: DecompressionBombError"):
         images, _ = load_images(tmp_path, 32)  # what encode / reconstruct read
     assert images.shape[0] == 3
-    for got, want in zip(images, originals):
+    for got, want in zip(images, originals, strict=True):
         assert np.array_equal(got, want)
     with pytest.warns(UserWarning):
         ds = fid.as_images(tmp_path)

@@ -13,12 +13,20 @@ import torch
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from vistok.em import tokens
-from vistok.em.backbone import PRESETS as SEG_PRESETS
-from vistok.em.backbone import SegMamba, SegMambaConfig
+from vistok.em.backbone import PRESETS as SEG_PRESETS, SegMamba, SegMambaConfig
 from vistok.em.metrics import arand, evaluate, voi
 from vistok.em.objectives import MixSchedule, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
-from vistok.em.segmentation import (affinities, agglomerate, class_balance_weights, fragments, gaussian_importance,
-                                    segment, sliding_window_inference, weighted_mse, widen_border)
+from vistok.em.segmentation import (
+    affinities,
+    agglomerate,
+    class_balance_weights,
+    fragments,
+    gaussian_importance,
+    segment,
+    sliding_window_inference,
+    weighted_mse,
+    widen_border,
+)
 from vistok.em.synthetic import synthetic_em_volume
 from vistok.em.volumes import EMCrops, augment_inplane, parse_volume_arg, read_volume, write_volume
 from vistok.errors import VistokError
@@ -50,10 +58,10 @@ def test_patchify_is_raster_order_and_inverts(grid: tuple, patch: tuple) -> None
     toks = tokens.patchify(vol, patch)  # (1, K, prod(patch))
     assert toks.shape == (1, math.prod(grid), math.prod(patch))
     assert torch.equal(toks[0], torch.arange(math.prod(grid)).float()[:, None].expand_as(toks[0]))
-    noise = torch.randn(2, 3, *(g * p for g, p in zip(grid, patch)))
+    noise = torch.randn(2, 3, *(g * p for g, p in zip(grid, patch, strict=True)))
     assert torch.equal(tokens.unpatchify(tokens.patchify(noise, patch), grid, patch), noise)
     with pytest.raises(VistokError, match="must divide by the patch size"):
-        tokens.patchify(torch.zeros(1, 1, *(g * p + 1 for g, p in zip(grid, patch))), patch)
+        tokens.patchify(torch.zeros(1, 1, *(g * p + 1 for g, p in zip(grid, patch, strict=True))), patch)
 
 
 @pytest.mark.parametrize("ratio", [(0.4, 0.4), (0.0, 0.0), (1.0, 1.0), (0.2, 0.8)])
@@ -116,7 +124,7 @@ def test_objectives_feed_the_backbone_exactly_masked_inputs(monkeypatch) -> None
     random_mask = tokens.random_token_mask(3, k, (0.25, 0.25), g)
     prefix = tokens.prefix_lengths(3, k, g)
     clean = tokens.patchify(volume, MICRO_TU.patch_size)  # (B, K, P)
-    for x, hidden in zip(seen, [random_mask, tokens.prefix_mask(prefix, k)]):
+    for x, hidden in zip(seen, [random_mask, tokens.prefix_mask(prefix, k)], strict=True):
         toks = tokens.patchify(x, MICRO_TU.patch_size)
         assert (toks[hidden] == 0).all() and torch.equal(toks[~hidden], clean[~hidden])
     assert (random_mask.sum(1) == 16).all()
@@ -184,7 +192,7 @@ def test_isotropic_encoder_sees_every_section_with_the_same_parameter_names() ->
     for layout in ("anisotropic", "isotropic"):
         enc = SegMamba(SegMambaConfig(**{**MICRO.__dict__, "encoder_z": layout})).encoder.eval()
         with torch.no_grad():
-            skips[layout] = [(a - b).abs().max().item() for a, b in zip(enc(x), enc(odd))]
+            skips[layout] = [(a - b).abs().max().item() for a, b in zip(enc(x), enc(odd), strict=True)]
     assert skips["anisotropic"] == [0.0, 0.0, 0.0, 0.0]  # the planted blindness of the official layout
     assert min(skips["isotropic"]) > 1e-4
     aniso, iso = (SegMamba(SegMambaConfig(**{**MICRO.__dict__, "encoder_z": z})).state_dict()
@@ -294,7 +302,7 @@ def test_lazy_crops_from_files_equal_whole_volume_crops(tmp_path: Path, crop: tu
     from vistok.em.volumes import Volume
 
     raws, labs = zip(*(synthetic_em_volume(shape, num_cells=6, seed=i)
-                       for i, shape in enumerate([(10, 36, 30), (12, 30, 34)])))
+                       for i, shape in enumerate([(10, 36, 30), (12, 30, 34)])), strict=True)
     write_volume(f"{tmp_path}/a.h5:raw", raws[0])
     write_volume(f"{tmp_path}/a.h5:ids", labs[0])
     zarr = pytest.importorskip("zarr")
@@ -436,7 +444,7 @@ def test_widen_border_on_the_real_volume_matches_the_brute_force_rule() -> None:
         ids = f["train/neuron_ids"][:4, :40, :60]
     padded = np.pad(ids, ((0, 0), (1, 1), (1, 1)), mode="edge")
     want = ids.copy()
-    for z, y, x in zip(*np.nonzero(ids)):  # the thesis' sentence, voxel by voxel
+    for z, y, x in zip(*np.nonzero(ids), strict=True):  # the thesis' sentence, voxel by voxel
         window = padded[z, y:y + 3, x:x + 3]
         if len(np.unique(window[window > 0])) > 1:
             want[z, y, x] = 0
@@ -588,7 +596,8 @@ def test_agglomeration_merges_by_boundary_affinity() -> None:
     assert len(np.unique(agglomerate(frags, aff, threshold=0.1))) == 1
 
 
-def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, score: str, bins: int = 256) -> np.ndarray:
+def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, score: str,
+                       bins: int = 256) -> np.ndarray:
     """Reference: the former dense implementation (one pairs x bins histogram array), merged exactly the same way."""
     import heapq
 
@@ -618,7 +627,7 @@ def _agglomerate_dense(frags: np.ndarray, affs: np.ndarray, threshold: float, sc
         return st[0] / st[1] if score == "mean" else (int(np.searchsorted(np.cumsum(st), 0.5 * st.sum())) + 0.5) / bins
 
     adj, heap = {}, []
-    for (u, v), st in zip(uniq.tolist(), stats):
+    for (u, v), st in zip(uniq.tolist(), stats, strict=True):
         adj.setdefault(u, {})[v] = st
         adj.setdefault(v, {})[u] = st
         heapq.heappush(heap, (-value(st), u, v))

@@ -226,9 +226,9 @@ def test_a_sigkilled_worker_process_leaves_a_run_that_resumes_to_the_uninterrupt
 def test_shipped_em_scores_are_those_of_the_default_postprocessing(name: str) -> None:
     """The `eval` block of a shipped EM model's config.json is what the default pipeline (official mahotas + waterz
     post-processing) scores on the test volume today, not a number left from an earlier post-processing."""
-    from vistok.io.sources import resolve_ckpt
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_volume
     from vistok.io.checks import read_config
+    from vistok.io.sources import resolve_ckpt
 
     stored = read_config(resolve_ckpt(name))
     import os

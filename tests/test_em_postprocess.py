@@ -56,7 +56,7 @@ def ref_agglomerate(affs: np.ndarray, frags: np.ndarray, threshold: float = 0.5,
         hi, lo = [slice(None)] * 3, [slice(None)] * 3
         hi[axis], lo[axis] = slice(1, None), slice(None, -1)
         for a, b, w in zip(frags[tuple(lo)].ravel().tolist(), frags[tuple(hi)].ravel().tolist(),
-                           affs[axis][tuple(hi)].ravel().tolist()):
+                           affs[axis][tuple(hi)].ravel().tolist(), strict=True):
             if a != b and a > 0 and b > 0:
                 key = (min(a, b), max(a, b))
                 largest[key] = max(largest.get(key, -1.0), w)
@@ -166,7 +166,7 @@ def test_per_slice_scores_are_the_mean_of_2d_scikit_image_scores(seed: int) -> N
     seg = np.where(rng.random(gt.shape) < 0.7, gt + 3, rng.integers(0, 4, gt.shape))
     seg[1] = 1  # a section merged into one segment
     rows = [(*variation_of_information(g, s, ignore_labels=(0,)), adapted_rand_error(g, s)[0])
-            for s, g in zip(seg, gt) if g.any()]
+            for s, g in zip(seg, gt, strict=True) if g.any()]
     split, merge, are = np.mean(rows, axis=0)
     got = evaluate_per_slice(seg, gt)
     np.testing.assert_allclose(got, (split, merge, split + merge, are), atol=1e-12)

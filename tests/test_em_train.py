@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_train_script
-
 from vistok.config import load_config, to_dict
 from vistok.em import cli as em_cli
 from vistok.em.backbone import SegMamba
@@ -27,6 +25,8 @@ from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.errors import VistokError
 from vistok.io import exports
+
+from conftest import load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:vistok Mamba")]
@@ -114,7 +114,9 @@ def test_pretraining_runs_the_papers_two_stage_schedule_as_two_chained_runs(runs
     script.load_init(started := TokenUnify(cfg.model), str(runs["pre1"] / "export"))
     for k, v in started.state_dict().items():
         assert torch.equal(v, export1[k]), k
-    dist_from = lambda a: sum(float((a[k].float() - state2["model"][k].float()).norm()) for k in a if a[k].is_floating_point())
+    def dist_from(a):
+        return sum(float((a[k].float() - state2["model"][k].float()).norm()) for k in a if a[k].is_floating_point())
+
     assert dist_from(export1) < 0.5 * dist_from(fresh)
     assert state1["step"] == 2
 
@@ -181,7 +183,8 @@ def test_mismatched_or_wrong_exports_are_clear_errors(tmp_path, monkeypatch, run
     cases = {  # init_from, extra override -> message
         (str(runs["pre"] / "export"), "model.hidden_size=32"): "pretrained with model.hidden_size=16 but this run has "
                                                                 "model.hidden_size=32",
-        (str(runs["pre"] / "export"), "model.nslices=2"): "model.nslices=4 but this run has model.nslices=2",  # same shapes
+        # same shapes
+        (str(runs["pre"] / "export"), "model.nslices=2"): "model.nslices=4 but this run has model.nslices=2",
         (str(runs["pre"] / "export"), "model.mamba_residual=true"): "mamba_residual=False but this run has",
         (str(tmp_path), "train.seed=0"): "not an exported vistok model",
     }
@@ -203,7 +206,8 @@ def test_mismatched_or_wrong_exports_are_clear_errors(tmp_path, monkeypatch, run
         run_script("finetune_em_seg", monkeypatch, "inference.roi=[16,32,40]", *data)
 
 
-@pytest.mark.parametrize("pair", [("tokenunify_pretrain_tiny", "em_seg_tiny"), ("tokenunify_pretrain_base", "em_seg_base")])
+@pytest.mark.parametrize("pair", [("tokenunify_pretrain_tiny", "em_seg_tiny"),
+                                  ("tokenunify_pretrain_base", "em_seg_base")])
 def test_shipped_configs_parse_and_their_backbones_pair(pair: tuple[str, str]) -> None:
     pre = load_config(load_script("pretrain_tokenunify").Config, REPO / "train" / "configs" / f"{pair[0]}.yaml")
     seg = load_config(load_script("finetune_em_seg").Config, REPO / "train" / "configs" / f"{pair[1]}.yaml")
@@ -230,7 +234,8 @@ def test_em_segment_writes_a_labelled_volume_and_reproduces_the_finetuning_score
     seg = read_volume(f"{tmp_path}/seg.h5:pred/seg")
     assert seg.shape == (16, 36, 40) and seg.dtype == np.uint32 and seg.min() >= 1
     assert f"{len(np.unique(seg))} segments" in out and "roi (16, 32, 32)" in out
-    code, out, _ = em(["em-eval", "--seg", f"{tmp_path}/seg.h5:pred/seg", "--gt", volumes["test_ids"], "--json"], capsys)
+    code, out, _ = em(["em-eval", "--seg", f"{tmp_path}/seg.h5:pred/seg", "--gt", volumes["test_ids"], "--json"],
+                      capsys)
     scores, reference = json.loads(out), json.loads((runs["seg"] / "eval.json").read_text())
     assert code == 0 and all(scores[k] == reference[k] for k in ("voi_split", "voi_merge", "voi", "arand"))
     code, _, err = em(["em-segment", "--ckpt", str(runs["seg"] / "export"), "--input", volumes["test_raw"],

@@ -22,14 +22,13 @@ from torch import nn
 from vistok import registry
 from vistok.config import to_dict
 from vistok.engine import checkpoint, flops
-from vistok.io import atomic, exports
 from vistok.engine.dist import DistEnv, seed_everything, setup, unwrap, wrap_model
 from vistok.engine.logging import MetricsLog, read_metrics
 from vistok.engine.loop import Checkpointer, TrainConfig, Trainer, optimizer_step, run_main, split_micro_batches
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from vistok.errors import VistokError
+from vistok.io import atomic, exports
 from vistok.metrics.fid_net import FidNet
-
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -75,8 +74,9 @@ def test_param_groups_decay_only_linear_and_conv_weights():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == ids([model.conv.weight, model.conv_nb.weight, model.fc.weight])
-    expected_no_decay = [model.embed.weight, model.pos, model.token, model.conv.bias, model.norm.weight, model.norm.bias,
-                         model.gn.weight, model.gn.bias, model.bn.weight, model.bn.bias, model.fc.bias]
+    expected_no_decay = [model.embed.weight, model.pos, model.token, model.conv.bias, model.norm.weight,
+                         model.norm.bias, model.gn.weight, model.gn.bias, model.bn.weight, model.bn.bias,
+                         model.fc.bias]
     assert ids(no_decay["params"]) == ids(expected_no_decay)
     assert not ids(decay["params"] + no_decay["params"]) & ids(model.frozen.parameters())  # frozen: in neither
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9))
@@ -96,7 +96,8 @@ def lrs(schedule: str, warmup: int, total: int, steps: list[int]) -> list[float]
 
 def test_warmup_cosine_schedule():
     got = lrs("cosine", 10, 110, [0, 5, 10, 35, 60, 85, 110])
-    expected = [0.0, 1.0, 2.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.25)), 1.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.75)), 0.0]
+    expected = [0.0, 1.0, 2.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.25)), 1.0, 2 * 0.5 * (1 + math.cos(math.pi * 0.75)),
+                0.0]
     assert got == pytest.approx(expected, abs=1e-12)
     assert lrs("cosine", 0, 4, [0, 2, 4]) == pytest.approx([2.0, 1.0, 0.0], abs=1e-12)
 
@@ -249,7 +250,8 @@ def test_training_state_loads_with_weights_only(tmp_path):
     opt.step()
     sched.step()
     state = {"step": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "ema": EMA(model).state_dict(), "rng": [checkpoint.rng_state()], "config": {"train": {"betas": [0.9, 0.95]}}}
+             "ema": EMA(model).state_dict(), "rng": [checkpoint.rng_state()],
+             "config": {"train": {"betas": [0.9, 0.95]}}}
     checkpoint.save_training_state(tmp_path, state)
     loaded = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on any pickled object
     assert loaded["step"] == 3 and loaded["config"] == state["config"]
@@ -267,7 +269,8 @@ def test_export_round_trip_and_registry_load(tmp_path):
     preset = registry.get_preset("cifar10-net-test")
     torch.manual_seed(0)
     model = FidNet(preset.config)
-    out = exports.write_export(tmp_path / "export", "fid_net", to_dict(preset.config), model.state_dict(), step=7, note="x")
+    out = exports.write_export(tmp_path / "export", "fid_net", to_dict(preset.config), model.state_dict(), step=7,
+                               note="x")
     meta, state = exports.read_export(out)
     assert meta["family"] == "fid_net" and meta["step"] == 7 and meta["config"]["widths"] == [8, 16, 16, 32]
     assert state.keys() == model.state_dict().keys()
@@ -319,25 +322,25 @@ def test_optimizer_step_clips_before_stepping():
     sched = build_scheduler(opt, "constant", 0, 10)
     grads = [torch.randn_like(p) * 10 for p in model.parameters()]
     total = torch.sqrt(sum((g**2).sum() for g in grads))
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in model.parameters()]
     norm = optimizer_step(model, opt, sched, grad_clip=1.0)
     assert norm.item() == pytest.approx(total.item(), rel=1e-6)  # the norm before clipping is reported
-    deltas = [b - p.detach() for b, p in zip(before, model.parameters())]
+    deltas = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
     # the step used the clipped gradients: lr * grad / |grad| * clip
-    for d, g in zip(deltas, grads):
+    for d, g in zip(deltas, grads, strict=True):
         torch.testing.assert_close(d, 0.5 * g / total, rtol=1e-5, atol=1e-7)
     assert torch.sqrt(sum((d**2).sum() for d in deltas)).item() == pytest.approx(0.5, rel=1e-5)
     assert all(p.grad is None for p in model.parameters())
     assert sched.last_epoch == 1
     # no clipping: the raw gradient
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in model.parameters()]
     norm = optimizer_step(model, opt, sched, grad_clip=0.0)
     assert norm.item() == pytest.approx(total.item(), rel=1e-6)
-    for b, p, g in zip(before, model.parameters(), grads):
+    for b, p, g in zip(before, model.parameters(), grads, strict=True):
         torch.testing.assert_close(b - p.detach(), 0.5 * g, rtol=1e-5, atol=1e-6)
 
 
@@ -486,15 +489,17 @@ def test_checkpointer_save_resume_sharded_under_fsdp2(tmp_path):
         torch.manual_seed(0)
         wide = fully_shard(nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 2)))
         opt = build_optimizer(wide, 1e-2, 0.1)
-        ckpt = Checkpointer(tmp_path / "run", CPU, wide, opt, build_scheduler(opt, "cosine", 2, 20), EMA(wide), TrainConfig(),
-                            sharded=True)
+        ckpt = Checkpointer(tmp_path / "run", CPU, wide, opt, build_scheduler(opt, "cosine", 2, 20), EMA(wide),
+                            TrainConfig(), sharded=True)
         before = (tmp_path / "run" / "config.yaml").read_bytes()
-        with pytest.raises(VistokError, match=r"last.dcp does not match the model: missing 0.weight.*unexpected fc1") as err:
+        with pytest.raises(VistokError,
+                           match=r"last.dcp does not match the model: missing 0.weight.*unexpected fc1") as err:
             ckpt.resume()
         assert "\n" not in str(err.value) and (tmp_path / "run" / "config.yaml").read_bytes() == before
         # a DDP / one-process run on that folder is told how to resume it
         model, trained, ema, opt, sched = make_run(0)
-        with pytest.raises(VistokError, match="holds an FSDP .sharded. checkpoint .last.dcp.; resume it with train.parallel=fsdp"):
+        with pytest.raises(VistokError,
+                           match="holds an FSDP .sharded. checkpoint .last.dcp.; resume it with train.parallel=fsdp"):
             Checkpointer(tmp_path / "run", CPU, trained, opt, sched, ema, TrainConfig()).resume()
         # one sharded checkpoint is kept (no older one to fall back to): its meta.pt is verified against its hash
         meta_file = tmp_path / "run" / "last.dcp" / "meta.pt"
@@ -628,8 +633,10 @@ def test_model_flops_counts_forward_and_backward():
 def test_peak_flops_lookup(monkeypatch):
     assert flops.peak_flops("cpu") is None and flops.peak_flops("cpu", override=100.0) == 100e12
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for name, dtype, expected in (("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12), ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
-                                  ("NVIDIA H200", torch.bfloat16, 989.4e12), ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312e12),
+    for name, dtype, expected in (("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12),
+                                  ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
+                                  ("NVIDIA H200", torch.bfloat16, 989.4e12),
+                                  ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312e12),
                                   ("NVIDIA GeForce RTX 4090", torch.bfloat16, None)):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert flops.peak_flops("cuda", dtype) == expected, name
@@ -640,7 +647,8 @@ def test_peak_flops_lookup(monkeypatch):
         assert flops.peak_flops("cuda", torch.float32) == 19.5e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    assert flops.mfu(10**12, 0.5, 4e12) == 0.5 and flops.mfu(None, 0.5, 4e12) is None and flops.mfu(10, 1.0, None) is None
+    assert (flops.mfu(10**12, 0.5, 4e12) == 0.5 and flops.mfu(None, 0.5, 4e12) is None
+            and flops.mfu(10, 1.0, None) is None)
 
 
 def test_trainer_logs_throughput_and_mfu(tmp_path, capsys):
@@ -717,5 +725,5 @@ def test_adamw_is_fused_on_plain_tensors_and_steps_like_the_reference_loop():
             m(x).square().mean().backward()
             opt.step()
             opt.zero_grad()
-    for a, b in zip(model.parameters(), twin.parameters()):
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -66,7 +66,8 @@ def test_scale_entities_are_downsampled_copies() -> None:
     x = torch.randn(2, 3, 4, 4)
     seq = part.split(x)
     torch.testing.assert_close(seq[:, 0], x.mean(dim=(2, 3)))  # 1x1 scale: the mean
-    torch.testing.assert_close(seq[:, 1:5], x.unfold(2, 2, 2).unfold(3, 2, 2).mean(dim=(-1, -2)).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(seq[:, 1:5],
+                               x.unfold(2, 2, 2).unfold(3, 2, 2).mean(dim=(-1, -2)).flatten(2).transpose(1, 2))
     assert torch.equal(seq[:, 5:], x.flatten(2).transpose(1, 2))  # the finest scale is the grid itself
     assert Partition("scale", (6, 6), 2).scales == ((3, 3), (6, 6))
 

@@ -53,7 +53,8 @@ def test_ood_script_stops_on_a_missing_data_file_before_any_decoding(tmp_path) -
     """Every set is built before the tokenizer loads, so a missing file is one line and nothing else runs."""
     env = script_env(VISTOK_DATA=str(tmp_path))  # this checkout on the path, as for every script
     proc = subprocess.run([sys.executable, str(Path(flextok_ood.__file__)), "--sets", "shapes,em", "--num", "2",
-                           "--ckpt", str(tmp_path / "no-such-export")], env=env, capture_output=True, text=True, timeout=120)
+                           "--ckpt", str(tmp_path / "no-such-export")], env=env, capture_output=True, text=True,
+                          timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "the em set reads" in lines[0] and "VISTOK_DATA" in lines[0] and not proc.stdout
@@ -103,9 +104,11 @@ def test_ablation_lanes_sharing_one_folder_keep_each_others_runs(tmp_path) -> No
 
 @pytest.mark.filterwarnings("ignore:10 fake images")  # FID of 10 images: only compared with itself here
 def test_cfg_sweep_runs_a_variant_and_switches_snapping_off_for_nosnap(data_root, tmp_path) -> None:
-    """`experiments/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping (group 0 has
-    no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored afterwards."""
+    """`experiments/sweep_flextok_xar_cfg.py` on the shipped xAR, 10 samples: k = 1 does not depend on snapping
+    (group 0 has no context), k = 2 does (group 1 is conditioned on group 0), and the API's sampler is restored
+    afterwards."""
     import sweep_flextok_xar_cfg as sweep
+
     import vistok.api.models as models
 
     keep = models.sample_ids
@@ -147,8 +150,9 @@ def test_ablations_rescore_kept_samples_once_when_the_feature_network_changes(tm
 
 
 def test_loss_curve_windows_and_clear_errors(tmp_path) -> None:
-    """`experiments/plot_loss.py`: one value per step (a repeated step's later row), window means over steps 1..w, w+1..2w,
-    ... with non-finite values left out, and one-line errors for a folder without a log or a key it does not hold."""
+    """`experiments/plot_loss.py`: one value per step (a repeated step's later row), window means over steps 1..w,
+    w+1..2w, ... with non-finite values left out, and one-line errors for a folder without a log or a key it does not
+    hold."""
     import json
 
     import plot_loss

@@ -79,7 +79,7 @@ def test_tokenizer_path_stays_inside_the_export(tmp_path):
     outside = _copy("cifar10-flextok-tiny", tmp_path / "elsewhere")
     paired.load_paired(gen)  # the untouched copy loads
     for bad in ("../elsewhere", str(outside), "tokenizer/../../elsewhere", "C:\\elsewhere"):
-        _edit(gen, lambda m: m["tokenizer"].update(path=bad))
+        _edit(gen, lambda m, bad=bad: m["tokenizer"].update(path=bad))
         with pytest.raises(VistokError, match="must be a relative path inside the export"):
             paired.load_paired(gen)
     os.symlink(outside, gen / "link")

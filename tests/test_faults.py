@@ -21,13 +21,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import check_ok, script_env
 from vistok.engine import checkpoint
 from vistok.engine.dist import DistEnv
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
 from vistok.io import exports
+
+from conftest import check_ok, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")
@@ -100,7 +101,8 @@ def test_infinite_gradient_skips_the_step_everywhere(tmp_path, capsys):
     assert read_metrics(tmp_path / "a")[2]["grad_norm"] == float("inf")
     # resumed, the run goes on from there with its skip count
     run = train(config(tmp_path / "a", ckpt_every=1), 4)
-    assert run.skips == 0 and run.skipped == 1 and not torch.equal(params(run)["fc1.weight"], before["params"]["fc1.weight"])
+    assert run.skips == 0 and run.skipped == 1 and not torch.equal(params(run)["fc1.weight"],
+                                                                   before["params"]["fc1.weight"])
 
 
 def _two_ranks(rank: int, init_file: str, run_dir: str) -> None:
@@ -141,7 +143,8 @@ def test_non_finite_steps_stop_the_run_when_asked_or_after_the_limit(tmp_path, c
         if run.step + 1 >= 2:
             run._sums["loss"] = run._sums["loss"] * float("nan")
 
-    with pytest.raises(VistokError, match=r"loss is nan .* at step 2 \(on some rank\); training stopped.*train.lr") as err:
+    with pytest.raises(VistokError,
+                       match=r"loss is nan .* at step 2 \(on some rank\); training stopped.*train.lr") as err:
         train(config(tmp_path / "stop", nonfinite="stop"), 8, nan_loss_from_step_2)
     assert "\n" not in str(err.value)
     with pytest.raises(VistokError, match=r"at step 5 .*after 3 skipped steps in a row; training stopped"):
@@ -203,7 +206,8 @@ def test_full_disk_keeps_the_last_checkpoint_and_export(tmp_path, monkeypatch):
     with pytest.raises(VistokError, match=r"cannot write .*ckpt-000004.pt: No space left on device") as err:
         train(cfg, 4)
     assert "\n" not in str(err.value)
-    monkeypatch.setattr(exports, "save", lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(exports, "save",
+                        lambda tensors: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(VistokError, match="No space left on device"):
         exports.write_export(tmp_path / "export", "net", {"width": 8}, run.ema_state(), step=4)
     monkeypatch.undo()
@@ -220,7 +224,8 @@ def test_changed_optimisation_config_applies_on_resume(tmp_path, capsys):
     torch.manual_seed(0)
     run = Trainer(Net(8), cfg, CPU)
     assert run.step == 4
-    assert "changed config keys: train.betas, train.lr, train.total_steps, train.weight_decay" in capsys.readouterr().err
+    assert ("changed config keys: train.betas, train.lr, train.total_steps, train.weight_decay"
+            in capsys.readouterr().err)
     expected_lr = lr * 0.5 * (1 + math.cos(math.pi * 4 / 20))  # the new cosine, at step 4
     decay, no_decay = run.optimizer.param_groups
     assert decay["lr"] == pytest.approx(expected_lr, rel=1e-12) == no_decay["lr"] and decay["initial_lr"] == lr
@@ -232,12 +237,14 @@ def test_changed_optimisation_config_applies_on_resume(tmp_path, capsys):
     with run.logging():
         x = torch.randn(8, 4, generator=torch.Generator().manual_seed(4))
         run.backward(run.ddp_model(x))
-        g = w.grad.clone() * min(1.0, 1.0 / (torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()]) + 1e-6))
+        g = w.grad.clone() * min(1.0, 1.0 / (torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()])
+                                             + 1e-6))
         run.finish_step()
     t = state["step"] + 1
     m = betas[0] * state["exp_avg"] + (1 - betas[0]) * g
     v = betas[1] * state["exp_avg_sq"] + (1 - betas[1]) * g * g
-    expected = start * (1 - expected_lr * wd) - expected_lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+    expected = (start * (1 - expected_lr * wd)
+                - expected_lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps))
     torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-7)
     assert read_metrics(tmp_path)[-1]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 5 / 20)))
 
@@ -395,7 +402,8 @@ elif mode == "kill-rank-1":  # rank 1 dies after finishing `step` on torchrun's 
         if self.step == step and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
             os.kill(os.getpid(), signal.SIGKILL)
     loop.Trainer.finish_step = finish_step
-    if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "1":  # as if on a node without the file
+    # as if on a node without the file
+    if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "1":
         from vistok.engine import checkpoint
         def no_file(*args, **kwargs):
             raise AssertionError("rank 1 read a checkpoint itself")

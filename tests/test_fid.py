@@ -5,15 +5,16 @@ evaluator definitions (`--adm`) against hand and brute-force computations; one w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
-from pathlib import Path
 
 from vistok.demo import degraded_sets
 from vistok.errors import VistokError
-from vistok.metrics import fid
 from vistok.io.sources import shipped_models
+from vistok.metrics import fid
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_statistics_file_equals_images(tmp_path, npz_sets):
             np.savez(sets.setdefault(name, tmp_path / f"{name}.npz"), images=z["images"][:300])
     stats = fid.compute_statistics(fid.as_images(sets["real"]))
     path = tmp_path / "ref.npz"
-    fid.save_statistics(stats, path, extractor="cifar10-net", fingerprint=fid.extractor_fingerprint("cifar10-net", None))
+    fid.save_statistics(stats, path, extractor="cifar10-net",
+                        fingerprint=fid.extractor_fingerprint("cifar10-net", None))
     via_stats = fid.calculate(sets["blurred"], path)["fid"]
     via_images = fid.calculate(sets["blurred"], sets["real"])["fid"]
     assert via_stats == pytest.approx(via_images, rel=1e-6, abs=1e-6)
@@ -171,7 +173,8 @@ def test_crafted_inception_weights_never_run(tmp_path, monkeypatch, npz_sets):
 
 
 def test_cifar10_net_weights_are_safetensors_only(tmp_path):
-    """The cifar10-net extractor reads its export through safetensors: a pickle in its place is one line, runs nothing."""
+    """The cifar10-net extractor reads its export through safetensors: a pickle in its place is one line, runs
+    nothing."""
     import shutil
 
     from vistok.io.sources import resolve_ckpt
@@ -313,7 +316,8 @@ def test_damaged_npz_is_one_line_in_every_position(tmp_path, damage):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(data)
     for fake, real in ((bad, good), (good, bad)):
-        with pytest.raises(VistokError, match=r"cannot read .*bad\.npz: (damaged or not an \.npz archive|not an \.npz archive)") as err:
+        with pytest.raises(VistokError, match=r"cannot read .*bad\.npz: "
+                                              r"(damaged or not an \.npz archive|not an \.npz archive)") as err:
             fid.calculate(fake, real)
         assert "\n" not in str(err.value)
 
@@ -367,7 +371,8 @@ def test_adm_precision_recall_equal_a_brute_force_knn(scale):
 
     rng = np.random.default_rng(1)
     real = rng.integers(0, 6, size=(40, 4)).astype(np.float64) * scale
-    fake = np.concatenate([rng.integers(0, 3, size=(20, 4)), rng.integers(6, 9, size=(13, 4))]).astype(np.float64) * scale
+    fake = (np.concatenate([rng.integers(0, 3, size=(20, 4)), rng.integers(6, 9, size=(13, 4))]).astype(np.float64)
+            * scale)
     want = brute_force_pr(real, fake)
     assert 0 < want[0] < 1 and 0 < want[1] < 1  # neither trivially 0 nor 1
     for batch in (adm.PR_BATCH, 7):

@@ -1,4 +1,5 @@
-"""FlexTok (Bachmann et al., arXiv 2502.13967): encoder mask, nested dropout, training loss, sampler, guidance, presets."""
+"""FlexTok (Bachmann et al., arXiv 2502.13967): encoder mask, nested dropout, training loss, sampler, guidance,
+presets."""
 
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from vistok.modules.repa import DinoV2Teacher, build_teacher
 from vistok.tokenizers import flextok_sampling as sampling
 from vistok.tokenizers.flextok import FAMILY, PRESETS, FlexTok, FlexTokConfig, register_mask
 from vistok.tokenizers.flextok_sampling import APGConfig, DecodeConfig
-
-
-
 
 K = 8
 
@@ -198,8 +196,7 @@ def test_dinov2_teacher_needs_local_weights(tmp_path) -> None:
 
 def test_fid_net_teacher_from_an_export(tmp_path) -> None:
     from vistok.io.exports import write_export as export
-    from vistok.metrics.fid_net import PRESETS as FID_PRESETS
-    from vistok.metrics.fid_net import FidNet, load_fid_net
+    from vistok.metrics.fid_net import PRESETS as FID_PRESETS, FidNet, load_fid_net
 
     cfg = FID_PRESETS["cifar10-net-test"]
     export(tmp_path / "net", "fid_net", dataclasses.asdict(cfg), FidNet(cfg).state_dict())

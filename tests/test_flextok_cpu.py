@@ -44,7 +44,8 @@ def ids_of(model: FlexTok, batch: int = 2) -> torch.Tensor:
 def test_progress_ticks_once_per_step_and_never_changes_the_result(monkeypatch, capsys) -> None:
     model, steps = tiny(), 5
     ids = ids_of(model)
-    plain = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=False)
+    plain = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0,
+                            progress=False)
     events: list[str] = []
     bars = []
     real_bar = sampling.progress_bar
@@ -60,16 +61,19 @@ def test_progress_ticks_once_per_step_and_never_changes_the_result(monkeypatch, 
     model.decoder.register_forward_hook(lambda *_: events.append("forward"))
     monkeypatch.setattr(vistok.progress, "is_terminal", lambda: True)  # as if stderr were a terminal
     capsys.readouterr()
-    shown = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=True)
+    shown = sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0,
+                            progress=True)
     assert events == ["forward", "tick 1"] * steps  # both guidance branches in one forward, then one tick
     assert torch.equal(shown, plain)
     assert len(bars) == 1 and not bars[0][1] and bars[0][0].total == steps and bars[0][0].n == steps
     err = capsys.readouterr().err  # tqdm redraws at most every 0.1 s and clears the bar when done: its start shows
     assert f"0/{steps} " in err and "step" in err
     # asked off, or stderr not a terminal: a silent bar (still one tick per step), the same result
-    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=False), plain)
+    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3],
+                                       seed=0, progress=False), plain)
     monkeypatch.setattr(vistok.progress, "is_terminal", lambda: False)
-    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3], seed=0, progress=True), plain)
+    assert torch.equal(sampling.decode(model, ids, DecodeConfig(steps=steps, cfg=3.0, guidance="apg"), keep_k=[8, 3],
+                                       seed=0, progress=True), plain)
     assert [disabled for _, disabled in bars[1:]] == [True, True] and capsys.readouterr().err == ""
 
 

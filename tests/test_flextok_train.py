@@ -20,19 +20,20 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CliResult, check_ok, load_train_script, vistok as vistok_cli
-from vistok import cli
-from vistok.config import from_dict
-from vistok.engine.loop import run_main
-from vistok.io.exports import write_export
-from vistok.errors import VistokError
 import vistok
+from vistok import cli
 from vistok.api import load_flextok
 from vistok.api.jobs import prefix_list as parse_ks
+from vistok.config import from_dict
 from vistok.data.sources import load_images
+from vistok.engine.loop import run_main
+from vistok.errors import VistokError
+from vistok.io.exports import write_export
 from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder
 from vistok.viz import recon_grid
+
+from conftest import CliResult, check_ok, load_train_script, vistok as vistok_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "train/configs/flextok_cifar10_tiny.yaml")
@@ -104,7 +105,8 @@ def test_training_exports_model_tokenizer_and_preview(run_dir):
     assert meta["config"]["registers"] == 8 and meta["config"]["repa_dim"] == 0 and meta["nested_dropout"] == "pow2"
     assert meta["sample"] == {"steps": 2, "cfg": 1.0, "guidance": "cfg"}
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) and r["loss"] == r["flow"] for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) and r["loss"] == r["flow"]
+                                                          for r in rows)
     model, tokenizer, _ = load_flextok(export)  # the folder alone rebuilds both
     assert not model.training and model.repa_proj is None and model.config.grid == (32, 32)
     assert tokenizer.decode(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
@@ -136,7 +138,8 @@ def test_training_on_a_procedural_mix_records_it_in_the_export(run_dir, tmp_path
         check_ok(train_flextok(f"train.run_dir={out}", *TINY, "train.total_steps=1", *extra))
         losses[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     meta = json.loads((tmp_path / "mix" / "export" / "config.json").read_text())
-    assert meta["data_mix"] == {"mix": "dead-leaves", "mix_frac": 0.5, "gray_p": 0.0} and meta["data"] == "cifar10-train"
+    assert (meta["data_mix"] == {"mix": "dead-leaves", "mix_frac": 0.5, "gray_p": 0.0}
+            and meta["data"] == "cifar10-train")
     assert json.loads((tmp_path / "gray" / "export" / "config.json").read_text())["data_mix"]["gray_p"] == 0.5
     assert json.loads((run_dir / "export" / "config.json").read_text())["data_mix"] is None
     preview = np.asarray(Image.open(tmp_path / "mix" / "export" / "preview.png"))  # rows: images 0 and 32 of 64
@@ -217,7 +220,8 @@ def test_reconstruct_writes_images_grid_and_metrics_per_k(run_dir, random_export
     assert result["num"] == 4 and result["tokens"] == [1, 2, 8] and result["steps"] == 2 and result["fid_real"] is None
     assert sorted(result["metrics"]) == ["1", "2", "8"]
     for m in result["metrics"].values():
-        assert set(m) == {"mse", "psnr", "ssim"} and 0 < m["mse"] < 1 and np.isfinite(m["psnr"]) and -1 <= m["ssim"] <= 1
+        assert (set(m) == {"mse", "psnr", "ssim"} and 0 < m["mse"] < 1 and np.isfinite(m["psnr"])
+                and -1 <= m["ssim"] <= 1)
     for k in (1, 2, 8):
         assert len(list((out / f"k{k:03d}").glob("*.png"))) == 4
         with np.load(out / f"k{k:03d}.npz") as z:
@@ -235,8 +239,7 @@ def test_reconstruct_writes_images_grid_and_metrics_per_k(run_dir, random_export
 def test_reconstruct_fid_with_an_extractor_export(random_export, tmp_path):
     """FID without the shipped cifar10-net: a random cifar10-net-test export as the extractor and the inputs' own
     images as the reference, so the inputs' FID (the floor) is 0."""
-    from vistok.metrics.fid_net import PRESETS as FID_PRESETS
-    from vistok.metrics.fid_net import FidNet
+    from vistok.metrics.fid_net import PRESETS as FID_PRESETS, FidNet
 
     cfg = FID_PRESETS["cifar10-net-test"]
     torch.manual_seed(0)
@@ -278,7 +281,8 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
     cases = [
         (["encode", *ckpt, "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t.npz")], "is not a dataset"),
         (["encode", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "t.npz")], "16x16 images"),
-        (["encode", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "t.txt")], "must end in .npz"),
+        (["encode", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "t.txt")],
+         "must end in .npz"),
         (["encode", *ckpt, "--input", str(tmp_path / "small.npz"), "--out", str(tmp_path / "t.npz"), "--tokens", "9"],
          "1..8"),
         (["decode", *ckpt, "--tokens", str(tmp_path / "none.npz"), "--out", str(tmp_path / "d")], "does not exist"),
@@ -300,7 +304,8 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
         mod.check_pairing(cfg, mod.build_image_tokenizer(cfg), 0)
     with pytest.raises(VistokError, match="model.repa_dim=16"):
         mod.check_pairing(from_dict(mod.Config, {"model": {"repa_dim": 8}}), mod.build_image_tokenizer(cfg), 16)
-    bad = [({"model": {"repa_dim": 8}}, "repa.teacher=conv model.repa_dim=64"), ({"repa": {"teacher": "conv"}}, "set both"),
+    bad = [({"model": {"repa_dim": 8}}, "repa.teacher=conv model.repa_dim=64"),
+           ({"repa": {"teacher": "conv"}}, "set both"),
            ({"data": {"latents": "cache"}}, "data.latents needs tokenizer=vae"),
            ({"data": {"latents": "cache", "limit": 8}, "tokenizer": "vae"}, "data.limit does not apply")]
     for values, fragment in bad:

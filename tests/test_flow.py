@@ -27,7 +27,8 @@ def test_interpolation_and_velocity() -> None:
     assert torch.equal(flow.interpolate(x, eps, 0.0), x)  # t = 0 is data
     assert torch.equal(flow.interpolate(x, eps, 1.0), eps)  # t = 1 is noise
     t, h = 0.3, 1e-3
-    finite_diff = (flow.interpolate(x.double(), eps.double(), t + h) - flow.interpolate(x.double(), eps.double(), t - h)) / (2 * h)
+    finite_diff = (flow.interpolate(x.double(), eps.double(), t + h)
+                   - flow.interpolate(x.double(), eps.double(), t - h)) / (2 * h)
     torch.testing.assert_close(finite_diff, flow.velocity_target(x, eps).double())
     per_row = torch.tensor([[0.0], [1.0], [0.5], [0.25]])  # (B, 1) broadcasts over channels
     xt = flow.interpolate(x, eps, per_row)
@@ -37,7 +38,7 @@ def test_interpolation_and_velocity() -> None:
 def test_time_grids() -> None:
     sde = flow.time_grid(5, sde=True, t_last=0.04)
     assert len(sde) == 6 and sde[0] == 1.0 and sde[-1] == 0.0 and math.isclose(sde[-2], 0.04)
-    assert all(a > b for a, b in zip(sde, sde[1:]))
+    assert all(a > b for a, b in zip(sde, sde[1:], strict=False))
     ode = flow.time_grid(4, sde=False)
     assert ode == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert flow.time_grid(1) == [1.0, 0.0]
@@ -51,7 +52,7 @@ def test_euler_recovers_a_straight_path_exactly() -> None:
     for steps in (1, 3, 7):
         z = eps.clone()
         grid = flow.time_grid(steps, sde=False)
-        for t, t_next in zip(grid[:-1], grid[1:]):
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             z = flow.euler_step(z, flow.velocity_target(x, eps), t, t_next)
         torch.testing.assert_close(z, x)
 
@@ -76,7 +77,7 @@ def test_samplers_reach_a_gaussian_target(sde: bool) -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(20_000, generator=g, dtype=torch.float64)
     grid = flow.time_grid(100, sde=sde)
-    for t, t_next in zip(grid[:-1], grid[1:]):
+    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         if sde:
             noise = torch.randn(z.shape, generator=g, dtype=torch.float64) if t_next > 0 else None
             z = flow.euler_maruyama_step(z, velocity(z, t), t, t_next, noise)
@@ -116,7 +117,7 @@ def test_one_step_sde_returns_x0() -> None:
     grid = flow.time_grid(1, sde=True)
     assert grid == [1.0, 0.0]
     z = eps
-    for t, t_next in zip(grid[:-1], grid[1:]):
+    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         z = flow.euler_maruyama_step(z, flow.velocity_target(x0, eps), t, t_next, None)
     torch.testing.assert_close(z, x0)
     # a deterministic last step from t < 1 is still the SDE's mean step (the official sampler's last step)

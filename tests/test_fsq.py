@@ -11,8 +11,6 @@ from vistok.errors import VistokError
 from vistok.modules.fsq import FSQ, QuantOut
 
 
-
-
 def test_all_64000_ids_round_trip() -> None:
     fsq = FSQ()
     assert fsq.levels == (8, 8, 8, 5, 5, 5) and fsq.codebook_size == 64_000 and fsq.dim == 6

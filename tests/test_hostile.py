@@ -220,7 +220,8 @@ def _nan_weights(state: dict[str, torch.Tensor]) -> None:
             return  # one tensor is enough to make every image black
 
 
-@pytest.mark.parametrize("name", ["cifar10-xar-tiny", "cifar10-flextok-tiny", "em-segmamba-tiny-scratch", "cifar10-net"])
+@pytest.mark.parametrize("name", ["cifar10-xar-tiny", "cifar10-flextok-tiny", "em-segmamba-tiny-scratch",
+                                  "cifar10-net"])
 def test_non_finite_weights_are_refused_at_load(tmp_path, name):
     """An export whose weights hold NaN loaded and gave black images with exit 0; now loading names the tensor."""
     folder = copy_export(name, tmp_path / "export", weights=_nan_weights)
@@ -241,7 +242,8 @@ def test_non_finite_weights_are_refused_by_the_cli(tmp_path, capsys):
 @pytest.mark.parametrize("fill", [np.nan, np.inf])
 @pytest.mark.parametrize("fraction", [1.0, 0.01])
 def test_non_finite_em_volume_is_refused(tmp_path, capsys, segmenter, fill, fraction):
-    """An all-NaN volume gave "41 segments" with exit 0 (a few NaN voxels are as wrong: min-max scaling spreads them)."""
+    """An all-NaN volume gave "41 segments" with exit 0 (a few NaN voxels are as wrong: min-max scaling spreads
+    them)."""
     volume = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
     volume[np.random.default_rng(1).random(volume.shape) < fraction] = fill
     np.save(tmp_path / "vol.npy", volume)
@@ -261,7 +263,8 @@ def test_non_finite_em_volume_is_refused(tmp_path, capsys, segmenter, fill, frac
 
 @pytest.mark.parametrize("num", ["0", "-5"])
 def test_demo_counts_must_be_positive(capsys, tmp_path, num):
-    """`demo --num 0` / `--num -5` ran on all 10,000 images; now argparse refuses it (the data root would fail later)."""
+    """`demo --num 0` / `--num -5` ran on all 10,000 images; now argparse refuses it (the data root would fail
+    later)."""
     code, err = run_cli(capsys, "demo", "--num", num, "--out", tmp_path / "demo", "--data-root", tmp_path / "none")
     assert code == 2
     one_line(err, f"argument --num: must be at least 1, got {num}")
@@ -295,7 +298,8 @@ def test_repeated_flags_are_refused(capsys, tmp_path):
 
 def test_huge_image_counts_are_one_line(capsys, tmp_path):
     """`--num 1000000000000` raised a MemoryError traceback (7 TiB of labels)."""
-    code, err = run_cli(capsys, "sample", "--ckpt", "cifar10-xar-tiny", "--num", "1000000000000", "--out", tmp_path / "s")
+    code, err = run_cli(capsys, "sample", "--ckpt", "cifar10-xar-tiny", "--num", "1000000000000", "--out",
+                        tmp_path / "s")
     assert code == 1
     one_line(err, "num must be an integer in [1, 10000000], got 1000000000000")
     assert not (tmp_path / "s").exists()
@@ -371,7 +375,8 @@ def test_paired_generator_arguments_raise_named_errors():
     gpt = vistok.load("cifar10-flextok-gpt-tiny")
     for kwargs, error, fragment in [({"tokens": 2.5}, TypeError, "tokens must be an integer, got float 2.5"),
                                     ({"tokens": 0}, VistokError, "--tokens 0 is not a length this generator stops at"),
-                                    ({"decode_steps": 1.5}, TypeError, "steps (decoder Euler steps) must be an integer"),
+                                    ({"decode_steps": 1.5}, TypeError,
+                                     "steps (decoder Euler steps) must be an integer"),
                                     ({"top_k": 1.5}, TypeError, "top_k must be an integer >= 0"),
                                     ({"temperature": "1"}, TypeError, "temperature must be a number in [0, 100]")]:
         with pytest.raises(error) as exc:

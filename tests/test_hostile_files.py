@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from vistok.cli import main
-from vistok.io.lock import WriterLock, lock_path
 from vistok.errors import VistokError
 from vistok.io import exports
+from vistok.io.lock import WriterLock, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 # the repo's sibling shared/ (as tests/test_convert.py), or the nearest one above a worktree
@@ -83,7 +83,8 @@ def test_out_that_is_the_input_is_refused_before_any_work(tmp_path, images_npz, 
     weights.write_bytes(b"not read")
     missing = str(tmp_path / "no-such-export")
     cases = [
-        (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(images_npz)], images_npz, "is the input"),
+        (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(images_npz)], images_npz,
+         "is the input"),
         (["encode", "--ckpt", missing, "--input", str(images_npz), "--out", str(link)], images_npz, "is the input"),
         (["fid-stats", "--input", str(images_npz), "--out", str(images_npz)], images_npz, "is the input"),
         (["reconstruct", "--ckpt", missing, "--input", str(image_folder), "--out", str(image_folder)], image_folder,
@@ -427,7 +428,9 @@ def test_zarr_volume_with_a_pickle_codec_is_refused_before_any_chunk_is_decoded(
     # the same bytes, decoded by zarr itself under this environment, do run it: the refusal is what protects
     import zarr
 
-    with pytest.raises(Exception):
+    # noqa B017 on purpose: the check is the marker below (the payload ran); zarr then fails on the unpickled object
+    # with an error of its own, whose type depends on the zarr / numcodecs version and is not what is tested here
+    with pytest.raises(Exception):  # noqa: B017
         zarr.open_array(store=str(stores[1]), mode="r")[...]
     assert marker.exists()
 

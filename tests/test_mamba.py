@@ -100,7 +100,7 @@ def test_selective_scan_matches_sequential_recurrence(monkeypatch, block_elems: 
     w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((y * w).sum(), inputs)
     grads_ref = torch.autograd.grad((y_ref * w).sum(), inputs)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert ((g - g_ref).norm() / g_ref.norm()).item() < 1e-5
 
 
@@ -183,4 +183,5 @@ def test_backward_reaches_every_parameter_and_builds_on_meta() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mod.parameters())
     with torch.device("meta"):
         meta = Mamba(256, bimamba_type="v3")
-    assert sum(p.numel() for p in meta.parameters()) == sum(math.prod(s) for s in spec_shapes(256, 16, 4, 2, "v3").values())
+    assert (sum(p.numel() for p in meta.parameters())
+            == sum(math.prod(s) for s in spec_shapes(256, 16, 4, 2, "v3").values()))

@@ -1,4 +1,5 @@
-"""The pure-PyTorch selective scan runs in fp32 under autocast (its einsums are matmuls that autocast would run in bf16)."""
+"""The pure-PyTorch selective scan runs in fp32 under autocast (its einsums are matmuls that autocast would run in
+bf16)."""
 
 from __future__ import annotations
 
@@ -28,5 +29,5 @@ def test_scan_is_fp32_under_bf16_autocast() -> None:
     # bf16 einsums are off by ~3e-2 here; fp32 agrees to rounding
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_naive, y_ref, rtol=1e-5, atol=1e-5)
-    for a, r in zip(args, ref):
+    for a, r in zip(args, ref, strict=True):
         torch.testing.assert_close(a.grad, r.grad, rtol=1e-5, atol=1e-5)

@@ -20,24 +20,32 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CliResult, check_ok, load_train_script
 import vistok
 from vistok import cli, flow, registry
+from vistok.api import PairedGenerator, export_paired, load_paired
 from vistok.config import to_dict
-from vistok.io.exports import write_export
 from vistok.engine.loop import run_main
 from vistok.errors import VistokError
-from vistok.generators.ar import AR, ARConfig, PRESETS as AR_PRESETS
+from vistok.generators.ar import AR, PRESETS as AR_PRESETS, ARConfig
 from vistok.generators.entities import Partition
-from vistok.api import PairedGenerator, export_paired, load_paired
 from vistok.generators.flextok_codes import FlexTokCodes, check_k, check_pairing, ids_to_grid, sample_ids, valid_ks
-from vistok.generators.sampling import (ARSampleConfig, SampleConfig, draw_tokens, filter_logits, guided_logits, sample_ar,
-                                        sample_entities)
-from vistok.seeding import image_generators
+from vistok.generators.sampling import (
+    ARSampleConfig,
+    SampleConfig,
+    draw_tokens,
+    filter_logits,
+    guided_logits,
+    sample_ar,
+    sample_entities,
+)
 from vistok.generators.xar import PRESETS as XAR_PRESETS, XAR
+from vistok.io.exports import write_export
 from vistok.modules.fsq import FSQ
+from vistok.seeding import image_generators
 from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 from vistok.tokenizers.pixel import PixelConfig
+
+from conftest import CliResult, check_ok, load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 K = 8  # flextok-test's registers
@@ -70,8 +78,8 @@ def flextok_export(tmp_path_factory) -> Path:
     model = FlexTok(FLEXTOK_PRESETS["flextok-test"])
     state = {k: torch.randn_like(v) * 0.3 if v.abs().max() == 0 else v for k, v in model.state_dict().items()}
     return write_export(tmp_path_factory.mktemp("flextok") / "export", "flextok", to_dict(model.config), state,
-                        tokenizer={"family": "pixel", "config": to_dict(PixelConfig(patch=1, scale=2.0))}, resolution=32,
-                        sample={"steps": 2, "cfg": 1.0, "guidance": "cfg"})
+                        tokenizer={"family": "pixel", "config": to_dict(PixelConfig(patch=1, scale=2.0))},
+                        resolution=32, sample={"steps": 2, "cfg": 1.0, "guidance": "cfg"})
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +133,8 @@ def test_gpt_kv_cache_equals_full_recompute(embedding) -> None:
 def test_sampled_ids_stay_in_the_vocabulary() -> None:
     model, labels = gpt(), torch.arange(6) % 10
     vocab = model.config.vocab_size
-    for kw in (dict(temperature=1.5), dict(top_k=5), dict(top_p=0.5), dict(temperature=0.7, top_k=20, top_p=0.9, cfg=4.0)):
+    for kw in (dict(temperature=1.5), dict(top_k=5), dict(top_p=0.5),
+               dict(temperature=0.7, top_k=20, top_p=0.9, cfg=4.0)):
         ids = sample_ar(model, labels, ARSampleConfig(**kw), seed=1)
         assert ids.dtype == torch.int64 and ids.shape == (6, K) and ((ids >= 0) & (ids < vocab)).all(), kw
     greedy = sample_ar(model, labels, ARSampleConfig(temperature=0.0))
@@ -216,7 +225,8 @@ def deep_xar() -> XAR:
 def lattice_gap(codes: FlexTokCodes, seq: torch.Tensor) -> torch.Tensor:
     """|seq - its re-encoding| per value, in grid steps of each channel (0 on the lattice)."""
     fsq = codes.flextok.fsq
-    return (seq - codes.ids_to_grid(codes.to_ids(seq))[:, :, 0].transpose(1, 2)).abs() / codes.code_scale * fsq._half_width()
+    return ((seq - codes.ids_to_grid(codes.to_ids(seq))[:, :, 0].transpose(1, 2)).abs() / codes.code_scale
+            * fsq._half_width())
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
@@ -262,7 +272,8 @@ def test_snapped_context_is_what_the_kv_cache_holds(cfg) -> None:
 
 def test_cfg_schedules_on_prefix_groups() -> None:
     """Group 0 (FlexTok's most semantic token) under each schedule: linear leaves it unguided (the conditional model),
-    constant and linear-guided guide it, the latter at 1 + (w - 1) / E, which a constant run at that scale reproduces."""
+    constant and linear-guided guide it, the latter at 1 + (w - 1) / E, which a constant run at that scale
+    reproduces."""
     codes, labels = random_codes(), torch.tensor([1, 6])
     run = lambda cfg, sched: sample_entities(deep_xar(), labels, SampleConfig(steps=3, cfg=cfg, cfg_schedule=sched),  # noqa: E731
                                              entities=1, generator=image_generators(5, 0, 2))[:, :1]

@@ -15,18 +15,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import check_ok, load_train_script, run
-
 import vistok
 from vistok import cli
 from vistok.config import load_config
-from vistok.data.latents import (CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name,
-                                 write_cache)
+from vistok.data.latents import CacheImages, LatentCache, adm_center_crop, latent_loader, plan, shard_name, write_cache
 from vistok.engine.optim import EMA, build_scheduler, constant_cosine
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS
 from vistok.tokenizers.latent_cache import cache_latents, vae_config
 from vistok.tokenizers.vae import VAE
+
+from conftest import check_ok, load_train_script, run
 
 REPO = Path(__file__).resolve().parents[1]
 FLEXTOK_SMALL = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)  # FlexTok's f8 layout, small
@@ -47,11 +46,13 @@ def write_vae(folder: Path, layout: dict, scaling_factor: float = 0.2325, seed: 
     n = len(layout["block_out_channels"])
     torch.manual_seed(seed)
     AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-                  latent_channels=16, norm_num_groups=32, scaling_factor=scaling_factor, **layout).save_pretrained(folder)
+                  latent_channels=16, norm_num_groups=32, scaling_factor=scaling_factor,
+                  **layout).save_pretrained(folder)
     return folder
 
 
-def write_classes(root: Path, classes=("cat", "dog", "fox"), per_class: int = 3, sizes=((300, 280),), seed: int = 0) -> Path:
+def write_classes(root: Path, classes=("cat", "dog", "fox"), per_class: int = 3, sizes=((300, 280),),
+                  seed: int = 0) -> Path:
     """ImageNet-style class folders of random RGB images, sizes (w, h) cycled over the images."""
     rng = np.random.default_rng(seed)
     n = 0
@@ -286,7 +287,8 @@ def train_xar_module():
 def test_paper_configs_hold_the_official_recipe(size, steps, cfg) -> None:
     c = load_config(train_xar_module().Config, REPO / f"train/configs/xar_{size}_in256.yaml")
     t = c.train
-    assert (t.betas, t.weight_decay, t.grad_clip, t.batch_size, t.lr, t.min_lr) == ((0.9, 0.96), 0.02, 1.0, 2048, 4e-4, 1e-5)
+    assert (t.betas, t.weight_decay, t.grad_clip, t.batch_size, t.lr, t.min_lr) == (
+        (0.9, 0.96), 0.02, 1.0, 2048, 4e-4, 1e-5)
     assert (t.schedule, t.decay_start, t.warmup_steps / t.total_steps) == ("constant-cosine", 0.75, 100 / 800)
     assert (t.ema_decay, t.ema_warmup) == (0.9999, False)
     assert t.decay_rule == "official"  # the official add_weight_decay: class and position tables decayed
@@ -310,7 +312,8 @@ def test_paper_config_trains_on_a_latent_cache_and_samples_decode(tmp_path, kl16
     meta = json.loads((run_dir / "export" / "config.json").read_text())
     assert meta["tokenizer"] == {"family": "vae", "config": meta["tokenizer"]["config"], "path": "tokenizer",
                                  "source": kl16_vae.name}  # the cache's VAE copied into the export, no absolute path
-    assert "weights" not in meta["tokenizer"]["config"] and (run_dir / "export" / "tokenizer" / "model.safetensors").is_file()
+    assert ("weights" not in meta["tokenizer"]["config"]
+            and (run_dir / "export" / "tokenizer" / "model.safetensors").is_file())
     assert meta["sample"]["steps"] == 40 and meta["sample"]["cfg"] == 2.7 and meta["classes"] == ["cat", "dog", "fox"]
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(4e-4)  # no warmup: constant
@@ -367,10 +370,10 @@ def test_flextok_in1k_config_runs_on_a_latent_cache(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------- the dry run
 def test_paper_path_dry_run(tmp_path, kl16_vae, capsys, inception_weights) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 256 x 256 images; `cache-latents` with a KL-16
-    layout VAE (ch 32) (in this process; under torchrun in the test above); the xAR-B recipe config with a tiny model for 3 steps under
-    torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one process); FID with
-    inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception
-    Score (its warnings about the unpublished weights and the few images are expected)."""
+    layout VAE (ch 32) (in this process; under torchrun in the test above); the xAR-B recipe config with a tiny model
+    for 3 steps under torchrun with 2 processes; sampling under torchrun with 2 processes (the same images as one
+    process); FID with inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with
+    the Inception Score (its warnings about the unpublished weights and the few images are expected)."""
     folder = write_classes(tmp_path / "imagenet" / "train", per_class=2, sizes=((256, 256),))
     cache = tmp_path / "cache"
     # in this process: the same command under torchrun is test_two_ranks_cover_every_image_once's subject

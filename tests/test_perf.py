@@ -8,7 +8,6 @@ compiled. Inductor itself is exercised by `benchmarks/bench_xar.py --compile` an
 
 from __future__ import annotations
 
-
 import statistics
 import subprocess
 import sys
@@ -23,8 +22,7 @@ from vistok.generators.entities import block_causal_mask
 from vistok.generators.sampling import ARSampleConfig, SampleConfig, sample_ar, sample_xar
 from vistok.generators.xar import XAR, XARConfig
 from vistok.modules.attention import BlockCausal, KVCache, attend, flex_attention, set_attention_backend
-from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS
-from vistok.tokenizers.flextok import FlexTok
+from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 
 
 def tiny_xar(**overrides) -> XAR:
@@ -102,7 +100,8 @@ def test_xar_cached_velocities_equal_the_full_forward_at_every_layer() -> None:
     # two entities at once after a cache (the dense-mask case with cached keys)
     cache = model.new_cache()
     model.predict(x[:, :8], labels, t[:, :2], first=0, cache=cache, store=True)
-    torch.testing.assert_close(model.predict(x[:, 8:], labels, t[:, 2:], first=2, cache=cache), full[:, 8:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.predict(x[:, 8:], labels, t[:, 2:], first=2, cache=cache), full[:, 8:],
+                               rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- attention masks
@@ -120,7 +119,7 @@ def test_block_causal_chunks_equal_the_dense_mask_values_and_gradients(cached: i
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad((out * ref.detach()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
@@ -207,14 +206,18 @@ def test_flex_attention_compiled_on_cpu_equals_sdpa() -> None:
 
     from vistok.modules import attention
 
+    def same_or_earlier_entity(ids):
+        return lambda b, h, q, kv: ids[kv] <= ids[q]
+
     for length in (64, 96):
         ids = torch.arange(length) // 16  # entities of 16 tokens
-        block = create_block_mask(lambda b, h, q, kv: ids[kv] <= ids[q], None, None, length, length, device="cpu")
+        block = create_block_mask(same_or_earlier_entity(ids), None, None, length, length, device="cpu")
         q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
         try:
             out = attention._fused_flex()(q, k, v, block_mask=block)
         except Exception as err:  # noqa: BLE001 - any inductor/toolchain failure is a reason to skip, named below
-            pytest.skip(f"compiled FlexAttention does not run on this CPU build: {type(err).__name__}: {str(err)[:200]}")
+            pytest.skip(f"compiled FlexAttention does not run on this CPU build: "
+                        f"{type(err).__name__}: {str(err)[:200]}")
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[None, :] <= ids[:, None])
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
@@ -243,17 +246,17 @@ def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     tokens, labels = torch.randn(4, 4, 4, 4), torch.tensor([0, 1, 2, 3])
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, compiled)]
     torch._dynamo.utils.counters.clear()
-    for step in range(4):
+    for _step in range(4):
         t, noise = torch.rand(4, 4), torch.randn(4, 16, 4)
         losses = []
-        for m, opt in zip((eager, compiled), opts):
+        for m, opt in zip((eager, compiled), opts, strict=True):
             loss = m(tokens, labels, t=t, noise=noise)
             loss.backward()
             opt.step()
             opt.zero_grad()
             losses.append(loss.detach())
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(eager.parameters(), compiled.parameters()):
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for all four steps
 
@@ -344,7 +347,8 @@ def test_xar_compiled_sampling_equals_eager_without_recompiling_per_step(exact_s
     if exact_shapes:  # one graph per (cache length, store): the flow steps of entity s, then its store
         assert first == 2 * entities - 1
     else:
-        assert 1 <= first <= 2  # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+        # static-shape cache writes: one graph for every entity and flow step (maybe one per store)
+        assert 1 <= first <= 2
     sample_xar(model, labels, SampleConfig(steps=6, cfg=2.0), seed=3, compile=True)  # twice the steps, other noise
     assert backend.compiles == first
     out = sample_xar(model, labels, SampleConfig(steps=3, cfg=1.0), seed=4, compile=True)  # no CFG: half the batch
@@ -419,7 +423,8 @@ def run_script(*args: str, timeout: float = 300):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=root / "benchmarks", env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_bench_xar_gpu_rows_run_on_cpu() -> None:
@@ -436,7 +441,8 @@ def test_bench_xar_baseline_corrects_by_the_issues_own_ratio() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline", str(root))
+    proc = run_script("bench_xar.py", "--rows", "t8", "--rounds", "1", "--repeats", "1", "--threads", "1", "--baseline",
+                      str(root))
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| train step B=8"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -450,14 +456,16 @@ def test_gpu_check_runs_on_cpu_and_writes_json(tmp_path) -> None:
     import json
 
     out = tmp_path / "check.json"
-    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out", str(out))
+    proc = run_script("gpu_check.py", "--device", "cpu", "--threads", "1", "--no-compile", "--no-flex-compile", "--out",
+                      str(out))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     names = [r["row"] for r in report["rows"]]
     assert report["meta"]["tiny_sizes"] and len(names) == 7, names
     kv = [r for r in report["rows"] if r["row"].startswith("static KV cache")]
     assert len(kv) == 1 and kv[0]["ok"] and kv[0]["value"] < 1e-4 and kv[0]["scale"] > 0.1, kv
-    assert any("train step" in n for n in names) and any("decode" in n for n in names) and any("scan" in n for n in names)
+    assert (any("train step" in n for n in names) and any("decode" in n for n in names)
+            and any("scan" in n for n in names))
     flex = [r for r in report["rows"] if r["row"].startswith("FlexAttention")]
     assert len(flex) == 2 and all(r["ok"] and r["value"] < 1e-4 and "eager model" in r["row"] for r in flex), flex
     assert all(r["value"] > 0 for r in report["rows"] if r["unit"] != "max |diff|")
@@ -498,7 +506,7 @@ def test_train_compile_runs_the_trainer_compiled_with_the_same_losses_and_keys(t
     import torch._dynamo
 
     from vistok.engine.dist import setup
-    from vistok.engine.loop import Trainer, TrainConfig
+    from vistok.engine.loop import TrainConfig, Trainer
 
     real_compile, compiled = torch.nn.Module.compile, []
 

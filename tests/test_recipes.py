@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_train_script
 
 from vistok.config import load_config
 from vistok.engine import precision
@@ -18,6 +17,8 @@ from vistok.engine.loop import TrainConfig
 from vistok.engine.optim import build_optimizer, param_groups
 from vistok.errors import VistokError
 from vistok.generators.xar import PRESETS, XAR
+
+from conftest import load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("label_emb.table.weight", "pos_in", "pos_mid")  # the class table and both position tables
@@ -75,7 +76,8 @@ def test_adamw_step_shrinks_the_tables_only_under_the_official_rule() -> None:
 def test_paper_configs_name_the_official_rules(size) -> None:
     cfg = load_config(load_train_script("train_xar").Config, REPO / f"train/configs/xar_{size}_in256.yaml")
     assert cfg.train.decay_rule == "official" and cfg.model.time_floor is True
-    assert load_config(load_train_script("train_xar").Config, REPO / "train/configs/xar_cifar10_tiny.yaml").train.decay_rule == "layers"
+    assert load_config(load_train_script("train_xar").Config,
+                       REPO / "train/configs/xar_cifar10_tiny.yaml").train.decay_rule == "layers"
 
 
 # ---------------------------------------------------------------------------------------------- time input
@@ -135,7 +137,9 @@ def test_bf16_on_cpu_warns_in_training_and_sampling(tmp_path, fresh_warning) -> 
         Trainer(torch.nn.Linear(2, 2), Cfg(TrainConfig(run_dir=str(tmp_path / "run"), precision="bf16", device="cpu",
                                                        batch_size=2)), env)
     precision._warned.clear()
-    step = lambda start, n, rows: {"images": torch.zeros(rows, 1).numpy()}
+    def step(start, n, rows):
+        return {"images": torch.zeros(rows, 1).numpy()}
+
     with pytest.warns(UserWarning, match="bf16 on a CPU"):
         list(run_batches(step, 2, precision="bf16", device=torch.device("cpu")))
     precision._warned.clear()

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_train_script
 from safetensors.torch import save_file
 from scipy import ndimage
 
@@ -31,8 +30,7 @@ from vistok.config import load_config
 from vistok.convert import convert
 from vistok.convert.tokenunify import map_key
 from vistok.em import objectives
-from vistok.em.backbone import PRESETS as SEG_PRESETS
-from vistok.em.backbone import SegMamba, SegMambaConfig
+from vistok.em.backbone import PRESETS as SEG_PRESETS, SegMamba, SegMambaConfig
 from vistok.em.data import PerturbedCrops, VolumeDataConfig, pretrain_crops
 from vistok.em.objectives import PRESETS, TaskWeights, TokenUnify, TokenUnifyConfig, load_pretrained_backbone
 from vistok.em.perturb import PerturbConfig, perturb
@@ -40,6 +38,8 @@ from vistok.em.tokens import prefix_lengths
 from vistok.em.volumes import EMCrops
 from vistok.engine.dist import DistEnv
 from vistok.errors import VistokError
+
+from conftest import load_train_script
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO.parent / "shared" / "fixtures" / "official"  # the repo's sibling shared/ (as test_convert_tokenunify)

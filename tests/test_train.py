@@ -21,7 +21,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CliResult, check_ok, load_train_script, run, script_env
 from vistok.config import load_config
 from vistok.data import build_image_dataset
 from vistok.engine import checkpoint
@@ -29,13 +28,15 @@ from vistok.engine.dist import seed_everything
 from vistok.engine.logging import read_metrics
 from vistok.engine.loop import optimizer_step, run_main
 from vistok.engine.optim import build_optimizer, build_scheduler
-from vistok.metrics.fid_net import PRESETS, FidNet
 from vistok.io import exports
+from vistok.metrics.fid_net import PRESETS, FidNet
 
+from conftest import CliResult, check_ok, load_train_script, run, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")
-TINY = ["model.widths=[8,16,16,32]", "model.groups=4", "train.num_workers=0", "train.warmup_steps=0", "train.device=cpu"]
+TINY = ["model.widths=[8,16,16,32]", "model.groups=4", "train.num_workers=0", "train.warmup_steps=0",
+        "train.device=cpu"]
 
 
 def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
@@ -114,7 +115,8 @@ def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder, fid_
     check_ok(script_main(tmp_path / "one", *common))  # the reference: one process, this one
     a = checkpoint.load_training_state(tmp_path / "one")
     if parallel == "fsdp":  # sharded with torch.distributed.checkpoint, one file per rank: no full last.pt
-        assert not (tmp_path / "ddp" / "last.pt").exists() and len(list((tmp_path / "ddp" / "last.dcp").glob("*.distcp"))) == 2
+        assert (not (tmp_path / "ddp" / "last.pt").exists()
+                and len(list((tmp_path / "ddp" / "last.dcp").glob("*.distcp"))) == 2)
         b = checkpoint.read_sharded_state(tmp_path / "ddp")
     else:
         b = checkpoint.load_training_state(tmp_path / "ddp")
@@ -263,7 +265,8 @@ def test_non_finite_loss_aborts_with_a_clear_message(bad_runs):
 
 
 @pytest.mark.slow
-def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_path, shared_image_folder, fid_net_script):
+def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_path, shared_image_folder,
+                                                                          fid_net_script):
     # plain SGD without clipping: micro-batch gradients summed instead of averaged would take a 4x step here
     common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
               "train.total_steps=3", "train.ckpt_every=3", "train.log_every=1", "train.optimizer=sgd",
@@ -278,5 +281,6 @@ def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_pa
 
     check_ok(script_main(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true"))
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
-    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")]))
+    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(
+        losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")], strict=True))
     assert list((tmp_path / "bf16" / "tb").glob("events.out.tfevents.*")), "TensorBoard wrote no event file"

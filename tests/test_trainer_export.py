@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from vistok.io import exports
 from vistok.engine.dist import DistEnv
 from vistok.engine.loop import TrainConfig, Trainer
 from vistok.errors import VistokError
+from vistok.io import exports
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

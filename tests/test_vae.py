@@ -37,7 +37,8 @@ def test_paper_architectures_have_the_published_sizes() -> None:
 
 def test_released_kl16_has_mar_s_architecture() -> None:
     """MAR's kl16 on the meta device: 66,456,019 parameters and exactly the official 312 names and shapes (the
-    fixture sidecar lists them for the released size), attention only at the encoder's 16x16 level and in the middles."""
+    fixture sidecar lists them for the released size), attention only at the encoder's 16x16 level and in the
+    middles."""
     import json
 
     with torch.device("meta"):
@@ -91,7 +92,8 @@ def test_kl16_through_the_adapter_from_every_weights_form(tmp_path: Path) -> Non
         assert not any(p.requires_grad for p in vae.parameters())
     sampled = VAE(VAEConfig(arch="kl16", weights=str(export)))
     eps = torch.randn(2, 16, 2, 2, generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(sampled.encode(x, torch.Generator().manual_seed(5)), post.mean * 0.2325 + post.std * 0.2325 * eps)
+    torch.testing.assert_close(sampled.encode(x, torch.Generator().manual_seed(5)),
+                               post.mean * 0.2325 + post.std * 0.2325 * eps)
     with pytest.raises(VistokError, match="ch=32 VAE but vae.ch=128"):
         VAE(VAEConfig(arch="kl16", weights=str(export), ch=128))
     with pytest.raises(VistokError, match="needs local weights"):
@@ -105,9 +107,11 @@ def test_kl16_through_the_adapter_from_every_weights_form(tmp_path: Path) -> Non
 
     n = 5
     AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-                  block_out_channels=(32,) * n, latent_channels=16, layers_per_block=1).save_pretrained(tmp_path / "dif")
+                  block_out_channels=(32,) * n, latent_channels=16, layers_per_block=1).save_pretrained(
+                      tmp_path / "dif")
     diffusers_vae = VAE(VAEConfig(arch="kl16", weights=str(tmp_path / "dif")))
-    assert diffusers_vae.factor == 16 and diffusers_vae.scaling_factor == 0.2325 and diffusers_vae.encode(x).shape == (2, 16, 2, 2)
+    assert (diffusers_vae.factor == 16 and diffusers_vae.scaling_factor == 0.2325
+            and diffusers_vae.encode(x).shape == (2, 16, 2, 2))
 
 
 def test_encode_decode_shapes_frozen_and_deterministic_mode() -> None:

@@ -1,4 +1,5 @@
-"""xAR (Ren et al., arXiv 2502.20388): the training forward (Noisy Context Learning), the cached sampler, CFG, presets."""
+"""xAR (Ren et al., arXiv 2502.20388): the training forward (Noisy Context Learning), the cached sampler, CFG,
+presets."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from vistok.generators.sampling import SampleConfig, sample_xar
 from vistok.generators.xar import FAMILY, PRESETS, XAR, XARConfig
 from vistok.modules.attention import rope_tables
 from vistok.tokenizers.pixel import PixelConfig, PixelTokenizer
-
-
 
 
 def tiny(**overrides) -> XAR:

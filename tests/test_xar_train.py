@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import check_ok, run
+import vistok
 from vistok import cli
+from vistok.api import load_generator
 from vistok.config import from_dict
 from vistok.errors import VistokError
-import vistok
-from vistok.api import load_generator
 from vistok.viz import class_grid
+
+from conftest import check_ok, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=2", "train.batch_size=8",
