@@ -31,11 +31,11 @@ CACHE = Path(os.environ.get("VISTOK_TEST_CACHE", Path.home() / ".cache" / "visto
 # before the speed-ups (a loaded machine, scaled to the quiet run's 613 s); test_perf, test_faults and test_cli
 # lowered for their cheaper tests. Only the order matters.
 FILE_SECONDS: dict[str, float] = {
-    "test_perf.py": 104, "test_faults.py": 24, "test_fid.py": 97, "test_paper.py": 44, "test_shipped.py": 45,
-    "test_flextok_train.py": 79, "test_train.py": 62, "test_pairing.py": 61, "test_data.py": 30,
+    "test_perf.py": 104, "test_faults.py": 24, "test_fid.py": 34, "test_paper.py": 44, "test_shipped.py": 45,
+    "test_flextok_train.py": 2, "test_train.py": 23, "test_pairing.py": 16, "test_data.py": 30,
     "test_xar_train.py": 22, "test_cli.py": 20, "test_readme.py": 16, "test_hostile_files.py": 10,
     "test_eval_scripts.py": 10, "test_convert.py": 10, "test_flextok.py": 7, "test_api.py": 6, "test_wheel.py": 5,
-    "test_em_blockwise.py": 5,
+    "test_em_blockwise.py": 40,
 }
 FILE_SECONDS_DEFAULT = 3.0
 
@@ -173,23 +173,25 @@ class CliResult:
     stderr: str
 
 
-def vistok(*argv: str, check: bool = False, env: dict[str, str] | None = None) -> CliResult:
-    """`vistok ARGV` in this process (`vistok.cli.main`), for tests whose subject is the command, not the process
-    boundary: an interpreter start saved per call. `env` is set for the call only; argparse's exits give their code."""
-    from vistok import cli
-
+def in_process(call, argv: list[str] | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """`call()` in this process as if it were a command: its exit code (its return value, or a SystemExit's code),
+    stdout and stderr (warnings count as stderr lines, as a process would show them). `argv` replaces `sys.argv` and
+    `env` is set for the call only."""
     out, err = io.StringIO(), io.StringIO()
     saved = {k: os.environ.get(k) for k in env or {}}
+    saved_argv = sys.argv
     os.environ.update(env or {})
+    sys.argv = argv if argv is not None else sys.argv
     try:
         with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out),
               contextlib.redirect_stderr(err)):
             warnings.simplefilter("default")
             try:
-                code = cli.main(list(argv))
-            except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
+                code = call() or 0
+            except SystemExit as exit_:  # argparse: --help (0) and usage errors (2); run_main: 1
                 code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
+        sys.argv = saved_argv
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -198,10 +200,27 @@ def vistok(*argv: str, check: bool = False, env: dict[str, str] | None = None) -
     # a ResourceWarning comes when the garbage collector happens to run, in a process or not: not part of the output
     shown = [w for w in caught if not issubclass(w.category, ResourceWarning)]
     stderr = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in shown) + err.getvalue()
-    result = CliResult(code, out.getvalue(), stderr)
+    return CliResult(code, out.getvalue(), stderr)
+
+
+def vistok(*argv: str, check: bool = False, env: dict[str, str] | None = None) -> CliResult:
+    """`vistok ARGV` in this process (`vistok.cli.main`), for tests whose subject is the command, not the process
+    boundary: an interpreter start saved per call."""
+    from vistok import cli
+
+    result = in_process(lambda: cli.main(list(argv)), env=env)
     if check:
         check_ok(result)
     return result
+
+
+def script_main(stem: str, *argv: str) -> CliResult:
+    """`python train/STEM.py ARGV` in this process: the script's own `run_main(main)` with that argv (a VistokError
+    becomes its one line and exit 1), for tests whose subject is what the script does, not a process boundary."""
+    from vistok.engine.loop import run_main
+
+    module = load_train_script(stem)
+    return in_process(lambda: run_main(module.main), argv=[f"train/{stem}.py", *argv])
 
 
 def assert_one_line_error(proc, code: int, fragment: str) -> str:

@@ -1,16 +1,13 @@
-"""FlexTok end to end: train/train_flextok.py runs a few steps (subprocess), exports and resumes (the latent-cache +
-REPA path is in tests/test_paper.py); `vistok encode` -> `vistok decode` round-trips token ids (int32, in range, k per
-image honoured); `vistok reconstruct` writes per-k reconstructions, a grid and JSON metrics; user mistakes are one-line
-errors."""
+"""FlexTok end to end: train/train_flextok.py runs a few steps (its main, in this process), exports and
+resumes (the latent-cache + REPA path is in tests/test_paper.py); `vistok encode` -> `vistok decode` round-trips token
+ids (int32, in range, k per image honoured); `vistok reconstruct` writes per-k reconstructions, a grid and JSON
+metrics; user mistakes are one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +27,17 @@ from vistok.metrics.recon import image_metrics
 from vistok.tokenizers.flextok_sampling import k_ladder
 from vistok.viz import recon_grid
 
-from conftest import check_ok, run
+from conftest import CliResult, check_ok, load_train_script, script_main, vistok as vistok_cli
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = "train/configs/flextok_cifar10_tiny.yaml"
+CONFIG = str(REPO / "train/configs/flextok_cifar10_tiny.yaml")
 # flextok-test sized: 8 registers, width 32, one block each side, on 32 CIFAR-10 images
 TINY = ["model.registers=8", "model.enc_width=32", "model.dec_width=32", "model.enc_depth=1", "model.dec_depth=1",
         "model.head_dim=16", "data.limit=32", "train.batch_size=8", "train.total_steps=3", "train.warmup_steps=0",
         "train.num_workers=0", "train.device=cpu", "train.log_every=1", "preview_images=2", "sample.steps=2"]
 
 
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+def one_line_error(proc: CliResult, code: int = 1) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == code and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
@@ -50,20 +45,18 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
 
 def script():
     """train/train_flextok.py imported as a module (its Config and helpers), without running main."""
-    name = "vistok_test_train_flextok"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "train" / "train_flextok.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_train_script("train_flextok")
+
+
+def train_flextok(*argv: str) -> CliResult:
+    return script_main("train_flextok", "--config", CONFIG, *argv)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_root) -> Path:
     """A 3-step run of the real script and config, exported."""
     path = tmp_path_factory.mktemp("flextok_run")
-    check_ok(run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={path}", *TINY))
+    check_ok(train_flextok(f"train.run_dir={path}", *TINY))
     return path
 
 
@@ -98,8 +91,7 @@ def test_training_exports_model_tokenizer_and_preview(run_dir):
 def test_rerun_resumes_and_trains_on(run_dir, tmp_path):
     resumed = tmp_path / "run"
     shutil.copytree(run_dir, resumed, ignore=shutil.ignore_patterns("export"))
-    proc = run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={resumed}", *TINY, "train.total_steps=5",
-               "preview_images=0")
+    proc = train_flextok(f"train.run_dir={resumed}", *TINY, "train.total_steps=5", "preview_images=0")
     check_ok(proc)
     assert "resuming" in proc.stderr and "train.total_steps" in proc.stderr
     rows = [json.loads(ln) for ln in (resumed / "metrics.jsonl").read_text().splitlines()]
@@ -118,8 +110,7 @@ def test_training_on_a_procedural_mix_records_it_in_the_export(run_dir, tmp_path
     losses = {}
     for name, extra in {"mix": ["data.mix=dead-leaves", "data.mix_frac=0.5"], "gray": ["data.gray_p=0.5"]}.items():
         out = tmp_path / name
-        check_ok(run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={out}", *TINY, "train.total_steps=1",
-                     *extra))
+        check_ok(train_flextok(f"train.run_dir={out}", *TINY, "train.total_steps=1", *extra))
         losses[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     meta = json.loads((tmp_path / "mix" / "export" / "config.json").read_text())
     assert (meta["data_mix"] == {"mix": "dead-leaves", "mix_frac": 0.5, "gray_p": 0.0}
@@ -139,8 +130,8 @@ def test_init_from_an_export_starts_from_its_weights(run_dir, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "ft"
-    check_ok(run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={out}", *TINY, "train.total_steps=1",
-                 "train.lr=0", "preview_images=0", f"init_from={run_dir / 'export'}", "model.nested_dropout=uniform"))
+    check_ok(train_flextok(f"train.run_dir={out}", *TINY, "train.total_steps=1", "train.lr=0", "preview_images=0",
+                           f"init_from={run_dir / 'export'}", "model.nested_dropout=uniform"))
     init, tuned = (load_file(d / "export" / "model.safetensors") for d in (run_dir, out))
     assert init.keys() == tuned.keys() and all(torch.equal(init[k], tuned[k]) for k in init)
     meta = json.loads((out / "export" / "config.json").read_text())
@@ -148,17 +139,16 @@ def test_init_from_an_export_starts_from_its_weights(run_dir, tmp_path):
 
 
 def test_init_from_another_architecture_is_one_line_before_any_work(run_dir, tmp_path):
-    proc = run("train/train_flextok.py", "--config", CONFIG, f"train.run_dir={tmp_path / 'r'}", *TINY,
-               f"init_from={run_dir / 'export'}", "model.dec_width=64")
+    proc = train_flextok(f"train.run_dir={tmp_path / 'r'}", *TINY, f"init_from={run_dir / 'export'}",
+                         "model.dec_width=64")
     assert "has another architecture (model.dec_width=32); set those model keys to match it" in one_line_error(proc)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("script_name, config", [("train_xar.py", "xar_cifar10_tiny.yaml"),
-                                                 ("train_fid_net.py", "fid_net.yaml")])
-def test_class_conditional_trainers_refuse_unlabelled_mixes(script_name, config, tmp_path):
-    proc = run(f"train/{script_name}", "--config", f"train/configs/{config}", f"train.run_dir={tmp_path / 'r'}",
-               "data.mix=dead-leaves", "train.device=cpu")
+@pytest.mark.parametrize("stem, config", [("train_xar", "xar_cifar10_tiny.yaml"), ("train_fid_net", "fid_net.yaml")])
+def test_class_conditional_trainers_refuse_unlabelled_mixes(stem, config, tmp_path):
+    proc = script_main(stem, "--config", str(REPO / "train/configs" / config), f"train.run_dir={tmp_path / 'r'}",
+                       "data.mix=dead-leaves", "train.device=cpu")
     assert "data.mix=dead-leaves adds unlabelled images" in one_line_error(proc)
     assert not (tmp_path / "r").exists()  # refused before the run folder or the data were touched
 
@@ -254,8 +244,8 @@ def test_metrics_ladder_and_grid_helpers():
 
 
 def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
-    line = one_line_error(run("-m", "vistok.cli", "reconstruct", "--ckpt", str(tmp_path / "missing"), "--input",
-                              "cifar10-test", "--out", str(tmp_path / "o"), "--no-fid"))
+    line = one_line_error(vistok_cli("reconstruct", "--ckpt", str(tmp_path / "missing"), "--input", "cifar10-test",
+                                     "--out", str(tmp_path / "o"), "--no-fid"))
     assert "neither an exported folder" in line and not (tmp_path / "o").exists()
     ckpt = ["--ckpt", str(random_export)]
     np.savez(tmp_path / "float.npz", ids=np.zeros((2, 4), np.float32))
@@ -296,5 +286,5 @@ def test_user_mistakes_are_one_line_errors(random_export, tmp_path, capsys):
     for values, fragment in bad:
         with pytest.raises(VistokError, match=fragment):
             mod.check_config(from_dict(mod.Config, values))
-    proc = run("train/train_flextok.py", "--config", CONFIG, "model.nested_dropout=sometimes")
+    proc = train_flextok("model.nested_dropout=sometimes")
     assert "nested_dropout" in one_line_error(proc)

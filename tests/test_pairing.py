@@ -39,7 +39,7 @@ from vistok.seeding import image_generators
 from vistok.tokenizers.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok
 from vistok.tokenizers.pixel import PixelConfig
 
-from conftest import check_ok, run
+from conftest import check_ok, script_main
 
 REPO = Path(__file__).resolve().parents[1]
 K = 8  # flextok-test's registers
@@ -440,9 +440,9 @@ def token_file(flextok_export, shared_image_folder, tmp_path_factory) -> Path:
 COMMON = ["train.batch_size=8", "train.total_steps=3", "train.warmup_steps=0", "train.num_workers=0",
           "train.device=cpu", "train.log_every=1", "preview_per_class=1", "data.classes=[]", "model.num_classes=2"]
 SCRIPTS = {
-    "gpt": ("train/train_flextok_gpt.py", "train/configs/flextok_gpt_cifar10_tiny.yaml",
+    "gpt": ("train_flextok_gpt", "train/configs/flextok_gpt_cifar10_tiny.yaml",
             ["model.tokens=8", "model.width=32", "model.depth=1", "model.heads=1"]),
-    "xar": ("train/train_flextok_xar.py", "train/configs/flextok_xar_cifar10_tiny.yaml",
+    "xar": ("train_flextok_xar", "train/configs/flextok_xar_cifar10_tiny.yaml",
             ["model.grid=[1,8]", "model.width=32", "model.depth=1", "model.heads=2", "sample.steps=2"]),
 }
 
@@ -450,9 +450,9 @@ SCRIPTS = {
 @pytest.mark.parametrize("kind", ["gpt", "xar"])
 def test_training_script_on_a_token_file(kind, token_file, flextok_export, tmp_path, capsys) -> None:
     script, config, model_args = SCRIPTS[kind]
-    args = ["--config", config, f"train.run_dir={tmp_path}", f"tokenizer.ckpt={flextok_export}",
+    args = ["--config", str(REPO / config), f"train.run_dir={tmp_path}", f"tokenizer.ckpt={flextok_export}",
             f"data.tokens={token_file}", *COMMON, *model_args]
-    check_ok(run(script, *args))
+    check_ok(script_main(script, *args))
     out = tmp_path / "export"
     meta = json.loads((out / "config.json").read_text())
     assert meta["family"] == ("ar" if kind == "gpt" else "xar") and meta["step"] == 3 and meta["classes"] == ["0", "1"]
@@ -464,6 +464,6 @@ def test_training_script_on_a_token_file(kind, token_file, flextok_export, tmp_p
     assert cli.main(["sample", "--ckpt", str(out), "--tokens", "2", "--num", "2", "--out", str(tmp_path / "s"),
                      "--decode-steps", "2", "--quiet", "--device", "cpu"]) == 0
     if kind == "gpt":  # a missing token file names the command that writes it
-        proc = run(script, *args, f"train.run_dir={tmp_path / 'missing'}", "data.tokens=/no/such.npz")
+        proc = script_main(script, *args, f"train.run_dir={tmp_path / 'missing'}", "data.tokens=/no/such.npz")
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and "vistok encode --ckpt" in lines[0], proc.stderr

@@ -1,4 +1,6 @@
-"""The real training script, run as subprocesses with tiny settings: DDP equivalence, SIGKILL resume, bad input.
+"""The real training script with tiny settings: DDP/FSDP equivalence (torchrun) and SIGKILL resume (a killed child
+process) where a process boundary is the subject; gradient accumulation, bf16 and bad input with the script's own
+`main` run in this process (`script_main`: what `python train/train_fid_net.py ARGV` prints and exits with).
 
 Plus an in-process check that the model and optimizer pieces can overfit one batch.
 """
@@ -25,7 +27,7 @@ from vistok.engine.optim import build_optimizer, build_scheduler
 from vistok.io import exports
 from vistok.metrics.fid_net import PRESETS, FidNet
 
-from conftest import check_ok, run, script_env
+from conftest import CliResult, check_ok, run, script_env, script_main
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train" / "train_fid_net.py")
@@ -38,6 +40,11 @@ def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return launcher + [SCRIPT, f"train.run_dir={run_dir}", *TINY, *overrides]
+
+
+def fid_net_main(run_dir: Path, *overrides: str) -> CliResult:
+    """`python train/train_fid_net.py train.run_dir=RUN_DIR TINY... OVERRIDES` in this process (`script_main`)."""
+    return script_main("train_fid_net", *train_cmd(run_dir, *overrides)[2:])
 
 
 def assert_states_close(a: dict, b: dict, atol: float) -> None:
@@ -86,8 +93,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, shared_image_folder, fid_
               "train.total_steps=5", "train.ckpt_every=5", "train.log_every=1", *optim]
     ddp = run(*train_cmd(tmp_path / "ddp", *common, f"train.parallel={parallel}", nproc=2), timeout=240)
     check_ok(ddp)
-    single = run(*train_cmd(tmp_path / "one", *common))
-    check_ok(single)
+    check_ok(fid_net_main(tmp_path / "one", *common))  # the reference: one process, this one
     a = checkpoint.load_training_state(tmp_path / "one")
     if parallel == "fsdp":  # sharded with torch.distributed.checkpoint, one file per rank: no full last.pt
         assert (not (tmp_path / "ddp" / "last.pt").exists()
@@ -126,10 +132,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, cifar_cache):
     common = ["model.widths=[16,32,32,64]", "data.name=cifar10-train", "data.limit=256", "eval_limit=100",
               "train.batch_size=32", f"train.total_steps={total}", "train.ckpt_every=5", "train.log_every=1"]
     killed_dir, ref_dir = tmp_path / "killed", tmp_path / "reference"
-    cmd = train_cmd(killed_dir, *common)
-    reference = subprocess.Popen(train_cmd(ref_dir, *common), cwd=REPO, env=script_env(),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(cmd, cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(train_cmd(killed_dir, *common), cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
         deadline, step = time.monotonic() + 120, 0
         while step < 5:
@@ -148,9 +152,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, cifar_cache):
     assert 5 <= killed_at < total and not (killed_dir / "export").exists()
     assert max(r["step"] for r in read_metrics(killed_dir)) >= killed_at  # (lines past it are dropped on resume)
 
-    resumed = run(*cmd)
-    check_ok(resumed)
-    assert reference.wait(timeout=180) == 0, reference.stderr.read()[-3000:]
+    check_ok(fid_net_main(killed_dir, *common))  # the same command again (in this process: it reads only the folder)
+    check_ok(fid_net_main(ref_dir, *common))  # the uninterrupted run
     rows, ref_rows = read_metrics(killed_dir), read_metrics(ref_dir)
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(1, total + 1))
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], abs=1e-6)
@@ -201,7 +204,7 @@ def bad_runs(tmp_path_factory, shared_image_folder) -> dict[str, tuple[Path, sub
     cmds = {key: (root / f"cfg{i}", [key]) for i, key in enumerate(BAD_CONFIG)}
     cmds["missing_root"] = (root / "missing_root", ["data.name=cifar10-train", "data.root=/nonexistent/vistok-data"])
     cmds["non_finite"] = (root / "non_finite", [*folder, "train.total_steps=20", "train.lr=1e30"])
-    return {name: (run_dir, run(*train_cmd(run_dir, *args))) for name, (run_dir, args) in cmds.items()}
+    return {name: (run_dir, fid_net_main(run_dir, *args)) for name, (run_dir, args) in cmds.items()}
 
 
 def check_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -249,15 +252,15 @@ def test_grad_accumulation_matches_one_big_batch_and_bf16_tensorboard_run(tmp_pa
     common = [f"data.name={shared_image_folder}", f"eval_data={shared_image_folder}", "train.batch_size=16",
               "train.total_steps=3", "train.ckpt_every=3", "train.log_every=1", "train.optimizer=sgd",
               "train.grad_clip=0", "train.lr=0.05"]
-    check_ok(run(*train_cmd(tmp_path / "accum1", *common)))
-    check_ok(run(*train_cmd(tmp_path / "accum4", *common, "train.grad_accum=4")))
+    check_ok(fid_net_main(tmp_path / "accum1", *common))
+    check_ok(fid_net_main(tmp_path / "accum4", *common, "train.grad_accum=4"))
     a, b = checkpoint.load_training_state(tmp_path / "accum1"), checkpoint.load_training_state(tmp_path / "accum4")
     assert_moved(step0_state(fid_net_script, common), a["model"], 1.0)
     assert_states_close(a["model"], b["model"], atol=1e-5)
     assert [r["loss"] for r in read_metrics(tmp_path / "accum1")] == pytest.approx(
         [r["loss"] for r in read_metrics(tmp_path / "accum4")], abs=1e-5)
 
-    check_ok(run(*train_cmd(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true")))
+    check_ok(fid_net_main(tmp_path / "bf16", *common, "train.precision=bf16", "train.tensorboard=true"))
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
     assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(
         losses, [r["loss"] for r in read_metrics(tmp_path / "accum1")], strict=True))
