@@ -18,6 +18,8 @@ from vistok.api import FeatureNet, Segmenter
 from vistok.errors import VistokError
 from vistok.io.sources import parse_hf, shipped_models
 
+from conftest import check_ok, vistok as vistok_cli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -114,9 +116,7 @@ def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     common = ["-m", "vistok", "sample", "--ckpt", "cifar10-xar-tiny", "--samples", "40", "--seed", "0", "--steps", "2",
               "--batch-size", "8", "--device", "cpu", "--quiet"]
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
+    check_ok(vistok_cli(*common[2:], "--out", str(tmp_path / "one")))  # one process: this one, one thread as a rank
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *common,
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

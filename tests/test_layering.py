@@ -3,7 +3,7 @@
 The layers, lowest first; a module imports only modules of its own layer or lower, at the top of a file or lazily
 inside a function (a lazy upward import is still upward):
 
-    0  errors, checks, lazy                      plain helpers every layer may use
+    0  errors, checks, lazy, graph_ops           plain helpers every layer may use
     1  config, io, flow, seeding, progress, viz  configs, export I/O (sources, config.json, loader, atomic writes)
     2  engine, data                              training machinery and datasets
     3  modules, metrics                          network blocks, FID and its feature networks
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS = [
-    (0, ["vistok.errors", "vistok.checks", "vistok.lazy"]),
+    (0, ["vistok.errors", "vistok.checks", "vistok.lazy", "vistok.graph_ops"]),
     (1, ["vistok.config", "vistok.io", "vistok.flow", "vistok.seeding", "vistok.progress", "vistok.viz"]),
     (2, ["vistok.engine", "vistok.data"]),
     (3, ["vistok.modules", "vistok.metrics"]),

@@ -240,6 +240,37 @@ class CountingBackend:
         return gm.forward
 
 
+def test_einops_calls_enter_the_compiled_graph_as_single_ops() -> None:
+    """compile_stack registers einops' ops with dynamo (vistok.graph_ops), which torch >= 2.8 would otherwise trace
+    line by line at every call site: the captured graph calls `rearrange` itself, and gives eager's output."""
+    import einops
+    import torch._dynamo
+    from torch._dynamo import trace_rules
+
+    from vistok.graph_ops import einops_as_graph_ops
+
+    torch._dynamo.reset()
+    allowed = trace_rules._allowed_callable_ids  # as a fresh process has it: whatever ran before, einops unregistered
+    for op in (einops.rearrange, einops.repeat, einops.reduce):
+        if id(op) in allowed:
+            allowed.remove(id(op))
+    einops_as_graph_ops.cache_clear()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = tiny_xar(depth=1).eval()
+    model.compile_stack(backend=capture, exact_shapes=True)
+    labels = torch.tensor([1, 6])
+    out = sample_xar(model, labels, SampleConfig(steps=1, cfg=1.0), seed=0, compile=True)
+    ref = sample_xar(tiny_xar(depth=1).eval(), labels, SampleConfig(steps=1, cfg=1.0), seed=0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    targets = [node.target for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
+    assert graphs and einops.rearrange in targets
+
+
 def test_xar_compiled_training_step_equals_eager_and_compiles_once() -> None:
     """Four training steps compiled (aot_eager: AOTAutograd's backward) give eager's losses and weights from one
     graph; then a new batch size."""

@@ -32,6 +32,7 @@ from vistok.engine.logging import MetricsLog
 from vistok.engine.optim import EMA, build_optimizer, build_scheduler
 from vistok.engine.precision import warn_slow_precision
 from vistok.errors import VistokError
+from vistok.graph_ops import einops_as_graph_ops
 from vistok.io.exports import write_export
 from vistok.io.lock import hold_for
 
@@ -171,6 +172,7 @@ def compile_for_training(model: nn.Module, device: torch.device) -> None:
     symbolic one that every later step would then run (slower kernels). On the CPU, random ops (dropout) draw from
     PyTorch's own generator (inductor's `fallback_random`): the same draws as eager, and faster there than inductor's
     generated random numbers (benchmarks/bench_xar.py, the dropout rows with --compile)."""
+    einops_as_graph_ops()
     model.compile(dynamic=False, options={"fallback_random": True} if device.type == "cpu" else None)
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.errors import VistokError, require
+from vistok.graph_ops import einops_as_graph_ops
 from vistok.modules.attention import KVCache
 from vistok.modules.blocks import Block, layer_norm
 from vistok.modules.embeddings import LabelEmbedding
@@ -160,6 +161,7 @@ class AR(nn.Module):
     def compile_stack(self, backend: str = "inductor", **options) -> None:
         """Run the blocks and the logit head through `torch.compile` from now on; once per model."""
         if self.__dict__.get("_compiled_stack") is None:
+            einops_as_graph_ops()
             self.__dict__["_compiled_stack"] = torch.compile(self._stack, backend=backend, **options)
 
     def _stack(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, store: bool,

@@ -41,6 +41,7 @@ from torch import nn
 from vistok import flow
 from vistok.errors import VistokError, require
 from vistok.generators.entities import ALL_KINDS, EntityKind, Partition, clean_context_mask
+from vistok.graph_ops import einops_as_graph_ops
 from vistok.modules.attention import Attention, BlockCausal, KVCache, Mask, flex_block_mask, rope_tables, rope_turn
 from vistok.modules.embeddings import LabelEmbedding, TimestepEmbedding
 from vistok.modules.mlp import GEGLU, glu_hidden
@@ -215,6 +216,7 @@ class XAR(nn.Module):
         entities), else one static-shape graph that attends over the whole preallocated cache with the empty slots
         masked (many entities, CUDA graphs). `options` go to `torch.compile` (e.g. mode)."""
         if self.__dict__.get("_compiled_stack") is None:
+            einops_as_graph_ops()
             if exact_shapes is None:
                 exact_shapes = self.partition.num_entities <= self.EXACT_SHAPES_MAX_ENTITIES
             if exact_shapes:

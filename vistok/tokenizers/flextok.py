@@ -41,6 +41,7 @@ from torch import nn
 
 from vistok import flow
 from vistok.errors import VistokError, require
+from vistok.graph_ops import einops_as_graph_ops
 from vistok.modules.attention import BlockMask, flex_block_mask
 from vistok.modules.blocks import AdaLNHead, AdaLNZeroBlock, Block, layer_norm
 from vistok.modules.embeddings import TimestepEmbedding
@@ -262,6 +263,7 @@ class FlexTok(nn.Module):
     def compile_stack(self, backend: str = "inductor", **options) -> None:
         """Run the decoder (the network of every decoding step) through `torch.compile` from now on; once per model."""
         if not getattr(self.decoder, "_compiled_call_impl", None):
+            einops_as_graph_ops()
             self.decoder.compile(backend=backend, **options)
 
     def quantize(self, z: torch.Tensor) -> QuantOut:
