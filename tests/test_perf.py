@@ -638,15 +638,15 @@ from vistok.generators.xar import XAR, XARConfig
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = XAR(XARConfig(width=64, depth=2, heads=4, num_classes=1000))  # issue #12's bench model, 16x16x16 latents
+model = XAR(XARConfig(width=64, depth=2, heads=4, num_classes=1000))  # the xAR bench model, 16x16x16 latents
 tokens, labels = torch.randn(32, 16, 16, 16), torch.randint(0, 1000, (32,))
 def step():
     model(tokens, labels).backward()
     model.zero_grad(set_to_none=True)
-# the heap settles (with freed blocks kept: next to no faults from here on); 6 warm-up steps, not 10: measured
-# beside other work, the kept runs' medians were 0-2 faults per step after 6 as after 10 (after 4, 2 runs in 10
-# had 770 and 1,220), the default's 3,000-14,000 (once 0: the test then skips)
-for _ in range(6):
+# the heap settles (with freed blocks kept: next to no faults from here on) within 10 steps: after 6, one run beside
+# the full suite still had a median of 1,720 per step (after 4, 2 runs in 10 had 770 and 1,220); the default's
+# 3,000-14,000 (once 0: the test then skips)
+for _ in range(10):
     step()
 faults = []
 for _ in range(4):
