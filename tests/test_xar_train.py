@@ -20,7 +20,7 @@ from vistok.config import from_dict
 from vistok.errors import VistokError
 from vistok.viz import class_grid
 
-from conftest import check_ok, run
+from conftest import check_ok, script_main, vistok as vistok_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.width=32", "model.depth=1", "model.heads=2", "model.num_classes=2", "train.batch_size=8",
@@ -41,9 +41,8 @@ def one_thread():
 def export(tmp_path_factory, shared_image_folder) -> Path:
     """A 4-step run of the real script on 2 classes x 16 images, exported."""
     run_dir = tmp_path_factory.mktemp("xar_run")
-    proc = run("train/train_xar.py", "--config", "train/configs/xar_cifar10_tiny.yaml", f"train.run_dir={run_dir}",
-               f"data.name={shared_image_folder}", *TINY)
-    check_ok(proc)
+    check_ok(script_main("train_xar", "--config", str(REPO / "train/configs/xar_cifar10_tiny.yaml"),
+                         f"train.run_dir={run_dir}", f"data.name={shared_image_folder}", *TINY))  # in this process
     return run_dir / "export"
 
 
@@ -61,9 +60,9 @@ def test_training_exports_model_and_tokenizer(export):
 
 
 def test_sample_writes_pngs_grid_npz_and_repeats_at_any_batch_size(export, tmp_path):
-    common = ["-m", "vistok.cli", "sample", "--ckpt", str(export), "--num", "10", "--seed", "7", "--quiet"]
-    check_ok(run(*common, "--out", str(tmp_path / "a"), "--batch-size", "10"))
-    check_ok(run(*common, "--out", str(tmp_path / "b"), "--batch-size", "3", "--steps", "2"))  # the export's steps
+    common = ["sample", "--ckpt", str(export), "--num", "10", "--seed", "7", "--quiet"]  # in this process
+    vistok_cli(*common, "--out", str(tmp_path / "a"), "--batch-size", "10", check=True)
+    vistok_cli(*common, "--out", str(tmp_path / "b"), "--batch-size", "3", "--steps", "2", check=True)  # export's
     assert sorted(p.name for p in (tmp_path / "a").glob("0*.png")) == [f"{i:06d}.png" for i in range(10)]
     with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
         images, labels = a["arr_0"], a["labels"]
@@ -79,7 +78,7 @@ def test_sample_writes_pngs_grid_npz_and_repeats_at_any_batch_size(export, tmp_p
 
 
 def test_user_mistakes_are_one_line_errors(export, tmp_path, capsys):
-    proc = run("-m", "vistok.cli", "sample", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    proc = vistok_cli("sample", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "neither an exported folder" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
