@@ -23,6 +23,8 @@ from PIL import Image
 
 from vistok import cli
 
+from conftest import vistok
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -190,17 +192,141 @@ def test_cli_em_segment_equals_the_readme(readme, tmp_path) -> None:
     assert seg.dtype == ns["seg"].dtype and np.array_equal(seg, ns["seg"])
 
 
+# ------------------------------------------------------------------------- the command block, run as written
+def command_block() -> list[str]:
+    """The lines of the bash block in "The `vistok` command" (variables filled in from its own assignments)."""
+    section = README.read_text().split("## The `vistok` command", 1)[1].split("\n## ", 1)[0]
+    return [line for line in shell_lines(section) if line.strip()]
+
+
+def table_row(first_cell: str) -> list[float]:
+    """The numbers of the README results row whose first cell starts with `first_cell`."""
+    row = next(line for line in README.read_text().splitlines() if line.startswith(f"| {first_cell}"))
+    return [float(cell) for cell in row.strip("|").split("|")[1:]]
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory, data_root) -> dict:
+    """Every line of the command block run as written and in order (each `vistok` line in this process, the
+    blockwise one's workers as processes), from a folder laid out like the repository root: `../shared/data` is the
+    data. What each command gave, by subcommand (the last of a name wins), and the folder."""
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "main").mkdir()
+    (root / "shared").mkdir()
+    (root / "shared" / "data").symlink_to(data_root, target_is_directory=True)
+    here, threads, ran = Path.cwd(), torch.get_num_threads(), {}
+    os.chdir(root / "main")
+    torch.set_num_threads(1)
+    try:
+        for line in command_block():
+            words = shlex.split(line, comments=True)
+            if ASSIGNMENTS.match(line.split("#", 1)[0].strip()):
+                continue
+            assert words[0] == "vistok", f"not a vistok line: {line}"
+            result = vistok(*words[1:], env={"OMP_NUM_THREADS": "1"})  # the blockwise workers: one thread each
+            assert result.returncode == 0, f"`{line}` failed:\n{result.stderr}"
+            ran[words[1]] = result
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return {"cwd": root / "main", **ran}
+
+
+def test_the_command_block_runs_every_line_as_written(block) -> None:
+    lines = command_block()
+    assert sum(line.startswith("vistok ") for line in lines) == 10
+    assert any(line.startswith("G=../shared/data/em/gala_fib_medulla.h5 ") for line in lines)
+    assert {"sample", "fid", "reconstruct", "encode", "decode", "em-segment", "em-eval"} <= set(block)
+
+
+def test_the_generator_lines(block) -> None:
+    from vistok import load
+
+    cwd = block["cwd"]
+    with np.load(cwd / "samples" / "samples.npz") as z:
+        images, labels = z["arr_0"], z["labels"]
+    assert images.shape == (32, 32, 32, 3) and labels.tolist() == [i % 10 for i in range(32)]  # classes in turn
+    assert len(list((cwd / "samples").glob("*.png"))) == 33  # 32 PNGs and grid.png, as the comment says
+    gen = load("cifar10-xar-tiny")  # image i's noise depends on (seed, i) alone: the first two, sampled alone
+    assert np.array_equal(gen.sample(labels=labels[:2], seed=0), images[:2])
+    assert Image.open(cwd / "grid.png").size[0] > 32  # the GPT line: a grid of the two classes
+    printed = re.fullmatch(r"FID ([\d.]+)\s+\(32 images, cifar10-net, real: cifar10-train\)\n", block["fid"].stdout)
+    assert printed, block["fid"].stdout
+    from vistok.metrics import fid
+
+    score = fid.calculate(str(cwd / "samples" / "samples.npz"), "cifar10-train", extractor="cifar10-net")
+    assert float(printed.group(1)) == pytest.approx(score["fid"], abs=1e-4) and score["fid"] > 14.968  # > real images'
+
+
+def test_the_tokenizer_lines(block) -> None:
+    import json
+
+    cwd = block["cwd"]
+    metrics = json.loads((cwd / "recon" / "metrics.json").read_text())
+    assert metrics["num"] == 32 and sorted(metrics["metrics"], key=int) == ["1", "4", "16"]
+    mse = [metrics["metrics"][k]["mse"] for k in ("1", "4", "16")]
+    assert mse[0] > mse[1] > mse[2] and all("fid" in metrics["metrics"][k] for k in ("1", "4", "16"))
+    with np.load(cwd / "tokens.npz") as z:
+        ids, ks = z["ids"], z["k"]
+    assert ids.shape == (32, 4) and ids.dtype == np.int32 and set(ks.tolist()) <= {1, 2, 4} and len(set(ks)) > 1
+    with np.load(cwd / "decoded" / "samples.npz") as z:
+        decoded = z["arr_0"]
+    assert decoded.shape == (32, 32, 32, 3) and decoded.dtype == np.uint8
+
+
+def test_the_em_lines_give_the_results_table(block, data_root) -> None:
+    """em-segment + em-eval on the test volume give the README's results rows and the scores the shipped export
+    records (its config.json's `eval`, for the default post-processing); the blockwise line's two daisy workers
+    segment it as docs/em.md says."""
+    import json
+
+    from vistok.em.metrics import evaluate, evaluate_per_slice
+    from vistok.em.volumes import read_volume
+    from vistok.io.checks import read_config
+    from vistok.io.sources import resolve_ckpt
+
+    cwd, volume = block["cwd"], f"{data_root}/em/gala_fib_medulla.h5"
+    truth = read_volume(f"{volume}:test/neuron_ids")
+    scores = json.loads(block["em-eval"].stdout)
+    seg = read_volume(cwd / "seg.h5:seg")
+    row = [scores["voi"], scores["arand"], *evaluate_per_slice(seg, truth)[2:]]
+    assert row == pytest.approx(table_row("`em-segmamba-tiny-tokenunify`"), abs=1e-4)
+    stored = read_config(resolve_ckpt("em-segmamba-tiny-tokenunify"))["eval"]  # what the shipped export records
+    assert [scores[k] for k in ("voi_split", "voi_merge", "voi", "arand")] == pytest.approx(
+        [stored[k] for k in ("voi_split", "voi_merge", "voi", "arand")], abs=1e-6)
+    assert len(np.unique(seg)) == stored["segments"]
+    base = read_volume(cwd / "base.h5:seg")
+    assert [*evaluate(base, truth)[2:], *evaluate_per_slice(base, truth)[2:]] == pytest.approx(
+        table_row("no-network baseline"), abs=1e-4)
+    assert "2 daisy workers" in block["em-segment"].stdout
+    blockwise = evaluate(read_volume(cwd / "seg.zarr:ids"), truth)
+    assert blockwise.voi == pytest.approx(docs_blockwise_voi("50x100x100"), abs=1e-3)
+
+
+def docs_blockwise_voi(block: str) -> float:
+    """docs/em.md's blockwise VOI for one block shape ("blocks 50x100x100 1.371, ...")."""
+    return float(re.search(rf"{block} ([\d.]+)", (REPO / "docs" / "em.md").read_text()).group(1))
+
+
 # ------------------------------------------------------------------------------------------- the CLI lines
 PLACEHOLDERS = {"k": "1", "S": "0", "HOST": "localhost"}  # shell variables of the documented loops and recipes
 SEPARATORS = {"&&", "||", ";", "|", "&"}
 
 
+ASSIGNMENTS = re.compile(r"^(?:export\s+)?((?:\w+=\S*\s*)+)$")  # a line of `A=x B=y`, exported or not
+
+
 def shell_lines(text: str) -> list[str]:
-    """The logical lines (continuations joined, placeholders filled in) of every bash block."""
+    """The logical lines (continuations joined) of every bash block, variables filled in as the shell would from
+    the block's own assignments (`G=path`, `export A=x B=y`: kept as lines), else placeholders."""
     out = []
     for block in blocks(text, "bash"):
+        known = dict(PLACEHOLDERS)
         for line in block.replace("\\\n", " ").splitlines():
-            out.append(re.sub(r"\$\{?(\w+)\}?", lambda m: PLACEHOLDERS.get(m.group(1), "X"), line))
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m, known=known: known.get(m.group(1), "X"), line)
+            if found := ASSIGNMENTS.match(line.split("#", 1)[0].strip()):
+                known.update(word.split("=", 1) for word in found.group(1).split())
+            out.append(line)
     return out
 
 
@@ -241,9 +367,11 @@ def test_a_broken_line_would_be_caught() -> None:
     """The extractor sees commands inside loops, after torchrun's -m and across continuation lines."""
     text = ("```bash\nfor k in 1 2; do\n  vistok sample --ckpt a --tokens $k --out x   # note\ndone\n"
             "torchrun --nproc_per_node=2 -m vistok fid --fake a \\\n    --real b --kid\n"
-            "pip install -e . && VISTOK_DATA=../d OMP_NUM_THREADS=1 vistok demo\necho vistok models\n```\n")
+            "pip install -e . && VISTOK_DATA=../d OMP_NUM_THREADS=1 vistok demo\necho vistok models\n"
+            "export A=1 G=../v.h5   # a comment\nvistok em-eval --seg $G:s --gt ${G}:t\n```\n")
     assert vistok_commands(text) == [["sample", "--ckpt", "a", "--tokens", "1", "--out", "x"],
-                                     ["fid", "--fake", "a", "--real", "b", "--kid"], ["demo"]]
+                                     ["fid", "--fake", "a", "--real", "b", "--kid"], ["demo"],
+                                     ["em-eval", "--seg", "../v.h5:s", "--gt", "../v.h5:t"]]
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["sample", "--ckpt", "a", "--nmu", "3", "--out", "x"])
 
