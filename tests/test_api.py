@@ -1,5 +1,5 @@
-"""The Python API (`vistok.load`): keywords, labels and batching, hf:// sources from an offline
-cache, distributed sampling under torchrun and progress bars (the import graph: test_layering.py)."""
+"""The Python API (`vistok.load`): keywords, labels and batching, hf:// sources from an offline cache and progress
+bars (sampling under torchrun equals one process: test_paper.py's dry run; the import graph: test_layering.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import vistok
 from vistok.api import FeatureNet, Segmenter
 from vistok.errors import VistokError
 from vistok.io.sources import parse_hf, shipped_models
-
-from conftest import check_ok, vistok as vistok_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,23 +110,6 @@ print(json.dumps(out))
 
 
 # -------------------------------------------------------------------------------------------- distributed sampling
-def test_torchrun_sampling_equals_one_process(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    common = ["-m", "vistok", "sample", "--ckpt", "cifar10-xar-tiny", "--samples", "40", "--seed", "0", "--steps", "2",
-              "--batch-size", "8", "--device", "cpu", "--quiet"]
-    check_ok(vistok_cli(*common[2:], "--out", str(tmp_path / "one")))  # one process: this one, one thread as a rank
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *common,
-                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
-        assert (a["arr_0"].shape == (40, 32, 32, 3)
-                and sorted(a.files) == sorted(b.files) == ["arr_0", "labels", "source"])
-        assert str(a["source"]) == str(b["source"]) == "cifar10-xar-tiny"  # the model that made them
-        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert "2 processes" in two.stdout and two.stdout.count("40 images") == 1  # rank 0 reports, once
-
-
 def test_sample_writer_streams_shards_into_one_npz(tmp_path) -> None:
     from vistok.api.outputs import SampleWriter
 

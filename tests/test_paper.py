@@ -394,9 +394,10 @@ def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, c
                             inception_weights) -> None:
     """The README's "Paper scale" path at tiny size: 3 classes of 9 images cropped to 64 x 64; `cache-latents` under
     torchrun with 2 processes with a KL-16 layout VAE (ch 32); the xAR-B recipe config with a tiny model for 3 steps
-    under torchrun with 2 processes (both in fixtures above); sampling under torchrun with 2 processes (the same
-    images as one process); FID with inception-v3-compat (random weights, offline) against `vistok fid-stats` of the
-    folder, with the Inception Score (its warnings about the unpublished weights and the few images are expected)."""
+    under torchrun with 2 processes (both in fixtures above); sampling under torchrun with 2 processes, several
+    batches per rank (the same files and images as the command in one process, and as the API); FID with
+    inception-v3-compat (random weights, offline) against `vistok fid-stats` of the folder, with the Inception Score
+    (its warnings about the unpublished weights and the few images are expected)."""
     proc, cache = two_rank_cache
     check_ok(proc)
     folder = paper_images
@@ -404,15 +405,21 @@ def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, c
     proc, run_dir, _ = paper_run
     check_ok(proc)
     assert json.loads((run_dir / "export" / "config.json").read_text())["step"] == 3
-    samples = tmp_path / "samples"
-    proc = run(*torchrun("-m", "vistok", "sample", "--ckpt", str(run_dir / "export"), "--samples", "4", "--steps", "2",
-                         "--seed", "0", "--out", str(samples), "--device", "cpu", "--quiet"))
+    samples, one_process = tmp_path / "samples", tmp_path / "one"
+    common = ["sample", "--ckpt", str(run_dir / "export"), "--samples", "6", "--batch-size", "2", "--steps", "2",
+              "--seed", "0", "--device", "cpu", "--quiet"]  # 3 images per rank, in batches of 2
+    proc = run(*torchrun("-m", "vistok", *common, "--out", str(samples)))
     check_ok(proc)
-    assert "2 processes" in proc.stdout
-    with np.load(samples / "samples.npz") as z:
-        assert z["arr_0"].shape == (4, 64, 64, 3) and z["labels"].tolist() == [0, 1, 2, 0]
+    assert "2 processes" in proc.stdout and proc.stdout.count("6 images") == 1  # rank 0 reports, once
+    assert cli.main([*common, "--out", str(one_process)]) == 0  # the same command as one process (this one)
+    with np.load(samples / "samples.npz") as z, np.load(one_process / "samples.npz") as o:
+        assert z["arr_0"].shape == (6, 64, 64, 3) and z["labels"].tolist() == [0, 1, 2, 0, 1, 2]
+        assert sorted(z.files) == sorted(o.files) == ["arr_0", "labels", "source"]
+        assert str(z["source"]) == str(o["source"]) == str(run_dir / "export")  # the model that made them
+        assert np.array_equal(z["arr_0"], o["arr_0"]) and np.array_equal(z["labels"], o["labels"])
         two_ranks = z["arr_0"]
-    one = vistok.load(run_dir / "export").sample(num=4, seed=0, steps=2)  # the same per-image seeds in one process
+    assert sorted(p.name for p in samples.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    one = vistok.load(run_dir / "export").sample(num=6, seed=0, steps=2)  # the API: the same per-image seeds
     assert np.array_equal(one, two_ranks)
     weights = inception_weights
     flags = ["--extractor", "inception-v3-compat", "--inception-weights", str(weights)]
@@ -421,4 +428,4 @@ def test_paper_path_dry_run(tmp_path, two_rank_cache, paper_run, paper_images, c
     assert cli.main(["fid", "--fake", str(samples / "samples.npz"), "--real", str(tmp_path / "ref.npz"), "--isc",
                      "--json", *flags]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["num_fake"] == 4 and math.isfinite(result["fid"]) and result["fid"] >= 0 and result["isc"] >= 1
+    assert result["num_fake"] == 6 and math.isfinite(result["fid"]) and result["fid"] >= 0 and result["isc"] >= 1
