@@ -38,8 +38,9 @@ from vistok.tokenizers.flextok_sampling import k_ladder
 
 REGENERATE = os.environ.get("VISTOK_REGENERATE_GOLDENS") == "1"
 
-# cifar10-xar-tiny: 100 samples (10 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear): the first
-# 100 of the demo's 300 (per-image seeds), whose FID the README prints (187.381: more samples, less small-set bias).
+# cifar10-xar-tiny: 100 samples (10 per class), seed 0, the export's sampler (50 SDE steps, cfg 2.0 linear): the
+# README's `vistok sample --num 100` line, whose `vistok fid` line prints XAR_FID (checked in test_readme.py), and the
+# first 100 of the demo's 300 (per-image seeds; the demo prints 187.381: more samples, less small-set bias).
 # Recorded 310.430, the same with 2 threads; for scale, at 100 samples cfg 1.0 gives 320.6, a constant cfg schedule
 # 288.7, 4 steps 690.8 (asserted below)
 XAR_NUM, XAR_FID, XAR_TOL = 100, 310.430, 5.0
@@ -59,9 +60,9 @@ def xar_fid(tmp_path, **overrides) -> float:
         return fid.calculate(path, "cifar10-train")["fid"]
 
 
-def test_xar_tiny_fid_matches_the_recorded_value(tmp_path):
-    value = xar_fid(tmp_path)
-    assert abs(value - XAR_FID) < XAR_TOL, f"FID {value:.3f}, recorded {XAR_FID} +- {XAR_TOL}"
+def test_xar_tiny_fid_tolerance_catches_a_broken_sampler(tmp_path):
+    """The recorded value itself is what the README's `vistok sample --num 100` + `vistok fid` lines print
+    (tests/test_readme.py::test_the_generator_lines); here, that its tolerance is narrow enough."""
     worse = xar_fid(tmp_path, steps=4)  # a broken sampler of the same model, for scale
     assert worse - XAR_FID > 3 * XAR_TOL, f"4 steps give FID {worse:.3f}: the tolerance would not catch it"
 
