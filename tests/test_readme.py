@@ -65,6 +65,7 @@ def readme(tmp_path_factory, data_root) -> dict[str, dict]:
 
 def test_the_readme_has_one_python_example_per_model_kind() -> None:
     assert tuple(python_blocks()) == KINDS
+    assert len(README.read_text().splitlines()) < 300  # a guide: results live in docs/
 
 
 def test_the_generator_example(readme) -> None:
