@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from vistok import cli
+from vistok.errors import VistokError
 
-from conftest import vistok
+from conftest import load_train_script, vistok
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -363,6 +364,37 @@ def test_every_vistok_line_parses_with_the_real_parser(doc) -> None:
         except SystemExit:
             pytest.fail(f"{doc.name}: `vistok {shlex.join(argv)}` does not parse (see the message above)")
         assert callable(args.func), argv
+
+
+def training_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(script stem, its arguments) of every `python train/X.py ...` or `torchrun ... train/X.py ...` line."""
+    found = []
+    for line in shell_lines(text):
+        words = shlex.split(line, comments=True)
+        for i, word in enumerate(words):
+            if (m := re.fullmatch(r"train/(\w+)\.py", word)) and i and (words[i - 1] == "python"
+                                                                      or "torchrun" in words[:i]):
+                found.append((m.group(1), words[i + 1:]))
+    return found
+
+
+@pytest.mark.parametrize("doc", [README, *DOCS], ids=lambda p: p.name)
+def test_every_training_line_resolves_its_config(doc, monkeypatch) -> None:
+    """The training lines run for hours, so here each one's config file and key=value overrides go through the
+    script's own parser and type checks (what its first line does); their runs at tiny size: test_recipes.py,
+    test_paper.py and each script's tests."""
+    from vistok.engine.loop import parse_cli
+
+    monkeypatch.chdir(REPO)  # the lines run from the repository root
+    commands = training_commands(doc.read_text())
+    if doc == README:
+        assert len(commands) >= 8 and any(argv[-1].startswith("data.latents=") for _, argv in commands)
+    for stem, argv in commands:
+        module = load_train_script(stem)
+        try:
+            parse_cli(module.Config, argv, module.__doc__ or "")
+        except (SystemExit, VistokError) as err:
+            pytest.fail(f"{doc.name}: `train/{stem}.py {shlex.join(argv)}` does not resolve: {err}")
 
 
 def test_the_readme_command_table_is_vistok_help() -> None:
