@@ -44,16 +44,22 @@ def python_blocks() -> dict[str, str]:
     return dict(found)
 
 
+def jobs_block() -> str:
+    """The README's Python block of whole jobs (after "**Saving, sharing, whole jobs.**" and its paragraph)."""
+    section = README.read_text().split("**Saving, sharing, whole jobs.**", 1)[1]
+    return blocks(section, "python")[0]
+
+
 # ------------------------------------------------------------------------------------------ the Python examples
 @pytest.fixture(scope="module")
 def readme(tmp_path_factory, data_root) -> dict[str, dict]:
     """Each README Python block run as written, on its own, in a fresh folder (one thread, as the suite runs):
-    its variables and what it printed, by kind."""
+    its variables and what it printed, by kind ("jobs": the block of whole jobs)."""
     here, threads, out = Path.cwd(), torch.get_num_threads(), {}
     os.chdir(tmp_path_factory.mktemp("readme"))
     torch.set_num_threads(1)
     try:
-        for kind, code in python_blocks().items():
+        for kind, code in {**python_blocks(), "jobs": jobs_block()}.items():
             namespace, printed = {}, io.StringIO()
             with contextlib.redirect_stdout(printed):
                 exec(compile(code, f"README.md ({kind})", "exec"), namespace)  # noqa: S102 - the test's point
@@ -66,6 +72,8 @@ def readme(tmp_path_factory, data_root) -> dict[str, dict]:
 
 def test_the_readme_has_one_python_example_per_model_kind() -> None:
     assert tuple(python_blocks()) == KINDS
+    # and every Python block of the README is one of those or the block of whole jobs: none goes unrun
+    assert blocks(README.read_text(), "python") == [*python_blocks().values(), jobs_block()]
     assert len(README.read_text().splitlines()) < 300  # a guide: results live in docs/
 
 
@@ -145,6 +153,26 @@ def test_the_feature_net_example(readme) -> None:
     assert ns["features"].shape == (300, 256) and ns["features"].dtype == np.float32
     assert 0.8 < ns["accuracy"] < 0.95  # "about 0.88"
     assert 5 < ns["score"] < 100  # real test images against the train statistics: far below the demo's blurred 264.9
+
+
+def test_the_jobs_example(readme) -> None:
+    """save() writes an export that loads anywhere; jobs.sample_folder is `vistok sample` (the same images as the
+    API), its summary is what the comment shows; reconstruct_report's metrics are what it printed."""
+    import vistok
+
+    ns = readme["jobs"]
+    cwd, gen, run, rep = ns["cwd"], ns["gen"], ns["run"], ns["rep"]
+    assert sorted(p.name for p in (cwd / "my-xar").iterdir()) >= ["config.json", "model.safetensors"]
+    api = gen.sample(labels=[3, 5], steps=10, seed=0)
+    assert np.array_equal(vistok.load(cwd / "my-xar").sample(labels=[3, 5], steps=10, seed=0), api)  # moved: the same
+    with np.load(cwd / "samples" / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], api)
+    printed = ns["printed"].splitlines()
+    assert printed[0] == run.summary() and re.match(r"2 images in [\d.]+ s \(steps 10, .*\) -> samples/grid\.png, ",
+                                                    printed[0]), printed
+    psnr = rep.metrics["metrics"]["4"]["psnr"]
+    assert printed[1] == str(psnr) and 5 < psnr < 40 and rep.metrics["num"] == 8
+    assert rep.metrics["metrics"]["4"]["mse"] < rep.metrics["metrics"]["1"]["mse"]  # 4 tokens beat 1
 
 
 # ------------------------------------------------------------------- the same bits from the README and the CLI
