@@ -28,8 +28,8 @@ def test_images(data_root) -> np.ndarray:
 @pytest.fixture(scope="module")
 def npz_sets(tmp_path_factory, test_images) -> dict:
     """Every other test image (500, above cifar10-net's 256 feature dimensions: a full-rank covariance), blurred and
-    replaced by noise. The real < blurred < noise ordering keeps a margin of 3 at this size (FID 30, 280, 806 against
-    cifar10-train; 15, 265, 802 at 1,000 images), at half the feature extraction."""
+    replaced by noise (FID 30, 280, 806 against cifar10-train; the ordering at 1,000 images, 15, 265, 802, is the
+    demo's: test_readme.py::test_the_demo_prints_what_the_readme_shows), at half the feature extraction."""
     root = tmp_path_factory.mktemp("fidsets")
     out = {}
     for name, arr in degraded_sets(test_images[::2]).items():
@@ -48,12 +48,6 @@ def test_self_fid_is_zero(npz_sets):
     same = fid.calculate(npz_sets["real"], npz_sets["real"])
     assert same["num_fake"] == same["num_real"] == 500
     assert abs(same["fid"]) < 1e-3
-
-
-def test_fid_orders_real_blurred_noise(npz_sets):
-    """CIFAR-10 test vs the shipped cifar10-train statistics: far lower than blurred, which is lower than noise."""
-    scores = {k: fid.calculate(p, "cifar10-train")["fid"] for k, p in npz_sets.items()}
-    assert scores["real"] * 3 < scores["blurred"] < scores["noise"], scores
 
 
 def test_statistics_file_equals_images(tmp_path, npz_sets):

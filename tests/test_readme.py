@@ -175,6 +175,38 @@ def test_the_jobs_example(readme) -> None:
     assert rep.metrics["metrics"]["4"]["mse"] < rep.metrics["metrics"]["1"]["mse"]  # 4 tokens beat 1
 
 
+DEMO_XAR = 20  # the demo's xAR samples here (it draws 300: 50 SDE steps each, most of its 33 s)
+
+
+def test_the_demo_prints_what_the_readme_shows(tmp_path, monkeypatch, data_root) -> None:
+    """`vistok demo`, the README's first command, from a repository-like folder: every line it prints is the README's
+    (the FIDs of real, blurred and noise images, the FlexTok MSE ladder, the files), except that it samples DEMO_XAR
+    xAR images instead of 300 (that line's format is the README's; its FID on 100 samples is the golden of the
+    command block's fid line)."""
+    from vistok import demo
+
+    real_demo = demo._demo
+    monkeypatch.setattr(demo, "_demo", lambda out, num, root, xar_num: real_demo(out, num, root, DEMO_XAR))
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(data_root, target_is_directory=True)
+    (tmp_path / "main").mkdir()
+    monkeypatch.chdir(tmp_path / "main")
+    first = blocks(README.read_text(), "bash")[0].splitlines()[0]
+    assert first.startswith("pip install -e . && VISTOK_DATA=../shared/data vistok demo ")
+    words = shlex.split(first, comments=True)
+    result = vistok(*words[words.index("vistok") + 1:], env={"VISTOK_DATA": "../shared/data"})  # the line's VAR=
+    assert result.returncode == 0, result.stderr
+    shown = blocks(README.read_text().split("The demo needs no download", 1)[1], "text")[0].splitlines()
+    printed = result.stdout.splitlines()
+    assert len(printed) == len(shown) == 7
+    xar = re.escape(shown[5]).replace("300\\ samples", f"{DEMO_XAR}\\ samples").replace("187\\.381", r"[\d.]+")
+    assert printed[:5] == shown[:5] and re.fullmatch(xar, printed[5]) and printed[6] == shown[6], printed
+    fids = [float(line.rsplit("= ", 1)[1]) for line in printed[1:4]]
+    assert 3 * fids[0] < fids[1] < fids[2]  # real far below blurred, below noise
+    written = {p.name for p in (tmp_path / "main" / "demo_out").iterdir()}
+    assert {"demo.json", "fid_sets.png", "flextok_recon.png", "xar_samples.png"} <= written, written
+
+
 # ------------------------------------------------------------------- the same bits from the README and the CLI
 def cli_ok(*argv: str) -> None:
     assert cli.main([*argv]) == 0, argv
