@@ -1,7 +1,8 @@
 """The README and docs/ as tested documents: every Python block of the README runs on its own and does what its
-comments say (and what the CLI writes is the same bits), every `vistok ...` line of the README and docs/ parses with
-the real parser, the README's command table is `vistok --help`'s, and every repository path, test name and Python name
-the documents mention exists."""
+comments say (and what the CLI writes is the same bits); the README's command block and its demo run as written from a
+folder laid out like the repository root, printing what the README shows; every other `vistok ...` line of the README
+and docs/ parses with the real parser and every training line resolves its config; the README's command table is
+`vistok --help`'s, and every repository path, test name and Python name the documents mention exists."""
 
 from __future__ import annotations
 
@@ -186,6 +187,15 @@ def same_up_to_the_last_digit(got: str, want: str) -> bool:
                for a, b in zip(NUMBER.finditer(got), NUMBER.finditer(want), strict=True))
 
 
+def checkout_like(root: Path, data_root: Path) -> Path:
+    """`root/main`, a folder laid out like the repository root, with the data at `../shared/data` as the README
+    assumes; returns `root/main`."""
+    (root / "main").mkdir()
+    (root / "shared").mkdir()
+    (root / "shared" / "data").symlink_to(data_root, target_is_directory=True)
+    return root / "main"
+
+
 DEMO_XAR = 20  # the demo's xAR samples here (it draws 300: 50 SDE steps each, most of its 33 s)
 
 
@@ -198,10 +208,7 @@ def test_the_demo_prints_what_the_readme_shows(tmp_path, monkeypatch, data_root)
 
     real_demo = demo._demo
     monkeypatch.setattr(demo, "_demo", lambda out, num, root, xar_num: real_demo(out, num, root, DEMO_XAR))
-    (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "data").symlink_to(data_root, target_is_directory=True)
-    (tmp_path / "main").mkdir()
-    monkeypatch.chdir(tmp_path / "main")
+    monkeypatch.chdir(checkout_like(tmp_path, data_root))
     first = blocks(README.read_text(), "bash")[0].splitlines()[0]
     assert first.startswith("pip install -e . && VISTOK_DATA=../shared/data vistok demo ")
     words = shlex.split(first, comments=True)
@@ -216,7 +223,7 @@ def test_the_demo_prints_what_the_readme_shows(tmp_path, monkeypatch, data_root)
     assert re.fullmatch(xar, printed[5]) and printed[6] == shown[6], printed
     fids = [float(line.rsplit("= ", 1)[1]) for line in printed[1:4]]
     assert 3 * fids[0] < fids[1] < fids[2]  # real far below blurred, below noise
-    written = {p.name for p in (tmp_path / "main" / "demo_out").iterdir()}
+    written = {p.name for p in Path("demo_out").iterdir()}
     assert {"demo.json", "fid_sets.png", "flextok_recon.png", "xar_samples.png"} <= written, written
 
 
@@ -285,12 +292,9 @@ def block(tmp_path_factory, data_root) -> dict:
     """Every line of the command block run as written and in order (each `vistok` line in this process, the
     blockwise one's workers as processes), from a folder laid out like the repository root: `../shared/data` is the
     data. What each command gave, by subcommand (the last of a name wins), and the folder."""
-    root = tmp_path_factory.mktemp("checkout")
-    (root / "main").mkdir()
-    (root / "shared").mkdir()
-    (root / "shared" / "data").symlink_to(data_root, target_is_directory=True)
+    work = checkout_like(tmp_path_factory.mktemp("checkout"), data_root)
     here, threads, ran = Path.cwd(), torch.get_num_threads(), {}
-    os.chdir(root / "main")
+    os.chdir(work)
     torch.set_num_threads(1)
     try:
         for line in command_block():
@@ -304,7 +308,7 @@ def block(tmp_path_factory, data_root) -> dict:
     finally:
         os.chdir(here)
         torch.set_num_threads(threads)
-    return {"cwd": root / "main", **ran}
+    return {"cwd": work, **ran}
 
 
 def test_the_command_block_runs_every_line_as_written(block) -> None:
