@@ -218,8 +218,9 @@ def test_a_sigkilled_worker_process_leaves_a_run_that_resumes_to_the_uninterrupt
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["em-segmamba-tiny-scratch"])  # the tokenunify model: through the README's lines,
-def test_shipped_em_scores_are_those_of_the_default_postprocessing(name: str) -> None:  # test_readme.py
+# the tokenunify model's recorded scores: through the README's em-segment and em-eval lines (test_readme.py)
+@pytest.mark.parametrize("name", ["em-segmamba-tiny-scratch"])
+def test_shipped_em_scores_are_those_of_the_default_postprocessing(name: str) -> None:
     """The `eval` block of a shipped EM model's config.json is what the default pipeline (official mahotas + waterz
     post-processing) scores on the test volume today, not a number left from an earlier post-processing."""
     from vistok.em.inference import InferenceConfig, load_segmenter, segment_volume
